@@ -1,0 +1,20 @@
+//! The replication side of walbust.
+//!
+//! - [`source`]: the control plane. Checks `wal_level`, the slot and the
+//!   publication over an ordinary SQL connection, creating them when asked,
+//!   and refuses to start where streaming would lose invalidations.
+//! - [`reader`]: the replication session. Decodes pgoutput, keeps the
+//!   relation cache, evaluates rules and feeds the publishing pipeline; it
+//!   acknowledges only what the pipeline confirmed.
+//! - [`relations`]: the relation cache and the view of tuples the rules read.
+//! - [`metrics`]: metric names of this side.
+
+pub mod error;
+pub mod metrics;
+pub mod reader;
+pub mod relations;
+pub mod source;
+
+pub use error::{SourceError, StreamError};
+pub use reader::{ChangeEvent, ChangeTap, Reader, Stopped, StreamSpec};
+pub use source::{ConnParams, SlotState, SourceSpec};

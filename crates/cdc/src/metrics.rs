@@ -1,0 +1,72 @@
+//! Metric names of the replication side, described once.
+//!
+//! Labels are low-cardinality by design: operations, never table names or
+//! values (a table label is tempting, but a schema with thousands of
+//! partitions would explode the series count).
+
+use metrics::{describe_counter, describe_gauge, Unit};
+
+/// Row changes received, label `op` (insert, update, delete, truncate).
+pub const CHANGES: &str = "walbust_changes_total";
+/// Committed transactions received.
+pub const TRANSACTIONS: &str = "walbust_transactions_total";
+/// Bytes of pgoutput received.
+pub const WAL_BYTES: &str = "walbust_wal_bytes_total";
+/// The LSN acknowledged to Postgres as flushed (every sink confirmed up to it).
+pub const CONFIRMED_LSN: &str = "walbust_confirmed_lsn";
+/// The server's WAL end as last reported by the walsender.
+pub const SERVER_WAL_END: &str = "walbust_server_wal_end_lsn";
+/// Server WAL end minus the confirmed LSN: how far invalidation lags the primary.
+pub const LAG_BYTES: &str = "walbust_replication_lag_bytes";
+/// Templates that could not be rendered because a value did not arrive
+/// (unchanged TOAST, or an old value the replica identity does not send).
+pub const MISSING_VALUES: &str = "walbust_rule_missing_values_total";
+/// Templates skipped because the value was NULL.
+pub const NULL_VALUES: &str = "walbust_rule_null_values_total";
+/// Rules that exceeded their per-transaction key budget and escalated to tags and patterns.
+pub const ESCALATIONS: &str = "walbust_rule_escalations_total";
+/// Explicit invalidation messages (prefix `walbust`), label `result` (ok, malformed).
+pub const EXPLICIT_MESSAGES: &str = "walbust_explicit_messages_total";
+
+/// Registers descriptions with the installed recorder.
+pub fn describe() {
+    describe_counter!(CHANGES, "Row changes received from the replication stream");
+    describe_counter!(TRANSACTIONS, "Committed transactions received");
+    describe_counter!(WAL_BYTES, Unit::Bytes, "Bytes of pgoutput received");
+    describe_gauge!(
+        CONFIRMED_LSN,
+        "LSN acknowledged to Postgres as flushed after every sink confirmed"
+    );
+    describe_gauge!(SERVER_WAL_END, "Server WAL end reported by the walsender");
+    describe_gauge!(
+        LAG_BYTES,
+        Unit::Bytes,
+        "Server WAL end minus the confirmed LSN"
+    );
+    describe_counter!(
+        MISSING_VALUES,
+        "Templates skipped because a value did not arrive (unchanged TOAST or replica identity)"
+    );
+    describe_counter!(NULL_VALUES, "Templates skipped because a value was NULL");
+    describe_counter!(
+        ESCALATIONS,
+        "Rules that exceeded the per-transaction key budget and escalated to tags and patterns"
+    );
+    describe_counter!(
+        EXPLICIT_MESSAGES,
+        "Explicit invalidation messages received, by result"
+    );
+    describe_feedback();
+}
+
+/// How long an acknowledged position waited before a standby status update
+/// told the server about it.
+pub const ACK_FEEDBACK_DELAY: &str = "walbust_ack_feedback_delay_seconds";
+
+fn describe_feedback() {
+    metrics::describe_histogram!(
+        ACK_FEEDBACK_DELAY,
+        Unit::Seconds,
+        "Delay between confirming a position and reporting it to Postgres"
+    );
+}

@@ -1,0 +1,597 @@
+//! The replication session: pgoutput stream in, [`publish::Item`]s out,
+//! acknowledgements back.
+//!
+//! ```text
+//!  walsender ──events──> Reader ──Item (bounded)──> publish::Pipeline
+//!      ^                   │  ^                            │
+//!      └── standby status ─┘  └──── confirmed end LSN ─────┘  (watch)
+//! ```
+//!
+//! The reader never holds a transaction: under protocol 1 the server sends a
+//! transaction only once it committed, so its changes are evaluated and
+//! passed on as they arrive, in chunks, and the pipeline flushes them in
+//! bounded batches. The only thing the reader keeps per transaction is its
+//! identity and its rule budget. The acknowledged position comes solely
+//! from the pipeline's confirmed LSN, which it reports only after every sink
+//! confirmed; a keepalive position is acknowledged only when nothing sent is
+//! still unconfirmed, so an idle slot advances without ever skipping work.
+//!
+//! While the pipeline applies backpressure (a sink is down), the reader waits
+//! on the bounded channel and stops taking events; the transport keeps
+//! answering the server's keepalives meanwhile, so the connection survives
+//! `wal_sender_timeout`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use pgwire_replication::{
+    FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
+};
+use publish::Item;
+use rules::{Invalidations, Op, RuleSet, TxBudget};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::StreamError;
+use crate::metrics as m;
+use crate::relations::{RelationCache, RelationEntry, TupleRow};
+use crate::source::ConnParams;
+
+/// Prefix of the logical messages that carry explicit invalidations
+/// (`pg_logical_emit_message(true, 'walbust', '{"keys":[...]}')`).
+pub const EXPLICIT_PREFIX: &str = "walbust";
+
+/// Pending invalidations of the open transaction are handed to the pipeline
+/// once they hold this many entries, so a huge transaction streams through.
+const CHUNK_ENTRIES: usize = 1024;
+
+/// How long shutdown waits for the final acknowledgement to reach the server.
+const FINAL_FEEDBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Seconds between the Unix epoch and the Postgres epoch (2000-01-01).
+pub const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
+
+/// What to stream and how.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    pub conn: ConnParams,
+    pub slot: String,
+    pub publication: String,
+    /// How often a raised acknowledgement is reported to the server at most.
+    pub status_interval: Duration,
+    /// Shown in `pg_stat_replication.application_name`.
+    pub application_name: String,
+}
+
+/// One evaluated row change, for live views (`walbust demo`, `walbust tail`).
+pub struct ChangeEvent<'a> {
+    pub commit_lsn: u64,
+    pub xid: u32,
+    pub commit_time_micros: i64,
+    pub table: &'a str,
+    pub op: Op,
+    pub keys: &'a [String],
+    pub tags: &'a [String],
+    pub patterns: &'a [String],
+}
+
+/// Receives every evaluated change; runs on the reader task, keep it cheap.
+pub type ChangeTap = Arc<dyn Fn(&ChangeEvent<'_>) + Send + Sync>;
+
+/// Why the reader returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown signal was received; everything confirmed was acknowledged.
+    Shutdown { confirmed_lsn: u64 },
+}
+
+struct OpenTx {
+    xid: u32,
+    commit_lsn: u64,
+    commit_time_micros: i64,
+    budget: TxBudget,
+}
+
+/// A replication session bound to a rule set.
+pub struct Reader {
+    spec: StreamSpec,
+    rules: Arc<RuleSet>,
+    tap: Option<ChangeTap>,
+}
+
+impl Reader {
+    pub fn new(spec: StreamSpec, rules: Arc<RuleSet>) -> Self {
+        Reader {
+            spec,
+            rules,
+            tap: None,
+        }
+    }
+
+    /// Calls `tap` for every evaluated row change.
+    pub fn with_tap(mut self, tap: ChangeTap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// Streams until `shutdown` turns true or an error occurs.
+    ///
+    /// `items` feeds the pipeline; `confirmed` is the pipeline's confirmed
+    /// end LSN. On shutdown the reader stops taking events, closes `items`
+    /// so the pipeline publishes what it holds, waits for the pipeline's last
+    /// confirmation, reports it to the server and closes the session.
+    pub async fn run(
+        self,
+        items: mpsc::Sender<Item>,
+        confirmed: watch::Receiver<u64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Stopped, StreamError> {
+        let cfg = ReplicationConfig::new(
+            self.spec.conn.host.clone(),
+            self.spec.conn.user.clone(),
+            self.spec.conn.password.clone(),
+            self.spec.conn.database.clone(),
+            self.spec.slot.clone(),
+            self.spec.publication.clone(),
+        )
+        .with_port(self.spec.conn.port)
+        .with_tls(TlsConfig::disabled())
+        .with_status_interval(self.spec.status_interval)
+        .with_wakeup_interval(Duration::from_secs(10))
+        .with_application_name(self.spec.application_name.clone())
+        // Keeps `feedback_pending_since` tracked, which shutdown uses to
+        // know that the last acknowledgement reached the server.
+        .with_feedback_observer(FeedbackObserver::new(|sent| {
+            metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
+        }));
+        let client = ReplicationClient::connect(cfg)
+            .await
+            .map_err(|source| StreamError::Replication { source })?;
+
+        let mut session = Session {
+            client,
+            rules: self.rules,
+            relations: RelationCache::default(),
+            items,
+            confirmed,
+            shutdown,
+            rows: Rows {
+                open: None,
+                pending: Invalidations::default(),
+                tap: self.tap,
+            },
+            last_sent_end: 0,
+            acked: 0,
+            server_wal_end: 0,
+        };
+        session.stream().await
+    }
+}
+
+struct Session {
+    client: ReplicationClient,
+    rules: Arc<RuleSet>,
+    relations: RelationCache,
+    items: mpsc::Sender<Item>,
+    confirmed: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+    rows: Rows,
+    /// End LSN of the last transaction handed to the pipeline.
+    last_sent_end: u64,
+    /// Highest LSN reported to the transport as flushed.
+    acked: u64,
+    server_wal_end: u64,
+}
+
+/// The open transaction and what its rows produced so far.
+struct Rows {
+    open: Option<OpenTx>,
+    /// Invalidations of the open transaction not yet handed over.
+    pending: Invalidations,
+    tap: Option<ChangeTap>,
+}
+
+impl Rows {
+    /// Evaluates one row change (or a truncate, with no rows) against the
+    /// rules bound to its table.
+    fn evaluate(
+        &mut self,
+        entry: &RelationEntry,
+        op: Op,
+        old: Option<&dyn rules::RowValues>,
+        new: Option<&dyn rules::RowValues>,
+    ) {
+        metrics::counter!(m::CHANGES, "op" => op_label(op)).increment(1);
+        let Some(bound) = entry.bound.as_ref() else {
+            return;
+        };
+        let marks = Marks::of(&self.pending);
+        let outcome = if op == Op::Truncate {
+            bound.truncate(&mut self.pending)
+        } else {
+            let mut fallback_budget = TxBudget::default();
+            let budget = match self.open.as_mut() {
+                Some(tx) => &mut tx.budget,
+                None => &mut fallback_budget,
+            };
+            bound.evaluate(op, old, new, budget, &mut self.pending)
+        };
+        record_outcome(&outcome);
+        if let Some(tap) = &self.tap {
+            tap_change(
+                tap,
+                self.open.as_ref(),
+                &entry.name,
+                op,
+                &self.pending,
+                marks,
+            );
+        }
+    }
+}
+
+enum Next {
+    Event(Option<ReplicationEvent>),
+    Confirmed,
+    Shutdown,
+}
+
+impl Session {
+    async fn stream(&mut self) -> Result<Stopped, StreamError> {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = wait_true(&mut self.shutdown) => Next::Shutdown,
+                r = self.confirmed.changed() => {
+                    r.map_err(|_| StreamError::PipelineClosed)?;
+                    Next::Confirmed
+                }
+                ev = self.client.recv() => Next::Event(ev.map_err(|source| StreamError::Replication { source })?),
+            };
+            match next {
+                Next::Shutdown => return self.finish().await,
+                Next::Confirmed => self.apply_confirmed(),
+                Next::Event(None) => return Err(StreamError::Ended),
+                Next::Event(Some(ev)) => {
+                    if !self.handle(ev).await? {
+                        return self.finish().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one event; `false` means shutdown was requested meanwhile.
+    async fn handle(&mut self, ev: ReplicationEvent) -> Result<bool, StreamError> {
+        match ev {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                self.rows.open = Some(OpenTx {
+                    xid,
+                    commit_lsn: final_lsn.as_u64(),
+                    commit_time_micros,
+                    budget: TxBudget::default(),
+                });
+                self.send(Item::Begin {
+                    xid,
+                    commit_lsn: final_lsn.as_u64(),
+                    commit_time_micros,
+                })
+                .await
+            }
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                self.rows.open = None;
+                metrics::counter!(m::TRANSACTIONS).increment(1);
+                if !self.flush_pending().await? {
+                    return Ok(false);
+                }
+                let end = end_lsn.as_u64();
+                self.last_sent_end = end;
+                self.send(Item::Commit { end_lsn: end }).await
+            }
+            ReplicationEvent::XLogData { wal_end, data, .. } => {
+                self.note_server_end(wal_end.as_u64());
+                metrics::counter!(m::WAL_BYTES).increment(data.len() as u64);
+                self.change(wal_end.as_u64(), &data)?;
+                if self.rows.pending.len() >= CHUNK_ENTRIES {
+                    return self.flush_pending().await;
+                }
+                Ok(true)
+            }
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                self.explicit(transactional, lsn.as_u64(), &prefix, &content)
+                    .await
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                let end = wal_end.as_u64();
+                self.note_server_end(end);
+                // Idle slot: nothing open and everything handed over is
+                // confirmed, so every transaction committed before `end` was
+                // delivered and the position can move (otherwise WAL piles up
+                // on a primary whose published tables are quiet).
+                if self.rows.open.is_none() && *self.confirmed.borrow() >= self.last_sent_end {
+                    self.ack(end);
+                }
+                Ok(true)
+            }
+            ReplicationEvent::StoppedAt { .. } => Ok(false),
+            // The transport's event enum may grow; an unknown event carries
+            // nothing walbust acts on.
+            #[allow(unreachable_patterns)]
+            _ => Ok(true),
+        }
+    }
+
+    /// Decodes one pgoutput message and evaluates it against the rules.
+    fn change(&mut self, wal_end: u64, data: &Bytes) -> Result<(), StreamError> {
+        let msg = pgoutput::decode(data).map_err(|source| StreamError::Decode {
+            lsn: pgoutput::format_lsn(wal_end),
+            source,
+        })?;
+        use pgoutput::Message as M;
+        match msg {
+            M::Relation(rel) => self.relations.update(&rel, &self.rules)?,
+            M::Insert(ins) => {
+                let entry = self.relations.get(ins.relation_id)?;
+                let new = TupleRow::new(&ins.new);
+                self.rows.evaluate(entry, Op::Insert, None, Some(&new));
+            }
+            M::Update(upd) => {
+                let entry = self.relations.get(upd.relation_id)?;
+                let old = upd
+                    .old
+                    .as_ref()
+                    .map(|o| TupleRow::old(o, &entry.key_columns));
+                let new = TupleRow::new(&upd.new);
+                let old_ref = old.as_ref().map(|o| o as &dyn rules::RowValues);
+                self.rows.evaluate(entry, Op::Update, old_ref, Some(&new));
+            }
+            M::Delete(del) => {
+                let entry = self.relations.get(del.relation_id)?;
+                let old = TupleRow::old(&del.old, &entry.key_columns);
+                self.rows.evaluate(entry, Op::Delete, Some(&old), None);
+            }
+            M::Truncate(tr) => {
+                for id in &tr.relation_ids {
+                    let entry = self.relations.get(*id)?;
+                    self.rows.evaluate(entry, Op::Truncate, None, None);
+                }
+            }
+            // Type and Origin carry nothing to invalidate; Begin, Commit and
+            // Message arrive as typed transport events instead.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn explicit(
+        &mut self,
+        transactional: bool,
+        lsn: u64,
+        prefix: &str,
+        content: &[u8],
+    ) -> Result<bool, StreamError> {
+        if prefix != EXPLICIT_PREFIX {
+            return Ok(true);
+        }
+        let inv = match self.rules.explicit(content) {
+            Ok(inv) => inv,
+            Err(e) => {
+                // The content may hold application data: log the reason only.
+                metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "malformed").increment(1);
+                tracing::warn!(lsn = %pgoutput::format_lsn(lsn), reason = %e, "ignored a malformed explicit invalidation message");
+                return Ok(true);
+            }
+        };
+        metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "ok").increment(1);
+        if transactional && self.rows.open.is_some() {
+            self.rows.pending.extend(inv);
+            return Ok(true);
+        }
+        // A non-transactional message stands alone at its own position:
+        // every transaction committed before it was already sent, so it is
+        // delivered and acknowledged like a transaction of its own.
+        let now = pg_now_micros();
+        if !self
+            .send(Item::Begin {
+                xid: 0,
+                commit_lsn: lsn,
+                commit_time_micros: now,
+            })
+            .await?
+        {
+            return Ok(false);
+        }
+        if !self.send(Item::Changes(inv)).await? {
+            return Ok(false);
+        }
+        self.last_sent_end = self.last_sent_end.max(lsn);
+        self.send(Item::Commit { end_lsn: lsn }).await
+    }
+
+    async fn flush_pending(&mut self) -> Result<bool, StreamError> {
+        if self.rows.pending.is_empty() {
+            return Ok(true);
+        }
+        let chunk = std::mem::take(&mut self.rows.pending);
+        self.send(Item::Changes(chunk)).await
+    }
+
+    /// Hands an item to the pipeline, waiting while it applies backpressure.
+    /// Acknowledgements keep flowing meanwhile; `false` means shutdown was
+    /// requested while waiting (the item is dropped: it was not acknowledged,
+    /// so the server sends it again next time).
+    async fn send(&mut self, item: Item) -> Result<bool, StreamError> {
+        match self.items.try_reserve() {
+            Ok(permit) => {
+                permit.send(item);
+                return Ok(true);
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(StreamError::PipelineClosed),
+            Err(mpsc::error::TrySendError::Full(())) => {}
+        }
+        // Slow path, the pipeline is applying backpressure. A clone of the
+        // sender keeps `self` free for acknowledgements while waiting.
+        let items = self.items.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = wait_true(&mut self.shutdown) => return Ok(false),
+                r = self.confirmed.changed() => {
+                    r.map_err(|_| StreamError::PipelineClosed)?;
+                    let lsn = *self.confirmed.borrow_and_update();
+                    self.ack(lsn);
+                }
+                p = items.reserve() => {
+                    p.map_err(|_| StreamError::PipelineClosed)?.send(item);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    fn apply_confirmed(&mut self) {
+        let lsn = *self.confirmed.borrow_and_update();
+        self.ack(lsn);
+    }
+
+    fn ack(&mut self, lsn: u64) {
+        if lsn <= self.acked {
+            return;
+        }
+        self.acked = lsn;
+        self.client.update_applied_lsn(Lsn::from_u64(lsn));
+        metrics::gauge!(m::CONFIRMED_LSN).set(lsn as f64);
+        self.publish_lag();
+    }
+
+    fn note_server_end(&mut self, end: u64) {
+        if end > self.server_wal_end {
+            self.server_wal_end = end;
+            metrics::gauge!(m::SERVER_WAL_END).set(end as f64);
+            self.publish_lag();
+        }
+    }
+
+    fn publish_lag(&self) {
+        let lag = self.server_wal_end.saturating_sub(self.acked);
+        metrics::gauge!(m::LAG_BYTES).set(lag as f64);
+    }
+
+    /// Graceful end: close the pipeline's input, acknowledge what it
+    /// confirms, make sure the server heard it, and close the session.
+    async fn finish(&mut self) -> Result<Stopped, StreamError> {
+        // Closing the channel tells the pipeline to publish what it holds.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.items, closed));
+        // The watch sender lives in the pipeline task: it is dropped when the
+        // pipeline finished, after its last confirmation.
+        loop {
+            self.apply_confirmed();
+            if self.confirmed.changed().await.is_err() {
+                break;
+            }
+        }
+        self.apply_confirmed();
+        let deadline = Instant::now() + FINAL_FEEDBACK_TIMEOUT;
+        while self.client.feedback_pending_since().is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.client.feedback_pending_since().is_some() {
+            tracing::warn!("the final acknowledgement may not have reached the server; the next start re-sends from the slot's position");
+        }
+        if let Err(e) = self.client.shutdown().await {
+            tracing::debug!(error = %e, "replication session closed with an error");
+        }
+        Ok(Stopped::Shutdown {
+            confirmed_lsn: self.acked,
+        })
+    }
+}
+
+/// Resolves once the watch holds `true` (immediately if it already does);
+/// pends forever if the sender is gone.
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Positions in the pending lists before a row was evaluated, so the tap
+/// sees just that row's output.
+#[derive(Clone, Copy)]
+struct Marks {
+    keys: usize,
+    tags: usize,
+    patterns: usize,
+}
+
+impl Marks {
+    fn of(inv: &Invalidations) -> Marks {
+        Marks {
+            keys: inv.keys.len(),
+            tags: inv.tags.len(),
+            patterns: inv.patterns.len(),
+        }
+    }
+}
+
+fn tap_change(
+    tap: &ChangeTap,
+    open: Option<&OpenTx>,
+    table: &str,
+    op: Op,
+    pending: &Invalidations,
+    marks: Marks,
+) {
+    let (xid, commit_lsn, commit_time_micros) = open
+        .map(|t| (t.xid, t.commit_lsn, t.commit_time_micros))
+        .unwrap_or((0, 0, 0));
+    tap(&ChangeEvent {
+        commit_lsn,
+        xid,
+        commit_time_micros,
+        table,
+        op,
+        keys: pending.keys.get(marks.keys..).unwrap_or_default(),
+        tags: pending.tags.get(marks.tags..).unwrap_or_default(),
+        patterns: pending.patterns.get(marks.patterns..).unwrap_or_default(),
+    });
+}
+
+fn record_outcome(outcome: &rules::Outcome) {
+    if outcome.missing > 0 {
+        metrics::counter!(m::MISSING_VALUES).increment(u64::from(outcome.missing));
+    }
+    if outcome.null > 0 {
+        metrics::counter!(m::NULL_VALUES).increment(u64::from(outcome.null));
+    }
+    if outcome.escalated > 0 {
+        metrics::counter!(m::ESCALATIONS).increment(u64::from(outcome.escalated));
+    }
+}
+
+fn op_label(op: Op) -> &'static str {
+    match op {
+        Op::Insert => "insert",
+        Op::Update => "update",
+        Op::Delete => "delete",
+        Op::Truncate => "truncate",
+    }
+}
+
+/// Now, in microseconds since the Postgres epoch.
+pub fn pg_now_micros() -> i64 {
+    let since_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_unix.as_micros()).unwrap_or(i64::MAX) - PG_EPOCH_OFFSET_SECS * 1_000_000
+}

@@ -1,0 +1,363 @@
+//! The control plane of a replication source: checks that the server, the
+//! slot and the publication can give walbust every committed change, and
+//! creates the slot and publication when asked to.
+//!
+//! Everything here runs over an ordinary SQL connection (tokio-postgres)
+//! before streaming starts, so that a misconfigured database is refused with
+//! a sentence a DBA can act on instead of a protocol error halfway through
+//! the stream. The order matters: the publication is created before the
+//! slot, because pgoutput looks the publication up in the catalog as of each
+//! decoded transaction, and a slot older than its publication fails on the
+//! first change.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use rules::TableName;
+use tokio_postgres::{Client, NoTls};
+
+use crate::error::SourceError;
+
+/// Where and what to stream: the `source` section of the configuration.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// libpq-style URL: `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Publication whose tables are streamed.
+    pub publication: String,
+    /// Logical replication slot (plugin pgoutput) that holds walbust's position.
+    pub slot: String,
+    /// Create the publication and the slot when they are missing.
+    pub create: bool,
+}
+
+/// Connection parameters pulled out of [`SourceSpec::url`], for the
+/// replication connection which does not take a URL.
+#[derive(Clone)]
+pub struct ConnParams {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl fmt::Debug for ConnParams {
+    // The password stays out of logs and panics.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnParams")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnParams {
+    /// Parses a `postgres://` or `postgresql://` URL (also libpq key=value
+    /// strings, which tokio-postgres accepts).
+    pub fn from_url(url: &str) -> Result<ConnParams, SourceError> {
+        let cfg = tokio_postgres::Config::from_str(url).map_err(|e| SourceError::Url {
+            reason: e.to_string(),
+        })?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let user = cfg.get_user().unwrap_or("postgres").to_string();
+        let password = cfg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let database = cfg.get_dbname().unwrap_or(&user).to_string();
+        Ok(ConnParams {
+            host,
+            port,
+            user,
+            password,
+            database,
+        })
+    }
+}
+
+/// The slot as found (or made) by [`prepare`].
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    /// `confirmed_flush_lsn`: where streaming resumes.
+    pub confirmed_flush_lsn: u64,
+    /// `wal_status` (`reserved`, `extended`, `unreserved`).
+    pub wal_status: String,
+    /// True when this call created the slot.
+    pub created: bool,
+}
+
+/// Opens an ordinary SQL connection to the source and drives it in the
+/// background.
+pub async fn connect(url: &str) -> Result<Client, SourceError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| SourceError::Connect { source: e })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "control connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Checks the server, the publication and the slot, creating what is missing
+/// when `spec.create` is set. `tables` are the tables the rules name.
+pub async fn prepare(
+    client: &Client,
+    spec: &SourceSpec,
+    tables: &[TableName],
+) -> Result<SlotState, SourceError> {
+    check_wal_level(client).await?;
+    ensure_publication(client, spec, tables).await?;
+    ensure_slot(client, spec).await
+}
+
+async fn check_wal_level(client: &Client) -> Result<(), SourceError> {
+    let row = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(|e| SourceError::query("SHOW wal_level", e))?;
+    let level: String = row.get(0);
+    if level != "logical" {
+        return Err(SourceError::WalLevel { actual: level });
+    }
+    Ok(())
+}
+
+async fn ensure_publication(
+    client: &Client,
+    spec: &SourceSpec,
+    tables: &[TableName],
+) -> Result<(), SourceError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&spec.publication],
+        )
+        .await
+        .map_err(|e| SourceError::query("look up the publication", e))?
+        .is_some();
+    if !exists {
+        if !spec.create {
+            return Err(SourceError::PublicationMissing {
+                publication: spec.publication.clone(),
+            });
+        }
+        for table in tables {
+            check_table_exists(client, table).await?;
+        }
+        let sql = if tables.is_empty() {
+            format!("CREATE PUBLICATION {}", quote_ident(&spec.publication))
+        } else {
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                quote_ident(&spec.publication),
+                table_list(tables)
+            )
+        };
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| SourceError::query("CREATE PUBLICATION", e))?;
+        tracing::info!(publication = %spec.publication, tables = tables.len(), "created publication");
+        return Ok(());
+    }
+
+    let published = published_tables(client, &spec.publication).await?;
+    let missing: Vec<&TableName> = tables
+        .iter()
+        .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !spec.create {
+        return Err(SourceError::TablesNotPublished {
+            publication: spec.publication.clone(),
+            tables: missing.iter().map(|t| t.to_string()).collect(),
+        });
+    }
+    for table in &missing {
+        check_table_exists(client, table).await?;
+    }
+    let sql = format!(
+        "ALTER PUBLICATION {} ADD TABLE {}",
+        quote_ident(&spec.publication),
+        table_list(missing.iter().copied())
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(|e| SourceError::query("ALTER PUBLICATION ADD TABLE", e))?;
+    tracing::info!(publication = %spec.publication, added = missing.len(), "added tables to publication");
+    Ok(())
+}
+
+/// Tables of a publication as `(schema, table)`. Partitions of a published
+/// partitioned table are listed under their root when the publication
+/// publishes via the root, which is what the rules name.
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<BTreeSet<(String, String)>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(|e| SourceError::query("list the publication's tables", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+async fn check_table_exists(client: &Client, table: &TableName) -> Result<(), SourceError> {
+    let found = client
+        .query_opt(
+            "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| SourceError::query("look up a table", e))?
+        .is_some();
+    if found {
+        Ok(())
+    } else {
+        Err(SourceError::TableMissing {
+            table: table.to_string(),
+        })
+    }
+}
+
+async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT s.plugin::text, s.slot_type, d.datname::text, \
+                    coalesce(s.wal_status, ''), coalesce(s.confirmed_flush_lsn::text, '0/0'), \
+                    current_database()::text \
+             FROM pg_replication_slots s LEFT JOIN pg_database d ON d.oid = s.datoid \
+             WHERE s.slot_name = $1",
+            &[&spec.slot],
+        )
+        .await
+        .map_err(|e| SourceError::query("look up the replication slot", e))?;
+
+    let Some(row) = row else {
+        if !spec.create {
+            return Err(SourceError::SlotMissing {
+                slot: spec.slot.clone(),
+            });
+        }
+        let row = client
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&spec.slot],
+            )
+            .await
+            .map_err(|e| SourceError::query("create the replication slot", e))?;
+        let lsn: String = row.get(0);
+        tracing::info!(slot = %spec.slot, lsn = %lsn, "created replication slot");
+        return Ok(SlotState {
+            confirmed_flush_lsn: pgoutput::parse_lsn(&lsn).unwrap_or(0),
+            wal_status: "reserved".into(),
+            created: true,
+        });
+    };
+
+    let plugin: Option<String> = row.get(0);
+    let slot_type: String = row.get(1);
+    let database: Option<String> = row.get(2);
+    let wal_status: String = row.get(3);
+    let confirmed: String = row.get(4);
+    let current_db: String = row.get(5);
+
+    if slot_type != "logical" {
+        return Err(SourceError::SlotWrongKind {
+            slot: spec.slot.clone(),
+            detail: format!("it is a {slot_type} slot"),
+        });
+    }
+    if plugin.as_deref() != Some("pgoutput") {
+        return Err(SourceError::SlotWrongKind {
+            slot: spec.slot.clone(),
+            detail: format!(
+                "it uses the output plugin {:?}, walbust needs pgoutput",
+                plugin.unwrap_or_default()
+            ),
+        });
+    }
+    if database.as_deref() != Some(current_db.as_str()) {
+        return Err(SourceError::SlotWrongKind {
+            slot: spec.slot.clone(),
+            detail: format!(
+                "it belongs to database {:?}, not {:?}",
+                database.unwrap_or_default(),
+                current_db
+            ),
+        });
+    }
+    if wal_status == "lost" {
+        return Err(SourceError::SlotLost {
+            slot: spec.slot.clone(),
+        });
+    }
+    if wal_status == "unreserved" {
+        tracing::warn!(slot = %spec.slot, "slot wal_status is 'unreserved': the server is about to remove WAL it still needs (max_slot_wal_keep_size)");
+    }
+    Ok(SlotState {
+        confirmed_flush_lsn: pgoutput::parse_lsn(&confirmed).unwrap_or(0),
+        wal_status,
+        created: false,
+    })
+}
+
+fn table_list<'a>(tables: impl IntoIterator<Item = &'a TableName>) -> String {
+    tables
+        .into_iter()
+        .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Quotes an SQL identifier the way `quote_ident` does in Postgres.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("orders"), "\"orders\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+
+    #[test]
+    fn url_parts_are_extracted_and_password_kept_out_of_debug() {
+        let p = ConnParams::from_url("postgres://app:s3cret@db.internal:6543/shop").unwrap();
+        assert_eq!(p.host, "db.internal");
+        assert_eq!(p.port, 6543);
+        assert_eq!(p.user, "app");
+        assert_eq!(p.password, "s3cret");
+        assert_eq!(p.database, "shop");
+        assert!(!format!("{p:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn database_defaults_to_user() {
+        let p = ConnParams::from_url("postgresql://app@localhost").unwrap();
+        assert_eq!(p.database, "app");
+        assert_eq!(p.port, 5432);
+    }
+}

@@ -1,0 +1,144 @@
+//! Every metric the publishing side emits: names as constants, described once by [`describe`].
+//!
+//! Telemetry is per batch, never per key. Labels are low-cardinality: `sink` (`redis`, `kafka`)
+//! and `kind` (a [`SinkErrorKind`](crate::SinkErrorKind) name). Keys, tags and patterns never
+//! appear in labels.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// Label naming the sink.
+pub const LABEL_SINK: &str = "sink";
+/// Label naming an error kind.
+pub const LABEL_KIND: &str = "kind";
+
+/// Batches confirmed by a sink.
+pub const SINK_BATCHES: &str = "walbust_sink_batches_total";
+/// Keys in batches confirmed by a sink.
+pub const SINK_KEYS: &str = "walbust_sink_keys_total";
+/// Tags in batches confirmed by a sink.
+pub const SINK_TAGS: &str = "walbust_sink_tags_total";
+/// Patterns in batches confirmed by a sink.
+pub const SINK_PATTERNS: &str = "walbust_sink_patterns_total";
+/// Publish attempts that failed and were scheduled again.
+pub const SINK_RETRIES: &str = "walbust_sink_retries_total";
+/// Failed publish attempts, by `kind`.
+pub const SINK_ERRORS: &str = "walbust_sink_errors_total";
+/// Duration of one publish attempt.
+pub const SINK_PUBLISH_SECONDS: &str = "walbust_sink_publish_seconds";
+
+/// Batches confirmed by every sink (including batches that only complete transactions).
+pub const PIPELINE_BATCHES: &str = "walbust_pipeline_batches_total";
+/// Entries (keys + tags + patterns) per dispatched batch.
+pub const PIPELINE_BATCH_ENTRIES: &str = "walbust_pipeline_batch_entries";
+/// Batches dispatched but not yet confirmed.
+pub const PIPELINE_IN_FLIGHT: &str = "walbust_pipeline_in_flight";
+/// The last end LSN reported as confirmed.
+pub const PIPELINE_CONFIRMED_LSN: &str = "walbust_pipeline_confirmed_lsn";
+/// Time from a batch's oldest commit to its confirmation by every sink.
+pub const COMMIT_TO_CONFIRM_SECONDS: &str = "walbust_commit_to_confirm_seconds";
+
+/// Keys removed by `UNLINK` of batch keys (keys that existed).
+pub const REDIS_KEYS_REMOVED: &str = "walbust_redis_keys_removed_total";
+/// Members removed by tag purges (`set` strategy).
+pub const REDIS_TAG_MEMBERS_REMOVED: &str = "walbust_redis_tag_members_removed_total";
+/// `SCAN` calls made for pattern purges: each walks about `scan_count` keys.
+pub const REDIS_SCAN_CALLS: &str = "walbust_redis_pattern_scan_calls_total";
+/// Keys matched by pattern scans.
+pub const REDIS_PATTERN_KEYS_MATCHED: &str = "walbust_redis_pattern_keys_matched_total";
+/// Keys removed by pattern purges.
+pub const REDIS_PATTERN_KEYS_REMOVED: &str = "walbust_redis_pattern_keys_removed_total";
+
+/// Kafka records acknowledged by the broker.
+pub const KAFKA_RECORDS: &str = "walbust_kafka_records_total";
+/// Payload bytes of Kafka records acknowledged by the broker.
+pub const KAFKA_RECORD_BYTES: &str = "walbust_kafka_record_bytes_total";
+
+/// Registers descriptions and units with the installed recorder. Call once after installing it.
+pub fn describe() {
+    describe_counter!(SINK_BATCHES, Unit::Count, "Batches confirmed by a sink.");
+    describe_counter!(
+        SINK_KEYS,
+        Unit::Count,
+        "Keys in batches confirmed by a sink."
+    );
+    describe_counter!(
+        SINK_TAGS,
+        Unit::Count,
+        "Tags in batches confirmed by a sink."
+    );
+    describe_counter!(
+        SINK_PATTERNS,
+        Unit::Count,
+        "Patterns in batches confirmed by a sink."
+    );
+    describe_counter!(
+        SINK_RETRIES,
+        Unit::Count,
+        "Failed publish attempts that were scheduled again."
+    );
+    describe_counter!(SINK_ERRORS, Unit::Count, "Failed publish attempts by kind.");
+    describe_histogram!(
+        SINK_PUBLISH_SECONDS,
+        Unit::Seconds,
+        "Duration of one publish attempt to a sink."
+    );
+    describe_counter!(
+        PIPELINE_BATCHES,
+        Unit::Count,
+        "Batches confirmed by every sink."
+    );
+    describe_histogram!(
+        PIPELINE_BATCH_ENTRIES,
+        Unit::Count,
+        "Keys, tags and patterns per dispatched batch."
+    );
+    describe_gauge!(
+        PIPELINE_IN_FLIGHT,
+        Unit::Count,
+        "Batches dispatched and not yet confirmed."
+    );
+    describe_gauge!(
+        PIPELINE_CONFIRMED_LSN,
+        "Last end LSN confirmed by every sink (what Postgres may be told is flushed)."
+    );
+    describe_histogram!(
+        COMMIT_TO_CONFIRM_SECONDS,
+        Unit::Seconds,
+        "Time from the oldest commit in a batch to its confirmation by every sink."
+    );
+    describe_counter!(
+        REDIS_KEYS_REMOVED,
+        Unit::Count,
+        "Keys that existed and were removed by UNLINK."
+    );
+    describe_counter!(
+        REDIS_TAG_MEMBERS_REMOVED,
+        Unit::Count,
+        "Cache keys removed by tag purges (set strategy)."
+    );
+    describe_counter!(
+        REDIS_SCAN_CALLS,
+        Unit::Count,
+        "SCAN calls made by pattern purges; each walks about scan_count keys."
+    );
+    describe_counter!(
+        REDIS_PATTERN_KEYS_MATCHED,
+        Unit::Count,
+        "Keys matched by pattern purges."
+    );
+    describe_counter!(
+        REDIS_PATTERN_KEYS_REMOVED,
+        Unit::Count,
+        "Keys removed by pattern purges."
+    );
+    describe_counter!(
+        KAFKA_RECORDS,
+        Unit::Count,
+        "Kafka records acknowledged by the broker."
+    );
+    describe_counter!(
+        KAFKA_RECORD_BYTES,
+        Unit::Bytes,
+        "Payload bytes of Kafka records acknowledged by the broker."
+    );
+}

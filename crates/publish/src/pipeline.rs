@@ -1,0 +1,596 @@
+//! The pipeline task: batch, coalesce, publish to every sink, retry, acknowledge in LSN order.
+//!
+//! ```text
+//! mpsc<Item> ──> Accumulator ──seal──> Batch ──> every sink in parallel (each retried alone)
+//!   (bounded)       (one batch          │              │
+//!                    being built)        └── pending (dispatch order) ──> watch<u64> confirmed end LSN
+//! ```
+//!
+//! One task owns all the state, so there are no locks. Its loop:
+//!
+//! 1. take every item already waiting in the channel, until the batch being built is full;
+//! 2. dispatch that batch if an in-flight slot is free and it is due: it is full, or the input is
+//!    idle and `max_delay` has passed since its first transaction (at once when `max_delay` is 0,
+//!    or when the batch only completes transactions and invalidates nothing), or the input is
+//!    closed;
+//! 3. otherwise wait for a confirmation, a new item (only while the batch is not full) or the
+//!    `max_delay` deadline.
+//!
+//! So a lone transaction at low load is published at once; under load, items pile into the next
+//! batch while the previous one is in flight; and when the batch is full and every in-flight slot
+//! is taken, the task stops reading, the bounded channel fills and the reader slows down
+//! (backpressure, bounded memory).
+//!
+//! Sinks confirm in any order, but acknowledgement follows dispatch order: the watch only ever
+//! carries the end LSN of a transaction whose every part, and everything before it, is confirmed
+//! by every sink.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use metrics::{counter, gauge, histogram};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::batch::{Accumulator, Batch, Item, SequenceError};
+use crate::config::{ConfigError, Errors};
+use crate::format::pg_timestamp_to_system_time;
+use crate::metrics as m;
+use crate::sink::{Sink, SinkError};
+
+/// Default for [`PipelineConfig::max_keys`].
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+/// Default for [`PipelineConfig::max_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
+/// Default for [`PipelineConfig::max_delay`]: no wait, lowest latency.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::ZERO;
+/// Default for [`PipelineConfig::max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1;
+/// Default for [`PipelineConfig::channel_capacity`].
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
+/// Default for [`PipelineConfig::retry_min`].
+pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
+/// Default for [`PipelineConfig::retry_max`].
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Items taken from the channel in one go before the loop considers dispatching.
+const ITEMS_PER_ROUND: usize = 1024;
+
+/// Configuration path prefix used in [`PipelineConfig::validate`] errors.
+pub const CONFIG_PATH: &str = "publish";
+
+/// How the pipeline batches and retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// A batch is full at this many distinct entries (keys + tags + patterns). A single `Changes`
+    /// item is never cut, so a batch can exceed this by one item's worth.
+    pub max_keys: usize,
+    /// A batch is full at this many bytes of distinct entries.
+    pub max_bytes: usize,
+    /// How long a batch may wait for more transactions while the input is idle. Zero: publish as
+    /// soon as the input is idle.
+    pub max_delay: Duration,
+    /// Batches published and not yet confirmed at the same time (at least 1).
+    pub max_in_flight: usize,
+    /// Capacity of the item channel from the reader.
+    pub channel_capacity: usize,
+    /// First retry delay after a failed publish.
+    pub retry_min: Duration,
+    /// Longest retry delay (delays double from `retry_min`, with jitter, up to this).
+    pub retry_max: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_keys: DEFAULT_MAX_KEYS,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_delay: DEFAULT_MAX_DELAY,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            retry_min: DEFAULT_RETRY_MIN,
+            retry_max: DEFAULT_RETRY_MAX,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Checks the values without I/O; errors name fields under `publish.`.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Errors::new(CONFIG_PATH);
+        errors.check(self.max_keys > 0, "max_keys", "must be at least 1");
+        errors.check(self.max_bytes > 0, "max_bytes", "must be at least 1");
+        errors.check(
+            self.max_in_flight > 0,
+            "max_in_flight",
+            "must be at least 1",
+        );
+        errors.check(
+            self.channel_capacity > 0,
+            "channel_capacity",
+            "must be at least 1",
+        );
+        errors.check(
+            !self.retry_min.is_zero(),
+            "retry_min",
+            "must be longer than zero",
+        );
+        errors.check(
+            self.retry_min <= self.retry_max,
+            "retry_max",
+            "must not be shorter than retry_min",
+        );
+        errors.finish()
+    }
+}
+
+/// Why the pipeline task stopped without finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A sink failed in a way retrying cannot fix. Nothing from the failed batch on was
+    /// acknowledged; the slot will replay it after the fix.
+    #[error("{sink} sink failed and retrying cannot help; nothing after the last confirmed LSN was acknowledged")]
+    Sink {
+        /// The sink's name.
+        sink: &'static str,
+        /// What went wrong.
+        #[source]
+        source: SinkError,
+    },
+    /// The reader sent items out of order (a bug in the reader).
+    #[error("invalid item sequence from the reader")]
+    Sequence(#[source] SequenceError),
+    /// The configuration is invalid (see [`PipelineConfig::validate`]).
+    #[error("invalid pipeline configuration: {}", join(.0))]
+    Config(Vec<ConfigError>),
+}
+
+fn join(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How one sink handled a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkReport {
+    /// The sink's [`Sink::name`].
+    pub sink: &'static str,
+    /// From the first attempt to the confirmation, retries included.
+    pub elapsed: Duration,
+    /// Attempts made (1 when the first succeeded).
+    pub attempts: u32,
+}
+
+/// What happened to a confirmed batch, for [`BatchObserver`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    /// When the last sink confirmed the batch.
+    pub published_at: SystemTime,
+    /// One report per sink, in the order the sinks were given.
+    pub sinks: Vec<SinkReport>,
+}
+
+/// Called on the pipeline task after every sink confirmed a batch that invalidates something
+/// (batches that only complete empty transactions are not reported). Batches are reported in
+/// the order they are confirmed, which with `max_in_flight > 1` may differ from LSN order. Keep
+/// it quick: the pipeline waits for it.
+pub type BatchObserver = Arc<dyn Fn(&Batch, &BatchReport) + Send + Sync>;
+
+/// The publishing pipeline; see the module docs.
+#[derive(Debug)]
+pub struct Pipeline;
+
+/// What [`Pipeline::spawn`] returns: the item sender for the reader, the confirmed end LSN, and
+/// the task.
+pub type PipelineHandles = (
+    mpsc::Sender<Item>,
+    watch::Receiver<u64>,
+    JoinHandle<Result<(), PipelineError>>,
+);
+
+impl Pipeline {
+    /// Starts the pipeline task on the current Tokio runtime.
+    ///
+    /// - Send [`Item`]s on the returned sender; it is bounded (`channel_capacity`) and fills when
+    ///   the sinks fall behind.
+    /// - The watch carries the end LSN of the last transaction confirmed by every sink, together
+    ///   with everything before it: the flush LSN to report to Postgres. It starts at 0 (nothing
+    ///   confirmed yet) and never goes backwards.
+    /// - Shutdown: drop the sender. The task publishes everything it holds, waits for the
+    ///   confirmations, sends the final LSN on the watch and returns `Ok`. A sink that keeps
+    ///   failing with retriable errors is retried until it recovers; abort the task to give up.
+    /// - The task returns `Err` on an error retrying cannot fix, on an invalid item sequence, or
+    ///   at once on an invalid configuration.
+    pub fn spawn(cfg: PipelineConfig, sinks: Vec<Arc<dyn Sink>>) -> PipelineHandles {
+        Self::spawn_with_observer(cfg, sinks, None)
+    }
+
+    /// [`Pipeline::spawn`] with an observer called for every confirmed batch (for the demo's live
+    /// view and latency measurements).
+    pub fn spawn_with_observer(
+        cfg: PipelineConfig,
+        sinks: Vec<Arc<dyn Sink>>,
+        observer: Option<BatchObserver>,
+    ) -> PipelineHandles {
+        let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
+        let (watch_tx, watch_rx) = watch::channel(0);
+        let task = tokio::spawn(async move {
+            cfg.validate().map_err(PipelineError::Config)?;
+            Runner::new(cfg, sinks, observer, rx, watch_tx).run().await
+        });
+        (tx, watch_rx, task)
+    }
+}
+
+/// A dispatched batch waiting for its turn to be acknowledged.
+struct Pending {
+    seq: u64,
+    end_lsn: Option<u64>,
+    confirmed: bool,
+}
+
+/// A batch's outcome, returned by its delivery future.
+struct Delivered {
+    seq: u64,
+    batch: Arc<Batch>,
+    result: Result<Vec<SinkReport>, PipelineError>,
+}
+
+enum Event {
+    Delivered(Delivered),
+    Item(Option<Item>),
+    Deadline,
+}
+
+struct Runner {
+    cfg: PipelineConfig,
+    sinks: Arc<[Arc<dyn Sink>]>,
+    observer: Option<BatchObserver>,
+    rx: mpsc::Receiver<Item>,
+    watch: watch::Sender<u64>,
+    acc: Accumulator,
+    running: FuturesUnordered<BoxFuture<'static, Delivered>>,
+    pending: VecDeque<Pending>,
+    next_seq: u64,
+    confirmed: u64,
+    closed: bool,
+}
+
+impl Runner {
+    fn new(
+        cfg: PipelineConfig,
+        sinks: Vec<Arc<dyn Sink>>,
+        observer: Option<BatchObserver>,
+        rx: mpsc::Receiver<Item>,
+        watch: watch::Sender<u64>,
+    ) -> Self {
+        Self {
+            cfg,
+            sinks: sinks.into(),
+            observer,
+            rx,
+            watch,
+            acc: Accumulator::default(),
+            running: FuturesUnordered::new(),
+            pending: VecDeque::new(),
+            next_seq: 0,
+            confirmed: 0,
+            closed: false,
+        }
+    }
+
+    async fn run(mut self) -> Result<(), PipelineError> {
+        let names: Vec<_> = self.sinks.iter().map(|s| s.name()).collect();
+        info!(sinks = ?names, max_keys = self.cfg.max_keys, max_in_flight = self.cfg.max_in_flight, "publish pipeline started");
+        loop {
+            // 1. Take what is already waiting, without blocking (a bounded number, so a reader
+            //    that keeps the channel busy cannot starve dispatching).
+            let mut taken = 0;
+            while !self.closed && !self.full() && taken < ITEMS_PER_ROUND {
+                taken += 1;
+                match self.rx.try_recv() {
+                    Ok(item) => self.push(item)?,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.closed = true,
+                }
+            }
+
+            // 2. Dispatch if allowed and due.
+            let slot_free = self.running.len() < self.cfg.max_in_flight;
+            if slot_free && self.acc.has_work() && self.due(Instant::now()) {
+                self.dispatch();
+                continue;
+            }
+            if self.closed && !self.acc.has_work() && self.running.is_empty() {
+                break;
+            }
+
+            // 3. Wait for a confirmation, an item, or the batch's deadline.
+            let deadline = match self.acc.started() {
+                Some(started) if slot_free && !self.cfg.max_delay.is_zero() => {
+                    Some(started + self.cfg.max_delay)
+                }
+                _ => None,
+            };
+            let reading = !self.closed && !self.full();
+            let event = tokio::select! {
+                biased;
+                Some(done) = self.running.next(), if !self.running.is_empty() => Event::Delivered(done),
+                item = self.rx.recv(), if reading => Event::Item(item),
+                () = sleep_until(deadline), if deadline.is_some() => Event::Deadline,
+            };
+            match event {
+                Event::Delivered(done) => self.delivered(done)?,
+                Event::Item(Some(item)) => self.push(item)?,
+                Event::Item(None) => self.closed = true,
+                Event::Deadline => {}
+            }
+        }
+        info!(
+            confirmed_lsn = self.confirmed,
+            "publish pipeline finished: input closed and everything confirmed"
+        );
+        Ok(())
+    }
+
+    fn full(&self) -> bool {
+        self.acc.entries() >= self.cfg.max_keys || self.acc.bytes() >= self.cfg.max_bytes
+    }
+
+    /// Whether the batch being built should go now (given a free slot and an idle input).
+    fn due(&self, now: Instant) -> bool {
+        self.closed
+            || self.full()
+            // Only acknowledgements, which cost the sinks nothing: no reason to wait.
+            || self.acc.entries() == 0
+            || self.cfg.max_delay.is_zero()
+            || self
+                .acc
+                .started()
+                .is_some_and(|started| now >= started + self.cfg.max_delay)
+    }
+
+    fn push(&mut self, item: Item) -> Result<(), PipelineError> {
+        match self.acc.push(item, Instant::now()) {
+            Ok(None) => Ok(()),
+            Ok(Some(xid)) => {
+                warn!(
+                    xid,
+                    "transaction started again before its commit (the reader reconnected); \
+                     its earlier part is published again"
+                );
+                Ok(())
+            }
+            Err(err) => {
+                error!(error = %err, "invalid item sequence from the reader");
+                Err(PipelineError::Sequence(err))
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let batch = Arc::new(self.acc.seal());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push_back(Pending {
+            seq,
+            end_lsn: batch.end_lsn,
+            confirmed: false,
+        });
+        let delivery = if batch.is_empty() || self.sinks.is_empty() {
+            // Nothing to invalidate: the batch only completes transactions, and is confirmed in
+            // its turn without bothering the sinks.
+            futures::future::ready(Delivered {
+                seq,
+                batch,
+                result: Ok(Vec::new()),
+            })
+            .boxed()
+        } else {
+            histogram!(m::PIPELINE_BATCH_ENTRIES).record(batch.len() as f64);
+            debug!(
+                seq,
+                keys = batch.keys.len(),
+                tags = batch.tags.len(),
+                patterns = batch.patterns.len(),
+                xids = batch.xids.len(),
+                partial = batch.end_lsn.is_none(),
+                "publishing batch"
+            );
+            deliver(seq, batch, self.sinks.clone(), self.retry_policy()).boxed()
+        };
+        self.running.push(delivery);
+        gauge!(m::PIPELINE_IN_FLIGHT).set(self.running.len() as f64);
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            min: self.cfg.retry_min,
+            max: self.cfg.retry_max,
+        }
+    }
+
+    fn delivered(&mut self, done: Delivered) -> Result<(), PipelineError> {
+        gauge!(m::PIPELINE_IN_FLIGHT).set(self.running.len() as f64);
+        let reports = done.result?;
+        counter!(m::PIPELINE_BATCHES).increment(1);
+        if !done.batch.is_empty() {
+            let published_at = SystemTime::now();
+            let oldest_commit = pg_timestamp_to_system_time(done.batch.first_commit_time_micros);
+            // A clock behind the database's yields no sample rather than a wrong one.
+            if let Ok(latency) = published_at.duration_since(oldest_commit) {
+                histogram!(m::COMMIT_TO_CONFIRM_SECONDS).record(latency.as_secs_f64());
+            }
+            if let Some(observer) = &self.observer {
+                observer(
+                    &done.batch,
+                    &BatchReport {
+                        published_at,
+                        sinks: reports,
+                    },
+                );
+            }
+        }
+        if let Some(pending) = self.pending.iter_mut().find(|p| p.seq == done.seq) {
+            pending.confirmed = true;
+        }
+        self.advance();
+        Ok(())
+    }
+
+    /// Acknowledges confirmed batches at the head of the dispatch order.
+    fn advance(&mut self) {
+        let before = self.confirmed;
+        while self.pending.front().is_some_and(|p| p.confirmed) {
+            if let Some(Pending {
+                end_lsn: Some(end_lsn),
+                ..
+            }) = self.pending.pop_front()
+            {
+                // Never backwards: a replay after a reconnect re-sends older transactions.
+                self.confirmed = self.confirmed.max(end_lsn);
+            }
+        }
+        if self.confirmed != before {
+            self.watch.send_replace(self.confirmed);
+            gauge!(m::PIPELINE_CONFIRMED_LSN).set(self.confirmed as f64);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => futures::future::pending().await,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RetryPolicy {
+    min: Duration,
+    max: Duration,
+}
+
+/// Publishes one batch to every sink in parallel; each sink is retried on its own, so a sink that
+/// already confirmed is not asked again because another one failed.
+async fn deliver(
+    seq: u64,
+    batch: Arc<Batch>,
+    sinks: Arc<[Arc<dyn Sink>]>,
+    retry: RetryPolicy,
+) -> Delivered {
+    let result = futures::future::try_join_all(
+        sinks
+            .iter()
+            .map(|sink| publish_with_retry(sink.as_ref(), &batch, retry)),
+    )
+    .await;
+    Delivered { seq, batch, result }
+}
+
+/// Publishes until the sink confirms, backing off exponentially with jitter between attempts.
+/// Retriable errors are retried forever (skipping would lose invalidations); any other error ends
+/// the pipeline.
+async fn publish_with_retry(
+    sink: &dyn Sink,
+    batch: &Batch,
+    retry: RetryPolicy,
+) -> Result<SinkReport, PipelineError> {
+    let name = sink.name();
+    let started = Instant::now();
+    let attempts = AtomicU32::new(0);
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(retry.min)
+        .with_max_delay(retry.max)
+        .with_jitter()
+        .without_max_times();
+    let attempts_ref = &attempts;
+    let attempt = move || async move {
+        attempts_ref.fetch_add(1, Ordering::Relaxed);
+        let t = Instant::now();
+        let result = sink.publish(batch).await;
+        histogram!(m::SINK_PUBLISH_SECONDS, m::LABEL_SINK => name)
+            .record(t.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            counter!(m::SINK_ERRORS, m::LABEL_SINK => name, m::LABEL_KIND => err.kind().as_str())
+                .increment(1);
+        }
+        result
+    };
+    let result = attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(SinkError::retriable)
+        // Jitter adds up to 100% to a delay; keep every delay within retry_max.
+        .adjust(|_, delay| Some(delay.unwrap_or(retry.max).min(retry.max)))
+        .notify(|err, delay| {
+            counter!(m::SINK_RETRIES, m::LABEL_SINK => name).increment(1);
+            warn!(
+                sink = name,
+                kind = %err.kind(),
+                error = %Chain(err),
+                attempt = attempts.load(Ordering::Relaxed),
+                retry_in_ms = delay.as_millis() as u64,
+                "publish failed; retrying the batch"
+            );
+        })
+        .await;
+    let attempts = attempts.load(Ordering::Relaxed);
+    match result {
+        Ok(()) => {
+            counter!(m::SINK_BATCHES, m::LABEL_SINK => name).increment(1);
+            counter!(m::SINK_KEYS, m::LABEL_SINK => name).increment(batch.keys.len() as u64);
+            counter!(m::SINK_TAGS, m::LABEL_SINK => name).increment(batch.tags.len() as u64);
+            counter!(m::SINK_PATTERNS, m::LABEL_SINK => name)
+                .increment(batch.patterns.len() as u64);
+            if attempts > 1 {
+                info!(sink = name, attempts, "batch confirmed after retries");
+            }
+            Ok(SinkReport {
+                sink: name,
+                elapsed: started.elapsed(),
+                attempts,
+            })
+        }
+        Err(source) => {
+            error!(
+                sink = name,
+                kind = %source.kind(),
+                error = %Chain(&source),
+                attempts,
+                "publish failed and retrying cannot help; stopping"
+            );
+            Err(PipelineError::Sink { sink: name, source })
+        }
+    }
+}
+
+/// Displays an error with its sources, `outer: inner: innermost`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Configuration of the Redis sink.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::IntoConnectionInfo;
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Errors};
+
+/// Configuration path prefix used in [`RedisSinkConfig::validate`] errors.
+pub const CONFIG_PATH: &str = "sinks.redis";
+/// Default for [`RedisSinkConfig::unlink_chunk`].
+pub const DEFAULT_UNLINK_CHUNK: usize = 500;
+/// Default for [`RedisSinkConfig::scan_count`].
+pub const DEFAULT_SCAN_COUNT: usize = 1000;
+/// Default tag prefix for [`TagStrategy::Set`].
+pub const DEFAULT_SET_TAG_PREFIX: &str = "tag:";
+/// Default tag prefix for [`TagStrategy::Version`]. Different from the `set` one, so switching
+/// strategies never meets a key of the other type.
+pub const DEFAULT_VERSION_TAG_PREFIX: &str = "tagver:";
+/// Default for [`RedisSinkConfig::connect_timeout_ms`].
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default for [`RedisSinkConfig::response_timeout_ms`].
+pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 10_000;
+
+/// How tags are purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagStrategy {
+    /// The application adds each cached key to the Redis set `<tag_prefix><tag>` (`SADD`);
+    /// purging deletes the members and the set in one atomic script. In Redis Cluster the
+    /// members must live in the set's slot (use a hash tag).
+    #[default]
+    Set,
+    /// The application puts the counter `<tag_prefix><tag>` into its cache keys; purging
+    /// increments it (`INCR`), so old keys are never read again and expire on their own. O(1).
+    Version,
+}
+
+/// Configuration of the Redis sink (`sinks.redis` in walbust's configuration file).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// How tags are purged.
+    #[serde(default)]
+    pub tag_strategy: TagStrategy,
+    /// Prefix of the per-tag Redis key. Default: [`DEFAULT_SET_TAG_PREFIX`] for the `set`
+    /// strategy, [`DEFAULT_VERSION_TAG_PREFIX`] for `version` (see [`Self::tag_prefix`]).
+    #[serde(default)]
+    pub tag_prefix: Option<String>,
+    /// Keys per `UNLINK` command.
+    #[serde(default = "default_unlink_chunk")]
+    pub unlink_chunk: usize,
+    /// `COUNT` hint of each `SCAN` call in pattern purges.
+    #[serde(default = "default_scan_count")]
+    pub scan_count: usize,
+    /// When set, each batch's JSON record is `PUBLISH`ed on this channel after the purge, for
+    /// client-side caches.
+    #[serde(default)]
+    pub publish_channel: Option<String>,
+    /// Time allowed to open a connection, in milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed for each reply, in milliseconds.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+}
+
+fn default_unlink_chunk() -> usize {
+    DEFAULT_UNLINK_CHUNK
+}
+fn default_scan_count() -> usize {
+    DEFAULT_SCAN_COUNT
+}
+fn default_connect_timeout_ms() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_response_timeout_ms() -> u64 {
+    DEFAULT_RESPONSE_TIMEOUT_MS
+}
+
+// By hand, so the URL (which may hold a password) is never printed.
+impl fmt::Debug for RedisSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSinkConfig")
+            .field("url", &"<redacted>")
+            .field("tag_strategy", &self.tag_strategy)
+            .field("tag_prefix", &self.tag_prefix)
+            .field("unlink_chunk", &self.unlink_chunk)
+            .field("scan_count", &self.scan_count)
+            .field("publish_channel", &self.publish_channel)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .finish()
+    }
+}
+
+impl RedisSinkConfig {
+    /// A configuration with every default and the given URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tag_strategy: TagStrategy::default(),
+            tag_prefix: None,
+            unlink_chunk: DEFAULT_UNLINK_CHUNK,
+            scan_count: DEFAULT_SCAN_COUNT,
+            publish_channel: None,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            response_timeout_ms: DEFAULT_RESPONSE_TIMEOUT_MS,
+        }
+    }
+
+    /// The tag prefix in effect: the configured one, or the strategy's default.
+    pub fn tag_prefix(&self) -> &str {
+        match (&self.tag_prefix, self.tag_strategy) {
+            (Some(prefix), _) => prefix,
+            (None, TagStrategy::Set) => DEFAULT_SET_TAG_PREFIX,
+            (None, TagStrategy::Version) => DEFAULT_VERSION_TAG_PREFIX,
+        }
+    }
+
+    /// [`Self::connect_timeout_ms`] as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// [`Self::response_timeout_ms`] as a duration.
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+
+    /// Checks the values without I/O; errors name fields under `sinks.redis.`.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Errors::new(CONFIG_PATH);
+        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| self.url.starts_with(scheme));
+        if !scheme_ok {
+            errors.push("url", "not a redis:// or rediss:// URL");
+        } else if let Err(err) = self.url.as_str().into_connection_info() {
+            // The parser's message, never the URL itself (it may hold a password).
+            errors.push(
+                "url",
+                format_args!("invalid Redis URL ({})", err.category()),
+            );
+        }
+        errors.check(self.unlink_chunk > 0, "unlink_chunk", "must be at least 1");
+        errors.check(self.scan_count > 0, "scan_count", "must be at least 1");
+        errors.check(
+            self.publish_channel.as_ref().is_none_or(|c| !c.is_empty()),
+            "publish_channel",
+            "must not be empty (leave it out to disable publishing)",
+        );
+        errors.check(
+            self.connect_timeout_ms > 0,
+            "connect_timeout_ms",
+            "must be at least 1",
+        );
+        errors.check(
+            self.response_timeout_ms > 0,
+            "response_timeout_ms",
+            "must be at least 1",
+        );
+        errors.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(cfg: &RedisSinkConfig) -> Vec<String> {
+        match cfg.validate() {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_from_a_minimal_document() {
+        let cfg: RedisSinkConfig =
+            serde_json::from_str(r#"{"url":"redis://127.0.0.1:6379/0"}"#).unwrap();
+        assert_eq!(cfg, RedisSinkConfig::new("redis://127.0.0.1:6379/0"));
+        assert_eq!(cfg.tag_strategy, TagStrategy::Set);
+        assert_eq!(cfg.tag_prefix(), "tag:");
+        assert_eq!(cfg.unlink_chunk, 500);
+        assert_eq!(cfg.scan_count, 1000);
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn version_strategy_has_its_own_prefix() {
+        let cfg: RedisSinkConfig =
+            serde_json::from_str(r#"{"url":"redis://h","tag_strategy":"version"}"#).unwrap();
+        assert_eq!(cfg.tag_prefix(), "tagver:");
+        let cfg: RedisSinkConfig = serde_json::from_str(
+            r#"{"url":"redis://h","tag_strategy":"version","tag_prefix":"v:"}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.tag_prefix(), "v:");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<RedisSinkConfig>(r#"{"url":"redis://h","unlnk":1}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `unlnk`"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut cfg = RedisSinkConfig::new("http://user:secret@h");
+        cfg.unlink_chunk = 0;
+        cfg.scan_count = 0;
+        cfg.publish_channel = Some(String::new());
+        cfg.response_timeout_ms = 0;
+        assert_eq!(
+            messages(&cfg),
+            [
+                "sinks.redis.url: not a redis:// or rediss:// URL",
+                "sinks.redis.unlink_chunk: must be at least 1",
+                "sinks.redis.scan_count: must be at least 1",
+                "sinks.redis.publish_channel: must not be empty (leave it out to disable publishing)",
+                "sinks.redis.response_timeout_ms: must be at least 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_url_is_reported_without_its_secret() {
+        let cfg = RedisSinkConfig::new("redis://user:secret@host:notaport");
+        let found = messages(&cfg);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("sinks.redis.url: invalid Redis URL"),
+            "{found:?}"
+        );
+        assert!(!found[0].contains("secret"));
+    }
+
+    #[test]
+    fn debug_hides_the_url() {
+        let cfg = RedisSinkConfig::new("redis://user:secret@host");
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn tls_and_unix_urls_are_accepted() {
+        for url in [
+            "rediss://h:6380",
+            "redis+unix:///tmp/redis.sock",
+            "unix:///tmp/r.sock",
+        ] {
+            assert_eq!(
+                messages(&RedisSinkConfig::new(url)),
+                Vec::<String>::new(),
+                "{url}"
+            );
+        }
+    }
+}

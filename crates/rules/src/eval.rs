@@ -1,0 +1,428 @@
+//! The hot path: one row change of a bound table → keys, tags, patterns.
+//!
+//! Everything that can be decided before data arrives was decided at load
+//! and bind: templates are segment lists with column indexes, constant
+//! outputs are final strings, prefixes are pre-escaped. Per change this
+//! module only evaluates conditions, renders templates into exactly-sized
+//! strings (the output itself), and keeps per-transaction counts in the
+//! caller's [`TxBudget`].
+
+use std::ops::AddAssign;
+
+use crate::condition::{Cond, Truth};
+use crate::hash::{push_hash, HASH_LEN};
+use crate::row::{Change, Op, OpSet, RowValues};
+use crate::ruleset::{LongKeyPolicy, TableName};
+use crate::template::{Side, Skip, Template};
+
+/// What a transaction (or a change) invalidates. Order-preserving; lists may
+/// hold duplicates across changes (coalescing is the publisher's job), but
+/// one change never adds the same string twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Invalidations {
+    /// Cache keys to delete.
+    pub keys: Vec<String>,
+    /// Tags to purge.
+    pub tags: Vec<String>,
+    /// Redis glob patterns whose matching keys to delete.
+    pub patterns: Vec<String>,
+}
+
+impl Invalidations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.tags.is_empty() && self.patterns.is_empty()
+    }
+
+    /// Keys + tags + patterns.
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.tags.len() + self.patterns.len()
+    }
+
+    /// Appends `other`'s entries after this one's.
+    pub fn extend(&mut self, other: Invalidations) {
+        self.keys.extend(other.keys);
+        self.tags.extend(other.tags);
+        self.patterns.extend(other.patterns);
+    }
+
+    /// Empties the lists, keeping their capacity.
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.tags.clear();
+        self.patterns.clear();
+    }
+}
+
+/// Counts from evaluating changes, for metrics. Add outcomes with `+=`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Rules that fired (operation and `when` matched).
+    pub matched_rules: u32,
+    /// Templates (or `when` conditions) that needed a value that did not
+    /// arrive: unchanged TOAST without an old value, an old value the replica
+    /// identity did not send. Also TRUNCATEs of a rule that has templates but
+    /// no placeholder-free tag or pattern. Each is a possibly stale cache.
+    pub missing: u32,
+    /// Templates skipped because a value they need is NULL.
+    pub null: u32,
+    /// Rules that ran out of their per-transaction key budget on this change
+    /// and fell back to their placeholder-free tags and patterns.
+    pub escalated: u32,
+    /// Keys dropped because they were longer than `max_key_bytes` with
+    /// `on_long_key: refuse`.
+    pub refused: u32,
+}
+
+impl AddAssign for Outcome {
+    fn add_assign(&mut self, o: Outcome) {
+        self.matched_rules += o.matched_rules;
+        self.missing += o.missing;
+        self.null += o.null;
+        self.escalated += o.escalated;
+        self.refused += o.refused;
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct RuleState {
+    /// Strings rendered from templates in this transaction.
+    emitted: u32,
+    /// The placeholder-free outputs went out already in this transaction.
+    constants_sent: bool,
+    /// The budget ran out: no more templated output in this transaction.
+    escalated: bool,
+}
+
+/// Per-transaction state of every rule: how many strings it rendered, and
+/// whether it escalated. Create one per reader, [`reset`](TxBudget::reset)
+/// it at every transaction start, and pass it to every evaluation of that
+/// transaction. It belongs to one [`crate::RuleSet`] (rules are numbered
+/// within their set): reset it when the rule set is replaced.
+///
+/// Also the reason a rule's placeholder-free keys, tags and patterns are
+/// output once per transaction, not once per row: a 1M-row UPDATE yields one
+/// `products` tag, not a million.
+#[derive(Clone, Debug, Default)]
+pub struct TxBudget {
+    rules: Vec<RuleState>,
+}
+
+impl TxBudget {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a new transaction (keeps the allocation).
+    pub fn reset(&mut self) {
+        self.rules.clear();
+    }
+
+    /// Whether rule `index` (see [`crate::RuleInfo::index`]) escalated in
+    /// this transaction.
+    pub fn is_escalated(&self, index: usize) -> bool {
+        self.rules.get(index).is_some_and(|s| s.escalated)
+    }
+
+    fn state(&mut self, id: usize) -> &mut RuleState {
+        if self.rules.len() <= id {
+            self.rules.resize(id + 1, RuleState::default());
+        }
+        // Just resized to hold `id`.
+        &mut self.rules[id]
+    }
+}
+
+/// `max_key_bytes` and `on_long_key`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyLimit {
+    pub max_key_bytes: usize,
+    pub policy: LongKeyPolicy,
+}
+
+/// Applies the long-key policy to `key`, whose first `prefix_len` bytes are
+/// the prefix. `None`: refused.
+pub(crate) fn fit_long_key(key: String, prefix_len: usize, limit: KeyLimit) -> Option<String> {
+    if key.len() <= limit.max_key_bytes {
+        return Some(key);
+    }
+    match limit.policy {
+        LongKeyPolicy::Refuse => None,
+        LongKeyPolicy::Hash => {
+            let (prefix, rest) = match (key.get(..prefix_len), key.get(prefix_len..)) {
+                (Some(p), Some(r)) => (p, r),
+                _ => ("", key.as_str()),
+            };
+            let mut out = String::with_capacity(prefix.len() + 1 + HASH_LEN);
+            out.push_str(prefix);
+            out.push('#');
+            push_hash(&mut out, rest);
+            Some(out)
+        }
+    }
+}
+
+/// One rule compiled against one table's columns.
+#[derive(Clone, Debug)]
+pub(crate) struct BoundRule {
+    /// Index in the rule set (numbers the budget).
+    pub id: usize,
+    pub ops: OpSet,
+    pub when: Option<Cond<usize>>,
+    pub key_prefix: Box<str>,
+    pub pattern_prefix: Box<str>,
+    pub const_keys: Vec<String>,
+    pub const_tags: Vec<String>,
+    pub const_patterns: Vec<String>,
+    pub keys: Vec<Template<usize>>,
+    pub tags: Vec<Template<usize>>,
+    pub patterns: Vec<Template<usize>>,
+    pub max_keys_per_tx: u32,
+    pub has_fallback: bool,
+}
+
+impl BoundRule {
+    fn has_templates(&self) -> bool {
+        !(self.keys.is_empty() && self.tags.is_empty() && self.patterns.is_empty())
+    }
+}
+
+/// The rules of one table, bound to its columns. Immutable, `Send + Sync`;
+/// keep one per relation and rebuild it when the relation's columns change.
+#[derive(Clone, Debug)]
+pub struct BoundTable {
+    table: TableName,
+    columns: Vec<String>,
+    rules: Vec<BoundRule>,
+    limit: KeyLimit,
+}
+
+/// Pushes `s` unless the current change (entries from `from` on) has it.
+fn push_unique(list: &mut Vec<String>, from: usize, s: &str) -> bool {
+    if list.get(from..).is_some_and(|l| l.iter().any(|x| x == s)) {
+        return false;
+    }
+    list.push(s.to_owned());
+    true
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Keys,
+    Tags,
+    Patterns,
+}
+
+impl BoundTable {
+    pub(crate) fn new(
+        table: TableName,
+        columns: Vec<String>,
+        rules: Vec<BoundRule>,
+        limit: KeyLimit,
+    ) -> Self {
+        BoundTable {
+            table,
+            columns,
+            rules,
+            limit,
+        }
+    }
+
+    /// The table bound.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// The columns bound, in index order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The indexes ([`crate::RuleInfo::index`]) of the rules that apply.
+    pub fn rule_indexes(&self) -> Vec<usize> {
+        self.rules.iter().map(|r| r.id).collect()
+    }
+
+    /// Columns whose OLD value the rules read on update or delete: `{col}`
+    /// and `{old.col}` placeholders, `old:` comparisons, `changed:` columns.
+    /// Key columns are included; the caller subtracts what the table's
+    /// replica identity sends and fails (or warns) on the rest. In column
+    /// order, each once.
+    pub fn needs_old_values(&self) -> Vec<&str> {
+        let mut idx: Vec<usize> = Vec::new();
+        for r in &self.rules {
+            let update = r.ops.contains(Op::Update);
+            if !update && !r.ops.contains(Op::Delete) {
+                continue;
+            }
+            for t in r.keys.iter().chain(&r.tags).chain(&r.patterns) {
+                idx.extend(t.holes().filter(|h| h.side != Side::New).map(|h| h.column));
+            }
+            if let Some(when) = &r.when {
+                when.old_columns(update, &mut |c| idx.push(*c));
+            }
+        }
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .filter_map(|i| self.columns.get(i).map(String::as_str))
+            .collect()
+    }
+
+    /// Evaluates one row change against the table's rules and appends what
+    /// it invalidates to `out`.
+    ///
+    /// `old` is the old tuple when Postgres sent one (updates under a
+    /// replica identity that saw a change, deletes), `new` the new tuple
+    /// (inserts, updates). `budget` carries the transaction's state (see
+    /// [`TxBudget`]). `Op::Truncate` is the same as [`BoundTable::truncate`].
+    pub fn evaluate(
+        &self,
+        op: Op,
+        old: Option<&dyn RowValues>,
+        new: Option<&dyn RowValues>,
+        budget: &mut TxBudget,
+        out: &mut Invalidations,
+    ) -> Outcome {
+        if op == Op::Truncate {
+            return self.truncate(out);
+        }
+        let change = Change { op, old, new };
+        let from = (out.keys.len(), out.tags.len(), out.patterns.len());
+        let mut outcome = Outcome::default();
+        for rule in &self.rules {
+            if !rule.ops.contains(op) {
+                continue;
+            }
+            if let Some(when) = &rule.when {
+                match when.eval(&change) {
+                    Truth::False => continue,
+                    Truth::True => {}
+                    // Undecidable: fire anyway (see `condition`).
+                    Truth::Unknown { missing } => outcome.missing += u32::from(missing),
+                }
+            }
+            outcome.matched_rules += 1;
+            let state = budget.state(rule.id);
+            if !state.constants_sent {
+                state.constants_sent = true;
+                push_constants(rule, out, from);
+            }
+            if state.escalated {
+                continue;
+            }
+            self.render_rule(rule, &change, state, out, from, &mut outcome);
+        }
+        outcome
+    }
+
+    fn render_rule(
+        &self,
+        rule: &BoundRule,
+        change: &Change<'_>,
+        state: &mut RuleState,
+        out: &mut Invalidations,
+        from: (usize, usize, usize),
+        outcome: &mut Outcome,
+    ) {
+        let lists = [
+            (Target::Keys, &rule.keys, &*rule.key_prefix),
+            (Target::Tags, &rule.tags, ""),
+            (Target::Patterns, &rule.patterns, &*rule.pattern_prefix),
+        ];
+        for (target, templates, prefix) in lists {
+            for template in templates {
+                let (mut missing, mut null) = (false, false);
+                let views = match template.views(change) {
+                    [_, new] if template.same_in_both_views(change) => std::slice::from_ref(new),
+                    views => views,
+                };
+                for &view in views {
+                    let rendered = match template.render(
+                        change,
+                        view,
+                        prefix,
+                        matches!(target, Target::Patterns),
+                    ) {
+                        Ok(s) => s,
+                        Err(Skip::Missing) => {
+                            missing = true;
+                            continue;
+                        }
+                        Err(Skip::Null) => {
+                            null = true;
+                            continue;
+                        }
+                        Err(Skip::NotApplicable) => continue,
+                    };
+                    let (list, start) = match target {
+                        Target::Keys => (&mut out.keys, from.0),
+                        Target::Tags => (&mut out.tags, from.1),
+                        Target::Patterns => (&mut out.patterns, from.2),
+                    };
+                    let rendered = if matches!(target, Target::Keys) {
+                        match fit_long_key(rendered, prefix.len(), self.limit) {
+                            Some(k) => k,
+                            None => {
+                                outcome.refused += 1;
+                                continue;
+                            }
+                        }
+                    } else {
+                        rendered
+                    };
+                    if list.get(start..).is_some_and(|l| l.contains(&rendered)) {
+                        continue;
+                    }
+                    if rule.has_fallback && state.emitted >= rule.max_keys_per_tx {
+                        // The placeholder-free outputs went out with the
+                        // transaction's first change of this rule.
+                        state.escalated = true;
+                        outcome.escalated += 1;
+                        outcome.missing += u32::from(missing);
+                        outcome.null += u32::from(null);
+                        return;
+                    }
+                    state.emitted += 1;
+                    list.push(rendered);
+                }
+                outcome.missing += u32::from(missing);
+                outcome.null += u32::from(null);
+            }
+        }
+    }
+
+    /// What a TRUNCATE of the table invalidates: the placeholder-free keys,
+    /// tags and patterns of every rule that reacts to truncate. A rule with
+    /// templates but no placeholder-free tag or pattern counts as `missing`.
+    pub fn truncate(&self, out: &mut Invalidations) -> Outcome {
+        let from = (out.keys.len(), out.tags.len(), out.patterns.len());
+        let mut outcome = Outcome::default();
+        for rule in self.rules.iter().filter(|r| r.ops.contains(Op::Truncate)) {
+            outcome.matched_rules += 1;
+            push_constants(rule, out, from);
+            if rule.has_templates() && !rule.has_fallback {
+                outcome.missing += 1;
+            }
+        }
+        outcome
+    }
+}
+
+fn push_constants(rule: &BoundRule, out: &mut Invalidations, from: (usize, usize, usize)) {
+    for k in &rule.const_keys {
+        push_unique(&mut out.keys, from.0, k);
+    }
+    for t in &rule.const_tags {
+        push_unique(&mut out.tags, from.1, t);
+    }
+    for p in &rule.const_patterns {
+        push_unique(&mut out.patterns, from.2, p);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,846 @@
+//! Loading: YAML text → validated, compiled [`RuleSet`]; and binding a rule
+//! set to one table's columns → [`BoundTable`].
+//!
+//! All checks that do not need the database happen here, once, with the
+//! position of the offending node. What needs the table's columns happens in
+//! [`RuleSet::bind`]; what needs the live database (publication, replica
+//! identity) is the caller's, helped by [`RuleSet::tables`] and
+//! [`BoundTable::needs_old_values`].
+
+use std::fmt;
+use std::path::Path;
+
+use serde_saphyr::{MessageFormatter, Spanned, UserMessageFormatter};
+
+use crate::condition::{Cond, Test};
+use crate::error::{escape_controls, BindError, Position, RuleRef, RulesError};
+use crate::eval::{fit_long_key, BoundRule, BoundTable, KeyLimit};
+use crate::hash::HASH_LEN;
+use crate::row::{Op, OpSet};
+use crate::syntax::{CondDoc, FileDoc, LongKeyDoc, OpDoc, RuleDoc, SideDoc, TermDoc, TestDoc};
+use crate::template::{glob_escape, Side, Template};
+
+/// The only rules file version this walbust reads.
+pub const SUPPORTED_VERSION: u32 = 1;
+/// Default `max_key_bytes`.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// Default `max_keys_per_tx`.
+pub const DEFAULT_MAX_KEYS_PER_TX: u32 = 10_000;
+/// A hashed long key is the prefix, `#`, and the hash.
+const HASHED_KEY_OVERHEAD: usize = 1 + HASH_LEN;
+
+/// What happens to a rendered key longer than `max_key_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LongKeyPolicy {
+    /// Replace it by `<prefix>#<16 hex digits of FNV-1a 64 of the unprefixed key>`.
+    Hash,
+    /// Drop it and count it in [`crate::Outcome::refused`].
+    Refuse,
+}
+
+/// A schema-qualified table name; either part may hold the globs `*` and `?`
+/// when it comes from a rule's `table:`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Whether either part holds a glob (`*` or `?`).
+    pub fn is_glob(&self) -> bool {
+        self.schema.contains(['*', '?']) || self.name.contains(['*', '?'])
+    }
+
+    /// Whether the table `schema.name` is this one, or matches this glob.
+    /// Names compare exactly (as Postgres reports them: unquoted identifiers
+    /// are already lowercase).
+    pub fn matches(&self, schema: &str, name: &str) -> bool {
+        glob_str(&self.schema, schema) && glob_str(&self.name, name)
+    }
+
+    /// `products` → `public.products`; `shop.products` as is.
+    fn parse(text: &str) -> Result<TableName, String> {
+        let (schema, name) = match text.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => ("public", text),
+        };
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err(format!(
+                "table {text:?} is not `schema.table` or `table` (globs `*` and `?` allowed)"
+            ));
+        }
+        if let Some(c) = text
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || *c == '"')
+        {
+            return Err(format!("table {text:?}: names cannot contain {c:?}"));
+        }
+        Ok(TableName::new(schema, name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+fn glob_str(pattern: &str, text: &str) -> bool {
+    if !pattern.contains(['*', '?']) {
+        return pattern == text;
+    }
+    // Binding is rare: characters, not bytes, so `?` is one character.
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    glob_match(&pattern, &text)
+}
+
+/// `*` matches any run of characters, `?` one; iterative with single
+/// backtracking, so linear-ish and never recursive.
+fn glob_match(pattern: &[char], text: &[char]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(&tc) = text.get(t) {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == tc => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern
+        .get(p..)
+        .unwrap_or_default()
+        .iter()
+        .all(|&c| c == '*')
+}
+
+/// What tooling can know about a rule without binding it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// 0-based position in the `rules:` list (messages count from 1).
+    pub index: usize,
+    /// The `table:` text as written.
+    pub table: String,
+    /// Where the rule starts in the file.
+    pub line: u32,
+    pub column: u32,
+    /// The operations it reacts to.
+    pub on: Vec<Op>,
+    /// Whether it has a tag or pattern without placeholders: what it falls
+    /// back to when its key budget runs out, and what TRUNCATE can
+    /// invalidate. A rule without one is never escalated.
+    pub has_fallback: bool,
+}
+
+/// A column name as written, with where it was written (for bind errors).
+#[derive(Clone, Debug)]
+pub(crate) struct Named {
+    pub name: String,
+    pub at: Position,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Key,
+    Tag,
+    Pattern,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Key => "key",
+            Kind::Tag => "tag",
+            Kind::Pattern => "pattern",
+        }
+    }
+}
+
+/// A template with placeholders, waiting for a table to bind to.
+#[derive(Clone, Debug)]
+struct TemplateEntry {
+    kind: Kind,
+    source: String,
+    at: Position,
+    template: Template<String>,
+}
+
+#[derive(Clone, Debug)]
+struct CompiledRule {
+    table: TableName,
+    ops: OpSet,
+    when: Option<Cond<Named>>,
+    key_prefix: String,
+    pattern_prefix: String,
+    const_keys: Vec<String>,
+    const_tags: Vec<String>,
+    const_patterns: Vec<String>,
+    templates: Vec<TemplateEntry>,
+    max_keys_per_tx: u32,
+}
+
+/// A loaded, validated and compiled rules file. Immutable; share it behind
+/// an `Arc` and swap the whole set on reload.
+#[derive(Clone, Debug)]
+pub struct RuleSet {
+    origin: String,
+    prefix: String,
+    limit: KeyLimit,
+    rules: Vec<CompiledRule>,
+    infos: Vec<RuleInfo>,
+}
+
+/// The context every validation error of one rule shares.
+struct RuleCx<'a> {
+    origin: &'a str,
+    rule: RuleRef,
+}
+
+impl RuleCx<'_> {
+    fn err(&self, at: Position, message: impl Into<String>) -> RulesError {
+        RulesError::Invalid {
+            origin: self.origin.to_owned(),
+            at,
+            rule: Some(self.rule.clone()),
+            message: escape_controls(&message.into()).into_owned(),
+        }
+    }
+}
+
+fn top_err(origin: &str, at: Position, message: impl Into<String>) -> RulesError {
+    RulesError::Invalid {
+        origin: origin.to_owned(),
+        at,
+        rule: None,
+        message: escape_controls(&message.into()).into_owned(),
+    }
+}
+
+impl RuleSet {
+    /// Parses, validates and compiles rules from YAML text. `origin` names the
+    /// text in messages (usually the file name).
+    pub fn from_yaml(src: &str, origin: &str) -> Result<RuleSet, RulesError> {
+        let doc: FileDoc = serde_saphyr::from_str(src).map_err(|e| {
+            let at = e.location().map(Position::at).unwrap_or_default();
+            RulesError::Yaml {
+                origin: origin.to_owned(),
+                at,
+                // The parser's renderer would neutralise control characters,
+                // its bare message does not.
+                message: escape_controls(&UserMessageFormatter.format_message(e.without_snippet()))
+                    .into_owned(),
+                yaml_error: Box::new(e),
+            }
+        })?;
+        Self::compile(doc, origin)
+    }
+
+    /// Reads and loads a rules file; messages name it as `path` is written.
+    pub fn load(path: &Path) -> Result<RuleSet, RulesError> {
+        let src = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&src, &path.display().to_string())
+    }
+
+    fn compile(doc: FileDoc, origin: &str) -> Result<RuleSet, RulesError> {
+        if doc.version.value != SUPPORTED_VERSION {
+            return Err(top_err(
+                origin,
+                Position::of(&doc.version),
+                format!(
+                    "unsupported version {} (this walbust reads version {SUPPORTED_VERSION})",
+                    doc.version.value
+                ),
+            ));
+        }
+        let prefix = doc
+            .prefix
+            .as_ref()
+            .map(|p| p.value.clone())
+            .unwrap_or_default();
+        let max_key_bytes = match &doc.max_key_bytes {
+            None => DEFAULT_MAX_KEY_BYTES,
+            Some(m) => match usize::try_from(m.value) {
+                Ok(v) if v > 0 => v,
+                _ => {
+                    return Err(top_err(
+                        origin,
+                        Position::of(m),
+                        "max_key_bytes must be at least 1",
+                    ))
+                }
+            },
+        };
+        let policy = match doc.on_long_key.as_ref().map(|p| p.value) {
+            None | Some(LongKeyDoc::Hash) => LongKeyPolicy::Hash,
+            Some(LongKeyDoc::Refuse) => LongKeyPolicy::Refuse,
+        };
+        let limit = KeyLimit {
+            max_key_bytes,
+            policy,
+        };
+        let limit_at = doc
+            .max_key_bytes
+            .as_ref()
+            .map(Position::of)
+            .or(doc.prefix.as_ref().map(Position::of))
+            .unwrap_or_default();
+        if let Some(msg) = prefix_fits(&prefix, limit) {
+            return Err(top_err(origin, limit_at, msg));
+        }
+        let max_keys_per_tx = doc
+            .max_keys_per_tx
+            .map_or(DEFAULT_MAX_KEYS_PER_TX, |m| m.value);
+
+        let mut rules = Vec::with_capacity(doc.rules.len());
+        let mut infos = Vec::with_capacity(doc.rules.len());
+        for (index, rule) in doc.rules.into_iter().enumerate() {
+            let at = Position::of(&rule);
+            let cx = RuleCx {
+                origin,
+                rule: RuleRef {
+                    index,
+                    table: rule.value.table.value.clone(),
+                },
+            };
+            let compiled = compile_rule(rule.value, at, &cx, &prefix, limit, max_keys_per_tx)?;
+            infos.push(RuleInfo {
+                index,
+                table: cx.rule.table,
+                line: at.line,
+                column: at.column,
+                on: compiled.ops.to_vec(),
+                has_fallback: compiled.has_fallback(),
+            });
+            rules.push(compiled);
+        }
+        Ok(RuleSet {
+            origin: origin.to_owned(),
+            prefix,
+            limit,
+            rules,
+            infos,
+        })
+    }
+
+    /// The name the rules were loaded under (the file name).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The global key prefix (`""` when none).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `max_key_bytes` and `on_long_key`.
+    pub fn key_limit(&self) -> (usize, LongKeyPolicy) {
+        (self.limit.max_key_bytes, self.limit.policy)
+    }
+
+    /// The tables rules name exactly (no glob), each once, in file order:
+    /// what the publication must include.
+    pub fn tables(&self) -> Vec<TableName> {
+        self.unique_tables(false)
+    }
+
+    /// The glob `table:` entries (`public.orders_*`), each once, in file
+    /// order: the publication must include every table they match.
+    pub fn table_patterns(&self) -> Vec<TableName> {
+        self.unique_tables(true)
+    }
+
+    fn unique_tables(&self, globs: bool) -> Vec<TableName> {
+        let mut out: Vec<TableName> = Vec::new();
+        for r in &self.rules {
+            if r.table.is_glob() == globs && !out.contains(&r.table) {
+                out.push(r.table.clone());
+            }
+        }
+        out
+    }
+
+    /// Every rule, in file order.
+    pub fn rules(&self) -> &[RuleInfo] {
+        &self.infos
+    }
+
+    /// Compiles the rules that match table `schema.table` against its
+    /// columns (in the order the replication stream sends them; a row's
+    /// [`crate::RowValues::get`] takes indexes into this list).
+    ///
+    /// `Ok(None)`: no rule names this table. `Err`: a rule names a column the
+    /// table does not have (the first such, with its position).
+    pub fn bind(
+        &self,
+        schema: &str,
+        table: &str,
+        columns: &[&str],
+    ) -> Result<Option<BoundTable>, BindError> {
+        let name = TableName::new(schema, table);
+        let mut bound = Vec::new();
+        for (id, rule) in self.rules.iter().enumerate() {
+            if rule.table.matches(schema, table) {
+                bound.push(self.bind_rule(id, rule, &name, columns)?);
+            }
+        }
+        if bound.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(BoundTable::new(
+            name,
+            columns.iter().map(|c| (*c).to_owned()).collect(),
+            bound,
+            self.limit,
+        )))
+    }
+
+    fn bind_rule(
+        &self,
+        id: usize,
+        rule: &CompiledRule,
+        table: &TableName,
+        columns: &[&str],
+    ) -> Result<BoundRule, BindError> {
+        let rule_ref = || RuleRef {
+            index: id,
+            table: self
+                .infos
+                .get(id)
+                .map(|i| i.table.clone())
+                .unwrap_or_default(),
+        };
+        let missing = |named: &Named, what: String| {
+            BindError::new(&self.origin, named.at, rule_ref(), &named.name, table, what)
+        };
+        let index_of = |name: &str| columns.iter().position(|c| *c == name);
+        let when = match &rule.when {
+            None => None,
+            Some(c) => Some(c.try_map(&mut |n: &Named| {
+                index_of(&n.name).ok_or_else(|| missing(n, "in when".to_owned()))
+            })?),
+        };
+        let (mut keys, mut tags, mut patterns) = (Vec::new(), Vec::new(), Vec::new());
+        for entry in &rule.templates {
+            let bound = entry.template.try_map(|hole| {
+                index_of(&hole.column).ok_or_else(|| {
+                    missing(
+                        &Named {
+                            name: hole.column.clone(),
+                            at: entry.at,
+                        },
+                        format!("in {} template {:?}", entry.kind.as_str(), entry.source),
+                    )
+                })
+            })?;
+            match entry.kind {
+                Kind::Key => keys.push(bound),
+                Kind::Tag => tags.push(bound),
+                Kind::Pattern => patterns.push(bound),
+            }
+        }
+        Ok(BoundRule {
+            id,
+            ops: rule.ops,
+            when,
+            key_prefix: rule.key_prefix.clone().into_boxed_str(),
+            pattern_prefix: rule.pattern_prefix.clone().into_boxed_str(),
+            const_keys: rule.const_keys.clone(),
+            const_tags: rule.const_tags.clone(),
+            const_patterns: rule.const_patterns.clone(),
+            keys,
+            tags,
+            patterns,
+            max_keys_per_tx: rule.max_keys_per_tx,
+            has_fallback: rule.has_fallback(),
+        })
+    }
+
+    /// Parses an explicit invalidation message ([`crate::parse_explicit`])
+    /// and applies this rule set's global prefix and long-key policy to its
+    /// keys, and the (glob-escaped) prefix to its patterns. Tags are used as
+    /// sent.
+    pub fn explicit(&self, content: &[u8]) -> Result<crate::Invalidations, crate::ExplicitError> {
+        let raw = crate::explicit::parse_explicit(content)?;
+        let mut out = crate::Invalidations::default();
+        for (index, key) in raw.keys.into_iter().enumerate() {
+            let mut full = String::with_capacity(self.prefix.len() + key.len());
+            full.push_str(&self.prefix);
+            full.push_str(&key);
+            match fit_long_key(full, self.prefix.len(), self.limit) {
+                Some(k) => out.keys.push(k),
+                None => {
+                    return Err(crate::ExplicitError::KeyTooLong {
+                        index,
+                        max_key_bytes: self.limit.max_key_bytes,
+                    })
+                }
+            }
+        }
+        out.tags = raw.tags;
+        if self.prefix.is_empty() {
+            out.patterns = raw.patterns;
+        } else {
+            let escaped = glob_escape(&self.prefix);
+            out.patterns = raw
+                .patterns
+                .into_iter()
+                .map(|p| format!("{escaped}{p}"))
+                .collect();
+        }
+        Ok(out)
+    }
+}
+
+impl CompiledRule {
+    fn has_fallback(&self) -> bool {
+        !self.const_tags.is_empty() || !self.const_patterns.is_empty()
+    }
+}
+
+/// `Some(message)` when keys under `prefix` cannot be made to fit `limit`.
+fn prefix_fits(prefix: &str, limit: KeyLimit) -> Option<String> {
+    let needed = match limit.policy {
+        LongKeyPolicy::Hash => prefix.len() + HASHED_KEY_OVERHEAD,
+        LongKeyPolicy::Refuse => prefix.len() + 1,
+    };
+    (needed > limit.max_key_bytes).then(|| {
+        format!(
+            "key prefix {prefix:?} leaves no room for keys within max_key_bytes {} (needs at least {needed})",
+            limit.max_key_bytes
+        )
+    })
+}
+
+fn compile_rule(
+    doc: RuleDoc,
+    at: Position,
+    cx: &RuleCx<'_>,
+    global_prefix: &str,
+    limit: KeyLimit,
+    default_budget: u32,
+) -> Result<CompiledRule, RulesError> {
+    let table =
+        TableName::parse(&doc.table.value).map_err(|m| cx.err(Position::of(&doc.table), m))?;
+
+    let (ops, on_explicit) = match &doc.on {
+        None => (OpSet::ALL, false),
+        Some(list) => {
+            if list.value.is_empty() {
+                return Err(cx.err(
+                    Position::of(list),
+                    "`on` is empty (leave it out to react to every operation)",
+                ));
+            }
+            let mut ops = OpSet::default();
+            for op in &list.value {
+                let o = match op.value {
+                    OpDoc::Insert => Op::Insert,
+                    OpDoc::Update => Op::Update,
+                    OpDoc::Delete => Op::Delete,
+                    OpDoc::Truncate => Op::Truncate,
+                };
+                if !ops.insert(o) {
+                    return Err(cx.err(
+                        Position::of(op),
+                        format!("operation {o} is listed twice in `on`"),
+                    ));
+                }
+            }
+            (ops, true)
+        }
+    };
+
+    let mut key_prefix = global_prefix.to_owned();
+    if let Some(p) = &doc.prefix {
+        key_prefix.push_str(&p.value);
+        if let Some(msg) = prefix_fits(&key_prefix, limit) {
+            return Err(cx.err(Position::of(p), msg));
+        }
+    }
+    let pattern_prefix = glob_escape(&key_prefix);
+
+    let mut rule = CompiledRule {
+        table,
+        ops,
+        when: None,
+        key_prefix,
+        pattern_prefix,
+        const_keys: Vec::new(),
+        const_tags: Vec::new(),
+        const_patterns: Vec::new(),
+        templates: Vec::new(),
+        max_keys_per_tx: doc.max_keys_per_tx.map_or(default_budget, |m| m.value),
+    };
+
+    if doc.keys.is_empty() && doc.tags.is_empty() && doc.patterns.is_empty() {
+        return Err(cx.err(
+            at,
+            "the rule has no keys, tags or patterns: it would invalidate nothing",
+        ));
+    }
+    for (kind, list) in [
+        (Kind::Key, &doc.keys),
+        (Kind::Tag, &doc.tags),
+        (Kind::Pattern, &doc.patterns),
+    ] {
+        for (i, entry) in list.iter().enumerate() {
+            let at = Position::of(entry);
+            if list[..i].iter().any(|e| e.value == entry.value) {
+                return Err(cx.err(
+                    at,
+                    format!("duplicate {} template {:?}", kind.as_str(), entry.value),
+                ));
+            }
+            let template = Template::parse(&entry.value).map_err(|m| cx.err(at, m))?;
+            if let Some(why) = never_renders(&template, ops) {
+                return Err(cx.err(
+                    at,
+                    format!("{} template {:?} {why}", kind.as_str(), entry.value),
+                ));
+            }
+            if template.is_constant() {
+                let text = template.literal_text();
+                match kind {
+                    Kind::Key => {
+                        let mut full = rule.key_prefix.clone();
+                        full.push_str(&text);
+                        let key = fit_long_key(full, rule.key_prefix.len(), limit).ok_or_else(|| {
+                            cx.err(
+                                at,
+                                format!(
+                                    "key {:?} is longer than max_key_bytes ({}) and on_long_key is refuse",
+                                    entry.value, limit.max_key_bytes
+                                ),
+                            )
+                        })?;
+                        rule.const_keys.push(key);
+                    }
+                    Kind::Tag => rule.const_tags.push(text),
+                    Kind::Pattern => rule
+                        .const_patterns
+                        .push(format!("{}{text}", rule.pattern_prefix)),
+                }
+            } else {
+                rule.templates.push(TemplateEntry {
+                    kind,
+                    source: entry.value.clone(),
+                    at,
+                    template,
+                });
+            }
+        }
+    }
+
+    if on_explicit
+        && ops.contains(Op::Truncate)
+        && !rule.templates.is_empty()
+        && !rule.has_fallback()
+    {
+        return Err(cx.err(
+            doc.on.as_ref().map(Position::of).unwrap_or_default(),
+            "the rule reacts to truncate but has no tag or pattern without placeholders: \
+             TRUNCATE has no row values, so it would invalidate none of the rule's templates",
+        ));
+    }
+
+    if let Some(when) = &doc.when {
+        rule.when = Some(compile_cond(&when.value, Position::of(when), cx)?);
+    }
+    Ok(rule)
+}
+
+/// Why a template can never render under `ops`, if it cannot.
+fn never_renders(t: &Template<String>, ops: OpSet) -> Option<&'static str> {
+    if t.is_constant() {
+        return None;
+    }
+    let row_ops = [Op::Insert, Op::Update, Op::Delete]
+        .into_iter()
+        .any(|o| ops.contains(o));
+    let (old, new) = (t.reads(Side::Old), t.reads(Side::New));
+    if !row_ops {
+        Some("has placeholders, but the rule only reacts to truncate, which has no row")
+    } else if old && new && !ops.contains(Op::Update) {
+        Some("reads both old and new values, which only an update has, but the rule does not react to update")
+    } else if old && !ops.contains(Op::Update) && !ops.contains(Op::Delete) {
+        Some("reads old values, but the rule reacts to neither update nor delete")
+    } else if new && !ops.contains(Op::Insert) && !ops.contains(Op::Update) {
+        Some("reads new values, but the rule reacts to neither insert nor update")
+    } else {
+        None
+    }
+}
+
+fn named(s: &Spanned<String>, cx: &RuleCx<'_>) -> Result<Named, RulesError> {
+    let at = Position::of(s);
+    if s.value.is_empty() {
+        return Err(cx.err(at, "empty column name in when"));
+    }
+    Ok(Named {
+        name: s.value.clone(),
+        at,
+    })
+}
+
+fn compile_cond(doc: &CondDoc, at: Position, cx: &RuleCx<'_>) -> Result<Cond<Named>, RulesError> {
+    if doc.terms.is_empty() {
+        return Err(cx.err(
+            at,
+            "empty condition (expected changed, all, any, not, old or new)",
+        ));
+    }
+    let mut terms = Vec::with_capacity(doc.terms.len());
+    for (key, term) in &doc.terms {
+        let key_at = Position::of(key);
+        match term {
+            TermDoc::Changed(cols) => {
+                if cols.value.is_empty() {
+                    return Err(cx.err(key_at, "`changed` lists no column"));
+                }
+                let cols = cols
+                    .value
+                    .iter()
+                    .map(|c| named(c, cx))
+                    .collect::<Result<_, _>>()?;
+                terms.push(Cond::Changed(cols));
+            }
+            TermDoc::All(list) | TermDoc::Any(list) => {
+                if list.value.is_empty() {
+                    return Err(cx.err(key_at, format!("`{}` lists no condition", key.value)));
+                }
+                let conds = list
+                    .value
+                    .iter()
+                    .map(|c| compile_cond(&c.value, Position::of(c), cx))
+                    .collect::<Result<Vec<_>, _>>()?;
+                terms.push(if matches!(term, TermDoc::All(_)) {
+                    Cond::All(conds)
+                } else {
+                    Cond::Any(conds)
+                });
+            }
+            TermDoc::Not(inner) => {
+                terms.push(Cond::Not(Box::new(compile_cond(
+                    &inner.value,
+                    Position::of(inner),
+                    cx,
+                )?)));
+            }
+            TermDoc::Compare(side, tests) => {
+                terms.extend(compile_side(*side, &tests.value, key_at, cx)?)
+            }
+        }
+    }
+    Ok(if terms.len() == 1 {
+        terms.pop().unwrap_or(Cond::All(Vec::new()))
+    } else {
+        Cond::All(terms)
+    })
+}
+
+fn compile_side(
+    side: crate::condition::CmpSide,
+    doc: &SideDoc,
+    at: Position,
+    cx: &RuleCx<'_>,
+) -> Result<Vec<Cond<Named>>, RulesError> {
+    if doc.tests.is_empty() {
+        return Err(cx.err(at, "comparison names no column"));
+    }
+    doc.tests
+        .iter()
+        .map(|(column, test)| {
+            let column = named(column, cx)?;
+            let test = match test {
+                TestDoc::IsNull => Test::IsNull,
+                TestDoc::NotNull => Test::NotNull,
+                TestDoc::Eq(v) => Test::Eq(v.as_str().into()),
+                TestDoc::Ne(v) => Test::Ne(v.as_str().into()),
+                TestDoc::In(vs) | TestDoc::NotIn(vs) => {
+                    if vs.is_empty() {
+                        return Err(cx.err(
+                            column.at,
+                            format!("empty list in the test of column {:?}", column.name),
+                        ));
+                    }
+                    let set = vs.iter().map(|v| v.as_str().into()).collect();
+                    if matches!(test, TestDoc::In(_)) {
+                        Test::In(set)
+                    } else {
+                        Test::NotIn(set)
+                    }
+                }
+            };
+            Ok(Cond::Compare { side, column, test })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let g = glob_str;
+        assert!(g("orders_*", "orders_2024"));
+        assert!(g("orders_*", "orders_"));
+        assert!(!g("orders_*", "order"));
+        assert!(g("*", ""));
+        assert!(g("a?c", "abc"));
+        assert!(g("a?c", "aéc"), "? is one character");
+        assert!(!g("a?c", "ac"));
+        assert!(g("*a*b*", "xxaxxbxx"));
+        assert!(!g("*a*b", "xxbxxa"));
+        assert!(g("products", "products"));
+        assert!(!g("products", "products2"));
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(
+            TableName::parse("products"),
+            Ok(TableName::new("public", "products"))
+        );
+        assert_eq!(
+            TableName::parse("shop.items"),
+            Ok(TableName::new("shop", "items"))
+        );
+        assert!(TableName::parse("a.b.c").is_err());
+        assert!(TableName::parse(".b").is_err());
+        assert!(TableName::parse("a.").is_err());
+        assert!(TableName::parse("my table").is_err());
+        let g = TableName::parse("public.orders_*").expect("glob");
+        assert!(g.is_glob());
+        assert!(g.matches("public", "orders_2025"));
+        assert!(!g.matches("shop", "orders_2025"));
+        assert_eq!(g.to_string(), "public.orders_*");
+    }
+}
+
+#[cfg(test)]
+mod load_tests;

@@ -1,0 +1,31 @@
+//! Throwaway PostgreSQL, Redis and Kafka servers for walbust's tests and for
+//! `walbust demo`.
+//!
+//! Map:
+//!
+//! - [`Postgres`]: `initdb` + `pg_ctl` from the system's PostgreSQL, on a free
+//!   loopback port, `wal_level = logical`. Runs as the `postgres` user when
+//!   we are root, because PostgreSQL refuses root.
+//! - [`Redis`]: `redis-server` from PATH as a child process, no persistence.
+//! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
+//!   broker named by `WALBUST_TEST_KAFKA`.
+//! - [`free_port`]: the port chooser they share.
+//!
+//! Every server lives in its own directory under `std::env::temp_dir()` and
+//! is stopped and deleted on drop, panics included. A missing binary is an
+//! [`Error::MissingBinary`] with an install hint: tests fail, they never
+//! skip. Servers are real processes rather than mocks because the code under
+//! test must meet real protocol behaviour (replication, SCRAM, idempotent
+//! produce).
+
+mod error;
+mod kafka;
+mod postgres;
+mod process;
+mod redis_server;
+
+pub use error::Error;
+pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
+pub use postgres::{Postgres, BINDIR_ENV as PG_BINDIR_ENV};
+pub use process::free_port;
+pub use redis_server::Redis;

@@ -1,0 +1,498 @@
+//! A throwaway PostgreSQL: `initdb` into a fresh temporary directory, started
+//! with `pg_ctl` on a free loopback port, with logical replication enabled.
+//!
+//! Layout of an instance's directory (`walbust-pg-XXXXXX` under
+//! `std::env::temp_dir()`):
+//!
+//! ```text
+//! data/                  PGDATA
+//! data/walbust_testkit.conf   our settings, included last by postgresql.conf
+//! server.log             the server's log (pg_ctl -l)
+//! .s.PGSQL.<port>        the Unix socket
+//! ```
+//!
+//! PostgreSQL refuses to run as root. When testkit runs as root (CI does),
+//! every PostgreSQL program runs as the `postgres` system user, and the
+//! instance directory is owned by that user.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::process::{self, OrphanGuard, RunAs, POSTGRES_USER};
+use crate::Error;
+
+/// How to get the PostgreSQL server programs.
+const INSTALL_HINT: &str = "install it with 'apt-get install -y postgresql', \
+or set WALBUST_PG_BINDIR to the directory holding initdb and pg_ctl";
+
+/// Overrides where the server programs are looked up.
+pub const BINDIR_ENV: &str = "WALBUST_PG_BINDIR";
+
+/// The superuser created by initdb.
+const USER: &str = "walbust";
+/// The database `url()` and `connect()` point at.
+const DATABASE: &str = "postgres";
+const HOST: &str = "127.0.0.1";
+
+/// How long pg_ctl waits for the server to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts with a fresh port when another process took ours first.
+const PORT_ATTEMPTS: usize = 4;
+/// Our settings file, included at the end of postgresql.conf.
+const CONF_FILE: &str = "walbust_testkit.conf";
+
+/// A running throwaway PostgreSQL server.
+///
+/// Dropping it stops the server immediately (`pg_ctl stop -m immediate`) and
+/// deletes its directory, also when a test panics. If the process dies
+/// without unwinding, a guard process does the same within about a second.
+pub struct Postgres {
+    // Field order matters for Drop: the guard is killed (in `drop`) before
+    // the server is stopped, and the directory goes last.
+    guard: Option<OrphanGuard>,
+    bindir: PathBuf,
+    data_dir: PathBuf,
+    log_file: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+    password: String,
+    run_as: Option<RunAs>,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("port", &self.port)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Postgres {
+    /// Starts a server with testkit's defaults (`wal_level = logical`, 20
+    /// replication slots and WAL senders, `fsync = off`).
+    pub fn start() -> Result<Postgres, Error> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `postgresql.conf` settings, which override
+    /// the defaults, e.g. `[("wal_sender_timeout", "5s")]`.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<Postgres, Error> {
+        let extra = render_settings(settings)?;
+        let bindir = resolve_bindir()?;
+        for program in ["initdb", "pg_ctl", "postgres"] {
+            if !process::is_executable(&bindir.join(program)) {
+                return Err(Error::MissingBinary {
+                    name: program.to_owned(),
+                    searched: format!("in {}", bindir.display()),
+                    hint: INSTALL_HINT.to_owned(),
+                });
+            }
+        }
+        let run_as = process::postgres_run_as()?;
+        let tmp = std::env::temp_dir();
+        if let Some(run_as) = run_as {
+            process::check_traversable(&tmp, run_as, POSTGRES_USER)?;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("walbust-pg-")
+            .tempdir_in(&tmp)
+            .map_err(|e| {
+                Error::io(
+                    format!("could not create a directory in {}", tmp.display()),
+                    e,
+                )
+            })?;
+        if let Some(run_as) = run_as {
+            run_as.chown(dir.path())?;
+        }
+
+        let mut pg = Postgres {
+            guard: None,
+            bindir,
+            data_dir: dir.path().join("data"),
+            log_file: dir.path().join("server.log"),
+            socket_dir: dir.path().to_owned(),
+            port: 0,
+            password: format!(
+                "{:016x}{:016x}",
+                process::random_u64(),
+                process::random_u64()
+            ),
+            run_as,
+            dir,
+        };
+        pg.initdb()?;
+        pg.guard = Some(OrphanGuard::spawn(
+            &pg.data_dir.join("postmaster.pid"),
+            // SIGQUIT is PostgreSQL's immediate shutdown.
+            "QUIT",
+            pg.dir.path(),
+        )?);
+
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            pg.port = process::free_port();
+            pg.write_conf(&extra)?;
+            match pg.pg_ctl_start() {
+                Ok(()) => return Ok(pg),
+                // Between choosing the port and the server binding it, another
+                // process may have taken it; that is worth another try.
+                Err(Error::StartFailed { log_tail, .. })
+                    if attempt < PORT_ATTEMPTS && log_tail.contains("Address already in use") => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The TCP port the server listens on (kept across `stop`/`restart`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Always `127.0.0.1`.
+    pub fn host(&self) -> &str {
+        HOST
+    }
+
+    /// The superuser, `walbust`.
+    pub fn user(&self) -> &str {
+        USER
+    }
+
+    /// The superuser's password (random per instance; hex, so it needs no
+    /// quoting in URLs or shells).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The database `url()` and `connect()` use, `postgres`.
+    pub fn database(&self) -> &str {
+        DATABASE
+    }
+
+    /// `postgres://USER:PASSWORD@127.0.0.1:PORT/DB`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{USER}:{}@{HOST}:{}/{DATABASE}",
+            self.password, self.port
+        )
+    }
+
+    /// Connects as the superuser over TCP (SCRAM). The connection task is
+    /// spawned on the current Tokio runtime, so this must run inside one.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, Error> {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host(HOST)
+            .port(self.port)
+            .user(USER)
+            .password(&self.password)
+            .dbname(DATABASE)
+            .connect_timeout(Duration::from_secs(10))
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| Error::Postgres {
+                context: format!("could not connect to PostgreSQL at {HOST}:{}", self.port),
+                source,
+            })?;
+        // The task ends when the client is dropped or the server goes away;
+        // either way its error is already reported to the client's callers.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    /// A psql command line a person can paste into a shell.
+    pub fn psql_command(&self) -> String {
+        let psql = match process::find_on_path("psql") {
+            Some(_) => "psql".to_owned(),
+            None => self.bindir.join("psql").display().to_string(),
+        };
+        format!(
+            "PGPASSWORD={} {psql} -h {HOST} -p {} -U {USER} -d {DATABASE}",
+            self.password, self.port
+        )
+    }
+
+    /// Stops the server the way a crash would (`pg_ctl stop -m immediate`):
+    /// no checkpoint, the data directory is kept and the next start runs crash
+    /// recovery. Stopping a stopped server is not an error.
+    pub fn stop(&self) -> Result<(), Error> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", "immediate", "-w", "-s"]);
+        process::run(&mut cmd).map(drop)
+    }
+
+    /// Starts the server again on the same port and data directory, stopping
+    /// it first (immediately) if it is running.
+    pub fn restart(&self) -> Result<(), Error> {
+        self.stop()?;
+        self.pg_ctl_start()
+    }
+
+    /// Whether the server is running (`pg_ctl status`).
+    pub fn is_running(&self) -> bool {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("status").arg("-D").arg(&self.data_dir);
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// The directory holding the server programs.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// PGDATA.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The server's log file.
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// A command for one of the server programs, run as the right user, in
+    /// the instance directory, without PG* variables of the caller leaking in.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        cmd.current_dir(self.dir.path()).stdin(Stdio::null());
+        for var in [
+            "PGDATA",
+            "PGPORT",
+            "PGHOST",
+            "PGUSER",
+            "PGDATABASE",
+            "PGPASSWORD",
+            "PGOPTIONS",
+        ] {
+            cmd.env_remove(var);
+        }
+        if let Some(run_as) = self.run_as {
+            run_as.apply(&mut cmd);
+        }
+        cmd
+    }
+
+    fn initdb(&self) -> Result<(), Error> {
+        let pwfile = self.dir.path().join("pwfile");
+        fs::write(&pwfile, format!("{}\n", self.password))
+            .map_err(|e| Error::io(format!("could not write {}", pwfile.display()), e))?;
+        if let Some(run_as) = self.run_as {
+            run_as.chown(&pwfile)?;
+        }
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-U", USER])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args([
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                // No fsync of the new cluster: it is thrown away anyway, and
+                // syncing is most of initdb's time on slow disks.
+                "--no-sync",
+            ]);
+        let result = process::run(&mut cmd);
+        let _ = fs::remove_file(&pwfile);
+        result?;
+
+        let hba = self.data_dir.join("pg_hba.conf");
+        let rules = "# written by walbust testkit\n\
+            local all         all                trust\n\
+            local replication all                trust\n\
+            host  all         all  127.0.0.1/32  scram-sha-256\n\
+            host  replication all  127.0.0.1/32  scram-sha-256\n";
+        // Truncating the existing file keeps its owner (the server's user).
+        fs::write(&hba, rules)
+            .map_err(|e| Error::io(format!("could not write {}", hba.display()), e))?;
+
+        let conf = self.data_dir.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf)
+            .map_err(|e| Error::io(format!("could not read {}", conf.display()), e))?;
+        text.push_str(&format!("\ninclude '{CONF_FILE}'\n"));
+        fs::write(&conf, text)
+            .map_err(|e| Error::io(format!("could not write {}", conf.display()), e))
+    }
+
+    fn write_conf(&self, extra: &str) -> Result<(), Error> {
+        let path = self.data_dir.join(CONF_FILE);
+        let text = format!(
+            "# written by walbust testkit; later lines win\n\
+             listen_addresses = '{HOST}'\n\
+             port = {port}\n\
+             unix_socket_directories = '{socket}'\n\
+             wal_level = logical\n\
+             max_replication_slots = 20\n\
+             max_wal_senders = 20\n\
+             fsync = off\n\
+             full_page_writes = off\n\
+             shared_buffers = '128MB'\n\
+             {extra}",
+            port = self.port,
+            socket = quote_value(&self.socket_dir.display().to_string()),
+        );
+        fs::write(&path, text)
+            .map_err(|e| Error::io(format!("could not write {}", path.display()), e))?;
+        if let Some(run_as) = self.run_as {
+            run_as.chown(&path)?;
+        }
+        Ok(())
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), Error> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("start")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&self.log_file)
+            .args(["-w", "-t", &START_TIMEOUT.as_secs().to_string(), "-s"]);
+        let line = process::describe(&cmd);
+        let output = cmd
+            .output()
+            .map_err(|e| Error::io(format!("could not run {line}"), e))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(Error::StartFailed {
+            server: "PostgreSQL",
+            port: self.port,
+            reason: format!(
+                "{line} exited with {}: {}",
+                output.status,
+                process::combined_output(&output)
+            ),
+            log: self.log_file.clone(),
+            log_tail: process::log_tail(&self.log_file),
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // The guard goes first so it cannot race us deleting the directory.
+        drop(self.guard.take());
+        let _ = self.stop();
+        // `dir` (a TempDir) deletes the directory when the fields drop.
+    }
+}
+
+/// Where the server programs are: `WALBUST_PG_BINDIR`, else
+/// `pg_config --bindir` (if it holds initdb), else the newest
+/// `/usr/lib/postgresql/*/bin`.
+fn resolve_bindir() -> Result<PathBuf, Error> {
+    if let Some(dir) = std::env::var_os(BINDIR_ENV) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(pg_config) = process::find_on_path("pg_config") {
+        // pg_config may come from a client-only package of another major
+        // version, so its answer is only taken if the server is there.
+        if let Ok(output) = process::run(Command::new(pg_config).arg("--bindir")) {
+            let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+            if process::is_executable(&dir.join("initdb")) {
+                return Ok(dir);
+            }
+        }
+    }
+    let newest = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let major: u32 = name.split('.').next()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            process::is_executable(&bin.join("initdb")).then_some((major, bin))
+        })
+        .max_by_key(|(major, _)| *major);
+    match newest {
+        Some((_, bin)) => Ok(bin),
+        None => Err(Error::MissingBinary {
+            name: "initdb".to_owned(),
+            searched: format!(
+                "(looked in ${BINDIR_ENV}, pg_config --bindir and /usr/lib/postgresql/*/bin)"
+            ),
+            hint: INSTALL_HINT.to_owned(),
+        }),
+    }
+}
+
+/// Renders caller settings as postgresql.conf lines, refusing anything that
+/// could break out of its line.
+fn render_settings(settings: &[(&str, &str)]) -> Result<String, Error> {
+    let mut out = String::new();
+    for (name, value) in settings {
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid_name {
+            return Err(Error::InvalidSetting {
+                name: (*name).to_owned(),
+                reason: "names are letters, digits, '_' and '.'".to_owned(),
+            });
+        }
+        if value.contains(['\n', '\r', '\0']) {
+            return Err(Error::InvalidSetting {
+                name: (*name).to_owned(),
+                reason: "the value contains a line break or NUL".to_owned(),
+            });
+        }
+        out.push_str(&format!("{name} = '{}'\n", quote_value(value)));
+    }
+    Ok(out)
+}
+
+/// Escapes a value for a single-quoted postgresql.conf string.
+fn quote_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('\'', "''")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_quoted() {
+        let text = render_settings(&[("wal_sender_timeout", "5s"), ("search_path", "a'b")])
+            .expect("valid settings");
+        assert_eq!(text, "wal_sender_timeout = '5s'\nsearch_path = 'a''b'\n");
+    }
+
+    #[test]
+    fn settings_cannot_inject_lines() {
+        assert!(matches!(
+            render_settings(&[("port", "1\nfsync = on")]),
+            Err(Error::InvalidSetting { .. })
+        ));
+        assert!(matches!(
+            render_settings(&[("port = 1\nx", "1")]),
+            Err(Error::InvalidSetting { .. })
+        ));
+        assert!(matches!(
+            render_settings(&[("", "1")]),
+            Err(Error::InvalidSetting { .. })
+        ));
+    }
+}

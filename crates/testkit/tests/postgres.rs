@@ -1,0 +1,277 @@
+//! Round trips against a real throwaway PostgreSQL.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use testkit::Postgres;
+
+fn euid() -> u32 {
+    let out = Command::new("id").arg("-u").output().expect("run id -u");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("numeric uid")
+}
+
+fn postmaster_pid(data_dir: &Path) -> u32 {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).expect("postmaster.pid");
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("pid on the first line")
+}
+
+/// pg_ctl returns once postmaster.pid is gone, a moment before the process
+/// itself has exited; a zombie waiting for its reaper counts as gone.
+fn exits_soon(pid: u32) -> bool {
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return true,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|s| s.trim_start().starts_with('Z')) =>
+            {
+                return true
+            }
+            Ok(_) if Instant::now() >= deadline => return false,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+#[tokio::test]
+async fn logical_replication_is_ready() {
+    let started = Instant::now();
+    let pg = Postgres::start_with(&[("wal_sender_timeout", "5s")]).expect("start postgres");
+    eprintln!("postgres started in {:?}", started.elapsed());
+
+    assert_eq!(pg.host(), "127.0.0.1");
+    assert_eq!(pg.user(), "walbust");
+    assert_eq!(
+        pg.url(),
+        format!(
+            "postgres://walbust:{}@127.0.0.1:{}/{}",
+            pg.password(),
+            pg.port(),
+            pg.database()
+        )
+    );
+    assert!(pg.bindir().join("initdb").exists());
+    assert!(pg.data_dir().join("PG_VERSION").exists());
+
+    let client = pg.connect().await.expect("connect");
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .expect("show wal_level")
+        .get(0);
+    assert_eq!(wal_level, "logical");
+    let timeout: String = client
+        .query_one("SHOW wal_sender_timeout", &[])
+        .await
+        .expect("show wal_sender_timeout")
+        .get(0);
+    assert_eq!(timeout, "5s", "start_with settings override the defaults");
+    let sync: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .expect("show synchronous_commit")
+        .get(0);
+    assert_eq!(sync, "on");
+
+    let row = client
+        .query_one(
+            "SELECT slot_name::text FROM pg_create_logical_replication_slot('testkit_slot', 'pgoutput')",
+            &[],
+        )
+        .await
+        .expect("create a logical slot");
+    assert_eq!(row.get::<_, String>(0), "testkit_slot");
+    let plugin: String = client
+        .query_one(
+            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = 'testkit_slot'",
+            &[],
+        )
+        .await
+        .expect("read the slot back")
+        .get(0);
+    assert_eq!(plugin, "pgoutput");
+
+    // The URL works with a plain driver connect (password over SCRAM).
+    let (other, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect by url");
+    tokio::spawn(conn);
+    let one: i32 = other
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("select")
+        .get(0);
+    assert_eq!(one, 1);
+
+    // When we are root, the server runs as the postgres user.
+    let owner = std::fs::metadata(pg.data_dir())
+        .expect("stat data dir")
+        .uid();
+    if euid() == 0 {
+        assert_ne!(
+            owner, 0,
+            "data dir must belong to the postgres user, not root"
+        );
+    } else {
+        assert_eq!(owner, euid());
+    }
+}
+
+#[test]
+fn psql_command_and_replication_connections_work() {
+    let pg = Postgres::start().expect("start postgres");
+    let psql = pg.psql_command();
+    assert!(psql.contains(&format!("-p {}", pg.port())), "{psql}");
+    assert!(
+        psql.contains(&format!("PGPASSWORD={}", pg.password())),
+        "{psql}"
+    );
+
+    // The command line a person would paste, as is.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{psql} -XAtc 'SELECT current_user'"))
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "walbust");
+
+    // A walsender connection over TCP with SCRAM: pg_hba allows replication.
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=walbust dbname=postgres replication=database",
+        pg.port()
+    );
+    let out = Command::new(pg.bindir().join("psql"))
+        .env("PGPASSWORD", pg.password())
+        .args(["-XAt", "-c", "IDENTIFY_SYSTEM", &conninfo])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("|"));
+
+    // And a wrong password is refused: the auth really is SCRAM, not trust.
+    let out = Command::new(pg.bindir().join("psql"))
+        .env("PGPASSWORD", "wrong")
+        .args([
+            "-XAt",
+            "-c",
+            "SELECT 1",
+            &conninfo.replace(" replication=database", ""),
+        ])
+        .output()
+        .expect("run psql");
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn stop_and_restart_keep_port_and_data() {
+    let pg = Postgres::start().expect("start postgres");
+    let port = pg.port();
+    {
+        let client = pg.connect().await.expect("connect");
+        client
+            .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);")
+            .await
+            .expect("write");
+        client
+            .batch_execute("SELECT pg_create_logical_replication_slot('kept', 'pgoutput')")
+            .await
+            .expect("create slot");
+    }
+
+    pg.stop().expect("stop");
+    assert!(!pg.is_running());
+    assert!(
+        pg.connect().await.is_err(),
+        "connect must fail while stopped"
+    );
+    pg.stop().expect("stopping a stopped server is fine");
+
+    let started = Instant::now();
+    pg.restart().expect("restart");
+    eprintln!(
+        "postgres restarted (crash recovery) in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(pg.port(), port);
+    assert!(pg.is_running());
+    let client = pg.connect().await.expect("connect after restart");
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 2, "committed rows survive an immediate stop");
+    let slots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'kept'",
+            &[],
+        )
+        .await
+        .expect("slots")
+        .get(0);
+    assert_eq!(slots, 1);
+}
+
+#[test]
+fn drop_stops_the_server_and_deletes_its_directory() {
+    let pg = Postgres::start().expect("start postgres");
+    let data_dir = pg.data_dir().to_owned();
+    let pid = postmaster_pid(&data_dir);
+    let port = pg.port();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    drop(pg);
+    assert!(!data_dir.exists(), "{} still exists", data_dir.display());
+    assert!(!data_dir.parent().expect("instance dir").exists());
+    assert!(exits_soon(pid), "postmaster {pid} still running");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[test]
+fn bad_settings_are_rejected_before_anything_starts() {
+    let err = Postgres::start_with(&[("port", "1\nfsync = on")]).expect_err("must be refused");
+    assert!(
+        err.to_string().contains("invalid postgresql.conf setting"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_setting_the_server_rejects_fails_with_the_log_tail() {
+    let err = Postgres::start_with(&[("shared_buffers", "not-a-size")]).expect_err("must fail");
+    let text = err.to_string();
+    eprintln!("{text}");
+    assert!(text.contains("PostgreSQL failed to start"), "{text}");
+    assert!(
+        text.contains("shared_buffers"),
+        "log tail names the setting: {text}"
+    );
+}
+
+#[test]
+fn instances_are_independent() {
+    let a = Postgres::start().expect("start a");
+    let b = Postgres::start().expect("start b");
+    assert_ne!(a.port(), b.port());
+    assert_ne!(a.data_dir(), b.data_dir());
+    assert_ne!(a.password(), b.password());
+}

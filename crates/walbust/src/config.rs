@@ -1,0 +1,503 @@
+//! walbust's configuration file (`walbust.yaml`).
+//!
+//! Loading is three pure steps, all before any connection: `${VAR}`
+//! interpolation of the raw text, YAML parsing into typed structs (unknown
+//! fields refused, line and column in errors), and [`Config::validate`],
+//! which names every bad field by its path. I/O happens later, when the
+//! sinks and the source are built.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use publish::kafka_sink::KafkaSinkConfig;
+use publish::redis_sink::RedisSinkConfig;
+use publish::PipelineConfig;
+use serde::Deserialize;
+
+/// Default for `source.status_interval_ms`: how often a raised
+/// acknowledgement is reported to Postgres at most.
+pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
+/// Default for `source.application_name`.
+pub const DEFAULT_APPLICATION_NAME: &str = "walbust";
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    /// Path of the rules file; relative paths are relative to the
+    /// configuration file's folder.
+    pub rules: PathBuf,
+    pub sinks: SinksConfig,
+    #[serde(default)]
+    pub publish: PublishConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `source`: the database and the replication slot.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Publication to stream.
+    pub publication: String,
+    /// Logical replication slot (pgoutput).
+    pub slot: String,
+    /// Create the publication (for the tables the rules name) and the slot
+    /// when missing. Off by default: in production a DBA usually creates
+    /// them (see deploy/postgres-setup.sql).
+    #[serde(default)]
+    pub create: bool,
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+    #[serde(default = "default_application_name")]
+    pub application_name: String,
+}
+
+fn default_status_interval_ms() -> u64 {
+    DEFAULT_STATUS_INTERVAL_MS
+}
+fn default_application_name() -> String {
+    DEFAULT_APPLICATION_NAME.to_string()
+}
+
+// By hand: the URL may hold a password.
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("publication", &self.publication)
+            .field("slot", &self.slot)
+            .field("create", &self.create)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `sinks`: a sink whose section is absent is off; at least one is required.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    pub redis: Option<RedisSinkConfig>,
+    pub kafka: Option<KafkaSinkConfig>,
+}
+
+/// `publish`: batching and retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    pub max_keys: usize,
+    pub max_bytes: usize,
+    pub max_delay_ms: u64,
+    pub max_in_flight: usize,
+    pub channel_capacity: usize,
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        let d = PipelineConfig::default();
+        PublishConfig {
+            max_keys: d.max_keys,
+            max_bytes: d.max_bytes,
+            max_delay_ms: millis(d.max_delay),
+            max_in_flight: d.max_in_flight,
+            channel_capacity: d.channel_capacity,
+            retry_min_ms: millis(d.retry_min),
+            retry_max_ms: millis(d.retry_max),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl PublishConfig {
+    pub fn pipeline(&self) -> PipelineConfig {
+        PipelineConfig {
+            max_keys: self.max_keys,
+            max_bytes: self.max_bytes,
+            max_delay: Duration::from_millis(self.max_delay_ms),
+            max_in_flight: self.max_in_flight,
+            channel_capacity: self.channel_capacity,
+            retry_min: Duration::from_millis(self.retry_min_ms),
+            retry_max: Duration::from_millis(self.retry_max_ms),
+        }
+    }
+}
+
+/// `metrics`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` on; absent: no endpoint.
+    pub listen: Option<String>,
+}
+
+/// A configuration problem, one line each.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: ${{{var}}} is not set in the environment")]
+    MissingEnv {
+        path: String,
+        line: usize,
+        var: String,
+    },
+    #[error("{path}:{line}: unterminated ${{...}}")]
+    BadInterpolation { path: String, line: usize },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: String,
+        field: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, interpolates, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&raw, &shown, |v| std::env::var(v).ok())?;
+        if cfg.rules.is_relative() {
+            if let Some(dir) = path.parent() {
+                cfg.rules = dir.join(&cfg.rules);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates configuration text; `env` resolves `${VAR}`.
+    pub fn parse(
+        raw: &str,
+        origin: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = interpolate(raw, origin, env)?;
+        let cfg: Config = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: one_line(&e.to_string()),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks every value without I/O; the first problem is returned,
+    /// named by its field path.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        let url = self.source.url.trim();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "source.url",
+                "not a postgres:// or postgresql:// URL".into(),
+            ));
+        }
+        cdc::ConnParams::from_url(url)
+            .map_err(|e| invalid("source.url", strip_field(&e.to_string())))?;
+        check_name(&self.source.publication).map_err(|m| invalid("source.publication", m))?;
+        check_slot_name(&self.source.slot).map_err(|m| invalid("source.slot", m))?;
+        if self.source.status_interval_ms == 0 {
+            return Err(invalid(
+                "source.status_interval_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.rules.as_os_str().is_empty() {
+            return Err(invalid("rules", "must name the rules file".into()));
+        }
+        if self.sinks.redis.is_none() && self.sinks.kafka.is_none() {
+            return Err(invalid(
+                "sinks",
+                "no sink configured: add sinks.redis, sinks.kafka or both".into(),
+            ));
+        }
+        let mut errors = Vec::new();
+        if let Some(redis) = &self.sinks.redis {
+            errors.extend(redis.validate().err().unwrap_or_default());
+        }
+        if let Some(kafka) = &self.sinks.kafka {
+            errors.extend(kafka.validate().err().unwrap_or_default());
+        }
+        errors.extend(self.publish.pipeline().validate().err().unwrap_or_default());
+        if let Some(first) = errors.into_iter().next() {
+            return Err(invalid(&first.path, first.message));
+        }
+        if let Some(listen) = &self.metrics.listen {
+            listen.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    "not a host:port socket address (for example 127.0.0.1:9187)".into(),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_millis(self.source.status_interval_ms)
+    }
+}
+
+/// Replaces `${VAR}` with the variable's value; `$${` stays a literal `${`.
+/// Works on the raw text so that line numbers in later errors still match
+/// the file.
+pub fn interpolate(
+    raw: &str,
+    origin: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(raw.len());
+    for (index, line) in raw.split_inclusive('\n').enumerate() {
+        let line_no = index + 1;
+        let mut rest = line;
+        while let Some(pos) = rest.find("${") {
+            if pos > 0 && rest.as_bytes().get(pos - 1) == Some(&b'$') {
+                out.push_str(&rest[..pos - 1]);
+                out.push_str("${");
+                rest = &rest[pos + 2..];
+                continue;
+            }
+            out.push_str(&rest[..pos]);
+            let after = &rest[pos + 2..];
+            let end = after.find('}').ok_or(ConfigError::BadInterpolation {
+                path: origin.to_string(),
+                line: line_no,
+            })?;
+            let var = &after[..end];
+            let value = env(var).ok_or_else(|| ConfigError::MissingEnv {
+                path: origin.to_string(),
+                line: line_no,
+                var: var.to_string(),
+            })?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn strip_field(s: &str) -> String {
+    s.strip_prefix("source.url: ").unwrap_or(s).to_string()
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 63 {
+        return Err("longer than 63 bytes, Postgres's limit for names".into());
+    }
+    Ok(())
+}
+
+fn check_slot_name(name: &str) -> Result<(), String> {
+    check_name(name)?;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(
+            "slot names may contain only lower case letters, digits and underscores".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Writes a configuration file for local services (used by `walbust demo`
+/// and the tests).
+pub fn render(
+    source_url: &str,
+    publication: &str,
+    slot: &str,
+    rules: &Path,
+    redis_url: Option<&str>,
+    kafka: Option<(&str, &str)>,
+    extra_kafka_properties: &BTreeMap<String, String>,
+) -> String {
+    let mut s = format!(
+        "source:\n  url: \"{source_url}\"\n  publication: {publication}\n  slot: {slot}\n  create: true\nrules: \"{}\"\nsinks:\n",
+        rules.display()
+    );
+    if let Some(url) = redis_url {
+        s.push_str(&format!("  redis:\n    url: \"{url}\"\n"));
+    }
+    if let Some((brokers, topic)) = kafka {
+        s.push_str(&format!(
+            "  kafka:\n    brokers: \"{brokers}\"\n    topic: {topic}\n"
+        ));
+        if !extra_kafka_properties.is_empty() {
+            s.push_str("    properties:\n");
+            for (k, v) in extra_kafka_properties {
+                s.push_str(&format!("      {k}: \"{v}\"\n"));
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+source:
+  url: postgres://walbust:${PGPASS}@127.0.0.1:5432/shop
+  publication: walbust
+  slot: walbust
+rules: rules.yaml
+sinks:
+  redis:
+    url: redis://127.0.0.1:6379
+  kafka:
+    brokers: 127.0.0.1:9092
+    topic: cache-invalidations
+    properties:
+      linger.ms: "5"
+metrics:
+  listen: 127.0.0.1:9187
+"#;
+
+    fn env(v: &str) -> Option<String> {
+        (v == "PGPASS").then(|| "s3cret".to_string())
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, "walbust.yaml", env)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_complete_file_loads_with_interpolation() {
+        let cfg = Config::parse(GOOD, "walbust.yaml", env).unwrap();
+        assert!(cfg.source.url.contains("s3cret"));
+        assert!(!cfg.source.create);
+        assert_eq!(
+            cfg.sinks.kafka.as_ref().unwrap().topic,
+            "cache-invalidations"
+        );
+        assert_eq!(
+            cfg.sinks
+                .kafka
+                .as_ref()
+                .unwrap()
+                .properties
+                .get("linger.ms")
+                .map(String::as_str),
+            Some("5")
+        );
+        assert_eq!(cfg.metrics.listen.as_deref(), Some("127.0.0.1:9187"));
+        assert_eq!(cfg.status_interval(), Duration::from_secs(1));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_missing_variable_names_it_and_the_line() {
+        let text = GOOD.replace("${PGPASS}", "${NOPE}");
+        assert_eq!(
+            error_of(&text),
+            "walbust.yaml:3: ${NOPE} is not set in the environment"
+        );
+    }
+
+    #[test]
+    fn double_dollar_escapes_interpolation() {
+        let out = interpolate("a: $${HOME}\n", "f", |_| None).unwrap();
+        assert_eq!(out, "a: ${HOME}\n");
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let text = GOOD.replace("  slot: walbust\n", "");
+        let msg = error_of(&text);
+        assert!(msg.starts_with("walbust.yaml: "), "{msg}");
+        assert!(msg.contains("slot"), "{msg}");
+        assert!(!msg.contains('\n'));
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_with_its_position() {
+        let text = GOOD.replace("  slot: walbust\n", "  slot: walbust\n  slott: x\n");
+        let msg = error_of(&text);
+        assert!(msg.contains("slott"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_url_schemes_are_named() {
+        let text = GOOD.replace("postgres://walbust", "mysql://walbust");
+        assert_eq!(
+            error_of(&text),
+            "walbust.yaml: source.url: not a postgres:// or postgresql:// URL"
+        );
+        let text = GOOD.replace("redis://127.0.0.1:6379", "http://127.0.0.1:6379");
+        let msg = error_of(&text);
+        assert!(msg.starts_with("walbust.yaml: sinks.redis.url: "), "{msg}");
+    }
+
+    #[test]
+    fn at_least_one_sink_is_required() {
+        let text = r#"
+source: { url: "postgres://a@b/c", publication: p, slot: s }
+rules: r.yaml
+sinks: {}
+"#;
+        assert_eq!(
+            error_of(text),
+            "walbust.yaml: sinks: no sink configured: add sinks.redis, sinks.kafka or both"
+        );
+    }
+
+    #[test]
+    fn slot_names_follow_postgres_rules() {
+        let text = GOOD.replace("slot: walbust", "slot: Wal-Bust");
+        assert!(error_of(&text).starts_with("walbust.yaml: source.slot: "));
+    }
+
+    #[test]
+    fn metrics_listen_must_be_an_address() {
+        let text = GOOD.replace("127.0.0.1:9187", "localhost");
+        assert!(error_of(&text).starts_with("walbust.yaml: metrics.listen: "));
+    }
+
+    #[test]
+    fn rendered_configs_load() {
+        let text = render(
+            "postgres://walbust:pw@127.0.0.1:5432/postgres",
+            "walbust",
+            "walbust",
+            Path::new("/tmp/rules.yaml"),
+            Some("redis://127.0.0.1:6379"),
+            Some(("127.0.0.1:9092", "inv")),
+            &BTreeMap::new(),
+        );
+        let cfg = Config::parse(&text, "demo.yaml", |_| None).unwrap();
+        assert!(cfg.source.create);
+        assert!(cfg.sinks.redis.is_some() && cfg.sinks.kafka.is_some());
+    }
+}

@@ -1,0 +1,163 @@
+//! walbust: committed PostgreSQL changes in, cache invalidations out.
+//!
+//! The binary is thin: it parses the command line, loads and validates the
+//! configuration, installs logging, metrics and signal handling, and hands
+//! over to [`run`] (the product) or [`demo`] (the product on throwaway local
+//! services).
+
+mod check;
+mod config;
+mod demo;
+mod run;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// Exit status for a problem in the configuration or the rules.
+const EXIT_CONFIG: u8 = 2;
+/// Exit status for any other failure.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "walbust",
+    version,
+    about = "Turns committed PostgreSQL changes into cache invalidations for Redis and Kafka",
+    long_about = "walbust reads the write-ahead log through logical replication (pgoutput), maps every \
+committed row change to cache keys, tags and key patterns with the rules in a YAML file, and \
+publishes them in batches to Redis (unlink keys, purge tags and patterns) and to a Kafka topic. \
+It acknowledges WAL to Postgres only after every sink confirmed, so after a crash nothing is lost.\n\n\
+Start with `walbust demo` to see it work on throwaway local services."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `debug`.
+    /// Default: `info`, and `warn` for the demo, whose live view is on stdout.
+    #[arg(long, global = true, env = "WALBUST_LOG")]
+    log: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream changes from Postgres and publish invalidations until SIGINT or SIGTERM.
+    ///
+    /// On a signal, walbust finishes the batch in flight, acknowledges it to
+    /// Postgres and exits 0. A second signal exits at once (nothing
+    /// unconfirmed is ever acknowledged, so the next start re-sends it).
+    Run {
+        /// The configuration file (see README.md, "Configuration").
+        #[arg(long, short, env = "WALBUST_CONFIG", default_value = "walbust.yaml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and the rules; with --db also check the
+    /// database (wal_level, slot, publication) and the sinks.
+    Check {
+        #[arg(long, short, env = "WALBUST_CONFIG", default_value = "walbust.yaml")]
+        config: PathBuf,
+        /// Also connect to the database and the sinks and check them.
+        #[arg(long)]
+        db: bool,
+    },
+    /// Run walbust end to end on throwaway Postgres, Redis and Kafka, with a
+    /// small shop schema and a write generator, and show what it invalidates.
+    ///
+    /// Prints how to connect (psql, redis-cli, Kafka bootstrap) so you can make
+    /// writes of your own. Everything is removed on Ctrl-C.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walbust: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run { config } => cmd_run(&config).await,
+            Command::Check { config, db } => check::check(&config, db).await,
+            Command::Demo(args) => demo::demo(args).await,
+        }
+    })
+}
+
+async fn cmd_run(path: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail_config(e),
+    };
+    if let Err(e) = rules::RuleSet::load(&cfg.rules) {
+        return fail_config(e);
+    }
+    if let Some(listen) = &cfg.metrics.listen {
+        if let Err(e) = telemetry::serve_metrics(listen) {
+            return fail(e);
+        }
+    }
+    let shutdown = shutdown_signal();
+    match run::run(cfg, shutdown, run::Hooks::default()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// A watch that turns true on the first SIGINT or SIGTERM; a second signal
+/// exits the process at once.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!(
+                    "shutting down: finishing the batch in flight (signal again to exit now)"
+                );
+                let _ = tx.send(true);
+            } else {
+                tracing::warn!("second signal: exiting without waiting; unconfirmed work is re-sent on the next start");
+                std::process::exit(130);
+            }
+        }
+    });
+    rx
+}
+
+pub fn fail_config(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("walbust: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+pub fn fail(e: impl Into<anyhow::Error>) -> ExitCode {
+    // One line: the whole cause chain joined with ": ".
+    eprintln!("walbust: {:#}", e.into());
+    ExitCode::from(EXIT_FAILURE)
+}

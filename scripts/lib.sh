@@ -1,0 +1,41 @@
+# Shared by scripts/test.sh and scripts/demo.sh: installs what walbust's
+# tests and demo need and is missing. Debian packages: postgresql (server
+# binaries: initdb, pg_ctl, postgres), redis-server. Rust must be installed.
+
+walbust_have_postgres() {
+    [ -n "${WALBUST_PG_BINDIR:-}" ] && [ -x "${WALBUST_PG_BINDIR}/initdb" ] && return 0
+    command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ] && return 0
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+
+walbust_install_missing() {
+    local missing=()
+    walbust_have_postgres || missing+=(postgresql)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+    command -v make >/dev/null 2>&1 || missing+=(make)
+    if [ ${#missing[@]} -eq 0 ]; then
+        return 0
+    fi
+    echo "walbust: installing missing packages: ${missing[*]}" >&2
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo="sudo"
+        else
+            echo "walbust: need root (or sudo) to install: apt-get install -y ${missing[*]}" >&2
+            return 1
+        fi
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # The Debian package starts a cluster of its own; walbust's tests and
+    # demo start throwaway servers and do not need it.
+}
+
+walbust_require_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "walbust: cargo not found: install Rust (https://rustup.rs) first" >&2
+        return 1
+    fi
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs walbust's whole test suite against real, throwaway Postgres
+# (wal_level=logical), redis-server and a Kafka broker (librdkafka's mock
+# cluster), installing the Debian packages that are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+walbust_require_cargo
+walbust_install_missing
+
+if cargo nextest --version >/dev/null 2>&1; then
+    exec cargo nextest run --workspace --profile ci "$@"
+else
+    exec cargo test --workspace "$@"
+fi

@@ -1,0 +1,272 @@
+//! The command line as a user meets it: help, configuration errors, start-up
+//! refusals, and the demo.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::*;
+
+fn walbust(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_walbust"))
+        .args(args)
+        .env("WALBUST_LOG", "warn")
+        .output()
+        .expect("run walbust")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_explains_every_command() {
+    let top = walbust(&["--help"]);
+    assert!(top.status.success());
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(text.contains("invalidations"), "{text}");
+    for sub in ["run", "check", "demo"] {
+        assert!(text.contains(sub), "--help does not list {sub}");
+        let o = walbust(&[sub, "--help"]);
+        assert!(o.status.success(), "{sub} --help failed");
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            help.lines().count() > 5,
+            "{sub} --help is too thin:\n{help}"
+        );
+    }
+    let demo = String::from_utf8_lossy(&walbust(&["demo", "--help"]).stdout).into_owned();
+    for flag in ["--writes", "--seconds", "--rate"] {
+        assert!(demo.contains(flag), "demo --help lacks {flag}");
+    }
+}
+
+const GOOD_RULES: &str = "version: 1\nrules:\n  - table: public.t\n    keys: [\"t:{id}\"]\n";
+
+fn config_error(dir: &Path, config: &str) -> String {
+    std::fs::write(dir.join("rules.yaml"), GOOD_RULES).unwrap();
+    let path = dir.join("walbust.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = walbust(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{err}");
+    lines[0].to_string()
+}
+
+const VALID: &str = "source:\n  url: postgres://u:p@127.0.0.1:1/db\n  publication: p\n  slot: s\nrules: rules.yaml\nsinks:\n  redis:\n    url: redis://127.0.0.1:1\n";
+
+#[test]
+fn bad_configuration_exits_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let line = config_error(dir.path(), &VALID.replace("  slot: s\n", ""));
+    assert!(
+        line.contains("walbust.yaml") && line.contains("slot"),
+        "{line}"
+    );
+
+    let line = config_error(dir.path(), &VALID.replace("redis://", "http://"));
+    assert!(line.contains("sinks.redis.url"), "{line}");
+
+    let line = config_error(dir.path(), &VALID.replace("postgres://", "mysql://"));
+    assert!(line.contains("source.url"), "{line}");
+
+    let line = config_error(
+        dir.path(),
+        &VALID.replace("rules.yaml", "missing-rules.yaml"),
+    );
+    assert!(line.contains("missing-rules.yaml"), "{line}");
+
+    let missing = dir.path().join("nope.yaml");
+    let out = walbust(&["run", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nope.yaml"), "{}", stderr(&out));
+}
+
+#[test]
+fn broken_rules_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "version: 1\nrules:\n  - table: public.t\n    keys: [\"t:{id\"]\n",
+    )
+    .unwrap();
+    let path = dir.path().join("walbust.yaml");
+    std::fs::write(&path, VALID).unwrap();
+    let out = walbust(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("rules.yaml:4:"), "{err}");
+}
+
+/// Starts walbust against a database and expects a refusal naming `needle`.
+async fn refused(svc: &Services, needle: &str) {
+    let config = svc.write_config(GOOD_RULES, false);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_walbust"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("WALBUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_server_without_logical_wal() {
+    let pg = testkit::Postgres::start_with(&[("wal_level", "replica")]).unwrap();
+    let redis = testkit::Redis::start().unwrap();
+    let kafka = testkit::Kafka::start().unwrap();
+    let svc = Services {
+        pg,
+        redis,
+        dir: tempfile::tempdir().unwrap(),
+        kafka,
+    };
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    refused(&svc, "wal_level is 'replica'").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_slot_of_another_plugin() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    // A slot cannot be created in a transaction that wrote.
+    db.batch_execute("SELECT pg_create_logical_replication_slot('walbust', 'test_decoding')")
+        .await
+        .unwrap();
+    refused(&svc, "output plugin \"test_decoding\"").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_missing_slot_without_create() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walbust FOR TABLE t;",
+    )
+    .await
+    .unwrap();
+    let config = svc.write_config(GOOD_RULES, false);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("create: true", "create: false");
+    std::fs::write(&config, text).unwrap();
+    let out = walbust(&["run", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("replication slot \"walbust\" does not exist"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_lost_slot() {
+    // A tiny WAL retention limit and a few WAL segments of writes make the
+    // server drop WAL the slot still needs.
+    let pg = testkit::Postgres::start_with(&[
+        ("max_slot_wal_keep_size", "1MB"),
+        ("max_wal_size", "32MB"),
+        ("min_wal_size", "32MB"),
+    ])
+    .unwrap();
+    let svc = Services {
+        pg,
+        redis: testkit::Redis::start().unwrap(),
+        dir: tempfile::tempdir().unwrap(),
+        kafka: testkit::Kafka::start().unwrap(),
+    };
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION walbust FOR TABLE t;",
+    )
+    .await
+    .unwrap();
+    db.batch_execute("SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')")
+        .await
+        .unwrap();
+    let mut status = String::new();
+    for _ in 0..10 {
+        for sql in [
+            "CREATE TABLE IF NOT EXISTS filler (x text)",
+            "INSERT INTO filler SELECT md5(g::text) || repeat('x', 1000) FROM generate_series(1, 5000) g",
+            "SELECT pg_switch_wal()",
+            "CHECKPOINT",
+        ] {
+            db.batch_execute(sql).await.unwrap();
+        }
+        status = db
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walbust'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .unwrap_or_default();
+        if status == "lost" {
+            break;
+        }
+    }
+    assert_eq!(status, "lost", "could not make the slot lose WAL");
+    refused(&svc, "is lost").await;
+}
+
+#[test]
+fn demo_runs_a_bounded_number_of_writes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_walbust"))
+        .args(["demo", "--writes", "12", "--rate", "40"])
+        .env("WALBUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        stderr(&out)
+    );
+    assert!(stdout.contains("psql"), "no psql hint:\n{stdout}");
+    assert!(
+        stdout.contains("redis-cli -p"),
+        "no redis-cli hint:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("bootstrap 127.0.0.1:"),
+        "no kafka hint:\n{stdout}"
+    );
+    let change_lines = stdout
+        .lines()
+        .filter(|l| l.contains("public.products") || l.contains("public.orders"))
+        .count();
+    assert!(
+        change_lines >= 12,
+        "expected a line per write, got {change_lines}:\n{stdout}"
+    );
+    assert!(stdout.contains("confirmed by redis+kafka"), "{stdout}");
+    let done = stdout
+        .lines()
+        .find(|l| l.starts_with("done: "))
+        .unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    let changes: u64 = done["done: ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(changes >= 12, "{done}");
+}

@@ -1,0 +1,94 @@
+//! The acknowledgement contract: the slot's confirmed_flush_lsn moves only
+//! after every sink confirmed, and nothing committed is lost while a sink is
+//! down or walbust is killed.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const RULES: &str = r#"
+version: 1
+rules:
+  - table: public.items
+    keys: ["item:{id}"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_lsn_waits_for_redis_and_nothing_is_lost() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    // Redis only: this test is about one sink stalling the acknowledgement.
+    let config = svc.write_config_with(RULES, false, "publish:\n  retry_max_ms: 500\n");
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+
+    // Warm up: one delivered change.
+    let mut redis = svc.redis.connection().await.unwrap();
+    set_keys(&mut redis, &["item:0"]).await;
+    let before = current_wal_lsn(&db).await;
+    db.batch_execute("INSERT INTO items VALUES (0, 0)")
+        .await
+        .unwrap();
+    assert_invalidated(&mut redis, &["item:0"], &[], "warm-up").await;
+    wait_confirmed_past(&db, before).await;
+
+    // Redis down: committed changes must not move the slot.
+    drop(redis);
+    svc.redis.stop().unwrap();
+    let outage_start = current_wal_lsn(&db).await;
+    let held = confirmed_flush_lsn(&db, "walbust").await.unwrap();
+    assert!(held <= outage_start);
+    for id in 1..=5 {
+        db.execute("INSERT INTO items VALUES ($1, 0)", &[&id])
+            .await
+            .unwrap();
+    }
+    // Several status intervals (200 ms) and retries pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = confirmed_flush_lsn(&db, "walbust").await.unwrap();
+    assert!(
+        during <= outage_start,
+        "confirmed_flush_lsn moved to {} during the Redis outage (outage began at {})",
+        pgoutput::format_lsn(during),
+        pgoutput::format_lsn(outage_start)
+    );
+    assert!(
+        walbust.is_running(),
+        "walbust exited during the outage:\n{}",
+        walbust.log()
+    );
+
+    // Redis back (empty, as after a crash): walbust retries, Redis confirms,
+    // and the slot moves past the outage's commits.
+    svc.redis.restart().unwrap();
+    wait_confirmed_past(&db, outage_start).await;
+
+    // Crash: walbust killed while changes commit. After a restart against
+    // Redis every key of those changes is invalidated.
+    walbust.kill();
+    let crash_start = current_wal_lsn(&db).await;
+    for id in 6..=10 {
+        db.execute("INSERT INTO items VALUES ($1, 0)", &[&id])
+            .await
+            .unwrap();
+    }
+    let mut redis = svc.redis.connection().await.unwrap();
+    let keys: Vec<String> = (6..=10).map(|i| format!("item:{i}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    set_keys(&mut redis, &keys).await;
+    set_keys(&mut redis, &["item:99"]).await;
+    assert!(confirmed_flush_lsn(&db, "walbust").await.unwrap() <= crash_start);
+
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    assert_invalidated(&mut redis, &keys, &["item:99"], "after restart").await;
+    wait_confirmed_past(&db, crash_start).await;
+    walbust.signal("INT");
+    let status = walbust.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", walbust.log());
+}

@@ -1,0 +1,284 @@
+//! Shared by the workspace's end-to-end tests: throwaway services, a
+//! walbust process under test, and polling helpers.
+//!
+//! Every test runs the real `walbust` binary against real servers started
+//! by `testkit`, the way an operator would run it.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOPIC: &str = "invalidations";
+
+/// Postgres, Redis and Kafka for one test, plus a scratch folder.
+/// Field order is drop order: the Kafka mock cluster goes last.
+pub struct Services {
+    pub pg: testkit::Postgres,
+    pub redis: testkit::Redis,
+    pub dir: tempfile::TempDir,
+    pub kafka: testkit::Kafka,
+}
+
+impl Services {
+    pub fn start() -> Services {
+        let pg = testkit::Postgres::start().expect("start Postgres");
+        let redis = testkit::Redis::start().expect("start Redis");
+        let kafka = testkit::Kafka::start().expect("start Kafka");
+        kafka.create_topic(TOPIC, 1).expect("create topic");
+        Services {
+            pg,
+            redis,
+            kafka,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Writes the rules file and a configuration naming every service.
+    pub fn write_config(&self, rules: &str, kafka: bool) -> PathBuf {
+        self.write_config_with(rules, kafka, "")
+    }
+
+    /// Like [`write_config`](Self::write_config) with extra top-level YAML
+    /// appended (for example a `publish:` section).
+    pub fn write_config_with(&self, rules: &str, kafka: bool, extra: &str) -> PathBuf {
+        let rules_path = self.dir.path().join("rules.yaml");
+        std::fs::write(&rules_path, rules).unwrap();
+        let mut cfg = format!(
+            "source:\n  url: \"{}\"\n  publication: walbust\n  slot: walbust\n  create: true\n  status_interval_ms: 200\nrules: rules.yaml\nsinks:\n  redis:\n    url: \"{}\"\n",
+            self.pg.url(),
+            self.redis.url()
+        );
+        if kafka {
+            cfg.push_str(&format!(
+                "  kafka:\n    brokers: \"{}\"\n    topic: {TOPIC}\n    properties:\n      reconnect.backoff.max.ms: \"500\"\n",
+                self.kafka.bootstrap_servers()
+            ));
+        }
+        cfg.push_str(extra);
+        let path = self.dir.path().join("walbust.yaml");
+        std::fs::write(&path, cfg).unwrap();
+        path
+    }
+}
+
+/// A `walbust run` process. Killed on drop if still running.
+pub struct Walbust {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Walbust {
+    pub fn start(config: &Path) -> Walbust {
+        let log = config.with_extension(format!("{}.log", unique()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_walbust"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("WALBUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn walbust");
+        Walbust { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("walbust did not exit in {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Walbust {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn confirmed_flush_lsn(db: &tokio_postgres::Client, slot: &str) -> Option<u64> {
+    let row = db
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()?;
+    let text: Option<String> = row.get(0);
+    text.and_then(|t| pgoutput::parse_lsn(&t))
+}
+
+pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> u64 {
+    let row = db
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap();
+    pgoutput::parse_lsn(row.get::<_, &str>(0)).unwrap()
+}
+
+/// Waits until walbust holds the slot (streaming started).
+pub async fn wait_streaming(db: &tokio_postgres::Client, w: &mut Walbust) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = db
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walbust' AND active",
+                &[],
+            )
+            .await
+            .unwrap();
+        if row.is_some() {
+            return;
+        }
+        assert!(
+            w.is_running(),
+            "walbust exited before streaming; log:\n{}",
+            w.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "walbust did not start streaming; log:\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn set_keys(redis: &mut redis::aio::MultiplexedConnection, keys: &[&str]) {
+    for k in keys {
+        let _: () = redis::cmd("SET")
+            .arg(*k)
+            .arg("cached")
+            .query_async(redis)
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn exists(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> bool {
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(redis)
+        .await
+        .unwrap();
+    n == 1
+}
+
+/// Waits until none of `gone` exists, then checks every `kept` still does.
+pub async fn assert_invalidated(
+    redis: &mut redis::aio::MultiplexedConnection,
+    gone: &[&str],
+    kept: &[&str],
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut remaining = Vec::new();
+        for k in gone {
+            if exists(redis, k).await {
+                remaining.push(*k);
+            }
+        }
+        if remaining.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: keys not invalidated: {remaining:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for k in kept {
+        assert!(
+            exists(redis, k).await,
+            "{what}: unrelated key {k} was removed"
+        );
+    }
+}
+
+/// Reads every record of the topic, as JSON.
+pub fn kafka_records(kafka: &testkit::Kafka, min: usize) -> Vec<serde_json::Value> {
+    kafka
+        .consume_all(TOPIC, min, Duration::from_secs(20))
+        .expect("consume")
+        .into_iter()
+        .map(|r| serde_json::from_slice(&r.payload).expect("record is JSON"))
+        .collect()
+}
+
+/// Waits until the slot's confirmed position is past `lsn`: a transaction
+/// that began after `lsn` was delivered and acknowledged.
+pub async fn wait_confirmed_past(db: &tokio_postgres::Client, lsn: u64) {
+    eventually(
+        Duration::from_secs(30),
+        "confirmed_flush_lsn to advance",
+        || async {
+            confirmed_flush_lsn(db, "walbust")
+                .await
+                .filter(|c| *c > lsn)
+        },
+    )
+    .await;
+}
