@@ -28,6 +28,9 @@ pub const ESCALATIONS: &str = "walbust_rule_escalations_total";
 /// Explicit invalidation messages (prefix `walbust`), label `result` (ok, malformed).
 pub const EXPLICIT_MESSAGES: &str = "walbust_explicit_messages_total";
 
+/// Rule sets handed to the reader, label `result` (applied, refused).
+pub const RULE_RELOADS: &str = "walbust_rule_reloads_total";
+
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
     describe_counter!(CHANGES, "Row changes received from the replication stream");
@@ -55,6 +58,10 @@ pub fn describe() {
     describe_counter!(
         EXPLICIT_MESSAGES,
         "Explicit invalidation messages received, by result"
+    );
+    describe_counter!(
+        RULE_RELOADS,
+        "New rule sets handed to the reader, by result (applied, refused)"
     );
     describe_feedback();
 }

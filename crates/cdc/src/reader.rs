@@ -61,6 +61,9 @@ pub struct StreamSpec {
     pub status_interval: Duration,
     /// Shown in `pg_stat_replication.application_name`.
     pub application_name: String,
+    /// Create `slot` as a temporary slot on the replication session itself
+    /// (it disappears with the session): for looking, not for delivering.
+    pub temporary_slot: bool,
 }
 
 /// One evaluated row change, for live views (`walbust demo`, `walbust tail`).
@@ -95,12 +98,14 @@ struct OpenTx {
 /// A replication session bound to a rule set.
 pub struct Reader {
     spec: StreamSpec,
-    rules: Arc<RuleSet>,
+    rules: watch::Receiver<Arc<RuleSet>>,
     tap: Option<ChangeTap>,
 }
 
 impl Reader {
-    pub fn new(spec: StreamSpec, rules: Arc<RuleSet>) -> Self {
+    /// `rules` may change while streaming (hot reload): a new rule set
+    /// takes effect at the next transaction boundary, for every table.
+    pub fn new(spec: StreamSpec, rules: watch::Receiver<Arc<RuleSet>>) -> Self {
         Reader {
             spec,
             rules,
@@ -144,13 +149,35 @@ impl Reader {
         .with_feedback_observer(FeedbackObserver::new(|sent| {
             metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
         }));
-        let client = ReplicationClient::connect(cfg)
-            .await
-            .map_err(|source| StreamError::Replication { source })?;
+        let client = if self.spec.temporary_slot {
+            let mut client = ReplicationClient::connect_gated(cfg)
+                .await
+                .map_err(|source| StreamError::Replication { source })?;
+            let sql = format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput",
+                crate::source::quote_ident(&self.spec.slot)
+            );
+            client
+                .simple_query(&sql)
+                .await
+                .map_err(|source| StreamError::Replication { source })?;
+            client
+                .start()
+                .await
+                .map_err(|source| StreamError::Replication { source })?;
+            client
+        } else {
+            ReplicationClient::connect(cfg)
+                .await
+                .map_err(|source| StreamError::Replication { source })?
+        };
+        let mut rules_rx = self.rules;
+        let rules = rules_rx.borrow_and_update().clone();
 
         let mut session = Session {
             client,
-            rules: self.rules,
+            rules,
+            rules_rx,
             relations: RelationCache::default(),
             items,
             confirmed,
@@ -171,6 +198,7 @@ impl Reader {
 struct Session {
     client: ReplicationClient,
     rules: Arc<RuleSet>,
+    rules_rx: watch::Receiver<Arc<RuleSet>>,
     relations: RelationCache,
     items: mpsc::Sender<Item>,
     confirmed: watch::Receiver<u64>,
@@ -269,6 +297,7 @@ impl Session {
                 xid,
                 commit_time_micros,
             } => {
+                self.reload_rules();
                 self.rows.open = Some(OpenTx {
                     xid,
                     commit_lsn: final_lsn.as_u64(),
@@ -454,6 +483,27 @@ impl Session {
                     p.map_err(|_| StreamError::PipelineClosed)?.send(item);
                     return Ok(true);
                 }
+            }
+        }
+    }
+
+    /// Takes a new rule set if one was published, between transactions so
+    /// that a transaction is evaluated under one rule set. A rule set that
+    /// does not fit the tables seen so far is refused and the old one kept.
+    fn reload_rules(&mut self) {
+        if !self.rules_rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let new = self.rules_rx.borrow_and_update().clone();
+        match self.relations.rebind(&new) {
+            Ok(()) => {
+                self.rules = new;
+                metrics::counter!(m::RULE_RELOADS, "result" => "applied").increment(1);
+                tracing::info!(rules = self.rules.rules().len(), "new rules in effect");
+            }
+            Err(e) => {
+                metrics::counter!(m::RULE_RELOADS, "result" => "refused").increment(1);
+                tracing::error!(error = %e, "new rules do not fit the streamed tables; keeping the previous rules");
             }
         }
     }

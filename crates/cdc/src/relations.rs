@@ -37,13 +37,7 @@ impl RelationCache {
     /// on would silently stop invalidating what that rule protects.
     pub fn update(&mut self, rel: &pgoutput::Relation, rules: &RuleSet) -> Result<(), StreamError> {
         let name = format!("{}.{}", rel.namespace, rel.name);
-        let columns: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
-        let bound = rules
-            .bind(&rel.namespace, &rel.name, &columns)
-            .map_err(|source| StreamError::Bind {
-                table: name.clone(),
-                source,
-            })?;
+        let bound = bind(rel, &name, rules)?;
         self.entries.insert(
             rel.id,
             RelationEntry {
@@ -63,15 +57,34 @@ impl RelationCache {
             .ok_or(StreamError::UnknownRelation { relation_id })
     }
 
-    /// Binds every known table again, after the rules changed.
+    /// Binds every known table to new rules. All or nothing: if any table
+    /// fails to bind, the cache keeps the old bindings and the error says why.
     pub fn rebind(&mut self, rules: &RuleSet) -> Result<(), StreamError> {
-        let described: Vec<pgoutput::Relation> =
-            self.entries.values().map(|e| e.relation.clone()).collect();
-        for rel in &described {
-            self.update(rel, rules)?;
+        let mut bound = Vec::with_capacity(self.entries.len());
+        for (id, entry) in &self.entries {
+            bound.push((*id, bind(&entry.relation, &entry.name, rules)?));
+        }
+        for (id, b) in bound {
+            if let Some(entry) = self.entries.get_mut(&id) {
+                entry.bound = b;
+            }
         }
         Ok(())
     }
+}
+
+fn bind(
+    rel: &pgoutput::Relation,
+    name: &str,
+    rules: &RuleSet,
+) -> Result<Option<BoundTable>, StreamError> {
+    let columns: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
+    rules
+        .bind(&rel.namespace, &rel.name, &columns)
+        .map_err(|source| StreamError::Bind {
+            table: name.to_string(),
+            source,
+        })
 }
 
 /// A decoded tuple seen through the rules' eyes.

@@ -64,8 +64,10 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         publication: cfg.source.publication.clone(),
         status_interval: cfg.status_interval(),
         application_name: cfg.source.application_name.clone(),
+        temporary_slot: false,
     };
-    let mut reader = cdc::Reader::new(stream, rules);
+    let (rules_tx, rules_rx) = watch::channel(rules);
+    let mut reader = cdc::Reader::new(stream, rules_rx);
     if let Some(tap) = hooks.tap.clone() {
         reader = reader.with_tap(tap);
     }
@@ -73,6 +75,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         started.notify_one();
     }
     let outcome = reader.run(items, confirmed, shutdown).await;
+    drop(rules_tx);
     let stopped = match outcome {
         Ok(stopped) => stopped,
         // The pipeline ended first: its error is the one to report.

@@ -199,7 +199,13 @@ impl KafkaSinkConfig {
             .set("compression.type", compression)
             // A missing topic must be an error the health check reports, not a topic silently
             // created with broker defaults.
-            .set("allow.auto.create.topics", "false");
+            .set("allow.auto.create.topics", "false")
+            // walbust already batches: librdkafka's own 5 ms linger would
+            // only add latency to every batch.
+            .set("linger.ms", "0")
+            // The default backoff grows to 10 s, which delays recovery
+            // after a broker outage long after the broker is back.
+            .set("reconnect.backoff.max.ms", "1000");
         for (name, value) in &self.properties {
             config.set(name, value);
         }
