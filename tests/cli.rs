@@ -104,7 +104,7 @@ fn broken_rules_name_file_and_line() {
 }
 
 /// Starts walbust against a database and expects a refusal naming `needle`.
-async fn refused(svc: &Services, needle: &str) {
+async fn refused(svc: &Services, needle: &str) -> Option<i32> {
     let config = svc.write_config(GOOD_RULES, false);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_walbust"))
@@ -118,6 +118,7 @@ async fn refused(svc: &Services, needle: &str) {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+    out.status.code()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +136,8 @@ async fn refuses_a_server_without_logical_wal() {
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await
         .unwrap();
-    refused(&svc, "wal_level is 'replica'").await;
+    let code = refused(&svc, "wal_level is 'replica'").await;
+    assert_eq!(code, Some(3), "wal_level is a definite error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +151,8 @@ async fn refuses_a_slot_of_another_plugin() {
     db.batch_execute("SELECT pg_create_logical_replication_slot('walbust', 'test_decoding')")
         .await
         .unwrap();
-    refused(&svc, "output plugin \"test_decoding\"").await;
+    let code = refused(&svc, "output plugin \"test_decoding\"").await;
+    assert_eq!(code, Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +227,8 @@ async fn refuses_a_lost_slot() {
         }
     }
     assert_eq!(status, "lost", "could not make the slot lose WAL");
-    refused(&svc, "is lost").await;
+    let code = refused(&svc, "is lost").await;
+    assert_eq!(code, Some(3), "a lost slot is a definite error");
 }
 
 #[test]

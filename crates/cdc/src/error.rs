@@ -51,12 +51,68 @@ impl SourceError {
         SourceError::Query { what, source }
     }
 
-    /// A definite error needs a human; anything else may pass on retry.
+    /// A definite error needs a human; anything else may pass on retry
+    /// (the server restarting, a connection cut, too many connections).
     pub fn is_definite(&self) -> bool {
-        !matches!(
-            self,
-            SourceError::Connect { .. } | SourceError::Query { .. }
-        )
+        match self {
+            SourceError::Connect { source } | SourceError::Query { source, .. } => {
+                !postgres_error_is_transient(source)
+            }
+            _ => true,
+        }
+    }
+
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Url { .. } => "config",
+            SourceError::Connect { .. } | SourceError::Query { .. } => "database",
+            SourceError::WalLevel { .. } => "wal_level",
+            SourceError::PublicationMissing { .. }
+            | SourceError::TablesNotPublished { .. }
+            | SourceError::TableMissing { .. } => "publication",
+            SourceError::SlotMissing { .. } => "slot_missing",
+            SourceError::SlotWrongKind { .. } => "slot_wrong_kind",
+            SourceError::SlotLost { .. } => "slot_lost",
+        }
+    }
+}
+
+fn postgres_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => sqlstate_is_transient(code.code()),
+        // No SQLSTATE: an I/O or protocol failure on the way, not a refusal.
+        None => true,
+    }
+}
+
+/// SQLSTATE classes that pass with time: connection exceptions (08),
+/// operator intervention such as a shutdown or a terminated backend (57P),
+/// insufficient resources (53), an object in use (55006: the slot is
+/// streamed by another walbust, which is how a standby instance waits),
+/// and serialization/deadlock (40).
+pub fn sqlstate_is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("57P")
+        || code.starts_with("53")
+        || code.starts_with("40")
+        || code == "55006"
+}
+
+/// Classifies a replication transport error.
+fn pgwire_is_transient(e: &pgwire_replication::PgWireError) -> bool {
+    use pgwire_replication::PgWireError as E;
+    match e {
+        E::Io(_) | E::Task(_) => true,
+        // The transport renders server errors as "message (SQLSTATE xxxxx)".
+        E::Server(msg) => match msg.rsplit_once("(SQLSTATE ") {
+            Some((_, rest)) => sqlstate_is_transient(rest.trim_end_matches(')')),
+            None => true,
+        },
+        _ => false,
     }
 }
 
@@ -88,6 +144,94 @@ pub enum StreamError {
     BinaryValue { table: String, column: String },
     #[error("the publishing pipeline stopped")]
     PipelineClosed,
+    #[error(transparent)]
+    Source(SourceError),
     #[error("replication stream ended unexpectedly")]
     Ended,
+}
+
+impl StreamError {
+    /// Transient errors reconnect; everything else stops walbust with a
+    /// message, because going on could lose invalidations.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StreamError::Replication { source } => pgwire_is_transient(source),
+            StreamError::Source(e) => !e.is_definite(),
+            StreamError::Ended => true,
+            _ => false,
+        }
+    }
+
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StreamError::Replication { source } => match source {
+                pgwire_replication::PgWireError::Auth(_) => "auth",
+                pgwire_replication::PgWireError::Server(m) if m.contains("SQLSTATE 55000") => {
+                    "slot_lost"
+                }
+                pgwire_replication::PgWireError::Server(m) if m.contains("SQLSTATE 42704") => {
+                    "slot_or_publication_missing"
+                }
+                _ => "replication",
+            },
+            StreamError::Decode { .. } => "decode",
+            StreamError::UnknownRelation { .. } => "protocol",
+            StreamError::Bind { .. } | StreamError::BinaryValue { .. } => "rules",
+            StreamError::PipelineClosed => "pipeline",
+            StreamError::Source(e) => e.reason(),
+            StreamError::Ended => "ended",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwire_replication::PgWireError;
+
+    #[test]
+    fn server_errors_are_classified_by_sqlstate() {
+        let terminated = PgWireError::Server(
+            "terminating connection due to administrator command (SQLSTATE 57P01)".into(),
+        );
+        assert!(StreamError::Replication { source: terminated }.is_transient());
+        let in_use = PgWireError::Server(
+            "replication slot \"walbust\" is active for PID 42 (SQLSTATE 55006)".into(),
+        );
+        assert!(StreamError::Replication { source: in_use }.is_transient());
+        let missing = PgWireError::Server(
+            "replication slot \"walbust\" does not exist (SQLSTATE 42704)".into(),
+        );
+        let e = StreamError::Replication { source: missing };
+        assert!(!e.is_transient());
+        assert_eq!(e.reason(), "slot_or_publication_missing");
+        let lost = PgWireError::Server(
+            "can no longer get changes from replication slot \"walbust\" (SQLSTATE 55000)".into(),
+        );
+        assert_eq!(
+            StreamError::Replication { source: lost }.reason(),
+            "slot_lost"
+        );
+        assert!(!StreamError::Replication {
+            source: PgWireError::Auth("password authentication failed".into())
+        }
+        .is_transient());
+        assert!(StreamError::Replication {
+            source: PgWireError::Io(std::sync::Arc::new(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset
+            )))
+        }
+        .is_transient());
+    }
+
+    #[test]
+    fn definite_source_errors_stay_definite() {
+        let e = StreamError::Source(SourceError::SlotLost { slot: "s".into() });
+        assert!(!e.is_transient());
+        assert_eq!(e.reason(), "slot_lost");
+        assert!(sqlstate_is_transient("08006"));
+        assert!(!sqlstate_is_transient("28P01"));
+        assert!(!sqlstate_is_transient("42704"));
+    }
 }

@@ -63,6 +63,14 @@ pub fn describe() {
         RULE_RELOADS,
         "New rule sets handed to the reader, by result (applied, refused)"
     );
+    describe_counter!(
+        RECONNECTS,
+        "Replication connections re-established after a transient failure"
+    );
+    describe_gauge!(
+        DEFINITE_ERROR,
+        "1 when walbust stopped on an error that needs a human, by reason"
+    );
     describe_feedback();
 }
 
@@ -77,3 +85,8 @@ fn describe_feedback() {
         "Delay between confirming a position and reporting it to Postgres"
     );
 }
+
+/// Replication connections re-established after a transient failure.
+pub const RECONNECTS: &str = "walbust_reconnects_total";
+/// Set to 1, label `reason`, when walbust stops on a definite error.
+pub const DEFINITE_ERROR: &str = "walbust_definite_error";

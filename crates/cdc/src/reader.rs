@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use pgwire_replication::{
     FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
@@ -35,7 +36,7 @@ use tokio::sync::{mpsc, watch};
 use crate::error::StreamError;
 use crate::metrics as m;
 use crate::relations::{RelationCache, RelationEntry, TupleRow};
-use crate::source::ConnParams;
+use crate::source::{self, ConnParams, SourceSpec};
 
 /// Prefix of the logical messages that carry explicit invalidations
 /// (`pg_logical_emit_message(true, 'walbust', '{"keys":[...]}')`).
@@ -100,6 +101,7 @@ pub struct Reader {
     spec: StreamSpec,
     rules: watch::Receiver<Arc<RuleSet>>,
     tap: Option<ChangeTap>,
+    checks: Option<SourceSpec>,
 }
 
 impl Reader {
@@ -110,6 +112,7 @@ impl Reader {
             spec,
             rules,
             tap: None,
+            checks: None,
         }
     }
 
@@ -119,63 +122,40 @@ impl Reader {
         self
     }
 
-    /// Streams until `shutdown` turns true or an error occurs.
+    /// Before each (re)connection, check the slot and the publication the
+    /// way start-up does (without creating anything), so that a slot lost
+    /// or dropped while walbust was away is noticed instead of silently
+    /// streaming from wherever the server can.
+    pub fn with_checks(mut self, spec: SourceSpec) -> Self {
+        self.checks = Some(SourceSpec {
+            create: false,
+            ..spec
+        });
+        self
+    }
+
+    /// Streams until `shutdown` turns true or a definite error occurs.
     ///
     /// `items` feeds the pipeline; `confirmed` is the pipeline's confirmed
-    /// end LSN. On shutdown the reader stops taking events, closes `items`
-    /// so the pipeline publishes what it holds, waits for the pipeline's last
-    /// confirmation, reports it to the server and closes the session.
+    /// end LSN. Transient failures (connection reset, server restart,
+    /// walsender terminated) reconnect with exponential backoff and jitter
+    /// and resume from the slot's confirmed position; the pipeline keeps
+    /// running across them. On shutdown the reader stops taking events,
+    /// closes `items` so the pipeline publishes what it holds, waits for the
+    /// pipeline's last confirmation, reports it to the server and closes
+    /// the session.
     pub async fn run(
         self,
         items: mpsc::Sender<Item>,
         confirmed: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Stopped, StreamError> {
-        let cfg = ReplicationConfig::new(
-            self.spec.conn.host.clone(),
-            self.spec.conn.user.clone(),
-            self.spec.conn.password.clone(),
-            self.spec.conn.database.clone(),
-            self.spec.slot.clone(),
-            self.spec.publication.clone(),
-        )
-        .with_port(self.spec.conn.port)
-        .with_tls(TlsConfig::disabled())
-        .with_status_interval(self.spec.status_interval)
-        .with_wakeup_interval(Duration::from_secs(10))
-        .with_application_name(self.spec.application_name.clone())
-        // Keeps `feedback_pending_since` tracked, which shutdown uses to
-        // know that the last acknowledgement reached the server.
-        .with_feedback_observer(FeedbackObserver::new(|sent| {
-            metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
-        }));
-        let client = if self.spec.temporary_slot {
-            let mut client = ReplicationClient::connect_gated(cfg)
-                .await
-                .map_err(|source| StreamError::Replication { source })?;
-            let sql = format!(
-                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput",
-                crate::source::quote_ident(&self.spec.slot)
-            );
-            client
-                .simple_query(&sql)
-                .await
-                .map_err(|source| StreamError::Replication { source })?;
-            client
-                .start()
-                .await
-                .map_err(|source| StreamError::Replication { source })?;
-            client
-        } else {
-            ReplicationClient::connect(cfg)
-                .await
-                .map_err(|source| StreamError::Replication { source })?
-        };
         let mut rules_rx = self.rules;
         let rules = rules_rx.borrow_and_update().clone();
-
         let mut session = Session {
-            client,
+            spec: self.spec,
+            checks: self.checks,
+            client: None,
             rules,
             rules_rx,
             relations: RelationCache::default(),
@@ -191,12 +171,33 @@ impl Reader {
             acked: 0,
             server_wal_end: 0,
         };
-        session.stream().await
+        session.run().await
     }
 }
 
+/// Delay before the first reconnection attempt.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+/// Longest delay between reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// A session that streamed this long resets the backoff.
+const RECONNECT_RESET_AFTER: Duration = Duration::from_secs(30);
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(RECONNECT_MIN)
+        .with_max_delay(RECONNECT_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The reader's state. It outlives replication connections: what was handed
+/// to the pipeline and acknowledged carries over a reconnection.
 struct Session {
-    client: ReplicationClient,
+    spec: StreamSpec,
+    checks: Option<SourceSpec>,
+    /// The current replication connection, if any.
+    client: Option<ReplicationClient>,
     rules: Arc<RuleSet>,
     rules_rx: watch::Receiver<Arc<RuleSet>>,
     relations: RelationCache,
@@ -265,6 +266,102 @@ enum Next {
 }
 
 impl Session {
+    async fn run(&mut self) -> Result<Stopped, StreamError> {
+        let mut backoff = reconnect_backoff();
+        loop {
+            let began = Instant::now();
+            let outcome = match self.connect().await {
+                Ok(()) => self.stream().await,
+                Err(e) => Err(e),
+            };
+            let error = match outcome {
+                Ok(stopped) => return Ok(stopped),
+                Err(e) if e.is_transient() && !*self.shutdown.borrow() => e,
+                Err(e) => {
+                    self.disconnect();
+                    return Err(e);
+                }
+            };
+            self.disconnect();
+            if began.elapsed() >= RECONNECT_RESET_AFTER {
+                backoff = reconnect_backoff();
+            }
+            let delay = backoff.next().unwrap_or(RECONNECT_MAX);
+            metrics::counter!(m::RECONNECTS).increment(1);
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting from the slot's confirmed position");
+            tokio::select! {
+                _ = wait_true(&mut self.shutdown) => return self.finish().await,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Checks the source (when configured) and opens a replication
+    /// connection that resumes at the slot's confirmed position.
+    async fn connect(&mut self) -> Result<(), StreamError> {
+        if let Some(checks) = &self.checks {
+            let control = source::connect(&checks.url)
+                .await
+                .map_err(StreamError::Source)?;
+            let tables = self.rules.tables();
+            source::prepare(&control, checks, &tables)
+                .await
+                .map_err(StreamError::Source)?;
+        }
+        let cfg = ReplicationConfig::new(
+            self.spec.conn.host.clone(),
+            self.spec.conn.user.clone(),
+            self.spec.conn.password.clone(),
+            self.spec.conn.database.clone(),
+            self.spec.slot.clone(),
+            self.spec.publication.clone(),
+        )
+        .with_port(self.spec.conn.port)
+        .with_tls(TlsConfig::disabled())
+        .with_status_interval(self.spec.status_interval)
+        .with_wakeup_interval(Duration::from_secs(10))
+        .with_application_name(self.spec.application_name.clone())
+        // Keeps `feedback_pending_since` tracked, which shutdown uses to
+        // know that the last acknowledgement reached the server.
+        .with_feedback_observer(FeedbackObserver::new(|sent| {
+            metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
+        }));
+        let replication = |source| StreamError::Replication { source };
+        let client = if self.spec.temporary_slot {
+            let mut client = ReplicationClient::connect_gated(cfg)
+                .await
+                .map_err(replication)?;
+            let sql = format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput",
+                source::quote_ident(&self.spec.slot)
+            );
+            client.simple_query(&sql).await.map_err(replication)?;
+            client.start().await.map_err(replication)?;
+            client
+        } else {
+            ReplicationClient::connect(cfg).await.map_err(replication)?
+        };
+        // A new session reports nothing until told: carry over what the
+        // previous one acknowledged.
+        if self.acked > 0 {
+            client.update_applied_lsn(Lsn::from_u64(self.acked));
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Drops the connection and whatever belonged to it: the server sends
+    /// Relation messages and the unfinished transaction again on the next
+    /// session (the pipeline drops a transaction whose Commit never came).
+    fn disconnect(&mut self) {
+        if let Some(mut client) = self.client.take() {
+            client.abort();
+        }
+        self.relations = RelationCache::default();
+        self.rows.open = None;
+        self.rows.pending.clear();
+    }
+
     async fn stream(&mut self) -> Result<Stopped, StreamError> {
         loop {
             let next = tokio::select! {
@@ -274,7 +371,7 @@ impl Session {
                     r.map_err(|_| StreamError::PipelineClosed)?;
                     Next::Confirmed
                 }
-                ev = self.client.recv() => Next::Event(ev.map_err(|source| StreamError::Replication { source })?),
+                ev = recv(&mut self.client) => Next::Event(ev.map_err(|source| StreamError::Replication { source })?),
             };
             match next {
                 Next::Shutdown => return self.finish().await,
@@ -518,7 +615,9 @@ impl Session {
             return;
         }
         self.acked = lsn;
-        self.client.update_applied_lsn(Lsn::from_u64(lsn));
+        if let Some(client) = &self.client {
+            client.update_applied_lsn(Lsn::from_u64(lsn));
+        }
         metrics::gauge!(m::CONFIRMED_LSN).set(lsn as f64);
         self.publish_lag();
     }
@@ -551,19 +650,31 @@ impl Session {
             }
         }
         self.apply_confirmed();
-        let deadline = Instant::now() + FINAL_FEEDBACK_TIMEOUT;
-        while self.client.feedback_pending_since().is_some() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if self.client.feedback_pending_since().is_some() {
-            tracing::warn!("the final acknowledgement may not have reached the server; the next start re-sends from the slot's position");
-        }
-        if let Err(e) = self.client.shutdown().await {
-            tracing::debug!(error = %e, "replication session closed with an error");
+        if let Some(mut client) = self.client.take() {
+            let deadline = Instant::now() + FINAL_FEEDBACK_TIMEOUT;
+            while client.feedback_pending_since().is_some() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if client.feedback_pending_since().is_some() {
+                tracing::warn!("the final acknowledgement may not have reached the server; the next start re-sends from the slot's position");
+            }
+            if let Err(e) = client.shutdown().await {
+                tracing::debug!(error = %e, "replication session closed with an error");
+            }
         }
         Ok(Stopped::Shutdown {
             confirmed_lsn: self.acked,
         })
+    }
+}
+
+/// The next event of the connection; pends forever without one.
+async fn recv(
+    client: &mut Option<ReplicationClient>,
+) -> pgwire_replication::Result<Option<ReplicationEvent>> {
+    match client {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
 }
 

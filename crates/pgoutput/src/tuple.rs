@@ -6,9 +6,10 @@
 //! [`Tuple::get`] is two array reads and a slice, with no re-parsing and no
 //! walk over the preceding columns.
 //!
-//! The offsets live in an inline array for rows of up to
-//! [`INLINE_COLUMNS`] columns, which covers ordinary tables without a heap
-//! allocation per row; wider rows take one allocation for all their offsets.
+//! The offsets live in an inline `u16` array for rows of up to
+//! [`INLINE_COLUMNS`] columns in messages under 64 KiB, which covers ordinary
+//! tables without a heap allocation per row; wider rows and larger messages
+//! take one allocation for all their offsets (`u32`), never one per column.
 
 use std::fmt;
 

@@ -23,6 +23,10 @@ use crate::config::Config;
 const EXIT_CONFIG: u8 = 2;
 /// Exit status for any other failure.
 const EXIT_FAILURE: u8 = 1;
+/// Exit status for a definite source error: the slot is lost or gone, the
+/// publication or a table is missing, wal_level changed, authentication
+/// refused, WAL could not be decoded. Restarting will not help; a human must.
+const EXIT_DEFINITE: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -157,7 +161,27 @@ pub fn fail_config(e: impl std::fmt::Display) -> ExitCode {
 }
 
 pub fn fail(e: impl Into<anyhow::Error>) -> ExitCode {
+    let e = e.into();
     // One line: the whole cause chain joined with ": ".
-    eprintln!("walbust: {:#}", e.into());
-    ExitCode::from(EXIT_FAILURE)
+    eprintln!("walbust: {e:#}");
+    match definite_reason(&e) {
+        Some(reason) => {
+            metrics::gauge!(cdc::metrics::DEFINITE_ERROR, "reason" => reason).set(1.0);
+            ExitCode::from(EXIT_DEFINITE)
+        }
+        None => ExitCode::from(EXIT_FAILURE),
+    }
+}
+
+/// The metric label of a definite source error anywhere in the chain.
+fn definite_reason(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| {
+        if let Some(s) = cause.downcast_ref::<cdc::StreamError>() {
+            return (!s.is_transient()).then(|| s.reason());
+        }
+        if let Some(s) = cause.downcast_ref::<cdc::SourceError>() {
+            return s.is_definite().then(|| s.reason());
+        }
+        None
+    })
 }

@@ -7,7 +7,10 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use publish::kafka_sink::KafkaSink;
 use publish::redis_sink::RedisSink;
 use publish::{BatchObserver, Pipeline, Sink};
@@ -33,19 +36,44 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
 
     let sinks = build_sinks(&cfg).await?;
     for sink in &sinks {
-        sink.health()
-            .await
-            .with_context(|| format!("sink {} is not healthy", sink.name()))?;
+        let healthy = until_ready(&shutdown, sink.name(), || async {
+            match sink.health().await {
+                Ok(()) => Ok(()),
+                Err(e) if e.retriable() => Err(Attempt::Retry(e.into())),
+                Err(e) => Err(Attempt::Fail(e.into())),
+            }
+        })
+        .await
+        .with_context(|| format!("sink {} is not healthy", sink.name()))?;
+        if healthy.is_none() {
+            return Ok(());
+        }
     }
 
-    let control = cdc::source::connect(&cfg.source.url).await?;
     let spec = cdc::SourceSpec {
         url: cfg.source.url.clone(),
         publication: cfg.source.publication.clone(),
         slot: cfg.source.slot.clone(),
         create: cfg.source.create,
     };
-    let slot = cdc::source::prepare(&control, &spec, &rules.tables()).await?;
+    let tables = rules.tables();
+    let prepared = until_ready(&shutdown, "postgres", || async {
+        let checked = async {
+            let control = cdc::source::connect(&spec.url).await?;
+            cdc::source::prepare(&control, &spec, &tables).await
+        };
+        checked.await.map_err(|e| {
+            if e.is_definite() {
+                Attempt::Fail(e.into())
+            } else {
+                Attempt::Retry(e.into())
+            }
+        })
+    })
+    .await?;
+    let Some(slot) = prepared else {
+        return Ok(());
+    };
     tracing::info!(
         slot = %cfg.source.slot,
         confirmed_flush_lsn = %pgoutput::format_lsn(slot.confirmed_flush_lsn),
@@ -53,7 +81,6 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         created = slot.created,
         "slot ready"
     );
-    drop(control);
 
     let (items, confirmed, pipeline) =
         Pipeline::spawn_with_observer(cfg.publish.pipeline(), sinks, hooks.observer.clone());
@@ -67,7 +94,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         temporary_slot: false,
     };
     let (rules_tx, rules_rx) = watch::channel(rules);
-    let mut reader = cdc::Reader::new(stream, rules_rx);
+    let mut reader = cdc::Reader::new(stream, rules_rx).with_checks(spec);
     if let Some(tap) = hooks.tap.clone() {
         reader = reader.with_tap(tap);
     }
@@ -96,6 +123,58 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     let cdc::Stopped::Shutdown { confirmed_lsn } = stopped;
     tracing::info!(confirmed_lsn = %pgoutput::format_lsn(confirmed_lsn), "stopped");
     Ok(())
+}
+
+/// One attempt of a start-up step: retry later, or give up.
+pub enum Attempt {
+    Retry(anyhow::Error),
+    Fail(anyhow::Error),
+}
+
+/// Repeats a start-up step with exponential backoff and jitter while it
+/// fails transiently (a database or sink still starting). `None` when
+/// shutdown was requested meanwhile.
+pub async fn until_ready<T, F, Fut>(
+    shutdown: &watch::Receiver<bool>,
+    what: &str,
+    mut step: F,
+) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Attempt>>,
+{
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut shutdown = shutdown.clone();
+    loop {
+        match step().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(Attempt::Fail(e)) => return Err(e),
+            Err(Attempt::Retry(e)) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(
+                    step = what,
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "not ready; retrying"
+                );
+                tokio::select! {
+                    signalled = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
+                        if signalled {
+                            return Ok(None);
+                        }
+                        // No one can signal any more: just wait out the delay.
+                        tokio::time::sleep(delay).await;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
 }
 
 fn pipeline_outcome(
