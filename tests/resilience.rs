@@ -116,3 +116,26 @@ async fn an_idle_publication_still_advances_the_slot() {
     walbust.signal("TERM");
     assert!(walbust.wait(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_leaving_the_publication_stops_walbust() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let config = svc.write_config(RULES, false);
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    // pgoutput would just stop sending the table's changes: silent staleness.
+    db.batch_execute("ALTER PUBLICATION walbust DROP TABLE items")
+        .await
+        .unwrap();
+    let status = walbust.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "log:\n{}", walbust.log());
+    let log = walbust.log();
+    assert!(
+        log.contains("does not include tables the rules name: public.items"),
+        "{log}"
+    );
+}

@@ -125,6 +125,10 @@ impl Walbust {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Walbust {
@@ -281,4 +285,72 @@ pub async fn wait_confirmed_past(db: &tokio_postgres::Client, lsn: u64) {
         },
     )
     .await;
+}
+
+/// For tests that run several walbust processes on the same services: a
+/// configuration of its own named `name` (slot, Kafka topic, files), Kafka
+/// as the only sink, `source_extra` appended under `source:` (for example
+/// `"  binary: true\n"`). Creates the topic.
+pub fn write_named_config(svc: &Services, name: &str, rules: &str, source_extra: &str) -> PathBuf {
+    svc.kafka.create_topic(name, 1).expect("create topic");
+    let rules_file = format!("{name}.rules.yaml");
+    std::fs::write(svc.dir.path().join(&rules_file), rules).unwrap();
+    let cfg = format!(
+        "source:\n  url: \"{}\"\n  publication: walbust\n  slot: {name}\n  create: true\n  status_interval_ms: 200\n{source_extra}rules: {rules_file}\nsinks:\n  kafka:\n    brokers: \"{}\"\n    topic: {name}\n",
+        svc.pg.url(),
+        svc.kafka.bootstrap_servers()
+    );
+    let path = svc.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+/// Waits until walbust holds slot `slot` (streaming started).
+pub async fn wait_slot_active(db: &tokio_postgres::Client, w: &mut Walbust, slot: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = db
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        if row.is_some() {
+            return;
+        }
+        assert!(
+            w.is_running(),
+            "walbust exited before streaming; log:\n{}",
+            w.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "walbust did not start streaming; log:\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every key, tag and pattern in the records of `topic`, as `key:...`,
+/// `tag:...` and `pattern:...`.
+pub fn kafka_invalidations(
+    kafka: &testkit::Kafka,
+    topic: &str,
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for record in kafka
+        .consume_all(topic, 1, Duration::from_secs(20))
+        .expect("consume")
+    {
+        let json: serde_json::Value =
+            serde_json::from_slice(&record.payload).expect("record is JSON");
+        for (field, label) in [("keys", "key"), ("tags", "tag"), ("patterns", "pattern")] {
+            for s in json[field].as_array().into_iter().flatten() {
+                out.insert(format!("{label}:{}", s.as_str().expect("a string")));
+            }
+        }
+    }
+    out
 }

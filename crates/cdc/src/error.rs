@@ -138,10 +138,16 @@ pub enum StreamError {
         #[source]
         source: rules::BindError,
     },
+    /// Binary mode: the rules read a column whose type walbust cannot
+    /// render as Postgres's text output (see [`crate::binary`]).
     #[error(
-        "table {table} sends binary values and the rules read column {column} from it; binary rendering is not supported for its type"
+        "table {table}: the rules read column {column} of type {type_name}, which binary mode (source.binary: true) cannot render as text; use a column of another type in the rules, or turn binary mode off"
     )]
-    BinaryValue { table: String, column: String },
+    BinaryValue {
+        table: String,
+        column: String,
+        type_name: String,
+    },
     #[error("the publishing pipeline stopped")]
     PipelineClosed,
     #[error(transparent)]

@@ -7,10 +7,16 @@
 //!   relation cache, evaluates rules and feeds the publishing pipeline; it
 //!   acknowledges only what the pipeline confirmed.
 //! - [`relations`]: the relation cache and the view of tuples the rules read.
+//! - [`binary`]: binary-mode values rendered as Postgres's text output.
+//! - [`catalog`]: read-only catalog queries (tables, columns, replica
+//!   identities, partitions, the publication) for `walbust check --db`.
 //! - [`metrics`]: metric names of this side.
 
+pub mod binary;
+pub mod catalog;
 pub mod error;
 pub mod metrics;
+pub mod monitor;
 pub mod reader;
 pub mod relations;
 pub mod source;

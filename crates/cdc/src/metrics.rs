@@ -71,6 +71,17 @@ pub fn describe() {
         DEFINITE_ERROR,
         "1 when walbust stopped on an error that needs a human, by reason"
     );
+    describe_gauge!(
+        SLOT_RETAINED_WAL_BYTES,
+        Unit::Bytes,
+        "WAL the server keeps for walbust's slot"
+    );
+    describe_gauge!(
+        SLOT_SAFE_WAL_BYTES,
+        Unit::Bytes,
+        "WAL that can be written before the slot risks being lost (max_slot_wal_keep_size)"
+    );
+    describe_gauge!(SLOT_WAL_STATUS, "1 for the slot's current wal_status");
     describe_feedback();
 }
 
@@ -90,3 +101,10 @@ fn describe_feedback() {
 pub const RECONNECTS: &str = "walbust_reconnects_total";
 /// Set to 1, label `reason`, when walbust stops on a definite error.
 pub const DEFINITE_ERROR: &str = "walbust_definite_error";
+
+/// WAL the server keeps for the slot (current WAL position minus restart_lsn).
+pub const SLOT_RETAINED_WAL_BYTES: &str = "walbust_slot_retained_wal_bytes";
+/// WAL that can still be written before the slot is in danger of being lost.
+pub const SLOT_SAFE_WAL_BYTES: &str = "walbust_slot_safe_wal_bytes";
+/// 1 for the slot's current `wal_status`, label `status`.
+pub const SLOT_WAL_STATUS: &str = "walbust_slot_wal_status";

@@ -65,6 +65,11 @@ pub struct StreamSpec {
     /// Create `slot` as a temporary slot on the replication session itself
     /// (it disappears with the session): for looking, not for delivering.
     pub temporary_slot: bool,
+    /// Ask pgoutput for values in binary format (`source.binary`, Postgres
+    /// 14 or later). The rules still see text: [`crate::binary`] renders the
+    /// values they read, and a rule reading a type without a rendering is
+    /// refused.
+    pub binary: bool,
 }
 
 /// One evaluated row change, for live views (`walbust demo`, `walbust tail`).
@@ -152,13 +157,14 @@ impl Reader {
     ) -> Result<Stopped, StreamError> {
         let mut rules_rx = self.rules;
         let rules = rules_rx.borrow_and_update().clone();
+        let relations = RelationCache::new(self.spec.binary);
         let mut session = Session {
             spec: self.spec,
             checks: self.checks,
             client: None,
             rules,
             rules_rx,
-            relations: RelationCache::default(),
+            relations,
             items,
             confirmed,
             shutdown,
@@ -170,7 +176,13 @@ impl Reader {
             last_sent_end: 0,
             acked: 0,
             server_wal_end: 0,
+            monitor: None,
+            tables: watch::channel(Vec::new()).0,
         };
+        if let Some(checks) = session.checks.clone() {
+            session.tables.send_replace(session.rules.tables());
+            session.monitor = Some(crate::monitor::spawn(checks, session.tables.subscribe()));
+        }
         session.run().await
     }
 }
@@ -210,6 +222,10 @@ struct Session {
     /// Highest LSN reported to the transport as flushed.
     acked: u64,
     server_wal_end: u64,
+    /// Definite problems found by the slot and publication monitor.
+    monitor: Option<mpsc::Receiver<crate::SourceError>>,
+    /// The tables the current rules name, for the monitor.
+    tables: watch::Sender<Vec<rules::TableName>>,
 }
 
 /// The open transaction and what its rows produced so far.
@@ -307,6 +323,12 @@ impl Session {
             source::prepare(&control, checks, &tables)
                 .await
                 .map_err(StreamError::Source)?;
+            if self.spec.binary {
+                let types =
+                    crate::relations::check_binary(&control, &checks.publication, &self.rules)
+                        .await?;
+                self.relations.set_type_renderings(types);
+            }
         }
         let cfg = ReplicationConfig::new(
             self.spec.conn.host.clone(),
@@ -321,6 +343,11 @@ impl Session {
         .with_status_interval(self.spec.status_interval)
         .with_wakeup_interval(Duration::from_secs(10))
         .with_application_name(self.spec.application_name.clone())
+        .with_binary(self.spec.binary)
+        // Pins how timestamps print, in both modes: keys do not depend on
+        // the server's TimeZone and DateStyle, and binary rendering can
+        // match text output exactly.
+        .with_options(crate::binary::SESSION_OPTIONS)
         // Keeps `feedback_pending_since` tracked, which shutdown uses to
         // know that the last acknowledgement reached the server.
         .with_feedback_observer(FeedbackObserver::new(|sent| {
@@ -357,7 +384,7 @@ impl Session {
         if let Some(mut client) = self.client.take() {
             client.abort();
         }
-        self.relations = RelationCache::default();
+        self.relations.clear();
         self.rows.open = None;
         self.rows.pending.clear();
     }
@@ -372,6 +399,7 @@ impl Session {
                     Next::Confirmed
                 }
                 ev = recv(&mut self.client) => Next::Event(ev.map_err(|source| StreamError::Replication { source })?),
+                Some(problem) = recv_problem(&mut self.monitor) => return Err(StreamError::Source(problem)),
             };
             match next {
                 Next::Shutdown => return self.finish().await,
@@ -465,24 +493,25 @@ impl Session {
         use pgoutput::Message as M;
         match msg {
             M::Relation(rel) => self.relations.update(&rel, &self.rules)?,
+            M::Type(ty) => self.relations.note_type(&ty),
             M::Insert(ins) => {
-                let entry = self.relations.get(ins.relation_id)?;
-                let new = TupleRow::new(&ins.new);
+                let (entry, scratch) = self.relations.for_row(ins.relation_id)?;
+                let new = TupleRow::new(&ins.new).rendered(entry, &mut scratch.new);
                 self.rows.evaluate(entry, Op::Insert, None, Some(&new));
             }
             M::Update(upd) => {
-                let entry = self.relations.get(upd.relation_id)?;
-                let old = upd
-                    .old
-                    .as_ref()
-                    .map(|o| TupleRow::old(o, &entry.key_columns));
-                let new = TupleRow::new(&upd.new);
+                let (entry, scratch) = self.relations.for_row(upd.relation_id)?;
+                let old = upd.old.as_ref().map(|o| {
+                    TupleRow::old(o, &entry.key_columns).rendered(entry, &mut scratch.old)
+                });
+                let new = TupleRow::new(&upd.new).rendered(entry, &mut scratch.new);
                 let old_ref = old.as_ref().map(|o| o as &dyn rules::RowValues);
                 self.rows.evaluate(entry, Op::Update, old_ref, Some(&new));
             }
             M::Delete(del) => {
-                let entry = self.relations.get(del.relation_id)?;
-                let old = TupleRow::old(&del.old, &entry.key_columns);
+                let (entry, scratch) = self.relations.for_row(del.relation_id)?;
+                let old =
+                    TupleRow::old(&del.old, &entry.key_columns).rendered(entry, &mut scratch.old);
                 self.rows.evaluate(entry, Op::Delete, Some(&old), None);
             }
             M::Truncate(tr) => {
@@ -491,7 +520,7 @@ impl Session {
                     self.rows.evaluate(entry, Op::Truncate, None, None);
                 }
             }
-            // Type and Origin carry nothing to invalidate; Begin, Commit and
+            // Origin carries nothing to invalidate; Begin, Commit and
             // Message arrive as typed transport events instead.
             _ => {}
         }
@@ -595,6 +624,7 @@ impl Session {
         match self.relations.rebind(&new) {
             Ok(()) => {
                 self.rules = new;
+                self.tables.send_replace(self.rules.tables());
                 metrics::counter!(m::RULE_RELOADS, "result" => "applied").increment(1);
                 tracing::info!(rules = self.rules.rules().len(), "new rules in effect");
             }
@@ -665,6 +695,16 @@ impl Session {
         Ok(Stopped::Shutdown {
             confirmed_lsn: self.acked,
         })
+    }
+}
+
+/// The monitor's next finding; pends forever without a monitor.
+async fn recv_problem(
+    monitor: &mut Option<mpsc::Receiver<crate::SourceError>>,
+) -> Option<crate::SourceError> {
+    match monitor {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -47,5 +47,10 @@ mod tests {
         let sink = DiscardSink;
         assert_eq!(sink.name(), "discard");
         assert!(sink.health().now_or_never().expect("ready").is_ok());
+        let batch = Batch {
+            keys: vec!["k".into()],
+            ..Batch::default()
+        };
+        assert!(sink.publish(&batch).now_or_never().expect("ready").is_ok());
     }
 }

@@ -10,6 +10,7 @@
 //! - [`sink`]: the [`Sink`] trait (its rustdoc is the delivery contract) and [`SinkError`].
 //! - [`redis_sink`], [`kafka_sink`]: the two sinks, each a folder with the same files: `config`
 //!   (serde + pure `validate()`), `sink` (I/O), `request` (building commands or records, pure).
+//! - [`discard_sink`]: a sink that confirms without sending, for benchmarks only.
 //! - [`record`]: the versioned JSON record of a batch (Kafka value, Redis `PUBLISH` message).
 //! - [`format`](mod@format): LSN and timestamp formatting.
 //! - [`metrics`]: metric names and [`metrics::describe`].
@@ -23,6 +24,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod discard_sink;
 pub mod format;
 pub mod kafka_sink;
 pub mod metrics;

@@ -98,6 +98,16 @@ impl<C> Cond<C> {
         })
     }
 
+    /// Calls `f` with every column the condition reads, on either side.
+    pub fn columns<'s>(&'s self, f: &mut impl FnMut(&'s C)) {
+        match self {
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| c.columns(f)),
+            Cond::Not(c) => c.columns(f),
+            Cond::Changed(cols) => cols.iter().for_each(f),
+            Cond::Compare { column, .. } => f(column),
+        }
+    }
+
     /// Calls `f` with every column whose old value the condition reads:
     /// `old:` comparisons, and `changed:` columns when `with_changed` (they
     /// read old values on updates only).

@@ -272,6 +272,26 @@ impl BoundTable {
             .collect()
     }
 
+    /// Indexes of the columns whose values the rules read on any operation
+    /// and side: placeholders in keys, tags and patterns, and every column a
+    /// `when` condition compares or checks for change. Sorted, each once.
+    /// A caller that must convert values before the rules see them (binary
+    /// mode) checks at bind time that it can convert these.
+    pub fn used_columns(&self) -> Vec<usize> {
+        let mut idx: Vec<usize> = Vec::new();
+        for r in &self.rules {
+            for t in r.keys.iter().chain(&r.tags).chain(&r.patterns) {
+                idx.extend(t.holes().map(|h| h.column));
+            }
+            if let Some(when) = &r.when {
+                when.columns(&mut |c| idx.push(*c));
+            }
+        }
+        idx.sort_unstable();
+        idx.dedup();
+        idx
+    }
+
     /// Evaluates one row change against the table's rules and appends what
     /// it invalidates to `out`.
     ///

@@ -200,6 +200,19 @@ struct CompiledRule {
     max_keys_per_tx: u32,
 }
 
+/// What a rule set covers; see [`RuleSet::coverage`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Constant keys.
+    pub keys: Vec<String>,
+    /// Constant tags.
+    pub tags: Vec<String>,
+    /// Globs over every key and pattern the rules can render.
+    pub patterns: Vec<String>,
+    /// Globs over the tags with placeholders.
+    pub tag_globs: Vec<String>,
+}
+
 /// A loaded, validated and compiled rules file. Immutable; share it behind
 /// an `Arc` and swap the whole set on reload.
 #[derive(Clone, Debug)]
@@ -480,6 +493,53 @@ impl RuleSet {
     }
 
     /// Parses an explicit invalidation message ([`crate::parse_explicit`])
+    /// Everything these rules can ever invalidate, for purging caches after
+    /// a gap in the change stream (a slot lost or dropped, a failover to a
+    /// server without it): over-invalidation is always safe, a silent gap
+    /// never is.
+    ///
+    /// Keys and patterns with placeholders become globs (each placeholder a
+    /// `*`); constant keys, tags and patterns are listed as they are. Tags
+    /// with placeholders cannot be listed; their globs are in
+    /// [`Coverage::tag_globs`] for a sink that can enumerate tags. Hashed
+    /// long keys are covered by `<prefix>#*`.
+    pub fn coverage(&self) -> Coverage {
+        let mut c = Coverage::default();
+        let push = |list: &mut Vec<String>, s: String| {
+            if !list.contains(&s) {
+                list.push(s);
+            }
+        };
+        for rule in &self.rules {
+            for k in &rule.const_keys {
+                push(&mut c.keys, k.clone());
+            }
+            for t in &rule.const_tags {
+                push(&mut c.tags, t.clone());
+            }
+            for p in &rule.const_patterns {
+                push(&mut c.patterns, p.clone());
+            }
+            for t in &rule.templates {
+                match t.kind {
+                    Kind::Key => push(
+                        &mut c.patterns,
+                        format!("{}{}", rule.pattern_prefix, t.template.coverage_glob(true)),
+                    ),
+                    Kind::Pattern => push(
+                        &mut c.patterns,
+                        format!("{}{}", rule.pattern_prefix, t.template.coverage_glob(false)),
+                    ),
+                    Kind::Tag => push(&mut c.tag_globs, t.template.coverage_glob(true)),
+                }
+            }
+            if matches!(self.limit.policy, LongKeyPolicy::Hash) {
+                push(&mut c.patterns, format!("{}#*", rule.pattern_prefix));
+            }
+        }
+        c
+    }
+
     /// and applies this rule set's global prefix and long-key policy to its
     /// keys, and the (glob-escaped) prefix to its patterns. Tags are used as
     /// sent.
@@ -844,3 +904,40 @@ mod tests {
 
 #[cfg(test)]
 mod load_tests;
+
+#[cfg(test)]
+mod coverage_tests {
+    use super::*;
+
+    #[test]
+    fn coverage_turns_templates_into_globs() {
+        let rules = RuleSet::from_yaml(
+            r#"
+version: 1
+prefix: "app:"
+rules:
+  - table: products
+    keys: ["product:{id}", "static:home", "pair:{a}{b}", "lit*:{id}"]
+    tags: ["category:{category_id}", "products"]
+    patterns: ["list:{category_id}:*", "search:*"]
+"#,
+            "rules.yaml",
+        )
+        .unwrap();
+        let c = rules.coverage();
+        assert_eq!(c.keys, ["app:static:home"]);
+        assert_eq!(c.tags, ["products"]);
+        assert_eq!(
+            c.patterns,
+            [
+                "app:search:*",
+                "app:product:*",
+                "app:pair:*",
+                "app:lit\\*:*",
+                "app:list:*:*",
+                "app:#*"
+            ]
+        );
+        assert_eq!(c.tag_globs, ["category:*"]);
+    }
+}

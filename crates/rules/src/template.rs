@@ -236,6 +236,27 @@ impl<C> Template<C> {
         out
     }
 
+    /// A Redis glob matching everything this template can render: each
+    /// placeholder becomes `*`. `escape_literals` is set for key and tag
+    /// templates, whose literal text has no glob meaning; pattern templates
+    /// keep theirs.
+    pub fn coverage_glob(&self, escape_literals: bool) -> String {
+        let mut out = String::with_capacity(self.literal_len + 8);
+        for s in &self.segments {
+            match s {
+                Segment::Lit(l) if escape_literals => push_glob_escaped(&mut out, l),
+                Segment::Lit(l) => out.push_str(l),
+                Segment::Hole(_) => {
+                    // Consecutive placeholders need one star.
+                    if !out.ends_with('*') || out.ends_with("\\*") {
+                        out.push('*');
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The same template with columns mapped by `f` (names to indexes).
     pub fn try_map<D, E>(
         &self,

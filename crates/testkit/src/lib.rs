@@ -6,7 +6,8 @@
 //! - [`Postgres`]: `initdb` + `pg_ctl` from the system's PostgreSQL, on a free
 //!   loopback port, `wal_level = logical`. Runs as the `postgres` user when
 //!   we are root, because PostgreSQL refuses root.
-//! - [`Redis`]: `redis-server` from PATH as a child process, no persistence.
+//! - [`Redis`]: `redis-server` from PATH as a child process, no persistence
+//!   unless asked for ([`Redis::start_with`]).
 //! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
 //!   broker named by `WALBUST_TEST_KAFKA`.
 //! - [`free_port`]: the port chooser they share.

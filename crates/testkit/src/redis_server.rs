@@ -1,5 +1,7 @@
 //! A throwaway Redis: `redis-server` as a child process on a free loopback
-//! port, without persistence, in its own temporary directory.
+//! port, in its own temporary directory. Without persistence by default;
+//! [`Redis::start_with`] can turn it on (e.g. an append-only file), and the
+//! data then survives `stop` and `restart`, which keep the directory.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -32,6 +34,8 @@ pub struct Redis {
     port: u16,
     log_file: PathBuf,
     pid_file: PathBuf,
+    /// Extra `redis-server` arguments, after (so overriding) our defaults.
+    extra_args: Vec<String>,
     child: Mutex<Option<Child>>,
     dir: TempDir,
 }
@@ -48,6 +52,21 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// Starts `redis-server` (found on PATH) and waits until it answers PING.
     pub fn start() -> Result<Redis, Error> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Redis::start`], with extra `redis-server` arguments placed after
+    /// testkit's defaults, so they override them. For a server whose
+    /// acknowledged writes survive being killed (`stop` is SIGKILL):
+    ///
+    /// ```no_run
+    /// let redis = testkit::Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"])?;
+    /// # Ok::<(), testkit::Error>(())
+    /// ```
+    ///
+    /// The arguments are used again by every [`Redis::restart`]. `--port`,
+    /// `--bind` and `--dir` belong to testkit and must not be given.
+    pub fn start_with(args: &[&str]) -> Result<Redis, Error> {
         let binary = process::find_on_path(BINARY).ok_or_else(|| Error::MissingBinary {
             name: BINARY.to_owned(),
             searched: "on PATH".to_owned(),
@@ -65,6 +84,7 @@ impl Redis {
             port: 0,
             log_file: dir.path().join("redis.log"),
             pid_file,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: Mutex::new(None),
             dir,
         };
@@ -108,8 +128,9 @@ impl Redis {
         Ok(())
     }
 
-    /// Starts the server again on the same port with an empty dataset,
-    /// killing it first if it is running.
+    /// Starts the server again on the same port, killing it first if it is
+    /// running. The dataset starts empty, unless persistence was turned on
+    /// with [`Redis::start_with`]: then the server loads what it persisted.
     pub fn restart(&self) -> Result<(), Error> {
         self.stop()?;
         self.spawn()
@@ -181,6 +202,7 @@ impl Redis {
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--daemonize", "no"])
+            .args(&self.extra_args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log)

@@ -87,3 +87,32 @@ fn drop_cleans_up_after_a_panic() {
     assert!(!dir.exists());
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_kill_with_an_append_only_file() {
+    let server = Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+        .expect("start redis with an append-only file");
+    let mut conn = server.connection().await.expect("connect");
+    let n: i64 = conn.incr("walbust:counter", 1).await.expect("incr");
+    assert_eq!(n, 1);
+    let n: i64 = conn.incr("walbust:counter", 1).await.expect("incr");
+    assert_eq!(n, 2);
+
+    // stop() is SIGKILL: only what reached the append-only file survives.
+    server.stop().expect("stop");
+    server.restart().expect("restart");
+    let mut conn = server.connection().await.expect("connect after restart");
+    let got: Option<i64> = conn.get("walbust:counter").await.expect("get");
+    assert_eq!(got, Some(2), "acknowledged increments survive a kill");
+    let appendonly: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .query_async(&mut conn)
+        .await
+        .expect("config get");
+    assert_eq!(
+        appendonly,
+        ["appendonly", "yes"],
+        "restart keeps the arguments"
+    );
+}

@@ -3,19 +3,38 @@
 //! Offline it loads the configuration and the rules exactly as `run` does.
 //! With `--db` it also asks the database and the sinks, read-only: it never
 //! creates the publication or the slot, it says whether `run` would.
+//!
+//! The database part reports every problem it finds, one line each, instead
+//! of stopping at the first:
+//!
+//! | line | problem |
+//! |---|---|
+//! | `error:` | a table the rules name does not exist |
+//! | `error:` | it is not in the publication, or its changes arrive under another name (partitions and `publish_via_partition_root`) |
+//! | `error:` | a rule reads a column the table does not have or the stream does not send (bound with [`rules::RuleSet::bind`] against the catalog's columns) |
+//! | `error:` | a rule reads old values ([`rules::BoundTable::needs_old_values`]) the replica identity does not send (for a partitioned table, each leaf partition's identity counts) |
+//! | `warning:` | a TOAST-able column is used in a template of a rule that reacts to updates, without `REPLICA IDENTITY FULL`: an UPDATE that does not touch it sends it as unchanged TOAST and the template is skipped |
+//! | `warning:` | a table glob matches no table, or a table outside the publication |
+//!
+//! The exit status is 1 when there was any error.
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use cdc::catalog::{self, Identity, Publication, ReplicaIdentity, TableInfo, TableKind};
+use rules::{RuleInfo, RuleSet, TableName};
+use tokio_postgres::Client;
+
 use crate::config::Config;
-use crate::{fail, fail_config, run};
+use crate::explain::{parse_table, placeholders, read_rules_text, rule_alone, RulesSource, Side};
+use crate::{fail_config, run, EXIT_FAILURE};
 
 pub async fn check(path: &Path, db: bool) -> ExitCode {
     let cfg = match Config::load(path) {
         Ok(cfg) => cfg,
         Err(e) => return fail_config(e),
     };
-    let rules = match rules::RuleSet::load(&cfg.rules) {
+    let rules = match RuleSet::load(&cfg.rules) {
         Ok(r) => r,
         Err(e) => return fail_config(e),
     };
@@ -35,46 +54,460 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let sinks = match run::build_sinks(&cfg).await {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    for sink in &sinks {
-        if let Err(e) = sink.health().await {
-            return fail(anyhow::Error::new(e).context(format!("sink {}", sink.name())));
+    let mut report = Report::default();
+    match run::build_sinks(&cfg).await {
+        Ok(sinks) => {
+            for sink in &sinks {
+                match sink.health().await {
+                    Ok(()) => report.ok(format!("sink {} is healthy", sink.name())),
+                    Err(e) => {
+                        report.error(format!("sink {}: {:#}", sink.name(), anyhow::Error::new(e)))
+                    }
+                }
+            }
         }
-        println!("ok: sink {} is healthy", sink.name());
+        Err(e) => report.error(format!("{e:#}")),
     }
 
     let client = match cdc::source::connect(&cfg.source.url).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => {
+            report.error(format!("{:#}", anyhow::Error::new(e)));
+            return report.finish();
+        }
     };
+    let publication = source_checks(&client, &cfg, &mut report).await;
+    // The rules text again, for what `RuleSet` does not expose (a rule's
+    // template strings, one rule alone); it was just loaded from it.
+    let text = read_rules_text(&cfg.rules).unwrap_or_default();
+    let source = RulesSource::parse(&text).ok();
+    if source.is_none() {
+        report.note("cannot read the rules file again: TOAST-able columns are not checked");
+    }
+    let cx = TableCx {
+        client: &client,
+        rules: &rules,
+        source: source.as_ref(),
+        publication: publication.as_ref(),
+        publication_name: &cfg.source.publication,
+        create: cfg.source.create,
+    };
+    if let Err(e) = cx.check_tables(&mut report).await {
+        report.error(format!("{:#}", anyhow::Error::new(e)));
+    }
+    report.finish()
+}
+
+/// Problems found so far, printed as they are found.
+#[derive(Default)]
+struct Report {
+    errors: usize,
+    warnings: usize,
+}
+
+impl Report {
+    fn ok(&mut self, line: impl AsRef<str>) {
+        println!("ok: {}", line.as_ref());
+    }
+
+    fn note(&mut self, line: impl AsRef<str>) {
+        println!("note: {}", line.as_ref());
+    }
+
+    fn error(&mut self, line: impl AsRef<str>) {
+        self.errors += 1;
+        println!("error: {}", line.as_ref());
+    }
+
+    fn warning(&mut self, line: impl AsRef<str>) {
+        self.warnings += 1;
+        println!("warning: {}", line.as_ref());
+    }
+
+    fn finish(self) -> ExitCode {
+        println!("{} error(s), {} warning(s)", self.errors, self.warnings);
+        if self.errors > 0 {
+            ExitCode::from(EXIT_FAILURE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `wal_level`, the publication and the slot, as `run` checks them at
+/// start-up (without creating anything). Returns the publication, if any.
+async fn source_checks(client: &Client, cfg: &Config, report: &mut Report) -> Option<Publication> {
     let spec = cdc::SourceSpec {
         url: cfg.source.url.clone(),
         publication: cfg.source.publication.clone(),
         slot: cfg.source.slot.clone(),
         create: false,
     };
-    match cdc::source::prepare(&client, &spec, &rules.tables()).await {
-        Ok(slot) => {
-            println!(
-                "ok: database ready: publication {} covers the rules' tables, slot {} at {} (wal_status {})",
-                cfg.source.publication,
-                cfg.source.slot,
-                pgoutput::format_lsn(slot.confirmed_flush_lsn),
-                slot.wal_status
-            );
-            ExitCode::SUCCESS
-        }
+    // The tables are checked one by one below, each problem on its line.
+    match cdc::source::prepare(client, &spec, &[]).await {
+        Ok(slot) => report.ok(format!(
+            "database ready: wal_level is logical, publication {} exists, slot {} at {} (wal_status {})",
+            cfg.source.publication,
+            cfg.source.slot,
+            pgoutput::format_lsn(slot.confirmed_flush_lsn),
+            slot.wal_status
+        )),
         Err(
-            e @ (cdc::SourceError::PublicationMissing { .. }
-            | cdc::SourceError::TablesNotPublished { .. }
-            | cdc::SourceError::SlotMissing { .. }),
+            e @ (cdc::SourceError::PublicationMissing { .. } | cdc::SourceError::SlotMissing { .. }),
         ) if cfg.source.create => {
-            println!("ok: database reachable; `walbust run` will create what is missing ({e})");
-            ExitCode::SUCCESS
+            report.note(format!("`walbust run` will create what is missing ({e})"));
         }
-        Err(e) => fail(e),
+        Err(e) => report.error(format!("{:#}", anyhow::Error::new(e))),
+    }
+    match catalog::publication(client, &cfg.source.publication).await {
+        Ok(p) => p,
+        Err(e) => {
+            report.error(format!("{:#}", anyhow::Error::new(e)));
+            None
+        }
+    }
+}
+
+struct TableCx<'a> {
+    client: &'a Client,
+    rules: &'a RuleSet,
+    source: Option<&'a RulesSource<'a>>,
+    publication: Option<&'a Publication>,
+    publication_name: &'a str,
+    create: bool,
+}
+
+/// How a table came to be checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Named {
+    /// A rule names it exactly.
+    Exactly,
+    /// Only a glob matches it.
+    ByGlob,
+}
+
+impl TableCx<'_> {
+    async fn check_tables(&self, report: &mut Report) -> Result<(), cdc::SourceError> {
+        let mut todo: Vec<(TableName, Named)> = self
+            .rules
+            .tables()
+            .into_iter()
+            .map(|t| (t, Named::Exactly))
+            .collect();
+        let globs = self.rules.table_patterns();
+        if !globs.is_empty() {
+            let all = catalog::user_tables(self.client).await?;
+            for glob in &globs {
+                let matched: Vec<&TableName> = all
+                    .iter()
+                    .filter(|t| glob.matches(&t.schema, &t.name))
+                    .collect();
+                if matched.is_empty() {
+                    report.warning(format!(
+                        "table glob {glob} ({}) matches no table",
+                        self.rule_list(&self.rules_naming(glob))
+                    ));
+                }
+                for t in matched {
+                    if !todo.iter().any(|(seen, _)| seen == t) {
+                        todo.push((t.clone(), Named::ByGlob));
+                    }
+                }
+            }
+        }
+        for (table, named) in &todo {
+            self.check_table(table, *named, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Rules whose `table:` matches `table` (exactly or by glob).
+    fn rules_for(&self, table: &TableName) -> Vec<&RuleInfo> {
+        self.rules
+            .rules()
+            .iter()
+            .filter(|r| parse_table(&r.table).is_ok_and(|t| t.matches(&table.schema, &table.name)))
+            .collect()
+    }
+
+    /// Rules whose `table:` is `name` as written (a glob, say).
+    fn rules_naming(&self, name: &TableName) -> Vec<&RuleInfo> {
+        self.rules
+            .rules()
+            .iter()
+            .filter(|r| parse_table(&r.table).is_ok_and(|t| &t == name))
+            .collect()
+    }
+
+    /// `rule 1 (rules.yaml:4:5), rule 3 (rules.yaml:12:5)`.
+    fn rule_list(&self, rules: &[&RuleInfo]) -> String {
+        rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "rule {} ({}:{}:{})",
+                    r.index + 1,
+                    self.rules.origin(),
+                    r.line,
+                    r.column
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    async fn check_table(
+        &self,
+        table: &TableName,
+        named: Named,
+        report: &mut Report,
+    ) -> Result<(), cdc::SourceError> {
+        let rules = self.rules_for(table);
+        let by = self.rule_list(&rules);
+        let Some(info) = catalog::table(self.client, table, Some(self.publication_name)).await?
+        else {
+            report.error(format!("table {table} ({by}) does not exist"));
+            return Ok(());
+        };
+        self.check_published(&info, named, &by, report);
+        let Some((columns, unknown)) = self.bind(&info, report) else {
+            return Ok(());
+        };
+        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let Ok(Some(bound)) = self.rules.bind(&table.schema, &table.name, &names) else {
+            return Ok(());
+        };
+        let identities: Vec<&Identity> =
+            if info.kind == TableKind::Partitioned && !info.leaves.is_empty() {
+                info.leaves.iter().collect()
+            } else {
+                vec![&info.identity]
+            };
+
+        // Old values the rules read that an identity does not send.
+        let needed: Vec<&str> = bound
+            .needs_old_values()
+            .into_iter()
+            .filter(|c| !unknown.iter().any(|u| u == c))
+            .collect();
+        for ident in &identities {
+            let lacking: Vec<&str> = needed
+                .iter()
+                .copied()
+                .filter(|c| !ident.columns.iter().any(|s| s == c))
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            let readers = self.old_value_readers(table, &names, &lacking, &bound.rule_indexes());
+            report.error(format!(
+                "{}: replica identity {} {}, but {} {} the old values of {} on update or delete: \
+                 ALTER TABLE {} REPLICA IDENTITY FULL",
+                describe(&info, ident),
+                ident.identity.as_sql(),
+                sends(ident),
+                self.rule_list(&readers),
+                verb(readers.len(), "reads", "read"),
+                lacking.join(", "),
+                ident.table
+            ));
+        }
+
+        // TOAST-able columns in templates, without FULL.
+        let not_full: Vec<&&Identity> = identities
+            .iter()
+            .filter(|i| i.identity != ReplicaIdentity::Full)
+            .collect();
+        if not_full.is_empty() {
+            return Ok(());
+        }
+        for column in info.columns.iter().filter(|c| c.toastable()) {
+            let users: Vec<&RuleInfo> = rules
+                .iter()
+                .copied()
+                .filter(|r| r.on.contains(&rules::Op::Update))
+                .filter(|r| self.uses_in_template(r.index, &column.name))
+                .collect();
+            if users.is_empty() {
+                continue;
+            }
+            let idents = not_full
+                .iter()
+                .map(|i| format!("{} on {}", i.identity.as_sql(), i.table))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let fixes = not_full
+                .iter()
+                .map(|i| format!("ALTER TABLE {} REPLICA IDENTITY FULL", i.table))
+                .collect::<Vec<_>>()
+                .join("; ");
+            report.warning(format!(
+                "table {table}: column {} ({}) can be TOASTed and {} {} it in a template, \
+                 but the replica identity is not FULL ({idents}): an UPDATE that does not change it \
+                 sends no value and the template is skipped (walbust_rule_missing_values_total); \
+                 {fixes}",
+                column.name,
+                column.type_name,
+                self.rule_list(&users),
+                verb(users.len(), "uses", "use"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the table's changes reach the rules under its name.
+    fn check_published(&self, info: &TableInfo, named: Named, by: &str, report: &mut Report) {
+        let Some(publication) = self.publication else {
+            // Missing publication: reported (or to be created) already.
+            return;
+        };
+        let table = &info.name;
+        let pub_name = &publication.name;
+        if publication.tables.contains(table) {
+            return;
+        }
+        let leaf_published = info
+            .leaves
+            .iter()
+            .any(|l| publication.tables.contains(&l.table));
+        let root_published = info
+            .ancestors
+            .iter()
+            .find(|a| publication.tables.contains(a));
+        let line = if info.kind == TableKind::Partitioned && !publication.via_root && leaf_published
+        {
+            format!(
+                "table {table} ({by}) is partitioned and publication {pub_name} publishes its partitions \
+                 under their own names (publish_via_partition_root is off), which the rule does not match: \
+                 ALTER PUBLICATION {pub_name} SET (publish_via_partition_root = true)"
+            )
+        } else if let (true, Some(root)) = (publication.via_root, root_published) {
+            format!(
+                "table {table} ({by}) is a partition: publication {pub_name} publishes via the partition \
+                 root, so its changes arrive as {root}; name {root} in the rule"
+            )
+        } else if self.create && named == Named::Exactly {
+            report.note(format!(
+                "table {table} ({by}) is not in publication {pub_name}: `walbust run` will add it"
+            ));
+            return;
+        } else {
+            format!(
+                "table {table} ({by}) is not in publication {pub_name}: ALTER PUBLICATION {pub_name} ADD TABLE {table}"
+            )
+        };
+        match named {
+            Named::Exactly => report.error(line),
+            // A glob may match more than it means to.
+            Named::ByGlob => report.warning(line),
+        }
+    }
+
+    /// Binds the rules to the columns the stream sends, reporting every
+    /// column a rule reads that is not among them. Returns the columns bound
+    /// (unknown ones appended, so that binding succeeds) and the unknown ones.
+    fn bind(&self, info: &TableInfo, report: &mut Report) -> Option<(Vec<String>, Vec<String>)> {
+        let generated_sent = self.publication.is_some_and(|p| p.generated_columns);
+        let mut columns: Vec<String> = info
+            .sent_columns(generated_sent)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut unknown: Vec<String> = Vec::new();
+        let table = &info.name;
+        loop {
+            let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+            match self.rules.bind(&table.schema, &table.name, &names) {
+                Ok(_) => return Some((columns, unknown)),
+                Err(e) => {
+                    let name = e.column_name().to_owned();
+                    if unknown.contains(&name) {
+                        // Cannot happen (the column is bound now); do not loop.
+                        return None;
+                    }
+                    let why = match info.columns.iter().find(|c| c.name == name) {
+                        Some(c) if c.generated => {
+                            " (it is a generated column, which the publication does not send)"
+                        }
+                        Some(_) => " (it is not in the publication's column list)",
+                        None => "",
+                    };
+                    report.error(format!("{e}{why}"));
+                    unknown.push(name.clone());
+                    columns.push(name);
+                }
+            }
+        }
+    }
+
+    /// The rules that read the old values of some of `lacking`, each rule
+    /// taken alone; all the table's update or delete rules if that fails.
+    fn old_value_readers(
+        &self,
+        table: &TableName,
+        columns: &[&str],
+        lacking: &[&str],
+        indexes: &[usize],
+    ) -> Vec<&RuleInfo> {
+        let all = self.rules.rules();
+        let attributed: Option<Vec<&RuleInfo>> = self.source.and_then(|source| {
+            let mut out = Vec::new();
+            for &index in indexes {
+                let alone = rule_alone(self.rules, source, index).ok()?;
+                let bound = alone.bind(&table.schema, &table.name, columns).ok()??;
+                if bound.needs_old_values().iter().any(|c| lacking.contains(c)) {
+                    out.push(all.get(index)?);
+                }
+            }
+            Some(out)
+        });
+        attributed.unwrap_or_else(|| {
+            indexes
+                .iter()
+                .filter_map(|&i| all.get(i))
+                .filter(|r| r.on.contains(&rules::Op::Update) || r.on.contains(&rules::Op::Delete))
+                .collect()
+        })
+    }
+
+    /// Whether rule `index` renders `column`'s new value (`{col}` or
+    /// `{new.col}`) in a key, tag or pattern. `{old.col}` is the replica
+    /// identity's business.
+    fn uses_in_template(&self, index: usize, column: &str) -> bool {
+        let Some(source) = self.source else {
+            return false;
+        };
+        source.templates(index).iter().any(|t| {
+            placeholders(t)
+                .iter()
+                .any(|(side, c)| *c == column && matches!(side, Side::Row | Side::New))
+        })
+    }
+}
+
+fn verb(count: usize, one: &'static str, many: &'static str) -> &'static str {
+    if count == 1 {
+        one
+    } else {
+        many
+    }
+}
+
+fn describe(info: &TableInfo, ident: &Identity) -> String {
+    if ident.table == info.name {
+        format!("table {}", info.name)
+    } else {
+        format!("partition {} of table {}", ident.table, info.name)
+    }
+}
+
+/// "sends old values of id only", "sends no old values".
+fn sends(ident: &Identity) -> String {
+    match (ident.identity, ident.columns.is_empty()) {
+        (ReplicaIdentity::Default, true) => {
+            "sends no old values (the table has no primary key)".to_owned()
+        }
+        (_, true) => "sends no old values".to_owned(),
+        (_, false) => format!("sends old values of {} only", ident.columns.join(", ")),
     }
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use publish::discard_sink::DiscardSinkConfig;
 use publish::kafka_sink::KafkaSinkConfig;
 use publish::redis_sink::RedisSinkConfig;
 use publish::PipelineConfig;
@@ -57,6 +58,42 @@ pub struct SourceConfig {
     pub status_interval_ms: u64,
     #[serde(default = "default_application_name")]
     pub application_name: String,
+    /// Ask Postgres (14 or later) for column values in binary format
+    /// instead of text. Keys come out the same: walbust renders the values
+    /// the rules read as Postgres's text output would, and refuses to start
+    /// when a rule reads a column whose type it cannot render. Off by
+    /// default.
+    #[serde(default)]
+    pub binary: bool,
+    /// What to do when walbust finds it ran before but the slot is gone or
+    /// the server is another one (a gap in the change stream): `refuse`
+    /// (default) or `purge` everything the rules cover, then start over.
+    #[serde(default)]
+    pub on_gap: OnGap,
+    /// Extra keys, tags and patterns purged on a gap with `on_gap: purge`.
+    #[serde(default)]
+    pub gap_purge: GapPurge,
+}
+
+/// `source.on_gap`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnGap {
+    #[default]
+    Refuse,
+    Purge,
+}
+
+/// `source.gap_purge`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GapPurge {
+    #[serde(default)]
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub patterns: Vec<String>,
 }
 
 fn default_status_interval_ms() -> u64 {
@@ -73,6 +110,7 @@ impl fmt::Debug for SourceConfig {
             .field("publication", &self.publication)
             .field("slot", &self.slot)
             .field("create", &self.create)
+            .field("binary", &self.binary)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +121,10 @@ impl fmt::Debug for SourceConfig {
 pub struct SinksConfig {
     pub redis: Option<RedisSinkConfig>,
     pub kafka: Option<KafkaSinkConfig>,
+    /// `sinks.discard: {}`: confirms every batch without sending it anywhere. For
+    /// `walbust-bench` only (it measures walbust without sink costs), hence absent from the
+    /// README: it acknowledges WAL while invalidating nothing.
+    pub discard: Option<DiscardSinkConfig>,
 }
 
 /// `publish`: batching and retries.
@@ -226,7 +268,8 @@ impl Config {
         if self.rules.as_os_str().is_empty() {
             return Err(invalid("rules", "must name the rules file".into()));
         }
-        if self.sinks.redis.is_none() && self.sinks.kafka.is_none() {
+        if self.sinks.redis.is_none() && self.sinks.kafka.is_none() && self.sinks.discard.is_none()
+        {
             return Err(invalid(
                 "sinks",
                 "no sink configured: add sinks.redis, sinks.kafka or both".into(),
@@ -398,6 +441,7 @@ metrics:
         let cfg = Config::parse(GOOD, "walbust.yaml", env).unwrap();
         assert!(cfg.source.url.contains("s3cret"));
         assert!(!cfg.source.create);
+        assert!(!cfg.source.binary, "binary mode is off by default");
         assert_eq!(
             cfg.sinks.kafka.as_ref().unwrap().topic,
             "cache-invalidations"
@@ -415,6 +459,13 @@ metrics:
         assert_eq!(cfg.metrics.listen.as_deref(), Some("127.0.0.1:9187"));
         assert_eq!(cfg.status_interval(), Duration::from_secs(1));
         assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn binary_mode_is_read() {
+        let text = GOOD.replace("  slot: walbust\n", "  slot: walbust\n  binary: true\n");
+        let cfg = Config::parse(&text, "walbust.yaml", env).unwrap();
+        assert!(cfg.source.binary);
     }
 
     #[test]
@@ -471,6 +522,19 @@ sinks: {}
             error_of(text),
             "walbust.yaml: sinks: no sink configured: add sinks.redis, sinks.kafka or both"
         );
+    }
+
+    #[test]
+    fn the_benchmark_discard_sink_counts_as_a_sink() {
+        let text = r#"
+source: { url: "postgres://a@b/c", publication: p, slot: s }
+rules: r.yaml
+sinks: { discard: {} }
+"#;
+        let cfg = Config::parse(text, "walbust.yaml", |_| None).unwrap();
+        assert!(cfg.sinks.discard.is_some());
+        let text = text.replace("discard: {}", "discard: { x: 1 }");
+        assert!(error_of(&text).contains('x'));
     }
 
     #[test]

@@ -8,7 +8,12 @@
 mod check;
 mod config;
 mod demo;
+mod explain;
+mod gap;
+mod metrics;
+mod reload;
 mod run;
+mod tail;
 mod telemetry;
 
 use std::path::PathBuf;
@@ -62,6 +67,12 @@ enum Command {
     },
     /// Validate the configuration and the rules; with --db also check the
     /// database (wal_level, slot, publication) and the sinks.
+    ///
+    /// With --db every problem is reported on its own line: tables missing or
+    /// not in the publication (partitions included), columns the rules read
+    /// that the tables lack, old values the replica identity does not send,
+    /// and TOAST-able columns used in templates without REPLICA IDENTITY
+    /// FULL (a warning). Exits 1 if there is any error.
     Check {
         #[arg(long, short, env = "WALBUST_CONFIG", default_value = "walbust.yaml")]
         config: PathBuf,
@@ -75,6 +86,18 @@ enum Command {
     /// Prints how to connect (psql, redis-cli, Kafka bootstrap) so you can make
     /// writes of your own. Everything is removed on Ctrl-C.
     Demo(demo::DemoArgs),
+    /// Show what one row change would invalidate, and which rule produces
+    /// each key, tag and pattern. Reads only the rules file.
+    ///
+    /// Example: walbust explain --rules rules.yaml --table products --op update
+    ///   --old '{"id":"42","category_id":"3"}' --new '{"id":"42","category_id":"4"}'
+    Explain(explain::ExplainArgs),
+    /// Stream live changes through a temporary slot and print each committed
+    /// transaction with the invalidations the rules would publish. Publishes
+    /// nothing and creates nothing durable (the publication must exist).
+    ///
+    /// Rules are reloaded when the file changes, as in `run`. Stop with Ctrl-C.
+    Tail(tail::TailArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +122,8 @@ fn main() -> ExitCode {
             Command::Run { config } => cmd_run(&config).await,
             Command::Check { config, db } => check::check(&config, db).await,
             Command::Demo(args) => demo::demo(args).await,
+            Command::Explain(args) => explain::explain(args),
+            Command::Tail(args) => tail::tail(args).await,
         }
     })
 }
@@ -115,6 +140,7 @@ async fn cmd_run(path: &std::path::Path) -> ExitCode {
         if let Err(e) = telemetry::serve_metrics(listen) {
             return fail(e);
         }
+        metrics::describe();
     }
     let shutdown = shutdown_signal();
     match run::run(cfg, shutdown, run::Hooks::default()).await {
@@ -166,7 +192,7 @@ pub fn fail(e: impl Into<anyhow::Error>) -> ExitCode {
     eprintln!("walbust: {e:#}");
     match definite_reason(&e) {
         Some(reason) => {
-            metrics::gauge!(cdc::metrics::DEFINITE_ERROR, "reason" => reason).set(1.0);
+            ::metrics::gauge!(cdc::metrics::DEFINITE_ERROR, "reason" => reason).set(1.0);
             ExitCode::from(EXIT_DEFINITE)
         }
         None => ExitCode::from(EXIT_FAILURE),
@@ -176,6 +202,9 @@ pub fn fail(e: impl Into<anyhow::Error>) -> ExitCode {
 /// The metric label of a definite source error anywhere in the chain.
 fn definite_reason(e: &anyhow::Error) -> Option<&'static str> {
     e.chain().find_map(|cause| {
+        if cause.downcast_ref::<gap::GapError>().is_some() {
+            return Some("gap");
+        }
         if let Some(s) = cause.downcast_ref::<cdc::StreamError>() {
             return (!s.is_transient()).then(|| s.reason());
         }

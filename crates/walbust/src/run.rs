@@ -33,6 +33,20 @@ pub struct Hooks {
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> Result<()> {
     let rules = Arc::new(RuleSet::load(&cfg.rules)?);
     tracing::info!(rules = rules.rules().len(), file = %cfg.rules.display(), "rules loaded");
+    // Watch the rules file (and SIGHUP) from right after loading it, so that
+    // no edit falls between the two; the reader takes a new set at its next
+    // transaction boundary. The guard stops the watcher however run returns.
+    let (rules_tx, rules_rx) = watch::channel(rules.clone());
+    let _reloader = crate::reload::WatcherGuard(
+        crate::reload::Reloader::new(
+            cfg.rules.clone(),
+            Some(crate::reload::PublicationCheck {
+                url: cfg.source.url.clone(),
+                publication: cfg.source.publication.clone(),
+            }),
+        )
+        .spawn(rules_tx, shutdown.clone()),
+    );
 
     let sinks = build_sinks(&cfg).await?;
     for sink in &sinks {
@@ -56,6 +70,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         slot: cfg.source.slot.clone(),
         create: cfg.source.create,
     };
+    // Before the slot may be created: a new slot must not paper over a gap.
+    crate::gap::guard(&cfg, &rules, &sinks).await?;
+
     let tables = rules.tables();
     let prepared = until_ready(&shutdown, "postgres", || async {
         let checked = async {
@@ -74,6 +91,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     let Some(slot) = prepared else {
         return Ok(());
     };
+    crate::gap::mark(&cfg).await?;
     tracing::info!(
         slot = %cfg.source.slot,
         confirmed_flush_lsn = %pgoutput::format_lsn(slot.confirmed_flush_lsn),
@@ -92,8 +110,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         status_interval: cfg.status_interval(),
         application_name: cfg.source.application_name.clone(),
         temporary_slot: false,
+        binary: cfg.source.binary,
     };
-    let (rules_tx, rules_rx) = watch::channel(rules);
     let mut reader = cdc::Reader::new(stream, rules_rx).with_checks(spec);
     if let Some(tap) = hooks.tap.clone() {
         reader = reader.with_tap(tap);
@@ -102,7 +120,6 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         started.notify_one();
     }
     let outcome = reader.run(items, confirmed, shutdown).await;
-    drop(rules_tx);
     let stopped = match outcome {
         Ok(stopped) => stopped,
         // The pipeline ended first: its error is the one to report.
@@ -199,6 +216,9 @@ pub async fn build_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
     if let Some(kafka) = &cfg.sinks.kafka {
         let sink = KafkaSink::new(kafka.clone(), &cfg.source.slot).context("sink kafka")?;
         sinks.push(Arc::new(sink));
+    }
+    if cfg.sinks.discard.is_some() {
+        sinks.push(Arc::new(publish::discard_sink::DiscardSink));
     }
     Ok(sinks)
 }

@@ -29,8 +29,13 @@ pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 10_000;
 #[serde(rename_all = "snake_case")]
 pub enum TagStrategy {
     /// The application adds each cached key to the Redis set `<tag_prefix><tag>` (`SADD`);
-    /// purging deletes the members and the set in one atomic script. In Redis Cluster the
-    /// members must live in the set's slot (use a hash tag).
+    /// purging deletes the members and the set in one atomic script.
+    ///
+    /// In Redis Cluster the script runs on the node of the set, so every member must hash to
+    /// the set's slot: put a hash tag in the tag and in its members' keys. With the tag
+    /// `{user:7}` (rule template `"{{user:{id}}}"`), the set is `tag:{user:7}` and members
+    /// such as `{user:7}:profile` live in the same slot. A member in another slot makes the
+    /// purge fail with a non-retriable error (walbust stops rather than skip it).
     #[default]
     Set,
     /// The application puts the counter `<tag_prefix><tag>` into its cache keys; purging
@@ -42,8 +47,14 @@ pub enum TagStrategy {
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSinkConfig {
-    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS.
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS. With
+    /// [`Self::cluster`], any one node of the cluster (the others are discovered).
     pub url: String,
+    /// The URL names a node of a Redis Cluster: keys are grouped by hash slot (a multi-key
+    /// command stays within one slot), patterns are scanned on every primary, and the `set` tag
+    /// strategy needs hash tags (see [`TagStrategy::Set`]).
+    #[serde(default)]
+    pub cluster: bool,
     /// How tags are purged.
     #[serde(default)]
     pub tag_strategy: TagStrategy,
@@ -87,6 +98,7 @@ impl fmt::Debug for RedisSinkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSinkConfig")
             .field("url", &"<redacted>")
+            .field("cluster", &self.cluster)
             .field("tag_strategy", &self.tag_strategy)
             .field("tag_prefix", &self.tag_prefix)
             .field("unlink_chunk", &self.unlink_chunk)
@@ -103,6 +115,7 @@ impl RedisSinkConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            cluster: false,
             tag_strategy: TagStrategy::default(),
             tag_prefix: None,
             unlink_chunk: DEFAULT_UNLINK_CHUNK,
@@ -145,6 +158,16 @@ impl RedisSinkConfig {
             errors.push(
                 "url",
                 format_args!("invalid Redis URL ({})", err.category()),
+            );
+        }
+        if self.cluster
+            && !["redis://", "rediss://"]
+                .iter()
+                .any(|s| self.url.starts_with(s))
+        {
+            errors.push(
+                "url",
+                "a Redis Cluster is reached over TCP: use redis:// or rediss://",
             );
         }
         errors.check(self.unlink_chunk > 0, "unlink_chunk", "must be at least 1");
@@ -246,6 +269,20 @@ mod tests {
         let cfg = RedisSinkConfig::new("redis://user:secret@host");
         let text = format!("{cfg:?}");
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn cluster_needs_a_tcp_url() {
+        let cfg: RedisSinkConfig =
+            serde_json::from_str(r#"{"url":"redis://h:7000","cluster":true}"#).unwrap();
+        assert!(cfg.cluster);
+        assert_eq!(cfg.validate(), Ok(()));
+        let mut cfg = RedisSinkConfig::new("unix:///tmp/r.sock");
+        cfg.cluster = true;
+        assert_eq!(
+            messages(&cfg),
+            ["sinks.redis.url: a Redis Cluster is reached over TCP: use redis:// or rediss://"]
+        );
     }
 
     #[test]

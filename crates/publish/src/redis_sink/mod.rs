@@ -13,8 +13,13 @@
 //! - patterns: `SCAN <cursor> MATCH <pattern> COUNT <scan_count>`, `UNLINK` what it finds;
 //! - `publish_channel`: `PUBLISH` of the batch's JSON record, once the rest is done.
 //!
-//! Redis Cluster: keys go through [`request::key_chunks`], the one place that decides which keys
-//! share a command, and [`request::hash_slot`] gives the slot to group them by.
+//! Redis Cluster (`cluster: true`, the URL names any node): keys, tag counters and tag sets are
+//! grouped by hash slot ([`request::slot_chunks`], [`request::hash_slot`]), one command or
+//! pipeline per slot group, sent concurrently and routed to the slot's primary; patterns are
+//! `SCAN`ned on every primary listed by `CLUSTER SLOTS`; `PING` reaches every primary and the
+//! health check also requires `cluster_state:ok`. The `set` tag strategy needs each set's
+//! members in the set's slot: use a hash tag in the tag and in the member keys (see
+//! [`TagStrategy::Set`]).
 
 mod config;
 pub mod request;
@@ -25,4 +30,4 @@ pub use config::{
     DEFAULT_RESPONSE_TIMEOUT_MS, DEFAULT_SCAN_COUNT, DEFAULT_SET_TAG_PREFIX, DEFAULT_UNLINK_CHUNK,
     DEFAULT_VERSION_TAG_PREFIX,
 };
-pub use sink::RedisSink;
+pub use sink::{RedisConnection, RedisSink};

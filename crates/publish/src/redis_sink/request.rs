@@ -1,10 +1,13 @@
 //! Redis commands for a batch, built without I/O.
 //!
-//! [`key_chunks`] is the one place that decides which keys share a command. Against a single
-//! Redis it cuts by size; Redis Cluster support groups by [`hash_slot`] first (a multi-key
-//! command must stay within one slot), without touching the rest of the sink.
+//! [`key_chunks`] and [`slot_chunks`] decide which keys share a command. Against a single
+//! Redis keys are cut by size; against a Redis Cluster they are grouped by [`hash_slot`] first
+//! (a multi-key command, a pipeline or a script must stay within one slot), then cut by size.
+//! [`cluster_primaries`] reads the primaries out of `CLUSTER SLOTS`, for pattern scans.
 
-use redis::{Cmd, Pipeline, Script};
+use std::collections::BTreeMap;
+
+use redis::{Cmd, Pipeline, Script, Value};
 
 /// Purges tags of the `set` strategy. For each `KEYS[i]` (a tag's set): unlink every member and
 /// the set itself. Returns how many member keys existed and were removed.
@@ -44,6 +47,23 @@ pub fn key_chunks<S: AsRef<str>>(keys: &[S], chunk: usize) -> impl Iterator<Item
     keys.chunks(chunk.max(1))
 }
 
+/// Groups keys by Redis Cluster hash slot, in slot order, and cuts each slot's keys into chunks
+/// of at most `chunk`: every chunk can share one multi-key command, pipeline or script.
+pub fn slot_chunks<S: AsRef<str>>(keys: &[S], chunk: usize) -> Vec<Vec<&S>> {
+    let mut by_slot: BTreeMap<u16, Vec<&S>> = BTreeMap::new();
+    for key in keys {
+        by_slot
+            .entry(hash_slot(key.as_ref().as_bytes()))
+            .or_default()
+            .push(key);
+    }
+    let chunk = chunk.max(1);
+    by_slot
+        .into_values()
+        .flat_map(|group| group.chunks(chunk).map(<[&S]>::to_vec).collect::<Vec<_>>())
+        .collect()
+}
+
 /// One pipeline of `UNLINK`s, `chunk` keys each; its reply is one count per command.
 pub fn unlink_pipeline<S: AsRef<str>>(keys: &[S], chunk: usize) -> Pipeline {
     let mut pipe = redis::pipe();
@@ -59,6 +79,13 @@ pub fn unlink<S: AsRef<str>>(keys: &[S]) -> Cmd {
     for key in keys {
         cmd.arg(key.as_ref());
     }
+    cmd
+}
+
+/// `INCR key` (a tag's version counter, already prefixed).
+pub fn incr<S: AsRef<str>>(key: S) -> Cmd {
+    let mut cmd = redis::cmd("INCR");
+    cmd.arg(key.as_ref());
     cmd
 }
 
@@ -80,6 +107,54 @@ pub fn scan(cursor: u64, pattern: &str, count: usize) -> Cmd {
         .arg("COUNT")
         .arg(count);
     cmd
+}
+
+/// A primary of a Redis Cluster, as `CLUSTER SLOTS` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Primary {
+    /// `host:port` as the cluster announces it (for messages).
+    pub address: String,
+    /// A slot the primary serves: commands routed by this slot reach it.
+    pub slot: u16,
+}
+
+/// The distinct primaries in a `CLUSTER SLOTS` reply (`[[start, end, [host, port, id...],
+/// replicas...], ...]`), each with the first slot of its first range, in reply order. `Err`
+/// names what is malformed.
+pub fn cluster_primaries(reply: &Value) -> Result<Vec<Primary>, &'static str> {
+    let Value::Array(ranges) = reply else {
+        return Err("CLUSTER SLOTS did not answer an array");
+    };
+    let mut primaries: Vec<Primary> = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return Err("a CLUSTER SLOTS range is not an array");
+        };
+        let (Some(Value::Int(start)), Some(Value::Array(node))) = (fields.first(), fields.get(2))
+        else {
+            return Err("a CLUSTER SLOTS range lacks its start slot or its primary");
+        };
+        let slot = u16::try_from(*start)
+            .ok()
+            .filter(|s| *s < 16384)
+            .ok_or("a CLUSTER SLOTS range starts outside 0..16384")?;
+        let host = match node.first() {
+            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+            Some(Value::SimpleString(text)) => text.clone(),
+            _ => return Err("a CLUSTER SLOTS primary lacks its host"),
+        };
+        let Some(Value::Int(port)) = node.get(1) else {
+            return Err("a CLUSTER SLOTS primary lacks its port");
+        };
+        let address = format!("{host}:{port}");
+        if !primaries.iter().any(|p| p.address == address) {
+            primaries.push(Primary { address, slot });
+        }
+    }
+    if primaries.is_empty() {
+        return Err("CLUSTER SLOTS lists no primary (no slot is assigned)");
+    }
+    Ok(primaries)
 }
 
 /// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (the part
@@ -155,6 +230,109 @@ mod tests {
             args(&scan(17, "product-list:\\*", 1000)),
             ["SCAN", "17", "MATCH", "product-list:\\*", "COUNT", "1000"]
         );
+    }
+
+    #[test]
+    fn slot_chunks_group_by_slot_then_size() {
+        let keys: Vec<String> = ["{a}1", "b", "{a}2", "{a}3", "c", "{a}4", "{a}5"]
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        let groups = slot_chunks(&keys, 2);
+        // Every key once; every group within one slot and at most 2 keys.
+        let mut seen: Vec<&str> = groups.iter().flatten().map(|k| k.as_str()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, ["b", "c", "{a}1", "{a}2", "{a}3", "{a}4", "{a}5"]);
+        for group in &groups {
+            assert!(!group.is_empty() && group.len() <= 2, "{group:?}");
+            let slot = hash_slot(group[0].as_bytes());
+            assert!(group.iter().all(|k| hash_slot(k.as_bytes()) == slot));
+        }
+        // The five `{a}` keys fill three chunks, in their order; `b` and `c` are alone.
+        let a: Vec<Vec<&str>> = groups
+            .iter()
+            .filter(|g| g[0].starts_with("{a}"))
+            .map(|g| g.iter().map(|k| k.as_str()).collect())
+            .collect();
+        assert_eq!(
+            a,
+            [vec!["{a}1", "{a}2"], vec!["{a}3", "{a}4"], vec!["{a}5"]]
+        );
+        assert_eq!(groups.len(), 5);
+        let cmd = unlink(&groups[0]);
+        assert_eq!(args(&cmd)[0], "UNLINK");
+        assert!(slot_chunks::<String>(&[], 10).is_empty());
+    }
+
+    fn node(host: &str, port: i64, id: &str) -> Value {
+        Value::Array(vec![
+            Value::BulkString(host.as_bytes().to_vec()),
+            Value::Int(port),
+            Value::BulkString(id.as_bytes().to_vec()),
+        ])
+    }
+
+    #[test]
+    fn primaries_from_cluster_slots() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("127.0.0.1", 7000, "a"),
+                node("127.0.0.1", 7003, "a-replica"),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("127.0.0.1", 7001, "b"),
+            ]),
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(16000),
+                node("127.0.0.1", 7002, "c"),
+            ]),
+            // A second range of the first primary adds nothing.
+            Value::Array(vec![
+                Value::Int(16001),
+                Value::Int(16383),
+                node("127.0.0.1", 7000, "a"),
+            ]),
+        ]);
+        assert_eq!(
+            cluster_primaries(&reply).unwrap(),
+            [
+                Primary {
+                    address: "127.0.0.1:7000".into(),
+                    slot: 0
+                },
+                Primary {
+                    address: "127.0.0.1:7001".into(),
+                    slot: 5461
+                },
+                Primary {
+                    address: "127.0.0.1:7002".into(),
+                    slot: 10923
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_cluster_slots_are_errors() {
+        assert!(cluster_primaries(&Value::Nil).is_err());
+        assert!(cluster_primaries(&Value::Array(vec![])).is_err());
+        let no_port = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(1),
+            Value::Array(vec![Value::BulkString(b"h".to_vec())]),
+        ])]);
+        assert!(cluster_primaries(&no_port).is_err());
+        let bad_slot = Value::Array(vec![Value::Array(vec![
+            Value::Int(20000),
+            Value::Int(20001),
+            node("h", 1, "x"),
+        ])]);
+        assert!(cluster_primaries(&bad_slot).is_err());
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! [`RedisSink`]: runs a batch's commands on a reconnecting connection.
+//! [`RedisSink`]: runs a batch's commands on a reconnecting connection, to one Redis or to a
+//! Redis Cluster.
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use metrics::counter;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value};
 use tracing::debug;
 
 use super::config::{RedisSinkConfig, TagStrategy};
@@ -19,11 +23,163 @@ const NAME: &str = "redis";
 /// Patterns purged at the same time within one batch; each is its own `SCAN` walk.
 const PATTERN_CONCURRENCY: usize = 4;
 
+/// Requests in flight at once against a cluster (one per slot group). The connection multiplexes
+/// them, so they travel pipelined to each node.
+const CLUSTER_CONCURRENCY: usize = 64;
+
+/// Attempts the cluster client makes by itself for one request: enough to follow `MOVED` and
+/// `ASK` redirections while slots move. A node that stays away is the pipeline's backoff's
+/// business, as for a single Redis.
+const CLUSTER_RETRIES: u32 = 3;
+
+/// One Redis, or a Redis Cluster. Both reconnect by themselves and are cheap to clone.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+impl Connection {
+    /// Connects to what `cfg` names (already validated).
+    async fn open(cfg: &RedisSinkConfig) -> Result<Self, SinkError> {
+        if cfg.cluster {
+            let client = ClusterClient::builder([cfg.url.as_str()])
+                .connection_timeout(cfg.connect_timeout())
+                .response_timeout(cfg.response_timeout())
+                .retries(CLUSTER_RETRIES)
+                .build()
+                .map_err(|err| {
+                    SinkError::with_source(SinkErrorKind::Config, "redis: invalid cluster URL", err)
+                })?;
+            let conn = client
+                .get_async_connection()
+                .await
+                .map_err(|err| redis_error("redis: cannot connect to the cluster", err))?;
+            Ok(Connection::Cluster(conn))
+        } else {
+            let client = redis::Client::open(cfg.url.as_str()).map_err(|err| {
+                SinkError::with_source(SinkErrorKind::Config, "redis: invalid URL", err)
+            })?;
+            // One connection attempt per request: when Redis is down, a publish fails fast and
+            // the pipeline's backoff (counted in metrics, logged) decides when to try again,
+            // instead of a second retry loop hidden inside the client.
+            let manager_cfg = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(cfg.connect_timeout()))
+                .set_response_timeout(Some(cfg.response_timeout()))
+                .set_number_of_retries(0);
+            let conn = ConnectionManager::new_with_config(client, manager_cfg)
+                .await
+                .map_err(|err| redis_error("redis: cannot connect", err))?;
+            Ok(Connection::Single(conn))
+        }
+    }
+}
+
+/// A connection to the Redis that a [`RedisSinkConfig`] names, one server or a cluster, made the
+/// way [`RedisSink`] makes its own: against a cluster every command is routed to the primary of
+/// its key's slot (a plain connection to one node would get `MOVED`). For data walbust keeps
+/// next to the caches it protects. Reconnects by itself; cheap to clone; use it like any
+/// asynchronous `redis` connection (`query_async`).
+#[derive(Clone)]
+pub struct RedisConnection(Connection);
+
+impl RedisConnection {
+    /// Validates `cfg` and connects.
+    pub async fn connect(cfg: &RedisSinkConfig) -> Result<Self, SinkError> {
+        validate(cfg)?;
+        Ok(Self(Connection::open(cfg).await?))
+    }
+
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.0, Connection::Cluster(_))
+    }
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("cluster", &self.is_cluster())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+fn validate(cfg: &RedisSinkConfig) -> Result<(), SinkError> {
+    cfg.validate().map_err(|errors| {
+        let text = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        SinkError::new(SinkErrorKind::Config, text)
+    })
+}
+
+/// Where one `SCAN` walk runs: the single Redis, or one primary of the cluster.
+#[derive(Debug, Clone)]
+enum ScanTarget {
+    Single,
+    Primary(request::Primary),
+}
+
 /// The Redis sink. Cheap to share: the connection is multiplexed and reconnects by itself after
 /// a failure (the failing publish returns a retriable error and the pipeline tries again).
+///
+/// With [`RedisSinkConfig::cluster`], commands are grouped by hash slot
+/// ([`request::slot_chunks`]) and sent concurrently, each routed to its slot's primary; pattern
+/// `SCAN`s walk every primary. A `SCAN` walk guarantees to see the keys that stay on its node for
+/// the whole walk: a key migrating between nodes during a resharding can be missed by a pattern
+/// purge.
 pub struct RedisSink {
     cfg: RedisSinkConfig,
-    conn: ConnectionManager,
+    conn: Connection,
     purge_script: Script,
 }
 
@@ -39,27 +195,8 @@ impl RedisSink {
     /// Validates `cfg` and connects. Fails if Redis cannot be reached now; once connected, the
     /// connection is re-established on its own after failures.
     pub async fn connect(cfg: RedisSinkConfig) -> Result<Self, SinkError> {
-        cfg.validate().map_err(|errors| {
-            let text = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            SinkError::new(SinkErrorKind::Config, text)
-        })?;
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|err| {
-            SinkError::with_source(SinkErrorKind::Config, "redis: invalid URL", err)
-        })?;
-        // One connection attempt per request: when Redis is down, a publish fails fast and the
-        // pipeline's backoff (counted in metrics, logged) decides when to try again, instead of
-        // a second retry loop hidden inside the client.
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout()))
-            .set_response_timeout(Some(cfg.response_timeout()))
-            .set_number_of_retries(0);
-        let conn = ConnectionManager::new_with_config(client, manager_cfg)
-            .await
-            .map_err(|err| redis_error("redis: cannot connect", err))?;
+        validate(&cfg)?;
+        let conn = Connection::open(&cfg).await?;
         Ok(Self {
             cfg,
             conn,
@@ -106,11 +243,28 @@ impl RedisSink {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut conn = self.conn.clone();
-        let removed: Vec<u64> = request::unlink_pipeline(keys, self.cfg.unlink_chunk)
-            .query_async(&mut conn)
-            .await
-            .map_err(|err| redis_error("redis: UNLINK of keys failed", err))?;
+        let context = "redis: UNLINK of keys failed";
+        let removed: Vec<u64> = match &self.conn {
+            Connection::Single(_) => {
+                let mut conn = self.conn.clone();
+                request::unlink_pipeline(keys, self.cfg.unlink_chunk)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|err| redis_error(context, err))?
+            }
+            Connection::Cluster(_) => {
+                let requests = request::slot_chunks(keys, self.cfg.unlink_chunk)
+                    .into_iter()
+                    .map(|group| {
+                        let (cmd, mut conn) = (request::unlink(&group), self.conn.clone());
+                        async move { cmd.query_async(&mut conn).await }
+                    })
+                    .collect();
+                concurrently(requests)
+                    .await
+                    .map_err(|err| redis_error(context, err))?
+            }
+        };
         Ok(removed.iter().sum())
     }
 
@@ -120,6 +274,9 @@ impl RedisSink {
             return Ok(0);
         }
         let prefix = self.cfg.tag_prefix();
+        if let Connection::Cluster(_) = self.conn {
+            return self.purge_tags_cluster(prefix, tags).await;
+        }
         let mut conn = self.conn.clone();
         match self.cfg.tag_strategy {
             TagStrategy::Version => {
@@ -148,39 +305,133 @@ impl RedisSink {
         }
     }
 
+    /// Tags against a cluster: each tag's key is routed to its slot's primary. The `set` script
+    /// takes the sets of one slot at a time (a script's keys must share a slot).
+    async fn purge_tags_cluster(&self, prefix: &str, tags: &[String]) -> Result<u64, SinkError> {
+        let keys: Vec<String> = tags.iter().map(|t| request::tag_key(prefix, t)).collect();
+        let groups = request::slot_chunks(&keys, self.cfg.unlink_chunk);
+        match self.cfg.tag_strategy {
+            TagStrategy::Version => {
+                let requests = groups
+                    .into_iter()
+                    .map(|group| {
+                        let mut pipe = redis::pipe();
+                        for key in group {
+                            pipe.add_command(request::incr(key)).ignore();
+                        }
+                        let mut conn = self.conn.clone();
+                        async move { pipe.exec_async(&mut conn).await }
+                    })
+                    .collect();
+                concurrently(requests)
+                    .await
+                    .map_err(|err| redis_error("redis: INCR of tag versions failed", err))?;
+                Ok(0)
+            }
+            TagStrategy::Set => {
+                let requests = groups
+                    .into_iter()
+                    .map(|group| {
+                        let mut invocation = self.purge_script.prepare_invoke();
+                        for key in group {
+                            invocation.key(key.as_str());
+                        }
+                        let mut conn = self.conn.clone();
+                        // Loads the script again by itself if a node lost it.
+                        async move { invocation.invoke_async::<u64>(&mut conn).await }
+                    })
+                    .collect();
+                let removed = concurrently(requests)
+                    .await
+                    .map_err(|err| redis_error("redis: tag purge script failed", err))?;
+                Ok(removed.iter().sum())
+            }
+        }
+    }
+
     async fn purge_patterns(&self, patterns: &[String]) -> Result<(), SinkError> {
+        if patterns.is_empty() {
+            return Ok(());
+        }
+        let targets = self.scan_targets().await?;
         for group in patterns.chunks(PATTERN_CONCURRENCY) {
-            futures::future::try_join_all(group.iter().map(|p| self.purge_pattern(p))).await?;
+            futures::future::try_join_all(group.iter().flat_map(|pattern| {
+                targets
+                    .iter()
+                    .map(move |target| self.purge_pattern(pattern, target))
+            }))
+            .await?;
         }
         Ok(())
     }
 
-    /// Walks the keyspace with `SCAN MATCH` and unlinks what matches. Keys present for the whole
-    /// walk are guaranteed to be seen; deleting while scanning is allowed by `SCAN`.
-    async fn purge_pattern(&self, pattern: &str) -> Result<(), SinkError> {
+    /// Where pattern walks run: the single Redis, or every primary of the cluster (read from
+    /// `CLUSTER SLOTS` for each batch, so a changed topology is followed).
+    async fn scan_targets(&self) -> Result<Vec<ScanTarget>, SinkError> {
+        if let Connection::Single(_) = self.conn {
+            return Ok(vec![ScanTarget::Single]);
+        }
         let mut conn = self.conn.clone();
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| redis_error("redis: CLUSTER SLOTS failed", err))?;
+        let primaries = request::cluster_primaries(&reply).map_err(|reason| {
+            SinkError::new(
+                SinkErrorKind::Protocol,
+                format!("redis: cannot list the cluster's primaries: {reason}"),
+            )
+        })?;
+        Ok(primaries.into_iter().map(ScanTarget::Primary).collect())
+    }
+
+    /// One `SCAN` step on `target`.
+    async fn scan_step(
+        &self,
+        target: &ScanTarget,
+        cursor: u64,
+        pattern: &str,
+    ) -> RedisResult<(u64, Vec<String>)> {
+        let cmd = request::scan(cursor, pattern, self.cfg.scan_count);
+        match (&self.conn, target) {
+            (Connection::Cluster(conn), ScanTarget::Primary(primary)) => {
+                // Routed by a slot the primary serves: the client's slot map finds the node.
+                let route = Route::new(primary.slot, SlotAddr::Master);
+                let reply = conn
+                    .clone()
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+            _ => cmd.query_async(&mut self.conn.clone()).await,
+        }
+    }
+
+    /// Walks one node's keyspace with `SCAN MATCH` and unlinks what matches. Keys present for
+    /// the whole walk are guaranteed to be seen; deleting while scanning is allowed by `SCAN`.
+    async fn purge_pattern(&self, pattern: &str, target: &ScanTarget) -> Result<(), SinkError> {
         let (mut calls, mut matched, mut removed) = (0u64, 0u64, 0u64);
         let mut cursor = 0u64;
         let result = loop {
-            let step: Result<(u64, Vec<String>), _> =
-                request::scan(cursor, pattern, self.cfg.scan_count)
-                    .query_async(&mut conn)
-                    .await;
-            let (next, keys) = match step {
+            let (next, keys) = match self.scan_step(target, cursor, pattern).await {
                 Ok(step) => step,
                 Err(err) => break Err(redis_error("redis: SCAN for a pattern failed", err)),
             };
             calls += 1;
             matched += keys.len() as u64;
             if !keys.is_empty() {
-                let counts: Result<Vec<u64>, _> =
-                    request::unlink_pipeline(&keys, self.cfg.unlink_chunk)
-                        .query_async(&mut conn)
-                        .await;
-                match counts {
-                    Ok(counts) => removed += counts.iter().sum::<u64>(),
+                match self.unlink_keys(&keys).await {
+                    Ok(count) => removed += count,
                     Err(err) => {
-                        break Err(redis_error("redis: UNLINK of pattern matches failed", err))
+                        break Err(SinkError::with_source(
+                            err.kind(),
+                            "redis: UNLINK of pattern matches failed",
+                            err,
+                        ))
                     }
                 }
             }
@@ -209,6 +460,20 @@ impl Sink for RedisSink {
     fn health<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>> {
         async move {
             let mut conn = self.conn.clone();
+            if let Connection::Cluster(_) = conn {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|err| redis_error("redis: CLUSTER INFO failed", err))?;
+                if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                    return Err(SinkError::new(
+                        SinkErrorKind::Unavailable,
+                        "redis: the cluster's state is not ok (slots unassigned or a node down)",
+                    ));
+                }
+            }
+            // Against a cluster the client sends PING to every primary.
             let reply: String = redis::cmd("PING")
                 .query_async(&mut conn)
                 .await
@@ -224,6 +489,18 @@ impl Sink for RedisSink {
         }
         .boxed()
     }
+}
+
+/// Runs cluster requests (one per slot group), at most [`CLUSTER_CONCURRENCY`] at a time; the
+/// replies in completion order, or the first error.
+async fn concurrently<T, F>(requests: Vec<F>) -> RedisResult<Vec<T>>
+where
+    F: std::future::Future<Output = RedisResult<T>>,
+{
+    futures::stream::iter(requests)
+        .buffer_unordered(CLUSTER_CONCURRENCY)
+        .try_collect()
+        .await
 }
 
 /// Classifies a client error; the message says what was being done, the source says why.

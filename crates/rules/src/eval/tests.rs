@@ -562,6 +562,30 @@ fn needs_old_values_lists_old_reads() {
 }
 
 #[test]
+fn used_columns_lists_every_read() {
+    let t = table(
+        r#"rules:
+  - table: t
+    on: [insert]
+    keys: ["i:{new.name}", "const"]
+  - table: t
+    on: [update]
+    when: { any: [ { changed: [body] }, { not: { old: { status: { eq: paid } } } } ] }
+    tags: ["c:{old.category_id:hash}"]
+"#,
+    );
+    // id (index 0) is read by no rule.
+    assert_eq!(t.used_columns(), [1, 2, 3, 4]);
+    let constant = table(
+        r#"rules:
+  - table: t
+    tags: ["all"]
+"#,
+    );
+    assert!(constant.used_columns().is_empty());
+}
+
+#[test]
 fn outcome_adds_up() {
     let mut a = Outcome {
         matched_rules: 1,

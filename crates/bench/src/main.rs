@@ -1,0 +1,226 @@
+//! `walbust-bench`: walbust end to end against `pg_recvlogical`, Postgres's own logical
+//! replication client, on throwaway Postgres, Redis and Kafka.
+//!
+//! - W1: a backlog of single-row UPDATE transactions, W2: one transaction updating every row;
+//!   each drained by pg_recvlogical and by walbust with several sink sets, every consumer from
+//!   its own slot created at the same LSN ([`harness`] explains how the end is detected).
+//! - W3: a steady rate of single-row UPDATEs (pgbench, `synchronous_commit=on`) while walbust
+//!   streams; commit-to-confirm percentiles from walbust's own metric, per sink.
+//!
+//! It prints Markdown tables, writes every figure as JSON and, with `--docs`, adds the tables to
+//! docs/benchmarks.md. `--quick` uses small sizes: the smoke test runs it to check the harness,
+//! never the speed.
+//!
+//! Modules: [`harness`] (servers, workloads, consumers), [`procs`] (child processes and
+//! `/proc`), [`prom`] (reading `/metrics`), [`report`] (figures, tables, targets, docs).
+
+mod harness;
+mod procs;
+mod prom;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use harness::{Bench, Options, Sinks};
+use report::Report;
+
+#[derive(Parser)]
+#[command(
+    name = "walbust-bench",
+    about = "Benchmark walbust end to end against pg_recvlogical (drain time, latency, memory, CPU)"
+)]
+struct Args {
+    /// Small sizes (2k transactions, 20k rows, 5 s at 500 tx/s): checks the harness, not speed.
+    #[arg(long)]
+    quick: bool,
+    /// The walbust binary. Default: `walbust` next to this executable.
+    #[arg(long, env = "WALBUST_BIN")]
+    walbust: Option<PathBuf>,
+    /// Where to write the figures as JSON.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+    /// Add the tables to this Markdown file, in the section "End to end (scripts/bench.sh)".
+    #[arg(long)]
+    docs: Option<PathBuf>,
+    /// Keep configurations and logs (walbust, pg_recvlogical) in this folder; default: a
+    /// temporary folder, removed at the end.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Workloads to run, comma-separated: w1, w2, w3.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
+    only: Vec<String>,
+    /// W1: transactions in the backlog.
+    #[arg(long)]
+    w1_transactions: Option<u64>,
+    /// W2: rows updated by the one transaction (also the table's size).
+    #[arg(long)]
+    w2_rows: Option<u64>,
+    /// W3: transactions per second.
+    #[arg(long)]
+    w3_rate: Option<u32>,
+    /// W3: seconds of load.
+    #[arg(long)]
+    w3_seconds: Option<u64>,
+    /// walbust sink sets for the drains: redis+kafka, discard, redis, kafka.
+    #[arg(long, value_delimiter = ',')]
+    drain_sinks: Option<Vec<String>>,
+    /// walbust sink sets for W3, one run each.
+    #[arg(long, value_delimiter = ',')]
+    latency_sinks: Option<Vec<String>>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walbust-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = main_async(args) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walbust-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async(args: Args) -> Result<()> {
+    let opts = options(&args)?;
+    let report = run(opts).await?;
+    let tables = report.markdown();
+    println!("{tables}");
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", args.json.display()))?;
+    eprintln!("walbust-bench: figures written to {}", args.json.display());
+    if let Some(docs) = &args.docs {
+        report::append_to_docs(docs, &tables)?;
+        eprintln!("walbust-bench: tables added to {}", docs.display());
+    }
+    Ok(())
+}
+
+fn options(args: &Args) -> Result<Options> {
+    let walbust = match &args.walbust {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .context("cannot locate this executable")?
+            .with_file_name("walbust"),
+    };
+    let mut opts = if args.quick {
+        Options::quick(walbust)
+    } else {
+        Options::full(walbust)
+    };
+    if let Some(n) = args.w1_transactions {
+        opts.w1_transactions = n;
+    }
+    if let Some(n) = args.w2_rows {
+        opts.w2_rows = n;
+    }
+    if let Some(n) = args.w3_rate {
+        opts.w3_rate = n;
+    }
+    if let Some(n) = args.w3_seconds {
+        opts.w3_seconds = n;
+    }
+    let only: Vec<String> = args.only.iter().map(|w| w.to_ascii_lowercase()).collect();
+    for w in &only {
+        if !matches!(w.as_str(), "w1" | "w2" | "w3") {
+            bail!("--only: unknown workload {w:?} (w1, w2, w3)");
+        }
+    }
+    opts.run_w1 = only.iter().any(|w| w == "w1");
+    opts.run_w2 = only.iter().any(|w| w == "w2");
+    opts.run_w3 = only.iter().any(|w| w == "w3");
+    opts.work_dir = args.work_dir.clone();
+    if let Some(list) = &args.drain_sinks {
+        opts.drain_sinks = sinks(list, "--drain-sinks")?;
+    }
+    if let Some(list) = &args.latency_sinks {
+        opts.latency_sinks = sinks(list, "--latency-sinks")?;
+    }
+    Ok(opts)
+}
+
+fn sinks(list: &[String], flag: &str) -> Result<Vec<Sinks>> {
+    list.iter()
+        .map(|s| {
+            Sinks::parse(s).with_context(|| {
+                format!("{flag}: unknown sink set {s:?} (redis+kafka, discard, redis, kafka)")
+            })
+        })
+        .collect()
+}
+
+async fn run(opts: Options) -> Result<Report> {
+    let load_before = harness::load_average();
+    let started_at = now_utc();
+    let quick = opts.quick;
+    let (run_w1, run_w2, run_w3) = (opts.run_w1, opts.run_w2, opts.run_w3);
+    let latency_sinks = opts.latency_sinks.clone();
+    let mut bench = Bench::start(opts).await?;
+    let machine = bench.machine().await;
+    let setup = bench.setup();
+    let mut drains = Vec::new();
+    if run_w1 {
+        drains.push(bench.w1().await?);
+    }
+    if run_w2 {
+        drains.push(bench.w2().await?);
+    }
+    let mut latency = Vec::new();
+    if run_w3 {
+        for sinks in latency_sinks {
+            latency.push(bench.w3(sinks).await?);
+        }
+    }
+    drop(bench);
+    let targets = report::targets(&drains, &latency);
+    Ok(Report {
+        format_version: report::FORMAT_VERSION,
+        mode: if quick { "quick" } else { "full" }.into(),
+        started_at,
+        machine,
+        setup,
+        load_before,
+        load_after: harness::load_average(),
+        drains,
+        latency,
+        targets,
+    })
+}
+
+/// `2026-01-31 10:00 UTC`.
+fn now_utc() -> String {
+    const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
+    let unix_micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let rfc3339 =
+        publish::format::format_pg_timestamp(unix_micros - PG_EPOCH_UNIX_SECONDS * 1_000_000);
+    // 2026-01-31T10:00:00.123456Z
+    match (rfc3339.get(..10), rfc3339.get(11..16)) {
+        (Some(date), Some(time)) => format!("{date} {time} UTC"),
+        _ => rfc3339,
+    }
+}

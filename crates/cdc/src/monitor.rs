@@ -1,0 +1,110 @@
+//! Periodic health of the slot and the publication while streaming.
+//!
+//! Two things can go wrong under a running walbust without the stream
+//! saying so: the server can stop reserving WAL for the slot (`wal_status`
+//! turning `unreserved`, then `lost`), and a table the rules name can leave
+//! the publication, after which pgoutput simply stops sending its changes.
+//! The monitor looks every [`INTERVAL`] over its own SQL connection,
+//! exports the slot's state as metrics, warns on `unreserved`, and reports
+//! `lost` and publication drift as definite errors to the reader, which
+//! stops (after acknowledging only what was delivered).
+
+use std::time::Duration;
+
+use rules::TableName;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::SourceError;
+use crate::metrics as m;
+use crate::source::{self, SourceSpec};
+
+/// How often the slot and the publication are checked.
+pub const INTERVAL: Duration = Duration::from_secs(10);
+
+const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
+
+/// Spawns the monitor; definite problems arrive on the returned receiver.
+/// It stops when the receiver is dropped.
+pub fn spawn(
+    spec: SourceSpec,
+    tables: watch::Receiver<Vec<TableName>>,
+) -> mpsc::Receiver<SourceError> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = ticker.tick() => {}
+            }
+            let wanted = tables.borrow().clone();
+            match check(&spec, &wanted).await {
+                Ok(()) => {}
+                Err(e) if e.is_definite() => {
+                    let _ = tx.send(e).await;
+                    return;
+                }
+                // The database being away is the reader's business (it
+                // reconnects); the monitor tries again next tick.
+                Err(e) => tracing::debug!(error = %e, "slot check skipped"),
+            }
+        }
+    });
+    rx
+}
+
+async fn check(spec: &SourceSpec, tables: &[TableName]) -> Result<(), SourceError> {
+    let client = source::connect(&spec.url).await?;
+    let row = client
+        .query_opt(
+            "SELECT coalesce(wal_status, ''), \
+                    coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::float8, \
+                    coalesce(safe_wal_size, -1)::float8 \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&spec.slot],
+        )
+        .await
+        .map_err(|e| SourceError::query("check the replication slot", e))?;
+    let Some(row) = row else {
+        return Err(SourceError::SlotMissing {
+            slot: spec.slot.clone(),
+        });
+    };
+    let status: String = row.get(0);
+    let retained: f64 = row.get(1);
+    let safe: f64 = row.get(2);
+    metrics::gauge!(m::SLOT_RETAINED_WAL_BYTES).set(retained);
+    if safe >= 0.0 {
+        metrics::gauge!(m::SLOT_SAFE_WAL_BYTES).set(safe);
+    }
+    for s in WAL_STATUSES {
+        metrics::gauge!(m::SLOT_WAL_STATUS, "status" => s).set(if s == status { 1.0 } else { 0.0 });
+    }
+    match status.as_str() {
+        "lost" => {
+            return Err(SourceError::SlotLost {
+                slot: spec.slot.clone(),
+            })
+        }
+        "unreserved" => tracing::warn!(
+            slot = %spec.slot,
+            retained_bytes = retained,
+            "slot wal_status is 'unreserved': the server will remove WAL walbust still needs at the next checkpoint (max_slot_wal_keep_size)"
+        ),
+        _ => {}
+    }
+    let published = source::published_tables(&client, &spec.publication).await?;
+    let missing: Vec<String> = tables
+        .iter()
+        .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
+        .map(|t| t.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(SourceError::TablesNotPublished {
+            publication: spec.publication.clone(),
+            tables: missing,
+        });
+    }
+    Ok(())
+}

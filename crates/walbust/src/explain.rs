@@ -1,0 +1,1019 @@
+//! `walbust explain`: what one row change would invalidate, and which rule
+//! says so. No database, no sink: the rules file and the values given.
+//!
+//! The change is evaluated twice over:
+//!
+//! 1. against the whole rule set bound to the table, exactly as the reader
+//!    does: this is the answer (deduplicated like one change is);
+//! 2. against each matching rule alone, to attribute every key, tag and
+//!    pattern to the rules that produce it, and to say why a rule did not
+//!    fire. A rule alone is a rules file with only that rule, rebuilt from
+//!    the parsed file ([`RulesSource::rule_only`]), checked to be the same
+//!    rule, and loaded by the same code; if that ever fails, the answer is
+//!    still printed, without attribution.
+//!
+//! Values are given as JSON objects of column to text (as Postgres prints
+//! it) or null. A column missing from `--old` was not sent by the replica
+//! identity; a column missing from `--new` of an update is an unchanged
+//! TOASTed value; a column that no object names but a rule reads is bound
+//! anyway and has no value on either side (noted in the output).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use rules::{
+    BoundTable, Datum, Invalidations, Op, Outcome, RuleInfo, RuleSet, TableName, TxBudget,
+};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use serde_saphyr::Spanned;
+
+use crate::config::Config;
+use crate::fail_config;
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The configuration file; its `rules` file is used (nothing is
+    /// connected).
+    #[arg(
+        long,
+        short,
+        conflicts_with = "rules",
+        required_unless_present = "rules"
+    )]
+    config: Option<PathBuf>,
+    /// A rules file, instead of --config.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// The table: `schema.table`, or `table` for `public.table`.
+    #[arg(long)]
+    table: String,
+    /// The operation.
+    #[arg(long, value_enum)]
+    op: OpArg,
+    /// The old row as a JSON object of column to text value or null, e.g.
+    /// '{"id":"42","category_id":"3"}'. Leave out the columns the replica
+    /// identity does not send; leave the option out for an update whose
+    /// old row Postgres does not send.
+    #[arg(long)]
+    old: Option<String>,
+    /// The new row, as --old. In an update, a column left out is an
+    /// unchanged TOASTed value (Postgres does not resend it).
+    #[arg(long)]
+    new: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OpArg {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl From<OpArg> for Op {
+    fn from(op: OpArg) -> Op {
+        match op {
+            OpArg::Insert => Op::Insert,
+            OpArg::Update => Op::Update,
+            OpArg::Delete => Op::Delete,
+            OpArg::Truncate => Op::Truncate,
+        }
+    }
+}
+
+pub fn explain(args: ExplainArgs) -> ExitCode {
+    let path = match rules_path(&args) {
+        Ok(p) => p,
+        Err(e) => return fail_config(e),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            return fail_config(format!(
+                "{}: cannot read the rules file: {e}",
+                path.display()
+            ))
+        }
+    };
+    let origin = path.display().to_string();
+    let set = match RuleSet::from_yaml(&text, &origin) {
+        Ok(s) => s,
+        Err(e) => return fail_config(e),
+    };
+    let change = match Change::from_args(&args) {
+        Ok(c) => c,
+        Err(e) => return fail_config(e),
+    };
+    let report = match evaluate(&set, &text, &change) {
+        Ok(r) => r,
+        Err(e) => return fail_config(e),
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    ExitCode::SUCCESS
+}
+
+fn rules_path(args: &ExplainArgs) -> Result<PathBuf, String> {
+    match (&args.rules, &args.config) {
+        (Some(rules), _) => Ok(rules.clone()),
+        (None, Some(config)) => Config::load(config)
+            .map(|c| c.rules)
+            .map_err(|e| e.to_string()),
+        (None, None) => Err("give --config or --rules".to_owned()),
+    }
+}
+
+/// A row value as given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Given {
+    Text(String),
+    Null,
+}
+
+/// The change to explain, parsed from the arguments.
+#[derive(Debug)]
+struct Change {
+    table: TableName,
+    op: Op,
+    old: Option<Vec<(String, Given)>>,
+    new: Option<Vec<(String, Given)>>,
+}
+
+impl Change {
+    fn from_args(args: &ExplainArgs) -> Result<Change, String> {
+        let table = parse_table(&args.table)?;
+        let op = Op::from(args.op);
+        let old = args
+            .old
+            .as_deref()
+            .map(|j| parse_row("--old", j))
+            .transpose()?;
+        let new = args
+            .new
+            .as_deref()
+            .map(|j| parse_row("--new", j))
+            .transpose()?;
+        match op {
+            Op::Insert if old.is_some() => return Err("--old: an insert has no old row".into()),
+            Op::Insert if new.is_none() => return Err("--new: an insert needs the new row".into()),
+            Op::Update if new.is_none() => return Err("--new: an update needs the new row".into()),
+            Op::Delete if new.is_some() => return Err("--new: a delete has no new row".into()),
+            Op::Delete if old.is_none() => {
+                return Err("--old: a delete needs the old row (at least its key columns)".into())
+            }
+            Op::Truncate if old.is_some() || new.is_some() => {
+                return Err("a truncate has no rows: leave out --old and --new".into())
+            }
+            _ => {}
+        }
+        Ok(Change {
+            table,
+            op,
+            old,
+            new,
+        })
+    }
+
+    /// Every column named in `--old` or `--new`, each once.
+    fn columns(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for row in [&self.old, &self.new].into_iter().flatten() {
+            for (name, _) in row {
+                if !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `products` → `public.products`; `shop.items` as is (the rules' reading).
+pub(crate) fn parse_table(text: &str) -> Result<TableName, String> {
+    let (schema, name) = text.split_once('.').unwrap_or(("public", text));
+    if schema.is_empty() || name.is_empty() || name.contains('.') {
+        return Err(format!(
+            "--table: {text:?} is not `schema.table` or `table`"
+        ));
+    }
+    Ok(TableName::new(schema, name))
+}
+
+fn parse_row(flag: &str, text: &str) -> Result<Vec<(String, Given)>, String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("{flag}: not valid JSON: {e}"))?;
+    let Value::Object(map) = value else {
+        return Err(format!(
+            "{flag}: expected a JSON object of column to value, like {{\"id\":\"42\"}}"
+        ));
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (column, v) in map {
+        let given = match v {
+            Value::String(s) => Given::Text(s),
+            Value::Null => Given::Null,
+            // A JSON number is what Postgres prints for numeric types.
+            Value::Number(n) => Given::Text(n.to_string()),
+            Value::Bool(_) => {
+                return Err(format!(
+                "{flag}: column {column:?}: write booleans as Postgres prints them, \"t\" or \"f\""
+            ))
+            }
+            _ => {
+                return Err(format!(
+                "{flag}: column {column:?}: a value is a string (the text Postgres prints) or null"
+            ))
+            }
+        };
+        out.push((column, given));
+    }
+    Ok(out)
+}
+
+/// What one rule alone made of the change.
+#[derive(Debug)]
+struct RuleResult {
+    info: RuleInfo,
+    outcome: Outcome,
+    out: Invalidations,
+}
+
+#[derive(Debug)]
+struct Report {
+    origin: String,
+    table: TableName,
+    op: Op,
+    /// No rule names the table.
+    unmatched: bool,
+    out: Invalidations,
+    outcome: Outcome,
+    /// Per matching rule, when attribution worked.
+    rules: Option<Vec<RuleResult>>,
+    notes: Vec<String>,
+}
+
+/// The most columns a rule set can name that the JSON objects do not.
+const MAX_UNNAMED_COLUMNS: usize = 4096;
+
+fn evaluate(set: &RuleSet, text: &str, change: &Change) -> Result<Report, String> {
+    let mut columns = change.columns();
+    let mut notes = Vec::new();
+    let table = &change.table;
+    // Bind, adding each column a rule reads that no object names: it is
+    // bound with no value (as a column Postgres did not send).
+    let bound = loop {
+        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+        match set.bind(&table.schema, &table.name, &names) {
+            Ok(b) => break b,
+            Err(e) if columns.len() < change.columns().len() + MAX_UNNAMED_COLUMNS => {
+                notes.push(format!(
+                    "column {:?} (read by {}) has no value in --old or --new: read as not sent \
+                     (in an update's new row: unchanged TOAST)",
+                    e.column_name(),
+                    e.rule()
+                ));
+                columns.push(e.column_name().to_owned());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    if let (Op::Update, Some(old), Some(new)) = (change.op, &change.old, &change.new) {
+        let unchanged: Vec<&str> = old
+            .iter()
+            .filter(|(c, _)| !new.iter().any(|(n, _)| n == c))
+            .map(|(c, _)| c.as_str())
+            .collect();
+        if !unchanged.is_empty() {
+            notes.push(format!(
+                "--new leaves out {}: read as unchanged TOAST (the value an UPDATE did not touch, which Postgres does not resend)",
+                unchanged.join(", ")
+            ));
+        }
+    }
+    let mut report = Report {
+        origin: set.origin().to_owned(),
+        table: table.clone(),
+        op: change.op,
+        unmatched: bound.is_none(),
+        out: Invalidations::default(),
+        outcome: Outcome::default(),
+        rules: None,
+        notes,
+    };
+    let Some(bound) = bound else {
+        return Ok(report);
+    };
+
+    let old = change.old.as_ref().map(|row| datums(row, &columns, None));
+    let unchanged = (change.op == Op::Update).then_some(Datum::Unchanged);
+    let new = change
+        .new
+        .as_ref()
+        .map(|row| datums(row, &columns, unchanged));
+    let run = |b: &BoundTable| {
+        let mut out = Invalidations::default();
+        let outcome = b.evaluate(
+            change.op,
+            old.as_ref().map(|r| r as &dyn rules::RowValues),
+            new.as_ref().map(|r| r as &dyn rules::RowValues),
+            &mut TxBudget::default(),
+            &mut out,
+        );
+        (outcome, out)
+    };
+    (report.outcome, report.out) = run(&bound);
+
+    match attribute(set, text, &bound, &columns, &run) {
+        Ok(results) => report.rules = Some(results),
+        Err(why) => report
+            .notes
+            .push(format!("cannot attribute the output to rules: {why}")),
+    }
+    Ok(report)
+}
+
+/// Each matching rule evaluated alone.
+fn attribute(
+    set: &RuleSet,
+    text: &str,
+    bound: &BoundTable,
+    columns: &[String],
+    run: &dyn Fn(&BoundTable) -> (Outcome, Invalidations),
+) -> Result<Vec<RuleResult>, String> {
+    let source = RulesSource::parse(text)?;
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let table = bound.table();
+    let mut results = Vec::new();
+    for index in bound.rule_indexes() {
+        let info = set
+            .rules()
+            .get(index)
+            .cloned()
+            .ok_or_else(|| format!("rule index {index} out of range"))?;
+        let alone = rule_alone(set, &source, index)?;
+        let b = alone
+            .bind(&table.schema, &table.name, &names)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("rule {} alone does not match the table", index + 1))?;
+        let (outcome, out) = run(&b);
+        results.push(RuleResult { info, outcome, out });
+    }
+    Ok(results)
+}
+
+/// Rule `index` of `set` as a rule set of its own, checked to be the same
+/// rule (table, operations, fallback).
+pub(crate) fn rule_alone(
+    set: &RuleSet,
+    source: &RulesSource<'_>,
+    index: usize,
+) -> Result<RuleSet, String> {
+    let info = set
+        .rules()
+        .get(index)
+        .ok_or_else(|| format!("rule index {index} out of range"))?;
+    let text = source
+        .rule_only(index)
+        .ok_or_else(|| format!("rule {} could not be taken apart", index + 1))?;
+    let alone = RuleSet::from_yaml(&text, set.origin())
+        .map_err(|e| format!("rule {} alone does not load: {e}", index + 1))?;
+    let same = alone.rules().len() == 1
+        && alone.rules().first().is_some_and(|a| {
+            a.table == info.table && a.on == info.on && a.has_fallback == info.has_fallback
+        });
+    if !same {
+        return Err(format!("rule {} alone is not the same rule", index + 1));
+    }
+    Ok(alone)
+}
+
+fn datums<'a>(
+    row: &'a [(String, Given)],
+    columns: &[String],
+    absent: Option<Datum<'a>>,
+) -> Vec<Datum<'a>> {
+    columns
+        .iter()
+        .map(|c| match row.iter().find(|(name, _)| name == c) {
+            Some((_, Given::Text(s))) => Datum::Text(s),
+            Some((_, Given::Null)) => Datum::Null,
+            None => absent.unwrap_or(Datum::Absent),
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Keys,
+    Tags,
+    Patterns,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Keys, Kind::Tags, Kind::Patterns];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Keys => "keys",
+            Kind::Tags => "tags",
+            Kind::Patterns => "patterns",
+        }
+    }
+
+    fn of(self, inv: &Invalidations) -> &[String] {
+        match self {
+            Kind::Keys => &inv.keys,
+            Kind::Tags => &inv.tags,
+            Kind::Patterns => &inv.patterns,
+        }
+    }
+}
+
+impl Report {
+    /// The rules (1-based numbers) whose evaluation alone produced `value`.
+    fn producers(&self, kind: Kind, value: &str) -> Vec<&RuleResult> {
+        self.rules
+            .iter()
+            .flatten()
+            .filter(|r| kind.of(&r.out).iter().any(|v| v == value))
+            .collect()
+    }
+
+    fn why_not(&self, r: &RuleResult) -> Option<String> {
+        if r.outcome.matched_rules > 0 {
+            return None;
+        }
+        Some(if r.info.on.contains(&self.op) {
+            "its when condition is false".to_owned()
+        } else {
+            format!("it does not react to {}", self.op)
+        })
+    }
+
+    fn outcome_notes(&self) -> Vec<String> {
+        let mut notes = self.notes.clone();
+        let mut add = |who: String, o: &Outcome| {
+            if o.missing > 0 {
+                notes.push(format!(
+                    "{who}: {} template(s) skipped: a value did not arrive (unchanged TOAST, or an old value the replica identity does not send); counted in walbust_rule_missing_values_total",
+                    o.missing
+                ));
+            }
+            if o.null > 0 {
+                notes.push(format!(
+                    "{who}: {} template(s) skipped: a value is NULL",
+                    o.null
+                ));
+            }
+            if o.refused > 0 {
+                notes.push(format!(
+                    "{who}: {} key(s) refused: longer than max_key_bytes with on_long_key: refuse",
+                    o.refused
+                ));
+            }
+            if o.escalated > 0 {
+                notes.push(format!(
+                    "{who}: ran out of its max_keys_per_tx budget and fell back to its constant tags and patterns"
+                ));
+            }
+        };
+        match &self.rules {
+            Some(rules) => {
+                for r in rules {
+                    add(format!("rule {}", r.info.index + 1), &r.outcome);
+                }
+            }
+            None => add("the rules".to_owned(), &self.outcome),
+        }
+        notes
+    }
+
+    fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{} {} ({})", self.table, self.op, self.origin);
+        if self.unmatched {
+            let _ = writeln!(
+                s,
+                "no rule names {}: the change invalidates nothing",
+                self.table
+            );
+            return s;
+        }
+        for r in self.rules.iter().flatten() {
+            let at = format!(
+                "rule {} ({}:{}:{}, table {})",
+                r.info.index + 1,
+                self.origin,
+                r.info.line,
+                r.info.column,
+                r.info.table
+            );
+            match self.why_not(r) {
+                None => {
+                    let _ = writeln!(s, "{at}: fired");
+                }
+                Some(why) => {
+                    let _ = writeln!(s, "{at}: did not fire: {why}");
+                }
+            }
+        }
+        for kind in Kind::ALL {
+            let values = kind.of(&self.out);
+            if values.is_empty() {
+                let _ = writeln!(s, "{}: none", kind.name());
+                continue;
+            }
+            let _ = writeln!(s, "{}:", kind.name());
+            let width = values.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+            for v in values {
+                let by = self.producers(kind, v);
+                if by.is_empty() {
+                    let _ = writeln!(s, "  {v}");
+                } else {
+                    let list = by
+                        .iter()
+                        .map(|r| format!("{} (line {})", r.info.index + 1, r.info.line))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let word = if by.len() == 1 { "rule" } else { "rules" };
+                    let _ = writeln!(s, "  {v:<width$}  <- {word} {list}");
+                }
+            }
+        }
+        for note in self.outcome_notes() {
+            let _ = writeln!(s, "note: {note}");
+        }
+        s
+    }
+
+    fn to_json(&self) -> Value {
+        let mut obj = json!({
+            "table": self.table.to_string(),
+            "op": self.op.as_str(),
+            "rules_file": self.origin,
+        });
+        for kind in Kind::ALL {
+            let items: Vec<Value> = kind
+                .of(&self.out)
+                .iter()
+                .map(|v| {
+                    let by: Vec<usize> = self
+                        .producers(kind, v)
+                        .iter()
+                        .map(|r| r.info.index + 1)
+                        .collect();
+                    json!({ "value": v, "rules": by })
+                })
+                .collect();
+            obj[kind.name()] = Value::Array(items);
+        }
+        let rules: Vec<Value> = self
+            .rules
+            .iter()
+            .flatten()
+            .map(|r| {
+                json!({
+                    "rule": r.info.index + 1,
+                    "table": r.info.table,
+                    "line": r.info.line,
+                    "column": r.info.column,
+                    "fired": r.outcome.matched_rules > 0,
+                    "why_not": self.why_not(r),
+                    "missing": r.outcome.missing,
+                    "null": r.outcome.null,
+                    "refused": r.outcome.refused,
+                    "escalated": r.outcome.escalated,
+                })
+            })
+            .collect();
+        obj["rules"] = Value::Array(rules);
+        obj["attributed"] = Value::Bool(self.rules.is_some() || self.unmatched);
+        obj["notes"] = json!(self.outcome_notes());
+        obj
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The rules file as written, for tooling that needs more than `RuleSet`
+// exposes: one rule on its own (attribution here) and the template strings
+// of a rule (`check --db`'s TOAST warning).
+
+/// Any YAML node. Strings keep their value; other scalars (numbers,
+/// booleans, nulls) are re-emitted from their source text, so that
+/// `eq: 1.50` stays `1.50` and is not re-typed through a float.
+#[derive(Debug)]
+enum Raw {
+    Str(String),
+    Other,
+    Seq(Vec<Spanned<Raw>>),
+    Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Raw;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any YAML node")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Raw, E> {
+                Ok(Raw::Other)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Raw, E> {
+                Ok(Raw::Other)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
+                Raw::deserialize(d)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Raw, E> {
+                Ok(Raw::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Raw, E> {
+                Ok(Raw::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Raw, E> {
+                Ok(Raw::Other)
+            }
+            fn visit_i128<E: de::Error>(self, _: i128) -> Result<Raw, E> {
+                Ok(Raw::Other)
+            }
+            fn visit_u128<E: de::Error>(self, _: u128) -> Result<Raw, E> {
+                Ok(Raw::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Raw, E> {
+                Ok(Raw::Other)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+                Ok(Raw::Str(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Raw::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key()? {
+                    entries.push((key, map.next_value()?));
+                }
+                Ok(Raw::Map(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A rules file parsed node by node, with its text.
+pub(crate) struct RulesSource<'a> {
+    text: &'a str,
+    root: Spanned<Raw>,
+}
+
+impl<'a> RulesSource<'a> {
+    pub(crate) fn parse(text: &'a str) -> Result<RulesSource<'a>, String> {
+        let root = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        Ok(RulesSource { text, root })
+    }
+
+    fn top(&self) -> &[(Spanned<Raw>, Spanned<Raw>)] {
+        match &self.root.value {
+            Raw::Map(entries) => entries,
+            _ => &[],
+        }
+    }
+
+    fn rule_nodes(&self) -> &[Spanned<Raw>] {
+        self.top()
+            .iter()
+            .find(|(k, _)| matches!(&k.value, Raw::Str(s) if s == "rules"))
+            .and_then(|(_, v)| match &v.value {
+                Raw::Seq(items) => Some(items.as_slice()),
+                _ => None,
+            })
+            .unwrap_or(&[])
+    }
+
+    /// The file with only its rule `index` (0-based) left in `rules:`, as
+    /// YAML (flow style).
+    pub(crate) fn rule_only(&self, index: usize) -> Option<String> {
+        let rule = self.rule_nodes().get(index)?;
+        let mut out = String::from("{");
+        for (i, (key, value)) in self.top().iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.emit(key, &mut out)?;
+            out.push_str(": ");
+            if matches!(&key.value, Raw::Str(s) if s == "rules") {
+                out.push('[');
+                self.emit(rule, &mut out)?;
+                out.push(']');
+            } else {
+                self.emit(value, &mut out)?;
+            }
+        }
+        out.push('}');
+        Some(out)
+    }
+
+    /// The key, tag and pattern templates of rule `index`, as written.
+    pub(crate) fn templates(&self, index: usize) -> Vec<String> {
+        let Some(Raw::Map(fields)) = self.rule_nodes().get(index).map(|n| &n.value) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in fields {
+            let (Raw::Str(name), Raw::Seq(items)) = (&key.value, &value.value) else {
+                continue;
+            };
+            if matches!(name.as_str(), "keys" | "tags" | "patterns") {
+                out.extend(items.iter().filter_map(|i| match &i.value {
+                    Raw::Str(s) => Some(s.clone()),
+                    _ => None,
+                }));
+            }
+        }
+        out
+    }
+
+    fn emit(&self, node: &Spanned<Raw>, out: &mut String) -> Option<()> {
+        match &node.value {
+            Raw::Str(s) => out.push_str(&serde_json::to_string(s).ok()?),
+            Raw::Other => {
+                // Where the value is written (through an alias too).
+                let span = node.defined.span();
+                let start = usize::try_from(span.byte_offset()?).ok()?;
+                let len = usize::try_from(span.byte_len()?).ok()?;
+                let token = self.text.get(start..start.checked_add(len)?)?;
+                if token.is_empty() {
+                    out.push_str("null");
+                } else if token.contains(['\n', ',', '[', ']', '{', '}', '#', '"', '\'']) {
+                    // Not a plain number, boolean or null: do not guess.
+                    return None;
+                } else {
+                    out.push_str(token);
+                }
+            }
+            Raw::Seq(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    self.emit(item, out)?;
+                }
+                out.push(']');
+            }
+            Raw::Map(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    self.emit(k, out)?;
+                    out.push_str(": ");
+                    self.emit(v, out)?;
+                }
+                out.push('}');
+            }
+        }
+        Some(())
+    }
+}
+
+/// Which row a placeholder reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// `{col}`: the new row, and on an update the old one too.
+    Row,
+    /// `{old.col}`.
+    Old,
+    /// `{new.col}`.
+    New,
+}
+
+/// The placeholders of a valid template, as `(side, column)`: `{{` and
+/// `}}` are literal braces, `{old.col:hash}` reads `col` of the old row.
+/// (The rules crate does not list a template's columns; this follows the
+/// grammar documented in its crate docs.)
+pub(crate) fn placeholders(template: &str) -> Vec<(Side, &str)> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        let after = rest.get(i + 1..).unwrap_or("");
+        let brace = rest.as_bytes().get(i).copied();
+        if after.starts_with(char::from(brace.unwrap_or(b'{'))) {
+            rest = after.get(1..).unwrap_or("");
+            continue;
+        }
+        if brace == Some(b'}') {
+            rest = after;
+            continue;
+        }
+        let Some(end) = after.find('}') else { break };
+        let body = after.get(..end).unwrap_or("");
+        let name = body.split_once(':').map_or(body, |(n, _)| n);
+        let hole = match name.split_once('.') {
+            Some(("old", c)) => (Side::Old, c),
+            Some(("new", c)) => (Side::New, c),
+            _ => (Side::Row, name),
+        };
+        out.push(hole);
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out
+}
+
+/// Reads `path` for [`RulesSource`]; errors as one line.
+pub(crate) fn read_rules_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the rules file: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+version: 1
+prefix: "app:"
+rules:
+  - table: public.products
+    keys: ["product:{id}"]
+    tags: ["category:{category_id}", "products"]
+  - table: products
+    on: [update]
+    when: { new: { price: { eq: 1.50 } } }
+    tags: ["cheap", "products"]
+  - table: public.orders
+    keys: ["order:{id}"]
+"#;
+
+    fn change(op: Op, old: Option<&str>, new: Option<&str>) -> Change {
+        Change {
+            table: TableName::new("public", "products"),
+            op,
+            old: old.map(|j| parse_row("--old", j).unwrap()),
+            new: new.map(|j| parse_row("--new", j).unwrap()),
+        }
+    }
+
+    fn report(c: &Change) -> Report {
+        let set = RuleSet::from_yaml(RULES, "rules.yaml").unwrap();
+        evaluate(&set, RULES, c).unwrap()
+    }
+
+    #[test]
+    fn a_moved_product_is_attributed_rule_by_rule() {
+        let r = report(&change(
+            Op::Update,
+            Some(r#"{"id":"42","category_id":"3","price":"2"}"#),
+            Some(r#"{"id":"42","category_id":"4","price":"1.50"}"#),
+        ));
+        assert_eq!(r.out.keys, ["app:product:42"]);
+        assert_eq!(
+            r.out.tags,
+            ["products", "category:3", "category:4", "cheap"]
+        );
+        let rules = r.rules.as_ref().expect("attributed");
+        assert_eq!(rules.len(), 2);
+        let by = |kind, v| -> Vec<usize> {
+            r.producers(kind, v)
+                .iter()
+                .map(|x| x.info.index + 1)
+                .collect()
+        };
+        assert_eq!(by(Kind::Tags, "products"), [1, 2]);
+        assert_eq!(by(Kind::Tags, "category:4"), [1]);
+        assert_eq!(by(Kind::Tags, "cheap"), [2]);
+        let text = r.to_text();
+        assert!(
+            text.contains("rule 2 (rules.yaml:8:5, table products): fired"),
+            "{text}"
+        );
+        let json = r.to_json();
+        assert_eq!(
+            json["tags"][0],
+            json!({"value": "products", "rules": [1, 2]})
+        );
+        assert_eq!(json["attributed"], true);
+    }
+
+    #[test]
+    fn the_when_value_keeps_its_text() {
+        // `eq: 1.50` must not become 1.5 in the rule taken alone.
+        let r = report(&change(
+            Op::Update,
+            None,
+            Some(r#"{"id":"1","category_id":"3","price":"1.5"}"#),
+        ));
+        let rules = r.rules.as_ref().unwrap();
+        assert_eq!(
+            r.why_not(&rules[1]).as_deref(),
+            Some("its when condition is false")
+        );
+        assert!(!r.out.tags.contains(&"cheap".to_owned()));
+    }
+
+    #[test]
+    fn rules_that_do_not_fire_say_why() {
+        let r = report(&change(
+            Op::Insert,
+            None,
+            Some(r#"{"id":"1","category_id":"3"}"#),
+        ));
+        let rules = r.rules.as_ref().unwrap();
+        assert_eq!(
+            r.why_not(&rules[1]).as_deref(),
+            Some("it does not react to insert")
+        );
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("\"price\"") && n.contains("not sent")),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    #[test]
+    fn unchanged_toast_and_missing_old_values_are_reported() {
+        // No old row, category_id left out of the new one: unchanged TOAST.
+        let r = report(&change(Op::Update, None, Some(r#"{"id":"1","price":"9"}"#)));
+        assert_eq!(r.out.keys, ["app:product:1"]);
+        assert!(!r.out.tags.iter().any(|t| t.starts_with("category:")));
+        assert!(r
+            .outcome_notes()
+            .iter()
+            .any(|n| n.starts_with("rule 1: 1 template(s) skipped")));
+    }
+
+    #[test]
+    fn an_unnamed_table_invalidates_nothing() {
+        let c = Change {
+            table: TableName::new("public", "nothing"),
+            op: Op::Truncate,
+            old: None,
+            new: None,
+        };
+        let r = report(&c);
+        assert!(r.unmatched && r.out.is_empty());
+        assert!(r.to_text().contains("no rule names public.nothing"));
+    }
+
+    #[test]
+    fn rows_are_checked() {
+        assert!(parse_row("--new", "[1]")
+            .unwrap_err()
+            .contains("JSON object"));
+        assert!(parse_row("--new", r#"{"a":true}"#)
+            .unwrap_err()
+            .contains("\"t\""));
+        assert_eq!(
+            parse_row("--new", r#"{"a":7,"b":null}"#).unwrap(),
+            vec![
+                ("a".into(), Given::Text("7".into())),
+                ("b".into(), Given::Null)
+            ]
+        );
+    }
+
+    #[test]
+    fn rule_only_keeps_scalars_and_aliases() {
+        let text = "version: 1\nx: &v 007\nrules:\n  - table: a\n    when: {new: {s: {in: [*v, y, 1.50]}}}\n    keys: [\"a:{id}\"]\n  - {table: b, keys: [b]}\n";
+        let src = RulesSource::parse(text).unwrap();
+        let one = src.rule_only(0).unwrap();
+        assert!(one.contains(r#"[007, y, 1.50]"#), "{one}");
+        assert!(!one.contains("\"b\""), "{one}");
+        assert_eq!(src.templates(0), ["a:{id}"]);
+        assert_eq!(src.templates(1), ["b"]);
+        assert!(src.rule_only(2).is_none());
+    }
+
+    #[test]
+    fn placeholders_follow_the_template_grammar() {
+        assert_eq!(
+            placeholders("a:{id}:{old.x}:{new.y:hash}:{{lit}}:{z:hash}}}"),
+            vec![
+                (Side::Row, "id"),
+                (Side::Old, "x"),
+                (Side::New, "y"),
+                (Side::Row, "z")
+            ]
+        );
+        assert!(placeholders("constant").is_empty());
+    }
+}

@@ -1,0 +1,20 @@
+//! Metric names of the binary itself, described once.
+//!
+//! The replication side and the publishing side keep theirs in
+//! `cdc::metrics` and `publish::metrics`; what is here belongs to neither:
+//! watching the rules file.
+
+use metrics::describe_counter;
+
+/// New rules files (or SIGHUPs) whose rules could not be used: invalid
+/// YAML or rules, an unreadable file, or tables the publication lacks. The
+/// previous rules keep running.
+pub const RULES_RELOAD_ERRORS: &str = "walbust_rules_reload_errors_total";
+
+/// Registers descriptions with the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        RULES_RELOAD_ERRORS,
+        "Rules reloads refused (invalid file or tables not published); the previous rules keep running"
+    );
+}
