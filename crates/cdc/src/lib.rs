@@ -12,6 +12,7 @@
 //!   identities, partitions, the publication) for `walbust check --db`.
 //! - [`metrics`]: metric names of this side.
 
+pub mod assemble;
 pub mod binary;
 pub mod catalog;
 pub mod error;

@@ -22,35 +22,27 @@
 //! `wal_sender_timeout`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use bytes::Bytes;
 use pgwire_replication::{
     FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
 use publish::Item;
-use rules::{Invalidations, Op, RuleSet, TxBudget};
+use rules::{Op, RuleSet};
 use tokio::sync::{mpsc, watch};
 
+use crate::assemble::Assembler;
 use crate::error::StreamError;
 use crate::metrics as m;
-use crate::relations::{RelationCache, RelationEntry, TupleRow};
 use crate::source::{self, ConnParams, SourceSpec};
 
-/// Prefix of the logical messages that carry explicit invalidations
-/// (`pg_logical_emit_message(true, 'walbust', '{"keys":[...]}')`).
-pub const EXPLICIT_PREFIX: &str = "walbust";
-
-/// Pending invalidations of the open transaction are handed to the pipeline
-/// once they hold this many entries, so a huge transaction streams through.
-const CHUNK_ENTRIES: usize = 1024;
+pub use crate::assemble::EXPLICIT_PREFIX;
 
 /// How long shutdown waits for the final acknowledgement to reach the server.
 const FINAL_FEEDBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Seconds between the Unix epoch and the Postgres epoch (2000-01-01).
-pub const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
+pub use crate::assemble::PG_EPOCH_OFFSET_SECS;
 
 /// What to stream and how.
 #[derive(Debug, Clone)]
@@ -92,13 +84,6 @@ pub type ChangeTap = Arc<dyn Fn(&ChangeEvent<'_>) + Send + Sync>;
 pub enum Stopped {
     /// The shutdown signal was received; everything confirmed was acknowledged.
     Shutdown { confirmed_lsn: u64 },
-}
-
-struct OpenTx {
-    xid: u32,
-    commit_lsn: u64,
-    commit_time_micros: i64,
-    budget: TxBudget,
 }
 
 /// A replication session bound to a rule set.
@@ -157,30 +142,23 @@ impl Reader {
     ) -> Result<Stopped, StreamError> {
         let mut rules_rx = self.rules;
         let rules = rules_rx.borrow_and_update().clone();
-        let relations = RelationCache::new(self.spec.binary);
+        let asm = Assembler::new(rules, self.spec.binary).with_tap(self.tap);
         let mut session = Session {
             spec: self.spec,
             checks: self.checks,
             client: None,
-            rules,
             rules_rx,
-            relations,
+            asm,
             items,
             confirmed,
             shutdown,
-            rows: Rows {
-                open: None,
-                pending: Invalidations::default(),
-                tap: self.tap,
-            },
-            last_sent_end: 0,
             acked: 0,
             server_wal_end: 0,
             monitor: None,
             tables: watch::channel(Vec::new()).0,
         };
         if let Some(checks) = session.checks.clone() {
-            session.tables.send_replace(session.rules.tables());
+            session.tables.send_replace(session.asm.rules().tables());
             session.monitor = Some(crate::monitor::spawn(checks, session.tables.subscribe()));
         }
         session.run().await
@@ -210,15 +188,12 @@ struct Session {
     checks: Option<SourceSpec>,
     /// The current replication connection, if any.
     client: Option<ReplicationClient>,
-    rules: Arc<RuleSet>,
     rules_rx: watch::Receiver<Arc<RuleSet>>,
-    relations: RelationCache,
+    /// Events in, pipeline items out: the pure part of the reader.
+    asm: Assembler,
     items: mpsc::Sender<Item>,
     confirmed: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
-    rows: Rows,
-    /// End LSN of the last transaction handed to the pipeline.
-    last_sent_end: u64,
     /// Highest LSN reported to the transport as flushed.
     acked: u64,
     server_wal_end: u64,
@@ -226,53 +201,6 @@ struct Session {
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
     /// The tables the current rules name, for the monitor.
     tables: watch::Sender<Vec<rules::TableName>>,
-}
-
-/// The open transaction and what its rows produced so far.
-struct Rows {
-    open: Option<OpenTx>,
-    /// Invalidations of the open transaction not yet handed over.
-    pending: Invalidations,
-    tap: Option<ChangeTap>,
-}
-
-impl Rows {
-    /// Evaluates one row change (or a truncate, with no rows) against the
-    /// rules bound to its table.
-    fn evaluate(
-        &mut self,
-        entry: &RelationEntry,
-        op: Op,
-        old: Option<&dyn rules::RowValues>,
-        new: Option<&dyn rules::RowValues>,
-    ) {
-        metrics::counter!(m::CHANGES, "op" => op_label(op)).increment(1);
-        let Some(bound) = entry.bound.as_ref() else {
-            return;
-        };
-        let marks = Marks::of(&self.pending);
-        let outcome = if op == Op::Truncate {
-            bound.truncate(&mut self.pending)
-        } else {
-            let mut fallback_budget = TxBudget::default();
-            let budget = match self.open.as_mut() {
-                Some(tx) => &mut tx.budget,
-                None => &mut fallback_budget,
-            };
-            bound.evaluate(op, old, new, budget, &mut self.pending)
-        };
-        record_outcome(&outcome);
-        if let Some(tap) = &self.tap {
-            tap_change(
-                tap,
-                self.open.as_ref(),
-                &entry.name,
-                op,
-                &self.pending,
-                marks,
-            );
-        }
-    }
 }
 
 enum Next {
@@ -319,15 +247,15 @@ impl Session {
             let control = source::connect(&checks.url)
                 .await
                 .map_err(StreamError::Source)?;
-            let tables = self.rules.tables();
+            let tables = self.asm.rules().tables();
             source::prepare(&control, checks, &tables)
                 .await
                 .map_err(StreamError::Source)?;
             if self.spec.binary {
                 let types =
-                    crate::relations::check_binary(&control, &checks.publication, &self.rules)
+                    crate::relations::check_binary(&control, &checks.publication, self.asm.rules())
                         .await?;
-                self.relations.set_type_renderings(types);
+                self.asm.relations_mut().set_type_renderings(types);
             }
         }
         let cfg = ReplicationConfig::new(
@@ -384,9 +312,7 @@ impl Session {
         if let Some(mut client) = self.client.take() {
             client.abort();
         }
-        self.relations.clear();
-        self.rows.open = None;
-        self.rows.pending.clear();
+        self.asm.reset();
     }
 
     async fn stream(&mut self) -> Result<Stopped, StreamError> {
@@ -423,47 +349,25 @@ impl Session {
                 commit_time_micros,
             } => {
                 self.reload_rules();
-                self.rows.open = Some(OpenTx {
-                    xid,
-                    commit_lsn: final_lsn.as_u64(),
-                    commit_time_micros,
-                    budget: TxBudget::default(),
-                });
-                self.send(Item::Begin {
-                    xid,
-                    commit_lsn: final_lsn.as_u64(),
-                    commit_time_micros,
-                })
-                .await
+                self.asm.begin(xid, final_lsn.as_u64(), commit_time_micros);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                self.rows.open = None;
                 metrics::counter!(m::TRANSACTIONS).increment(1);
-                if !self.flush_pending().await? {
-                    return Ok(false);
-                }
-                let end = end_lsn.as_u64();
-                self.last_sent_end = end;
-                self.send(Item::Commit { end_lsn: end }).await
+                self.asm.commit(end_lsn.as_u64());
             }
             ReplicationEvent::XLogData { wal_end, data, .. } => {
                 self.note_server_end(wal_end.as_u64());
                 metrics::counter!(m::WAL_BYTES).increment(data.len() as u64);
-                self.change(wal_end.as_u64(), &data)?;
-                if self.rows.pending.len() >= CHUNK_ENTRIES {
-                    return self.flush_pending().await;
-                }
-                Ok(true)
+                self.asm.data(wal_end.as_u64(), &data)?;
             }
             ReplicationEvent::Message {
                 transactional,
                 lsn,
                 prefix,
                 content,
-            } => {
-                self.explicit(transactional, lsn.as_u64(), &prefix, &content)
-                    .await
-            }
+            } => self
+                .asm
+                .message(transactional, lsn.as_u64(), &prefix, &content),
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let end = wal_end.as_u64();
                 self.note_server_end(end);
@@ -471,113 +375,24 @@ impl Session {
                 // confirmed, so every transaction committed before `end` was
                 // delivered and the position can move (otherwise WAL piles up
                 // on a primary whose published tables are quiet).
-                if self.rows.open.is_none() && *self.confirmed.borrow() >= self.last_sent_end {
+                if !self.asm.in_transaction()
+                    && *self.confirmed.borrow() >= self.asm.last_sent_end()
+                {
                     self.ack(end);
                 }
-                Ok(true)
             }
-            ReplicationEvent::StoppedAt { .. } => Ok(false),
+            ReplicationEvent::StoppedAt { .. } => return Ok(false),
             // The transport's event enum may grow; an unknown event carries
             // nothing walbust acts on.
             #[allow(unreachable_patterns)]
-            _ => Ok(true),
-        }
-    }
-
-    /// Decodes one pgoutput message and evaluates it against the rules.
-    fn change(&mut self, wal_end: u64, data: &Bytes) -> Result<(), StreamError> {
-        let msg = pgoutput::decode(data).map_err(|source| StreamError::Decode {
-            lsn: pgoutput::format_lsn(wal_end),
-            source,
-        })?;
-        use pgoutput::Message as M;
-        match msg {
-            M::Relation(rel) => self.relations.update(&rel, &self.rules)?,
-            M::Type(ty) => self.relations.note_type(&ty),
-            M::Insert(ins) => {
-                let (entry, scratch) = self.relations.for_row(ins.relation_id)?;
-                let new = TupleRow::new(&ins.new).rendered(entry, &mut scratch.new);
-                self.rows.evaluate(entry, Op::Insert, None, Some(&new));
-            }
-            M::Update(upd) => {
-                let (entry, scratch) = self.relations.for_row(upd.relation_id)?;
-                let old = upd.old.as_ref().map(|o| {
-                    TupleRow::old(o, &entry.key_columns).rendered(entry, &mut scratch.old)
-                });
-                let new = TupleRow::new(&upd.new).rendered(entry, &mut scratch.new);
-                let old_ref = old.as_ref().map(|o| o as &dyn rules::RowValues);
-                self.rows.evaluate(entry, Op::Update, old_ref, Some(&new));
-            }
-            M::Delete(del) => {
-                let (entry, scratch) = self.relations.for_row(del.relation_id)?;
-                let old =
-                    TupleRow::old(&del.old, &entry.key_columns).rendered(entry, &mut scratch.old);
-                self.rows.evaluate(entry, Op::Delete, Some(&old), None);
-            }
-            M::Truncate(tr) => {
-                for id in &tr.relation_ids {
-                    let entry = self.relations.get(*id)?;
-                    self.rows.evaluate(entry, Op::Truncate, None, None);
-                }
-            }
-            // Origin carries nothing to invalidate; Begin, Commit and
-            // Message arrive as typed transport events instead.
             _ => {}
         }
-        Ok(())
-    }
-
-    async fn explicit(
-        &mut self,
-        transactional: bool,
-        lsn: u64,
-        prefix: &str,
-        content: &[u8],
-    ) -> Result<bool, StreamError> {
-        if prefix != EXPLICIT_PREFIX {
-            return Ok(true);
-        }
-        let inv = match self.rules.explicit(content) {
-            Ok(inv) => inv,
-            Err(e) => {
-                // The content may hold application data: log the reason only.
-                metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "malformed").increment(1);
-                tracing::warn!(lsn = %pgoutput::format_lsn(lsn), reason = %e, "ignored a malformed explicit invalidation message");
-                return Ok(true);
+        while let Some(item) = self.asm.next_item() {
+            if !self.send(item).await? {
+                return Ok(false);
             }
-        };
-        metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "ok").increment(1);
-        if transactional && self.rows.open.is_some() {
-            self.rows.pending.extend(inv);
-            return Ok(true);
         }
-        // A non-transactional message stands alone at its own position:
-        // every transaction committed before it was already sent, so it is
-        // delivered and acknowledged like a transaction of its own.
-        let now = pg_now_micros();
-        if !self
-            .send(Item::Begin {
-                xid: 0,
-                commit_lsn: lsn,
-                commit_time_micros: now,
-            })
-            .await?
-        {
-            return Ok(false);
-        }
-        if !self.send(Item::Changes(inv)).await? {
-            return Ok(false);
-        }
-        self.last_sent_end = self.last_sent_end.max(lsn);
-        self.send(Item::Commit { end_lsn: lsn }).await
-    }
-
-    async fn flush_pending(&mut self) -> Result<bool, StreamError> {
-        if self.rows.pending.is_empty() {
-            return Ok(true);
-        }
-        let chunk = std::mem::take(&mut self.rows.pending);
-        self.send(Item::Changes(chunk)).await
+        Ok(true)
     }
 
     /// Hands an item to the pipeline, waiting while it applies backpressure.
@@ -621,12 +436,14 @@ impl Session {
             return;
         }
         let new = self.rules_rx.borrow_and_update().clone();
-        match self.relations.rebind(&new) {
+        match self.asm.set_rules(new) {
             Ok(()) => {
-                self.rules = new;
-                self.tables.send_replace(self.rules.tables());
+                self.tables.send_replace(self.asm.rules().tables());
                 metrics::counter!(m::RULE_RELOADS, "result" => "applied").increment(1);
-                tracing::info!(rules = self.rules.rules().len(), "new rules in effect");
+                tracing::info!(
+                    rules = self.asm.rules().rules().len(),
+                    "new rules in effect"
+                );
             }
             Err(e) => {
                 metrics::counter!(m::RULE_RELOADS, "result" => "refused").increment(1);
@@ -726,73 +543,4 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Positions in the pending lists before a row was evaluated, so the tap
-/// sees just that row's output.
-#[derive(Clone, Copy)]
-struct Marks {
-    keys: usize,
-    tags: usize,
-    patterns: usize,
-}
-
-impl Marks {
-    fn of(inv: &Invalidations) -> Marks {
-        Marks {
-            keys: inv.keys.len(),
-            tags: inv.tags.len(),
-            patterns: inv.patterns.len(),
-        }
-    }
-}
-
-fn tap_change(
-    tap: &ChangeTap,
-    open: Option<&OpenTx>,
-    table: &str,
-    op: Op,
-    pending: &Invalidations,
-    marks: Marks,
-) {
-    let (xid, commit_lsn, commit_time_micros) = open
-        .map(|t| (t.xid, t.commit_lsn, t.commit_time_micros))
-        .unwrap_or((0, 0, 0));
-    tap(&ChangeEvent {
-        commit_lsn,
-        xid,
-        commit_time_micros,
-        table,
-        op,
-        keys: pending.keys.get(marks.keys..).unwrap_or_default(),
-        tags: pending.tags.get(marks.tags..).unwrap_or_default(),
-        patterns: pending.patterns.get(marks.patterns..).unwrap_or_default(),
-    });
-}
-
-fn record_outcome(outcome: &rules::Outcome) {
-    if outcome.missing > 0 {
-        metrics::counter!(m::MISSING_VALUES).increment(u64::from(outcome.missing));
-    }
-    if outcome.null > 0 {
-        metrics::counter!(m::NULL_VALUES).increment(u64::from(outcome.null));
-    }
-    if outcome.escalated > 0 {
-        metrics::counter!(m::ESCALATIONS).increment(u64::from(outcome.escalated));
-    }
-}
-
-fn op_label(op: Op) -> &'static str {
-    match op {
-        Op::Insert => "insert",
-        Op::Update => "update",
-        Op::Delete => "delete",
-        Op::Truncate => "truncate",
-    }
-}
-
-/// Now, in microseconds since the Postgres epoch.
-pub fn pg_now_micros() -> i64 {
-    let since_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_unix.as_micros()).unwrap_or(i64::MAX) - PG_EPOCH_OFFSET_SECS * 1_000_000
-}
+pub use crate::assemble::pg_now_micros;

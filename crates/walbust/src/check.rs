@@ -321,7 +321,16 @@ impl TableCx<'_> {
         if not_full.is_empty() {
             return Ok(());
         }
-        for column in info.columns.iter().filter(|c| c.toastable()) {
+        // Replica identity key columns are exempt: when one is stored out of
+        // line, Postgres logs the old key with its value, so the update
+        // carries it even if it did not change.
+        let in_every_key =
+            |name: &str| not_full.iter().all(|i| i.columns.iter().any(|c| c == name));
+        for column in info
+            .columns
+            .iter()
+            .filter(|c| c.toastable() && !in_every_key(&c.name))
+        {
             let users: Vec<&RuleInfo> = rules
                 .iter()
                 .copied()
