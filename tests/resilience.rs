@@ -139,3 +139,36 @@ async fn a_table_leaving_the_publication_stops_walbust() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_advance_the_slot_of_a_silent_server() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let config = svc.write_config_with(RULES, false, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "  status_interval_ms: 200\n",
+        "  status_interval_ms: 200\n  heartbeat_interval_ms: 300\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    // Nobody writes: only walbust's heartbeats put WAL behind the slot's
+    // position, and acknowledging them moves it.
+    let start = confirmed_flush_lsn(&db, "walbust").await.unwrap();
+    let moved = eventually(
+        Duration::from_secs(30),
+        "the slot to advance on heartbeats",
+        || async {
+            confirmed_flush_lsn(&db, "walbust")
+                .await
+                .filter(|c| *c > start)
+        },
+    )
+    .await;
+    assert!(moved > start);
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+}

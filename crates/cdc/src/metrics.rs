@@ -82,6 +82,7 @@ pub fn describe() {
         "WAL that can be written before the slot risks being lost (max_slot_wal_keep_size)"
     );
     describe_gauge!(SLOT_WAL_STATUS, "1 for the slot's current wal_status");
+    describe_counter!(HEARTBEATS, "Heartbeat messages written into the WAL");
     describe_feedback();
 }
 
@@ -108,3 +109,6 @@ pub const SLOT_RETAINED_WAL_BYTES: &str = "walbust_slot_retained_wal_bytes";
 pub const SLOT_SAFE_WAL_BYTES: &str = "walbust_slot_safe_wal_bytes";
 /// 1 for the slot's current `wal_status`, label `status`.
 pub const SLOT_WAL_STATUS: &str = "walbust_slot_wal_status";
+
+/// Heartbeat messages written into the WAL (`source.heartbeat_interval_ms`).
+pub const HEARTBEATS: &str = "walbust_heartbeats_total";

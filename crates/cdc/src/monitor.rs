@@ -23,13 +23,40 @@ pub const INTERVAL: Duration = Duration::from_secs(10);
 
 const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
+/// Prefix of the heartbeat messages walbust writes into the WAL.
+pub const HEARTBEAT_PREFIX: &str = "walbust.heartbeat";
+
 /// Spawns the monitor; definite problems arrive on the returned receiver.
 /// It stops when the receiver is dropped.
+///
+/// With a `heartbeat` interval it also writes a tiny non-transactional
+/// logical message into the WAL that often. On a server whose published
+/// tables are quiet and that writes little WAL of its own, this gives the
+/// walsender something to send, so walbust can acknowledge and the slot
+/// keeps moving instead of pinning old WAL.
 pub fn spawn(
     spec: SourceSpec,
     tables: watch::Receiver<Vec<TableName>>,
+    heartbeat: Option<Duration>,
 ) -> mpsc::Receiver<SourceError> {
     let (tx, rx) = mpsc::channel(1);
+    if let Some(every) = heartbeat {
+        let spec = spec.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = ticker.tick() => {}
+                }
+                if let Err(e) = heartbeat_once(&spec).await {
+                    tracing::debug!(error = %e, "heartbeat skipped");
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -52,6 +79,19 @@ pub fn spawn(
         }
     });
     rx
+}
+
+async fn heartbeat_once(spec: &SourceSpec) -> Result<(), SourceError> {
+    let client = source::connect(&spec.url).await?;
+    client
+        .execute(
+            "SELECT pg_logical_emit_message(false, $1, '')",
+            &[&HEARTBEAT_PREFIX],
+        )
+        .await
+        .map_err(|e| SourceError::query("write a heartbeat", e))?;
+    metrics::counter!(m::HEARTBEATS).increment(1);
+    Ok(())
 }
 
 async fn check(spec: &SourceSpec, tables: &[TableName]) -> Result<(), SourceError> {

@@ -92,6 +92,7 @@ pub struct Reader {
     rules: watch::Receiver<Arc<RuleSet>>,
     tap: Option<ChangeTap>,
     checks: Option<SourceSpec>,
+    heartbeat: Option<Duration>,
 }
 
 impl Reader {
@@ -103,6 +104,7 @@ impl Reader {
             rules,
             tap: None,
             checks: None,
+            heartbeat: None,
         }
     }
 
@@ -121,6 +123,12 @@ impl Reader {
             create: false,
             ..spec
         });
+        self
+    }
+
+    /// Writes a heartbeat into the WAL this often (needs [`with_checks`](Self::with_checks)).
+    pub fn with_heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = Some(every);
         self
     }
 
@@ -159,7 +167,11 @@ impl Reader {
         };
         if let Some(checks) = session.checks.clone() {
             session.tables.send_replace(session.asm.rules().tables());
-            session.monitor = Some(crate::monitor::spawn(checks, session.tables.subscribe()));
+            session.monitor = Some(crate::monitor::spawn(
+                checks,
+                session.tables.subscribe(),
+                self.heartbeat,
+            ));
         }
         session.run().await
     }

@@ -58,6 +58,12 @@ pub struct SourceConfig {
     pub status_interval_ms: u64,
     #[serde(default = "default_application_name")]
     pub application_name: String,
+    /// Write a heartbeat message into the WAL this often, so that the slot
+    /// advances even when the server writes almost no WAL of its own. 0
+    /// (the default) turns it off; keepalives already advance an idle slot
+    /// on a server that writes WAL elsewhere.
+    #[serde(default)]
+    pub heartbeat_interval_ms: u64,
     /// Ask Postgres (14 or later) for column values in binary format
     /// instead of text. Keys come out the same: walbust renders the values
     /// the rules read as Postgres's text output would, and refuses to start

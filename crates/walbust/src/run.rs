@@ -113,6 +113,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         binary: cfg.source.binary,
     };
     let mut reader = cdc::Reader::new(stream, rules_rx).with_checks(spec);
+    if cfg.source.heartbeat_interval_ms > 0 {
+        reader = reader.with_heartbeat(Duration::from_millis(cfg.source.heartbeat_interval_ms));
+    }
     if let Some(tap) = hooks.tap.clone() {
         reader = reader.with_tap(tap);
     }
