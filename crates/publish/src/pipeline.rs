@@ -59,8 +59,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1;
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Default for [`PipelineConfig::retry_min`].
 pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
-/// Default for [`PipelineConfig::retry_max`].
-pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Default for [`PipelineConfig::retry_max`]: short, because every second a sink is back but
+/// not yet retried is a second of stale caches, and a retry costs the sink one request.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Items taken from the channel in one go before the loop considers dispatching.
 const ITEMS_PER_ROUND: usize = 1024;

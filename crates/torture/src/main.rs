@@ -100,7 +100,7 @@ struct Args {
     /// With --cycles: inject only this fault kind (repeatable), to reproduce a finding. Kinds:
     /// walbust-kill, walbust-term, postgres-crash, postgres-crash-large-tx, walsender-kill,
     /// walsender-kill-large-tx, redis-outage, kafka-outage.
-    #[arg(long, value_parser = parse_fault, requires = "cycles")]
+    #[arg(long, value_parser = parse_fault)]
     only: Vec<Fault>,
     /// Go on after a cycle whose changes did not all show in time.
     #[arg(long)]
@@ -209,6 +209,9 @@ fn options(args: &Args) -> Result<Options> {
         (_, _, Some(n)) => Mode::Cycles(n),
         _ => bail!("choose --quick, --cycles N or --full"),
     };
+    if !args.only.is_empty() && !matches!(mode, Mode::Cycles(_)) {
+        bail!("--only goes with --cycles N: --quick and --full inject every kind");
+    }
     let walbust = match &args.walbust {
         Some(path) => path.clone(),
         None => std::env::current_exe()

@@ -255,7 +255,7 @@ impl Report {
             .collect();
         s.push_str(&format!(
             "{} of {} planned cycles in {}; {} workload transactions (about {}/s), a {}-row UPDATE in \
-             the large-transaction faults; walbust started {} times{}.\n\n",
+             the large-transaction faults; walbust started {} time{}{}.\n\n",
             self.cycles.len(),
             self.planned_cycles,
             human_duration(Duration::from_millis(self.duration_ms)),
@@ -263,6 +263,7 @@ impl Report {
             self.rate,
             thousands(self.large_rows.max(0) as u64),
             self.walbust_starts,
+            if self.walbust_starts == 1 { "" } else { "s" },
             match (outages.iter().min(), outages.iter().max()) {
                 (Some(min), Some(max)) => format!(
                     "; sink outages of {} to {}",
@@ -300,7 +301,8 @@ impl Report {
                 secs(Duration::from_millis(u64::from(t.lag_kafka.max_ms))),
             )
         };
-        for row in &self.rows {
+        // Kinds left out (`--only`) have no row.
+        for row in self.rows.iter().filter(|r| r.tally.cycles > 0) {
             s.push_str(&line(row.label, &row.tally));
         }
         s.push_str(&line("**all**", &self.total));

@@ -359,7 +359,7 @@ impl Run<'_> {
                 let large = tokio::spawn(async move { workload::large_update(&work, &db).await });
                 // Anywhere from early in the UPDATE to after its commit,
                 // so that some crashes swallow the acknowledgement.
-                let percent = Span::millis(20, 130).pick(&mut self.rng);
+                let percent = Span::millis(30, 200).pick(&mut self.rng);
                 let after = self.large_took.mul_f64(percent.as_millis() as f64 / 100.0);
                 sleep(after).await;
                 self.crash_postgres().await?;
@@ -397,8 +397,9 @@ impl Run<'_> {
                 let pid = self.terminate_walsender(&db).await?;
                 let at = Instant::now();
                 let delivered = self.delivered_before(&large, at);
+                self.cut_at = Some(delivered as u64);
                 format!(
-                    "{}; {} of {} changes of the large UPDATE in Redis at the termination{}",
+                    "{} with {} of {} changes of the large UPDATE in Redis{}",
                     match pid {
                         Some(pid) => format!("walsender {pid} terminated"),
                         None => "no walsender to terminate".to_owned(),

@@ -205,7 +205,11 @@ impl KafkaSinkConfig {
             .set("linger.ms", "0")
             // The default backoff grows to 10 s, which delays recovery
             // after a broker outage long after the broker is back.
-            .set("reconnect.backoff.max.ms", "1000");
+            .set("reconnect.backoff.max.ms", "1000")
+            // A request sent as a broker fails may never be answered; the
+            // default 60 s wait holds every sink that long. walbust retries
+            // the batch itself, so a shorter wait only speeds recovery.
+            .set("socket.timeout.ms", "10000");
         for (name, value) in &self.properties {
             config.set(name, value);
         }

@@ -454,7 +454,20 @@ impl Sink for RedisSink {
     }
 
     fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
-        self.publish_batch(batch).boxed()
+        async move {
+            match self.publish_batch(batch).await {
+                // After a failure the connection manager starts reconnecting,
+                // and the next request first gets the outcome of that
+                // attempt, which may have been made while Redis was still
+                // down. One immediate second try waits on a fresh
+                // connection instead, so recovery does not lose a whole
+                // backoff interval. Invalidation is idempotent, so repeating
+                // the batch is harmless.
+                Err(e) if e.kind() == SinkErrorKind::Connect => self.publish_batch(batch).await,
+                other => other,
+            }
+        }
+        .boxed()
     }
 
     fn health<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>> {
