@@ -74,7 +74,7 @@ pub struct Drain {
     /// How long generating the backlog took (not a figure of walbust).
     pub generate_seconds: f64,
     pub load_before: [f64; 3],
-    /// pg_recvlogical first, then walbust with each sink set.
+    /// pg_recvlogical first, then walbust with each sink set, then pg_recvlogical again.
     pub runs: Vec<DrainRun>,
 }
 
@@ -86,7 +86,8 @@ pub struct DrainRun {
     /// Start of the process to the end: pg_recvlogical's exit at `--endpos`; walbust's slot
     /// `confirmed_flush_lsn` reaching the end of the backlog.
     pub seconds: f64,
-    /// pg_recvlogical's seconds divided by these (1.0 = as fast; higher is better).
+    /// The faster pg_recvlogical run's seconds divided by these (1.0 = as fast; higher is
+    /// better).
     pub ratio: f64,
     pub transactions_per_second: f64,
     pub changes_per_second: f64,
@@ -139,6 +140,12 @@ pub struct Latency {
     pub cpu_seconds: Option<f64>,
     pub cpu_seconds_per_100k_changes: Option<f64>,
     pub changes_seen: Option<u64>,
+    /// CPU seconds, from the start of the load to the end of the catch-up, of the walsender
+    /// serving walbust, of redis-server, and of the harness process (the Kafka mock cluster;
+    /// pgbench is a process of its own and not counted).
+    pub walsender_cpu_seconds: Option<f64>,
+    pub redis_cpu_seconds: Option<f64>,
+    pub harness_cpu_seconds: Option<f64>,
 }
 
 /// A performance target and whether this run met it.
@@ -290,15 +297,16 @@ impl Report {
                 first.rate_target, first.seconds_target
             );
             s.push_str(
-                "| sink | achieved tx/s | p50 ms | p95 ms | p99 ms | max ms | batches | catch-up s | peak RSS MiB | CPU s / 100k changes | load |\n\
-                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                "| sink | achieved tx/s | pgbench lag ms | p50 ms | p95 ms | p99 ms | max ms | batches | catch-up s | peak RSS MiB | CPU s | CPU s / 100k changes | walsender CPU s | redis CPU s | harness (Kafka mock) CPU s | load |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             );
             for l in &self.latency {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {:.2} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} |",
                     l.sinks,
                     opt(l.achieved_tps, 0),
+                    opt(l.pgbench_lag_avg_ms, 2),
                     opt(l.p50_ms, 2),
                     opt(l.p95_ms, 2),
                     opt(l.p99_ms, 2),
@@ -306,7 +314,11 @@ impl Report {
                     l.batches,
                     l.catch_up_seconds,
                     opt(l.peak_rss_mib, 1),
+                    opt(l.cpu_seconds, 2),
                     opt(l.cpu_seconds_per_100k_changes, 2),
+                    opt(l.walsender_cpu_seconds, 2),
+                    opt(l.redis_cpu_seconds, 2),
+                    opt(l.harness_cpu_seconds, 2),
                     l.load_before[0],
                 );
             }
