@@ -1,6 +1,7 @@
-# Shared by scripts/test.sh and scripts/demo.sh: installs what walbust's
-# tests and demo need and is missing. Debian packages: postgresql (server
-# binaries: initdb, pg_ctl, postgres), redis-server. Rust must be installed.
+# Shared by the scripts: installs what walbust's tests, demo and tools need
+# and is missing. Debian packages: postgresql (server binaries: initdb,
+# pg_ctl, postgres), redis-server, and for building librdkafka with TLS (so
+# SASL_SSL to Kafka works) libssl-dev and pkg-config. Rust must be installed.
 
 walbust_have_postgres() {
     [ -n "${WALBUST_PG_BINDIR:-}" ] && [ -x "${WALBUST_PG_BINDIR}/initdb" ] && return 0
@@ -14,6 +15,10 @@ walbust_install_missing() {
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v cc >/dev/null 2>&1 || missing+=(build-essential)
     command -v make >/dev/null 2>&1 || missing+=(make)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
+        missing+=(libssl-dev)
+    fi
     if [ ${#missing[@]} -eq 0 ]; then
         return 0
     fi
