@@ -92,3 +92,66 @@ async fn confirmed_lsn_waits_for_redis_and_nothing_is_lost() {
     let status = walbust.wait(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", walbust.log());
 }
+
+/// GET /metrics over plain HTTP/1.0.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_endpoint_reports_the_pipeline() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let port = testkit::free_port();
+    let config = svc.write_config_with(
+        RULES,
+        true,
+        &format!("publish:\n  retry_max_ms: 300\nmetrics:\n  listen: 127.0.0.1:{port}\n"),
+    );
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    let mut redis = svc.redis.connection().await.unwrap();
+    set_keys(&mut redis, &["item:1"]).await;
+    db.batch_execute("INSERT INTO items VALUES (1, 0)")
+        .await
+        .unwrap();
+    assert_invalidated(&mut redis, &["item:1"], &[], "metrics run").await;
+    // One failed publish, so the error counter exists.
+    drop(redis);
+    svc.redis.stop().unwrap();
+    db.batch_execute("INSERT INTO items VALUES (2, 0)")
+        .await
+        .unwrap();
+    let text = eventually(Duration::from_secs(30), "a counted sink error", || async {
+        let t = scrape(port);
+        t.contains("walbust_sink_errors_total").then_some(t)
+    })
+    .await;
+    svc.redis.restart().unwrap();
+    for name in [
+        "walbust_changes_total{op=\"insert\"}",
+        "walbust_transactions_total",
+        "walbust_sink_keys_total{sink=\"redis\"}",
+        "walbust_sink_keys_total{sink=\"kafka\"}",
+        "walbust_sink_batches_total",
+        "walbust_sink_errors_total{sink=\"redis\"",
+        "walbust_confirmed_lsn",
+        "walbust_replication_lag_bytes",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    let before = current_wal_lsn(&db).await;
+    wait_confirmed_past(&db, before - 1).await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+}
