@@ -93,18 +93,6 @@ async fn confirmed_lsn_waits_for_redis_and_nothing_is_lost() {
     assert!(status.success(), "{status:?}\n{}", walbust.log());
 }
 
-/// GET /metrics over plain HTTP/1.0.
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prometheus_endpoint_reports_the_pipeline() {
     let svc = Services::start();
@@ -133,7 +121,7 @@ async fn the_prometheus_endpoint_reports_the_pipeline() {
         .await
         .unwrap();
     let text = eventually(Duration::from_secs(30), "a counted sink error", || async {
-        let t = scrape(port);
+        let t = scrape_metrics(port);
         t.contains("walbust_sink_errors_total").then_some(t)
     })
     .await;

@@ -14,7 +14,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -278,7 +277,7 @@ impl Example {
     /// Sum of every series of a Prometheus counter or gauge; `None` when
     /// the endpoint does not list it.
     fn metric(&self, name: &str) -> Option<f64> {
-        let text = scrape(self.metrics);
+        let text = scrape_metrics(self.metrics);
         let mut found = None;
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some(rest) = line.strip_prefix(name) else {
@@ -335,24 +334,6 @@ fn strings(v: &Value) -> Vec<String> {
         .iter()
         .map(|s| s.as_str().expect("a string").to_owned())
         .collect()
-}
-
-/// GET /metrics over plain HTTP/1.0.
-fn scrape(port: u16) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(
-        response.starts_with("HTTP/1.") && response.contains(" 200 "),
-        "metrics: {response}"
-    );
-    response
 }
 
 // ---------------------------------------------------------------------------

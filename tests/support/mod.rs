@@ -184,30 +184,7 @@ pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> u64 {
 
 /// Waits until walbust holds the slot (streaming started).
 pub async fn wait_streaming(db: &tokio_postgres::Client, w: &mut Walbust) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let row = db
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walbust' AND active",
-                &[],
-            )
-            .await
-            .unwrap();
-        if row.is_some() {
-            return;
-        }
-        assert!(
-            w.is_running(),
-            "walbust exited before streaming; log:\n{}",
-            w.log()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "walbust did not start streaming; log:\n{}",
-            w.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_slot_active(db, w, "walbust").await;
 }
 
 pub async fn set_keys(redis: &mut redis::aio::MultiplexedConnection, keys: &[&str]) {
@@ -353,4 +330,23 @@ pub fn kafka_invalidations(
         }
     }
     out
+}
+
+/// GET /metrics of walbust's Prometheus endpoint over plain HTTP/1.0.
+pub fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.") && response.contains(" 200 "),
+        "metrics: {response}"
+    );
+    response
 }

@@ -33,7 +33,7 @@ pub const EXPLICIT_PREFIX: &str = "walbust";
 pub const CHUNK_ENTRIES: usize = 1024;
 
 /// Seconds between the Unix epoch and the Postgres epoch (2000-01-01).
-pub const PG_EPOCH_OFFSET_SECS: i64 = 946_684_800;
+pub const PG_EPOCH_OFFSET_SECS: i64 = publish::format::PG_EPOCH_UNIX_SECS;
 
 struct OpenTx {
     xid: u32,
