@@ -107,7 +107,14 @@ fn main() -> ExitCode {
         _ => "info",
     };
     telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread runs every task. The work is a chain of hand-offs
+    // (replication socket, reader, pipeline, sinks), each cheap: on a
+    // multi-threaded runtime every hand-off woke another thread, which cost
+    // more than the work itself (context switches per change fell from 0.6
+    // to under 0.1 and CPU per change by half, docs/benchmarks.md). The
+    // walsender feeding walbust is single-threaded too, and walbust needs
+    // well under one core to keep up with it; librdkafka keeps its own threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
