@@ -48,6 +48,7 @@ struct Rows {
     /// Invalidations of the open transaction not yet handed over.
     pending: Invalidations,
     tap: Option<ChangeTap>,
+    metrics: m::Hot,
 }
 
 impl Rows {
@@ -60,7 +61,7 @@ impl Rows {
         old: Option<&dyn rules::RowValues>,
         new: Option<&dyn rules::RowValues>,
     ) {
-        metrics::counter!(m::CHANGES, "op" => op_label(op)).increment(1);
+        self.metrics.changes(op).increment(1);
         let Some(bound) = entry.bound.as_ref() else {
             return;
         };
@@ -108,6 +109,7 @@ impl Assembler {
                 open: None,
                 pending: Invalidations::default(),
                 tap: None,
+                metrics: m::Hot::register(),
             },
             last_sent_end: 0,
             out: VecDeque::new(),
@@ -330,15 +332,6 @@ fn record_outcome(outcome: &rules::Outcome) {
     }
     if outcome.escalated > 0 {
         metrics::counter!(m::ESCALATIONS).increment(u64::from(outcome.escalated));
-    }
-}
-
-fn op_label(op: Op) -> &'static str {
-    match op {
-        Op::Insert => "insert",
-        Op::Update => "update",
-        Op::Delete => "delete",
-        Op::Truncate => "truncate",
     }
 }
 

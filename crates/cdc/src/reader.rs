@@ -164,6 +164,7 @@ impl Reader {
             server_wal_end: 0,
             monitor: None,
             tables: watch::channel(Vec::new()).0,
+            metrics: m::Hot::register(),
         };
         if let Some(checks) = session.checks.clone() {
             session.tables.send_replace(session.asm.rules().tables());
@@ -213,6 +214,7 @@ struct Session {
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
     /// The tables the current rules name, for the monitor.
     tables: watch::Sender<Vec<rules::TableName>>,
+    metrics: m::Hot,
 }
 
 enum Next {
@@ -364,12 +366,12 @@ impl Session {
                 self.asm.begin(xid, final_lsn.as_u64(), commit_time_micros);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
-                metrics::counter!(m::TRANSACTIONS).increment(1);
+                self.metrics.transactions.increment(1);
                 self.asm.commit(end_lsn.as_u64());
             }
             ReplicationEvent::XLogData { wal_end, data, .. } => {
                 self.note_server_end(wal_end.as_u64());
-                metrics::counter!(m::WAL_BYTES).increment(data.len() as u64);
+                self.metrics.wal_bytes.increment(data.len() as u64);
                 self.asm.data(wal_end.as_u64(), &data)?;
             }
             ReplicationEvent::Message {
@@ -477,21 +479,21 @@ impl Session {
         if let Some(client) = &self.client {
             client.update_applied_lsn(Lsn::from_u64(lsn));
         }
-        metrics::gauge!(m::CONFIRMED_LSN).set(lsn as f64);
+        self.metrics.confirmed_lsn.set(lsn as f64);
         self.publish_lag();
     }
 
     fn note_server_end(&mut self, end: u64) {
         if end > self.server_wal_end {
             self.server_wal_end = end;
-            metrics::gauge!(m::SERVER_WAL_END).set(end as f64);
+            self.metrics.server_wal_end.set(end as f64);
             self.publish_lag();
         }
     }
 
     fn publish_lag(&self) {
         let lag = self.server_wal_end.saturating_sub(self.acked);
-        metrics::gauge!(m::LAG_BYTES).set(lag as f64);
+        self.metrics.lag_bytes.set(lag as f64);
     }
 
     /// Graceful end: close the pipeline's input, acknowledge what it
