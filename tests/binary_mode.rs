@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -144,22 +145,39 @@ rules:
     keys: ["place:{id}:{spot}"]
 "#;
 
-    let mut binary = Walbust::start(&write_named_config(
-        &svc,
-        "binary_mode",
-        rules,
-        "  binary: true\n",
-    ));
+    const REFUSAL: &str = "table public.places: the rules read column spot of type point, \
+        which binary mode (source.binary: true) cannot render as text";
+    let binary_config = write_named_config(&svc, "binary_mode", rules, "  binary: true\n");
+
+    // `check --db` finds it without starting anything.
+    let check = Command::new(env!("CARGO_BIN_EXE_walbust"))
+        .args(["check", "--db", "--config"])
+        .arg(&binary_config)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "check --db passed:\n{printed}");
+    assert!(printed.contains(REFUSAL), "{printed}");
+
+    let mut binary = Walbust::start(&binary_config);
     let status = binary.wait(Duration::from_secs(60));
     let log = binary.log();
-    assert!(!status.success(), "walbust started; log:\n{log}");
-    assert!(
-        log.contains(
-            "table public.places: the rules read column spot of type point, which binary mode \
-             (source.binary: true) cannot render as text"
-        ),
-        "{log}"
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "not the definite-error exit; log:\n{log}"
     );
+    assert!(log.contains(REFUSAL), "{log}");
+    // Refused before the slot was created (`create: true`): nothing is left
+    // on the server holding WAL.
+    let slot = db
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'binary_mode'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(slot.is_none(), "the refused start left its slot behind");
 
     // The same rules run in text mode, where the value arrives as text.
     let mut text = Walbust::start(&write_named_config(&svc, "text_mode", rules, ""));

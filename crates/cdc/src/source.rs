@@ -116,8 +116,27 @@ pub async fn prepare(
     spec: &SourceSpec,
     tables: &[TableName],
 ) -> Result<SlotState, SourceError> {
+    prepare_publication(client, spec, tables).await?;
+    prepare_slot(client, spec).await
+}
+
+/// The first half of [`prepare`]: checks `wal_level` and the publication,
+/// creating the publication when it is missing and `spec.create` is set.
+/// Checks that must pass before a slot is created go between the halves: a
+/// slot created for a start that is then refused would hold WAL on the
+/// server until someone drops it.
+pub async fn prepare_publication(
+    client: &Client,
+    spec: &SourceSpec,
+    tables: &[TableName],
+) -> Result<(), SourceError> {
     check_wal_level(client).await?;
-    ensure_publication(client, spec, tables).await?;
+    ensure_publication(client, spec, tables).await
+}
+
+/// The second half of [`prepare`]: checks the slot, creating it when it is
+/// missing and `spec.create` is set.
+pub async fn prepare_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, SourceError> {
     ensure_slot(client, spec).await
 }
 

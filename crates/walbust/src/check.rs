@@ -77,6 +77,14 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         }
     };
     let publication = source_checks(&client, &cfg, &mut report).await;
+    if cfg.source.binary && publication.is_some() {
+        match cdc::relations::check_binary(&client, &cfg.source.publication, &rules).await {
+            Ok(_) => {
+                report.ok("binary mode: every published column the rules read can be rendered")
+            }
+            Err(e) => report.error(format!("{:#}", anyhow::Error::new(e))),
+        }
+    }
     // The rules text again, for what `RuleSet` does not expose (a rule's
     // template strings, one rule alone); it was just loaded from it.
     let text = read_rules_text(&cfg.rules).unwrap_or_default();

@@ -3,7 +3,8 @@
 //! Start-up order is chosen so that every check that can fail does so before
 //! anything is created or streamed: rules load, sinks answer their health
 //! check, then the database is checked (and the publication and slot created
-//! when asked). Only then does streaming start.
+//! when asked; in binary mode the renderings are checked before the slot is
+//! created). Only then does streaming start.
 
 use std::sync::Arc;
 
@@ -76,14 +77,25 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     let tables = rules.tables();
     let prepared = until_ready(&shutdown, "postgres", || async {
         let checked = async {
-            let control = cdc::source::connect(&spec.url).await?;
-            cdc::source::prepare(&control, &spec, &tables).await
+            let source = cdc::StreamError::Source;
+            let control = cdc::source::connect(&spec.url).await.map_err(source)?;
+            cdc::source::prepare_publication(&control, &spec, &tables)
+                .await
+                .map_err(source)?;
+            // Before the slot is created: a refused start must not leave a
+            // new slot behind, holding WAL.
+            if cfg.source.binary {
+                cdc::relations::check_binary(&control, &spec.publication, &rules).await?;
+            }
+            cdc::source::prepare_slot(&control, &spec)
+                .await
+                .map_err(source)
         };
-        checked.await.map_err(|e| {
-            if e.is_definite() {
-                Attempt::Fail(e.into())
-            } else {
+        checked.await.map_err(|e: cdc::StreamError| {
+            if e.is_transient() {
                 Attempt::Retry(e.into())
+            } else {
+                Attempt::Fail(e.into())
             }
         })
     })
