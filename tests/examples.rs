@@ -277,23 +277,7 @@ impl Example {
     /// Sum of every series of a Prometheus counter or gauge; `None` when
     /// the endpoint does not list it.
     fn metric(&self, name: &str) -> Option<f64> {
-        let text = scrape_metrics(self.metrics);
-        let mut found = None;
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some(rest) = line.strip_prefix(name) else {
-                continue;
-            };
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                continue;
-            }
-            let value: f64 = rest
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("unreadable metric line {line:?}"));
-            *found.get_or_insert(0.0) += value;
-        }
-        found
+        metric_value(&scrape_metrics(self.metrics), name)
     }
 
     /// Every template found the values it needed: no replica identity or

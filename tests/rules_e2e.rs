@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -50,17 +49,9 @@ fn free_port() -> u16 {
 
 /// The sum of the Prometheus series starting with `series`.
 fn metric(port: u16, series: &str) -> f64 {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0.0;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    try_scrape_metrics(port)
+        .and_then(|page| metric_value(&page, series))
+        .unwrap_or(0.0)
 }
 
 /// Waits until `log` of `w` contains `needle` (and returns that log).

@@ -567,17 +567,9 @@ impl Drop for Announcements {
 /// One value of the Prometheus endpoint, `name{labels} value`, summed over
 /// the series whose line starts with `series`.
 fn metric(listen: &str, series: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(listen).expect("metrics endpoint");
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let port = listen.rsplit(':').next().and_then(|p| p.parse().ok());
+    let page = scrape_metrics(port.expect("metrics.listen ends with a port"));
+    metric_value(&page, series).unwrap_or(0.0)
 }
 
 const CHANNEL: &str = "walbust-batches";
@@ -950,145 +942,6 @@ async fn kafka_records_stay_under_the_limit_and_carry_the_documented_fields() {
 // Redis Cluster.
 // ---------------------------------------------------------------------------
 
-/// A throwaway Redis Cluster: `primaries` cluster-enabled `redis-server`s on
-/// free loopback ports, slots spread by `redis-cli --cluster create`.
-struct RedisCluster {
-    nodes: Vec<std::process::Child>,
-    ports: Vec<u16>,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisCluster {
-    fn start(primaries: usize) -> RedisCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("walbust-redis-cluster-")
-            .tempdir()
-            .unwrap();
-        let mut cluster = RedisCluster {
-            nodes: Vec::new(),
-            ports: Vec::new(),
-            _dir: dir,
-        };
-        for _ in 0..primaries {
-            let port = testkit::free_port();
-            let node_dir = cluster._dir.path().join(port.to_string());
-            std::fs::create_dir(&node_dir).unwrap();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args(["--save", "", "--appendonly", "no", "--logfile", "redis.log"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server runs (apt-get install -y redis-server)");
-            cluster.nodes.push(child);
-            cluster.ports.push(port);
-        }
-        for &port in &cluster.ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                .unwrap()
-                .get_connection()
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_err()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "cluster node {port} did not start"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let addresses: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let out = std::process::Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .arg("--cluster-yes")
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // Every node must agree before clients rely on the slot map.
-        for &port in &cluster.ports {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let info: String = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                    .unwrap()
-                    .get_connection()
-                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
-                    .unwrap_or_default();
-                if info.lines().any(|l| l.trim() == "cluster_state:ok") {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "cluster node {port} not ok: {info}"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        cluster
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.ports[0])
-    }
-
-    /// Every key of every node.
-    fn keys(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .flat_map(|port| {
-                let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                    .unwrap()
-                    .get_connection()
-                    .unwrap();
-                redis::cmd("KEYS")
-                    .arg("*")
-                    .query::<Vec<String>>(&mut c)
-                    .unwrap()
-            })
-            .collect()
-    }
-
-    /// Keys held by each node.
-    fn sizes(&self) -> Vec<i64> {
-        self.ports
-            .iter()
-            .map(|port| {
-                let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                    .unwrap()
-                    .get_connection()
-                    .unwrap();
-                redis::cmd("DBSIZE").query(&mut c).unwrap()
-            })
-            .collect()
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
-    }
-}
-
 const CLUSTER_RULES: &str = r#"
 version: 1
 rules:
@@ -1113,7 +966,7 @@ async fn cluster_exists(conn: &mut redis::cluster_async::ClusterConnection, key:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_keys_tags_and_patterns_are_invalidated_on_every_primary() {
     const ROWS: i32 = 200;
-    let cluster = RedisCluster::start(3);
+    let cluster = testkit::RedisCluster::start(3).expect("start a Redis Cluster");
     let pg = testkit::Postgres::start().expect("start Postgres");
     let dir = tempfile::tempdir().unwrap();
     let db = pg.connect().await.unwrap();
@@ -1178,7 +1031,7 @@ async fn redis_cluster_keys_tags_and_patterns_are_invalidated_on_every_primary()
             .await
             .unwrap();
     }
-    let sizes = cluster.sizes();
+    let sizes = cluster.sizes().unwrap();
     assert!(
         sizes.iter().all(|n| *n > 0),
         "keys should be spread over every primary: {sizes:?}"
@@ -1213,12 +1066,12 @@ async fn redis_cluster_keys_tags_and_patterns_are_invalidated_on_every_primary()
         );
     }
     // walbust's own gap marker (`walbust:marker:<slot>`) stays, by design.
-    let mut left: Vec<String> = cluster
+    let left: Vec<String> = cluster
         .keys()
+        .unwrap()
         .into_iter()
         .filter(|k| !k.starts_with("walbust:marker:"))
         .collect();
-    left.sort();
     let mut expected: Vec<String> = kept.iter().map(|k| k.to_string()).collect();
     expected.sort();
     assert_eq!(left, expected, "keys left in the cluster");

@@ -332,21 +332,50 @@ pub fn kafka_invalidations(
     out
 }
 
-/// GET /metrics of walbust's Prometheus endpoint over plain HTTP/1.0.
-pub fn scrape_metrics(port: u16) -> String {
+/// The `/metrics` page of walbust's endpoint on `port`, or `None` while
+/// nothing listens there yet (walbust still starting, or restarting).
+pub fn try_scrape_metrics(port: u16) -> Option<String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
+        .ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response).ok()?;
     assert!(
         response.starts_with("HTTP/1.") && response.contains(" 200 "),
         "metrics: {response}"
     );
-    response
+    Some(response)
+}
+
+/// The sum of the samples of `series` in a scrape; `None` when it lists
+/// none. `series` is a metric name (every labelled sample counts), a sample
+/// written out with its labels (`name{sink="redis"}`), or such a sample cut
+/// short after a label (`name{sink="redis"`).
+pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
+    let mut found = None;
+    for line in scrape.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(series) else {
+            continue;
+        };
+        if !rest.starts_with([' ', '{', ',', '}']) {
+            continue; // another metric whose name starts with `series`
+        }
+        let value: f64 = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable metric line {line:?}"));
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+/// GET /metrics of walbust's Prometheus endpoint over plain HTTP/1.0.
+pub fn scrape_metrics(port: u16) -> String {
+    try_scrape_metrics(port).unwrap_or_else(|| panic!("no metrics endpoint on port {port}"))
 }

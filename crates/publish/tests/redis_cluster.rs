@@ -1,142 +1,18 @@
 //! The Redis sink against a throwaway three-primary Redis Cluster (`redis-server
 //! --cluster-enabled yes`, slots assigned by `redis-cli --cluster create`).
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use publish::redis_sink::{request, RedisConnection, RedisSink, RedisSinkConfig, TagStrategy};
 use publish::{Batch, Sink, SinkErrorKind};
 use redis::cluster_async::ClusterConnection;
+use testkit::RedisCluster;
 
-/// `primaries` cluster-enabled `redis-server`s on free loopback ports, killed on drop.
-struct Cluster {
-    nodes: Vec<Child>,
-    ports: Vec<u16>,
-    dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(primaries: usize) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("walbust-redis-cluster-")
-            .tempdir()
-            .unwrap();
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            ports: Vec::new(),
-            dir,
-        };
-        for _ in 0..primaries {
-            let port = testkit::free_port();
-            let node_dir = cluster.dir.path().join(port.to_string());
-            std::fs::create_dir(&node_dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args(["--save", "", "--appendonly", "no", "--logfile", "redis.log"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server runs (apt-get install -y redis-server)");
-            cluster.nodes.push(child);
-            cluster.ports.push(port);
-        }
-        for &port in &cluster.ports {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while node(port)
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_err()
-            {
-                assert!(Instant::now() < deadline, "node {port} did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .arg("--cluster-yes")
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        for &port in &cluster.ports {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let info: String = node(port)
-                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
-                    .unwrap_or_default();
-                if info.lines().any(|l| l.trim() == "cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {port}: {info}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        cluster
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.ports[0])
-    }
-
-    async fn connection(&self) -> ClusterConnection {
-        redis::cluster::ClusterClient::new(vec![self.url()])
-            .unwrap()
-            .get_async_connection()
-            .await
-            .unwrap()
-    }
-
-    /// Every key of every node, sorted.
-    fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .ports
-            .iter()
-            .flat_map(|&port| {
-                let mut c = node(port).unwrap();
-                redis::cmd("KEYS")
-                    .arg("*")
-                    .query::<Vec<String>>(&mut c)
-                    .unwrap()
-            })
-            .collect();
-        keys.sort();
-        keys
-    }
-
-    /// Keys per node.
-    fn sizes(&self) -> Vec<i64> {
-        self.ports
-            .iter()
-            .map(|&port| {
-                redis::cmd("DBSIZE")
-                    .query(&mut node(port).unwrap())
-                    .unwrap()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.kill();
-            let _ = node.wait();
-        }
-    }
-}
-
-fn node(port: u16) -> redis::RedisResult<redis::Connection> {
-    redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_connection()
+/// A cluster-aware async connection to `cluster`.
+async fn connection(cluster: &RedisCluster) -> ClusterConnection {
+    redis::cluster::ClusterClient::new(vec![cluster.url()])
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
 }
 
 fn strings<S: AsRef<str>>(v: impl IntoIterator<Item = S>) -> Vec<String> {
@@ -176,7 +52,7 @@ async fn sadd(conn: &mut ClusterConnection, set: &str, member: &str) {
         .unwrap();
 }
 
-fn cluster_config(cluster: &Cluster, strategy: TagStrategy) -> RedisSinkConfig {
+fn cluster_config(cluster: &RedisCluster, strategy: TagStrategy) -> RedisSinkConfig {
     let mut cfg = RedisSinkConfig::new(cluster.url());
     cfg.cluster = true;
     cfg.tag_strategy = strategy;
@@ -187,8 +63,8 @@ fn cluster_config(cluster: &Cluster, strategy: TagStrategy) -> RedisSinkConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_version_tags_and_patterns_across_every_primary() {
-    let cluster = Cluster::start(3);
-    let mut conn = cluster.connection().await;
+    let cluster = RedisCluster::start(3).expect("start a Redis Cluster");
+    let mut conn = connection(&cluster).await;
     let keys: Vec<String> = (0..300).map(|i| format!("product:{i}")).collect();
     // Many keys in one slot: cut into chunks of `unlink_chunk` within the slot.
     let tagged: Vec<String> = (0..20).map(|i| format!("{{user:7}}:item:{i}")).collect();
@@ -197,7 +73,7 @@ async fn keys_version_tags_and_patterns_across_every_primary() {
     for key in keys.iter().chain(&tagged).chain(&listed).chain(&kept) {
         set(&mut conn, key).await;
     }
-    let sizes = cluster.sizes();
+    let sizes = cluster.sizes().unwrap();
     assert!(sizes.iter().all(|n| *n > 0), "spread: {sizes:?}");
 
     let sink = RedisSink::connect(cluster_config(&cluster, TagStrategy::Version))
@@ -214,7 +90,7 @@ async fn keys_version_tags_and_patterns_across_every_primary() {
     let mut expected: Vec<String> = kept.clone();
     expected.extend(tags.iter().map(|t| format!("tagver:{t}")));
     expected.sort();
-    assert_eq!(cluster.keys(), expected);
+    assert_eq!(cluster.keys().unwrap(), expected);
     for tag in &tags {
         let v: i64 = redis::cmd("GET")
             .arg(format!("tagver:{tag}"))
@@ -227,8 +103,8 @@ async fn keys_version_tags_and_patterns_across_every_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_tags_with_hash_tags_are_purged_and_a_foreign_member_is_refused() {
-    let cluster = Cluster::start(3);
-    let mut conn = cluster.connection().await;
+    let cluster = RedisCluster::start(3).expect("start a Redis Cluster");
+    let mut conn = connection(&cluster).await;
     // Tags in different slots, each set with members sharing its hash tag.
     let mut members = Vec::new();
     for user in 0..10 {
@@ -249,7 +125,7 @@ async fn set_tags_with_hash_tags_are_purged_and_a_foreign_member_is_refused() {
     let tags: Vec<String> = (0..10).map(|u| format!("{{user:{u}}}")).collect();
     sink.publish(&batch(vec![], tags, vec![])).await.unwrap();
     assert_eq!(
-        cluster.keys(),
+        cluster.keys().unwrap(),
         strings(["tag:{user:99}", "{user:99}:profile"])
     );
 
@@ -282,7 +158,7 @@ async fn set_tags_with_hash_tags_are_purged_and_a_foreign_member_is_refused() {
 /// a plain connection to the configured node gets `MOVED`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_connection_routes_by_slot() {
-    let cluster = Cluster::start(3);
+    let cluster = RedisCluster::start(3).expect("start a Redis Cluster");
     // A key served by another node than the one in the URL.
     let key = (0..100)
         .map(|i| format!("walbust:marker:slot{i}"))

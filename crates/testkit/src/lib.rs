@@ -8,6 +8,8 @@
 //!   we are root, because PostgreSQL refuses root.
 //! - [`Redis`]: `redis-server` from PATH as a child process, no persistence
 //!   unless asked for ([`Redis::start_with`]).
+//! - [`RedisCluster`]: cluster-enabled [`Redis`] primaries with their slots
+//!   assigned by `redis-cli --cluster create`.
 //! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
 //!   broker named by `WALBUST_TEST_KAFKA`.
 //! - [`free_port`]: the port chooser they share.
@@ -23,10 +25,12 @@ mod error;
 mod kafka;
 mod postgres;
 mod process;
+mod redis_cluster;
 mod redis_server;
 
 pub use error::Error;
 pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
 pub use postgres::{Postgres, BINDIR_ENV as PG_BINDIR_ENV};
 pub use process::free_port;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::Redis;
