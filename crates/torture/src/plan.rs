@@ -182,7 +182,7 @@ impl Mode {
                 walbust_down: Span::millis(0, 2_000),
                 postgres_down: Span::millis(300, 4_000),
                 tail: Span::millis(500, 1_500),
-                // Above walbust's longest retry delays (sinks 30 s, source
+                // Above walbust's longest retry delays (sinks 5 s by default, source
                 // 10 s), so a slow but live recovery is never called a hang.
                 settle: Duration::from_secs(120),
             },
