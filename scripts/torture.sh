@@ -6,7 +6,7 @@
 #
 #   scripts/torture.sh --quick        the test suite's short run (about a minute)
 #   scripts/torture.sh --cycles 40    a medium run (minutes)
-#   scripts/torture.sh --full         the acceptance run (hours; release build)
+#   scripts/torture.sh --full         the acceptance run (about 1.5 hours; release build)
 #
 # Other options go to walbust-torture (--seed, --rate, --only KIND, --keep-going,
 # ...; see `walbust-torture --help`). --release / --debug choose the build

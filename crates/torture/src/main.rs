@@ -63,7 +63,7 @@ struct Args {
     #[arg(long, conflicts_with_all = ["full", "cycles"])]
     quick: bool,
     /// The acceptance run: 200 kill -9, 20 SIGTERM, 50 Postgres crashes, 20 walsender
-    /// terminations, 10 Redis and 10 Kafka outages of 15 s to 5 min. Takes hours.
+    /// terminations, 10 Redis and 10 Kafka outages of 15 s to 5 min. Takes about 1.5 hours.
     #[arg(long, conflicts_with = "cycles")]
     full: bool,
     /// Run this many cycles, mixing every fault kind.
