@@ -184,6 +184,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
         run.crashed_large = None;
         eprintln!("{}", record.line(plan.len()));
         run.cycles.push(record);
+        // A writer that died (a bug in the workload) would leave the
+        // remaining cycles without changes to check: stop at once.
+        if writer.is_finished() {
+            break;
+        }
         if settled.overdue && !opts.keep_going {
             eprintln!(
                 "walbust-torture: stopping after cycle {}: see the findings",
