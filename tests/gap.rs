@@ -57,14 +57,10 @@ async fn a_dropped_slot_is_refused_then_purged_on_request() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("the slot no longer exists"), "{err}");
-    let slot = db
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'walbust'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(slot.is_none(), "a refused start must not create a new slot");
+    assert!(
+        !slot_exists(&db, "walbust").await,
+        "a refused start must not create a new slot"
+    );
 
     // With on_gap: purge, everything the rules cover goes before streaming.
     let text = std::fs::read_to_string(&config).unwrap().replace(

@@ -162,6 +162,17 @@ where
     }
 }
 
+/// Whether slot `slot` exists on the server (active or not).
+pub async fn slot_exists(db: &tokio_postgres::Client, slot: &str) -> bool {
+    db.query_opt(
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .unwrap()
+    .is_some()
+}
+
 pub async fn confirmed_flush_lsn(db: &tokio_postgres::Client, slot: &str) -> Option<u64> {
     let row = db
         .query_opt(
