@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 walbust_require_cargo
 walbust_install_missing
 
-cargo build --release -p walbust -p bench
+cargo build --release -p walbust -p walbust-bench
 
 docs=(--docs docs/benchmarks.md)
 for arg in "$@"; do

@@ -46,9 +46,9 @@ fi
 if [ "$mode" = quick ]; then append=no; fi
 
 if [ "$profile" = release ]; then
-    cargo build --release -p walbust -p torture
+    cargo build --release -p walbust -p walbust-torture
 else
-    cargo build -p walbust -p torture
+    cargo build -p walbust -p walbust-torture
 fi
 bin="${CARGO_TARGET_DIR:-target}/$profile"
 

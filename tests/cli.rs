@@ -123,9 +123,9 @@ async fn refused(svc: &Services, needle: &str) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_server_without_logical_wal() {
-    let pg = testkit::Postgres::start_with(&[("wal_level", "replica")]).unwrap();
-    let redis = testkit::Redis::start().unwrap();
-    let kafka = testkit::Kafka::start().unwrap();
+    let pg = walbust_testkit::Postgres::start_with(&[("wal_level", "replica")]).unwrap();
+    let redis = walbust_testkit::Redis::start().unwrap();
+    let kafka = walbust_testkit::Kafka::start().unwrap();
     let svc = Services {
         pg,
         redis,
@@ -182,7 +182,7 @@ async fn refuses_a_missing_slot_without_create() {
 async fn refuses_a_lost_slot() {
     // A tiny WAL retention limit and a few WAL segments of writes make the
     // server drop WAL the slot still needs.
-    let pg = testkit::Postgres::start_with(&[
+    let pg = walbust_testkit::Postgres::start_with(&[
         ("max_slot_wal_keep_size", "1MB"),
         ("max_wal_size", "32MB"),
         ("min_wal_size", "32MB"),
@@ -190,9 +190,9 @@ async fn refuses_a_lost_slot() {
     .unwrap();
     let svc = Services {
         pg,
-        redis: testkit::Redis::start().unwrap(),
+        redis: walbust_testkit::Redis::start().unwrap(),
         dir: tempfile::tempdir().unwrap(),
-        kafka: testkit::Kafka::start().unwrap(),
+        kafka: walbust_testkit::Kafka::start().unwrap(),
     };
     let db = svc.pg.connect().await.unwrap();
     db.batch_execute(

@@ -54,8 +54,8 @@ async fn confirmed_lsn_waits_for_redis_and_nothing_is_lost() {
     assert!(
         during <= outage_start,
         "confirmed_flush_lsn moved to {} during the Redis outage (outage began at {})",
-        pgoutput::format_lsn(during),
-        pgoutput::format_lsn(outage_start)
+        walbust_pgoutput::format_lsn(during),
+        walbust_pgoutput::format_lsn(outage_start)
     );
     assert!(
         walbust.is_running(),
@@ -100,7 +100,7 @@ async fn the_prometheus_endpoint_reports_the_pipeline() {
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
         .await
         .unwrap();
-    let port = testkit::free_port();
+    let port = walbust_testkit::free_port();
     let config = svc.write_config_with(
         RULES,
         true,

@@ -96,13 +96,13 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 
 fn check_record(rec: &serde_json::Value, before: u64, after: u64) {
     assert_eq!(rec["v"], 1, "{rec}");
-    let lsn = pgoutput::parse_lsn(rec["lsn"].as_str().expect("lsn is a string")).unwrap();
+    let lsn = walbust_pgoutput::parse_lsn(rec["lsn"].as_str().expect("lsn is a string")).unwrap();
     assert!(
         lsn > before && lsn <= after,
         "record lsn {} is not the commit's ({} .. {})",
         rec["lsn"],
-        pgoutput::format_lsn(before),
-        pgoutput::format_lsn(after)
+        walbust_pgoutput::format_lsn(before),
+        walbust_pgoutput::format_lsn(after)
     );
     let ts = rec["commit_ts"].as_str().expect("commit_ts");
     assert!(
@@ -235,7 +235,7 @@ async fn row_changes_invalidate_redis_and_reach_kafka() {
     assert!(
         confirmed > b_other,
         "confirmed_flush_lsn {} does not cover the last commit (after {})",
-        pgoutput::format_lsn(confirmed),
-        pgoutput::format_lsn(b_other),
+        walbust_pgoutput::format_lsn(confirmed),
+        walbust_pgoutput::format_lsn(b_other),
     );
 }

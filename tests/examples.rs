@@ -106,7 +106,7 @@ impl Example {
             .await
             .unwrap_or_else(|e| panic!("{name}: seed: {e:?}"));
         let redis = svc.redis.connection().await.expect("connect to Redis");
-        let metrics = testkit::free_port();
+        let metrics = walbust_testkit::free_port();
         let config = svc.write_config_with(
             &read(&dir.join("rules.yaml")),
             true,
@@ -196,7 +196,7 @@ impl Example {
                 self.walbust.log()
             );
         };
-        let lsn = pgoutput::parse_lsn(record["lsn"].as_str().expect("lsn is a string"))
+        let lsn = walbust_pgoutput::parse_lsn(record["lsn"].as_str().expect("lsn is a string"))
             .expect("lsn parses");
         eventually(
             Duration::from_secs(30),
@@ -284,10 +284,14 @@ impl Example {
     /// unchanged TOAST value left a cache stale. Then a clean shutdown.
     fn finish(mut self) {
         let changes = self
-            .metric(cdc::metrics::CHANGES)
-            .unwrap_or_else(|| panic!("{}: no {} metric", self.name, cdc::metrics::CHANGES));
+            .metric(walbust_cdc::metrics::CHANGES)
+            .unwrap_or_else(|| {
+                panic!("{}: no {} metric", self.name, walbust_cdc::metrics::CHANGES)
+            });
         assert!(changes > 0.0, "{}: no change counted", self.name);
-        let missing = self.metric(cdc::metrics::MISSING_VALUES).unwrap_or(0.0);
+        let missing = self
+            .metric(walbust_cdc::metrics::MISSING_VALUES)
+            .unwrap_or(0.0);
         assert_eq!(
             missing,
             0.0,

@@ -287,8 +287,8 @@ async fn an_unchanged_toasted_value_never_makes_a_wrong_key() {
 
     let big = "abcdefghij".repeat(600);
     let big2 = "klmnopqrst".repeat(600);
-    let body_key = |v: &str| format!("docbody:{}", rules::hash_value(v));
-    let title_key = |t: &str, v: &str| format!("doctitle:{t}:{}", rules::hash_value(v));
+    let body_key = |v: &str| format!("docbody:{}", walbust_rules::hash_value(v));
+    let title_key = |t: &str, v: &str| format!("doctitle:{t}:{}", walbust_rules::hash_value(v));
 
     set_keys(&mut redis, &["doc:1", &body_key(&big)]).await;
     let (_, before) = commit(
@@ -750,7 +750,7 @@ async fn tail_prints_committed_transactions_and_publishes_nothing() {
             {"table": "public.orders", "op": "insert", "count": 1},
         ])
     );
-    let lsn = pgoutput::parse_lsn(first["commit_lsn"].as_str().unwrap()).unwrap();
+    let lsn = walbust_pgoutput::parse_lsn(first["commit_lsn"].as_str().unwrap()).unwrap();
     assert!(lsn > before, "{first}");
     assert!(
         printed.iter().all(|t| t["xid"] != rolled_back_xid),

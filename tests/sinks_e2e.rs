@@ -29,10 +29,10 @@ rules:
 /// outage of 15 s would kill a replication connection that stopped
 /// answering. The Kafka is always the mock cluster (brokers can go down).
 fn start_services() -> Services {
-    let pg =
-        testkit::Postgres::start_with(&[("wal_sender_timeout", "5s")]).expect("start Postgres");
-    let redis = testkit::Redis::start().expect("start Redis");
-    let kafka = testkit::Kafka::start_mock(1).expect("start the mock Kafka");
+    let pg = walbust_testkit::Postgres::start_with(&[("wal_sender_timeout", "5s")])
+        .expect("start Postgres");
+    let redis = walbust_testkit::Redis::start().expect("start Redis");
+    let kafka = walbust_testkit::Kafka::start_mock(1).expect("start the mock Kafka");
     kafka.create_topic(TOPIC, 1).expect("create topic");
     Services {
         pg,
@@ -357,15 +357,15 @@ async fn outage_under_load(redis_down: bool, kafka_down: bool) {
         "{what}: confirmed_flush_lsn moved during the outage: {:?}",
         samples
             .iter()
-            .map(|s| pgoutput::format_lsn(*s))
+            .map(|s| walbust_pgoutput::format_lsn(*s))
             .collect::<Vec<_>>()
     );
     assert!(
         held <= first_during.lsn_before,
         "{what}: confirmed_flush_lsn {} covers row {} written during the outage (begun after {})",
-        pgoutput::format_lsn(held),
+        walbust_pgoutput::format_lsn(held),
         first_during.id,
-        pgoutput::format_lsn(first_during.lsn_before)
+        walbust_pgoutput::format_lsn(first_during.lsn_before)
     );
     assert!(samples.len() >= 10, "{what}: {} samples", samples.len());
 
@@ -470,7 +470,7 @@ async fn outage_under_load(redis_down: bool, kafka_down: bool) {
          {OUTAGE:?}; the outage's writes acknowledged {catch_up:?} after the sink came back",
         written.len(),
         outage_rows.len(),
-        pgoutput::format_lsn(held),
+        walbust_pgoutput::format_lsn(held),
     );
 
     walbust.signal("TERM");
@@ -635,9 +635,10 @@ async fn hot_row_round(
         messages
             .iter()
             .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => {
-                    Some((row.get(0)?.parse().ok()?, pgoutput::parse_lsn(row.get(1)?)?))
-                }
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                    row.get(0)?.parse().ok()?,
+                    walbust_pgoutput::parse_lsn(row.get(1)?)?,
+                )),
                 _ => None,
             })
             .collect()
@@ -731,7 +732,7 @@ async fn a_hot_row_is_coalesced_and_every_commit_still_invalidates() {
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
         .await
         .unwrap();
-    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let listen = format!("127.0.0.1:{}", walbust_testkit::free_port());
     let config = write_config(
         &svc,
         HOT_RULES,
@@ -883,13 +884,14 @@ async fn kafka_records_stay_under_the_limit_and_carry_the_documented_fields() {
             continue;
         }
         carrying += 1;
-        let lsn = pgoutput::parse_lsn(value["lsn"].as_str().expect("lsn")).expect("X/Y LSN");
+        let lsn =
+            walbust_pgoutput::parse_lsn(value["lsn"].as_str().expect("lsn")).expect("X/Y LSN");
         assert!(
             lsn > before && lsn <= after,
             "lsn {} is not the transaction's commit ({}..{})",
             value["lsn"],
-            pgoutput::format_lsn(before),
-            pgoutput::format_lsn(after)
+            walbust_pgoutput::format_lsn(before),
+            walbust_pgoutput::format_lsn(after)
         );
         let ts = value["commit_ts"].as_str().expect("commit_ts");
         assert!(
@@ -966,8 +968,8 @@ async fn cluster_exists(conn: &mut redis::cluster_async::ClusterConnection, key:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_keys_tags_and_patterns_are_invalidated_on_every_primary() {
     const ROWS: i32 = 200;
-    let cluster = testkit::RedisCluster::start(3).expect("start a Redis Cluster");
-    let pg = testkit::Postgres::start().expect("start Postgres");
+    let cluster = walbust_testkit::RedisCluster::start(3).expect("start a Redis Cluster");
+    let pg = walbust_testkit::Postgres::start().expect("start Postgres");
     let dir = tempfile::tempdir().unwrap();
     let db = pg.connect().await.unwrap();
     db.batch_execute("CREATE TABLE products (id int PRIMARY KEY, category_id int NOT NULL)")

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cdc::assemble::{Assembler, EXPLICIT_PREFIX};
+use walbust_cdc::assemble::{Assembler, EXPLICIT_PREFIX};
 use libfuzzer_sys::fuzz_target;
-use publish::Item;
+use walbust_publish::Item;
 
 const RULES: &str = r#"
 version: 1
@@ -38,7 +38,7 @@ fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
 }
 
 fuzz_target!(|input: &[u8]| {
-    let rules = Arc::new(rules::RuleSet::from_yaml(RULES, "rules.yaml").expect("rules load"));
+    let rules = Arc::new(walbust_rules::RuleSet::from_yaml(RULES, "rules.yaml").expect("rules load"));
     let mut asm = Assembler::new(rules, false);
     let mut data = input;
     let mut open = false;

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use pgoutput::{decode, encode::encode, Message, OldTuple, Tuple};
+use walbust_pgoutput::{decode, encode::encode, Message, OldTuple, Tuple};
 
 fuzz_target!(|data: &[u8]| {
     let input = Bytes::copy_from_slice(data);

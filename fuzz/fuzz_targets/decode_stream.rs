@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use pgoutput::{decode, Message, Tuple};
+use walbust_pgoutput::{decode, Message, Tuple};
 
 fuzz_target!(|data: &[u8]| {
     let stream = Bytes::copy_from_slice(data);

@@ -16,17 +16,17 @@ pub const TOPIC: &str = "invalidations";
 /// Postgres, Redis and Kafka for one test, plus a scratch folder.
 /// Field order is drop order: the Kafka mock cluster goes last.
 pub struct Services {
-    pub pg: testkit::Postgres,
-    pub redis: testkit::Redis,
+    pub pg: walbust_testkit::Postgres,
+    pub redis: walbust_testkit::Redis,
     pub dir: tempfile::TempDir,
-    pub kafka: testkit::Kafka,
+    pub kafka: walbust_testkit::Kafka,
 }
 
 impl Services {
     pub fn start() -> Services {
-        let pg = testkit::Postgres::start().expect("start Postgres");
-        let redis = testkit::Redis::start().expect("start Redis");
-        let kafka = testkit::Kafka::start().expect("start Kafka");
+        let pg = walbust_testkit::Postgres::start().expect("start Postgres");
+        let redis = walbust_testkit::Redis::start().expect("start Redis");
+        let kafka = walbust_testkit::Kafka::start().expect("start Kafka");
         kafka.create_topic(TOPIC, 1).expect("create topic");
         Services {
             pg,
@@ -182,7 +182,7 @@ pub async fn confirmed_flush_lsn(db: &tokio_postgres::Client, slot: &str) -> Opt
         .await
         .unwrap()?;
     let text: Option<String> = row.get(0);
-    text.and_then(|t| pgoutput::parse_lsn(&t))
+    text.and_then(|t| walbust_pgoutput::parse_lsn(&t))
 }
 
 pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> u64 {
@@ -190,7 +190,7 @@ pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> u64 {
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
         .unwrap();
-    pgoutput::parse_lsn(row.get::<_, &str>(0)).unwrap()
+    walbust_pgoutput::parse_lsn(row.get::<_, &str>(0)).unwrap()
 }
 
 /// Waits until walbust holds the slot (streaming started).
@@ -251,7 +251,7 @@ pub async fn assert_invalidated(
 }
 
 /// Reads every record of the topic, as JSON.
-pub fn kafka_records(kafka: &testkit::Kafka, min: usize) -> Vec<serde_json::Value> {
+pub fn kafka_records(kafka: &walbust_testkit::Kafka, min: usize) -> Vec<serde_json::Value> {
     kafka
         .consume_all(TOPIC, min, Duration::from_secs(20))
         .expect("consume")
@@ -324,7 +324,7 @@ pub async fn wait_slot_active(db: &tokio_postgres::Client, w: &mut Walbust, slot
 /// Every key, tag and pattern in the records of `topic`, as `key:...`,
 /// `tag:...` and `pattern:...`.
 pub fn kafka_invalidations(
-    kafka: &testkit::Kafka,
+    kafka: &walbust_testkit::Kafka,
     topic: &str,
 ) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();

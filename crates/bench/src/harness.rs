@@ -162,12 +162,12 @@ impl Options {
 pub struct Bench {
     opts: Options,
     db: tokio_postgres::Client,
-    pg: testkit::Postgres,
-    redis: testkit::Redis,
+    pg: walbust_testkit::Postgres,
+    redis: walbust_testkit::Redis,
     redis_conn: redis::aio::MultiplexedConnection,
     work: Work,
     rows: u64,
-    kafka: testkit::Kafka,
+    kafka: walbust_testkit::Kafka,
 }
 
 impl Bench {
@@ -178,9 +178,9 @@ impl Bench {
             "walbust binary not found at {} (build it: cargo build --release -p walbust)",
             opts.walbust.display()
         );
-        let pg = testkit::Postgres::start_with(PG_SETTINGS).context("starting Postgres")?;
-        let redis = testkit::Redis::start().context("starting Redis")?;
-        let kafka = testkit::Kafka::start().context("starting Kafka")?;
+        let pg = walbust_testkit::Postgres::start_with(PG_SETTINGS).context("starting Postgres")?;
+        let redis = walbust_testkit::Redis::start().context("starting Redis")?;
+        let kafka = walbust_testkit::Kafka::start().context("starting Kafka")?;
         kafka
             .create_topic(TOPIC, 1)
             .context("creating the Kafka topic")?;
@@ -479,7 +479,7 @@ impl Bench {
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await?;
         self.db.batch_execute("COMMIT").await?;
-        pgoutput::parse_lsn(row.get::<_, &str>(0)).context("unparsable LSN")
+        walbust_pgoutput::parse_lsn(row.get::<_, &str>(0)).context("unparsable LSN")
     }
 
     /// The slot's `confirmed_flush_lsn` and the pid of the walsender serving it.
@@ -493,7 +493,10 @@ impl Bench {
             .await?
             .with_context(|| format!("slot {slot} is gone"))?;
         let lsn: Option<String> = row.get(0);
-        Ok((lsn.and_then(|l| pgoutput::parse_lsn(&l)), row.get(1)))
+        Ok((
+            lsn.and_then(|l| walbust_pgoutput::parse_lsn(&l)),
+            row.get(1),
+        ))
     }
 
     async fn drop_slot(&self, slot: &str) -> Result<()> {
@@ -543,7 +546,7 @@ impl Bench {
                 "-f",
                 "/dev/null",
             ])
-            .arg(format!("--endpos={}", pgoutput::format_lsn(end)))
+            .arg(format!("--endpos={}", walbust_pgoutput::format_lsn(end)))
             .args(["-o", "proto_version=1"])
             .args(["-o", &format!("publication_names={PUBLICATION}")])
             .args(["-o", "messages=true"]);
@@ -608,7 +611,7 @@ impl Bench {
 
     /// Writes a walbust configuration for `slot` with `sinks`, metrics on a free port.
     fn walbust_config(&self, slot: &str, sinks: Sinks) -> Result<(PathBuf, String)> {
-        let metrics = format!("127.0.0.1:{}", testkit::free_port());
+        let metrics = format!("127.0.0.1:{}", walbust_testkit::free_port());
         let mut yaml = format!(
             "source:\n  url: \"{url}\"\n  publication: {PUBLICATION}\n  slot: {slot}\n  status_interval_ms: {STATUS_INTERVAL_MS}\n\
              rules: \"{rules}\"\nsinks:\n",
@@ -692,9 +695,9 @@ impl Bench {
             proc.log_tail()
         );
         let scraped = scraped?;
-        let changes_seen = scraped.sum(cdc::metrics::CHANGES).map(|v| v as u64);
+        let changes_seen = scraped.sum(walbust_cdc::metrics::CHANGES).map(|v| v as u64);
         let batches = scraped
-            .sum(publish::metrics::PIPELINE_BATCHES)
+            .sum(walbust_publish::metrics::PIPELINE_BATCHES)
             .map(|v| v as u64);
         Ok(DrainRun {
             consumer: format!("walbust {}", sinks.label()),
@@ -814,7 +817,7 @@ impl Bench {
         );
         self.drop_slot(&slot).await?;
         let scraped = scraped?;
-        let quantiles = scraped.quantiles(publish::metrics::COMMIT_TO_CONFIRM_SECONDS);
+        let quantiles = scraped.quantiles(walbust_publish::metrics::COMMIT_TO_CONFIRM_SECONDS);
         let transactions = pgbench.processed.unwrap_or(0) + 1;
         let ms = |f: fn(&prom::Quantiles) -> f64| quantiles.as_ref().map(|q| f(q) * 1000.0);
         let result = Latency {
@@ -835,7 +838,7 @@ impl Bench {
             peak_rss_mib: stats.map(|s| mib(s.peak_rss_bytes)),
             cpu_seconds: stats.map(|s| s.cpu_seconds),
             cpu_seconds_per_100k_changes: stats.map(|s| per_100k(s.cpu_seconds, transactions)),
-            changes_seen: scraped.sum(cdc::metrics::CHANGES).map(|v| v as u64),
+            changes_seen: scraped.sum(walbust_cdc::metrics::CHANGES).map(|v| v as u64),
             walsender_cpu_seconds: delta(walsender_before, walsender.last),
             redis_cpu_seconds: delta(side_before.redis, side_after.redis),
             harness_cpu_seconds: delta(side_before.harness, side_after.harness),
@@ -1029,7 +1032,7 @@ mod tests {
 
     #[test]
     fn the_rules_are_valid_and_name_the_table() {
-        let rules = rules::RuleSet::from_yaml(RULES, "bench rules").expect("valid rules");
+        let rules = walbust_rules::RuleSet::from_yaml(RULES, "bench rules").expect("valid rules");
         let tables: Vec<String> = rules.tables().iter().map(ToString::to_string).collect();
         assert_eq!(tables, vec![format!("public.{TABLE}")]);
     }

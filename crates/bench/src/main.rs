@@ -216,8 +216,9 @@ fn now_utc() -> String {
     let unix_micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let rfc3339 =
-        publish::format::format_pg_timestamp(unix_micros - PG_EPOCH_UNIX_SECONDS * 1_000_000);
+    let rfc3339 = walbust_publish::format::format_pg_timestamp(
+        unix_micros - PG_EPOCH_UNIX_SECONDS * 1_000_000,
+    );
     // 2026-01-31T10:00:00.123456Z
     match (rfc3339.get(..10), rfc3339.get(11..16)) {
         (Some(date), Some(time)) => format!("{date} {time} UTC"),

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use publish::Item;
-use rules::{Invalidations, Op, RuleSet, TxBudget};
+use walbust_publish::Item;
+use walbust_rules::{Invalidations, Op, RuleSet, TxBudget};
 
 use crate::error::StreamError;
 use crate::metrics as m;
@@ -33,7 +33,7 @@ pub const EXPLICIT_PREFIX: &str = "walbust";
 pub const CHUNK_ENTRIES: usize = 1024;
 
 /// Seconds between the Unix epoch and the Postgres epoch (2000-01-01).
-pub const PG_EPOCH_OFFSET_SECS: i64 = publish::format::PG_EPOCH_UNIX_SECS;
+pub const PG_EPOCH_OFFSET_SECS: i64 = walbust_publish::format::PG_EPOCH_UNIX_SECS;
 
 struct OpenTx {
     xid: u32,
@@ -58,8 +58,8 @@ impl Rows {
         &mut self,
         entry: &RelationEntry,
         op: Op,
-        old: Option<&dyn rules::RowValues>,
-        new: Option<&dyn rules::RowValues>,
+        old: Option<&dyn walbust_rules::RowValues>,
+        new: Option<&dyn walbust_rules::RowValues>,
     ) {
         self.metrics.changes(op).increment(1);
         let Some(bound) = entry.bound.as_ref() else {
@@ -208,7 +208,7 @@ impl Assembler {
             Err(e) => {
                 // The content may hold application data: log the reason only.
                 metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "malformed").increment(1);
-                tracing::warn!(lsn = %pgoutput::format_lsn(lsn), reason = %e, "ignored a malformed explicit invalidation message");
+                tracing::warn!(lsn = %walbust_pgoutput::format_lsn(lsn), reason = %e, "ignored a malformed explicit invalidation message");
                 return;
             }
         };
@@ -239,11 +239,11 @@ impl Assembler {
 
     /// Decodes one pgoutput message and evaluates it against the rules.
     fn change(&mut self, wal_end: u64, data: &Bytes) -> Result<(), StreamError> {
-        let msg = pgoutput::decode(data).map_err(|source| StreamError::Decode {
-            lsn: pgoutput::format_lsn(wal_end),
+        let msg = walbust_pgoutput::decode(data).map_err(|source| StreamError::Decode {
+            lsn: walbust_pgoutput::format_lsn(wal_end),
             source,
         })?;
-        use pgoutput::Message as M;
+        use walbust_pgoutput::Message as M;
         match msg {
             M::Relation(rel) => self.relations.update(&rel, &self.rules)?,
             M::Type(ty) => self.relations.note_type(&ty),
@@ -258,7 +258,7 @@ impl Assembler {
                     TupleRow::old(o, &entry.key_columns).rendered(entry, &mut scratch.old)
                 });
                 let new = TupleRow::new(&upd.new).rendered(entry, &mut scratch.new);
-                let old_ref = old.as_ref().map(|o| o as &dyn rules::RowValues);
+                let old_ref = old.as_ref().map(|o| o as &dyn walbust_rules::RowValues);
                 self.rows.evaluate(entry, Op::Update, old_ref, Some(&new));
             }
             M::Delete(del) => {
@@ -323,7 +323,7 @@ fn tap_change(
     });
 }
 
-fn record_outcome(outcome: &rules::Outcome) {
+fn record_outcome(outcome: &walbust_rules::Outcome) {
     if outcome.missing > 0 {
         metrics::counter!(m::MISSING_VALUES).increment(u64::from(outcome.missing));
     }
@@ -346,8 +346,10 @@ pub fn pg_now_micros() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgoutput::encode::encode;
-    use pgoutput::{Column, Insert, Message, Relation, ReplicaIdentity, Tuple, Update, Value};
+    use walbust_pgoutput::encode::encode;
+    use walbust_pgoutput::{
+        Column, Insert, Message, Relation, ReplicaIdentity, Tuple, Update, Value,
+    };
 
     const RULES: &str = r#"
 version: 1
@@ -402,7 +404,7 @@ rules:
         a.data(0, &insert).unwrap();
         let update = encode(&Message::Update(Update {
             relation_id: 7,
-            old: Some(pgoutput::OldTuple::Full(row("1", "3"))),
+            old: Some(walbust_pgoutput::OldTuple::Full(row("1", "3"))),
             new: row("1", "4"),
         }))
         .unwrap();

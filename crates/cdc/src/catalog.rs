@@ -22,8 +22,8 @@
 
 use std::collections::BTreeSet;
 
-use rules::TableName;
 use tokio_postgres::Client;
+use walbust_rules::TableName;
 
 use crate::error::SourceError;
 

@@ -128,7 +128,7 @@ pub enum StreamError {
     Decode {
         lsn: String,
         #[source]
-        source: pgoutput::DecodeError,
+        source: walbust_pgoutput::DecodeError,
     },
     #[error("pgoutput sent a change for relation {relation_id} without describing it first")]
     UnknownRelation { relation_id: u32 },
@@ -136,7 +136,7 @@ pub enum StreamError {
     Bind {
         table: String,
         #[source]
-        source: rules::BindError,
+        source: walbust_rules::BindError,
     },
     /// Binary mode: the rules read a column whose type walbust cannot
     /// render as Postgres's text output (see [`crate::binary`]).

@@ -5,7 +5,7 @@
 //! partitions would explode the series count).
 
 use metrics::{describe_counter, describe_gauge, Counter, Gauge, Unit};
-use rules::Op;
+use walbust_rules::Op;
 
 /// Row changes received, label `op` (insert, update, delete, truncate).
 pub const CHANGES: &str = "walbust_changes_total";

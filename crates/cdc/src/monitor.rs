@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use rules::TableName;
 use tokio::sync::{mpsc, watch};
+use walbust_rules::TableName;
 
 use crate::error::SourceError;
 use crate::metrics as m;

@@ -1,8 +1,8 @@
-//! The replication session: pgoutput stream in, [`publish::Item`]s out,
+//! The replication session: pgoutput stream in, [`walbust_publish::Item`]s out,
 //! acknowledgements back.
 //!
 //! ```text
-//!  walsender ──events──> Reader ──Item (bounded)──> publish::Pipeline
+//!  walsender ──events──> Reader ──Item (bounded)──> walbust_publish::Pipeline
 //!      ^                   │  ^                            │
 //!      └── standby status ─┘  └──── confirmed end LSN ─────┘  (watch)
 //! ```
@@ -28,9 +28,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use pgwire_replication::{
     FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
-use publish::Item;
-use rules::{Op, RuleSet};
 use tokio::sync::{mpsc, watch};
+use walbust_publish::Item;
+use walbust_rules::{Op, RuleSet};
 
 use crate::assemble::Assembler;
 use crate::error::StreamError;
@@ -213,7 +213,7 @@ struct Session {
     /// Definite problems found by the slot and publication monitor.
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
     /// The tables the current rules name, for the monitor.
-    tables: watch::Sender<Vec<rules::TableName>>,
+    tables: watch::Sender<Vec<walbust_rules::TableName>>,
     metrics: m::Hot,
 }
 

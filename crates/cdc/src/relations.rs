@@ -19,9 +19,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
-use pgoutput::{OldTuple, ReplicaIdentity, Tuple, TypeMsg, Value};
-use rules::{BoundTable, Datum, RowValues, RuleSet};
 use tokio_postgres::Client;
+use walbust_pgoutput::{OldTuple, ReplicaIdentity, Tuple, TypeMsg, Value};
+use walbust_rules::{BoundTable, Datum, RowValues, RuleSet};
 
 use crate::binary::Rendering;
 use crate::error::{SourceError, StreamError};
@@ -39,7 +39,7 @@ pub struct RelationEntry {
     /// of its type. Empty in text mode.
     renderings: ColumnRenderings,
     /// The description itself, kept to bind again when the rules change.
-    relation: pgoutput::Relation,
+    relation: walbust_pgoutput::Relation,
 }
 
 /// Renderings of the types that are not built in (enums, domains), by OID.
@@ -108,7 +108,11 @@ impl RelationCache {
     /// A rule naming a column the table does not have is an error: running
     /// on would silently stop invalidating what that rule protects. So is,
     /// in binary mode, a rule reading a column walbust cannot render.
-    pub fn update(&mut self, rel: &pgoutput::Relation, rules: &RuleSet) -> Result<(), StreamError> {
+    pub fn update(
+        &mut self,
+        rel: &walbust_pgoutput::Relation,
+        rules: &RuleSet,
+    ) -> Result<(), StreamError> {
         let name = format!("{}.{}", rel.namespace, rel.name);
         let (bound, renderings) = self.bind(rel, &name, rules)?;
         self.entries.insert(
@@ -162,7 +166,7 @@ impl RelationCache {
 
     fn bind(
         &self,
-        rel: &pgoutput::Relation,
+        rel: &walbust_pgoutput::Relation,
         name: &str,
         rules: &RuleSet,
     ) -> Result<(Option<BoundTable>, ColumnRenderings), StreamError> {
@@ -441,7 +445,7 @@ mod tests {
     use super::*;
     use crate::binary::oid;
     use bytes::Bytes;
-    use pgoutput::{Column, Message, Relation};
+    use walbust_pgoutput::{Column, Message, Relation};
 
     const POINT: u32 = 600;
     const MOOD: u32 = 16_390;
@@ -482,7 +486,7 @@ mod tests {
                 msg.extend(*bytes);
             }
         }
-        match pgoutput::decode(&Bytes::from(msg)).unwrap() {
+        match walbust_pgoutput::decode(&Bytes::from(msg)).unwrap() {
             Message::Insert(ins) => ins.new,
             other => panic!("{other:?}"),
         }
@@ -491,12 +495,12 @@ mod tests {
     fn eval(cache: &mut RelationCache, tuple: &Tuple) -> Vec<String> {
         let (entry, scratch) = cache.for_row(7).unwrap();
         let row = TupleRow::new(tuple).rendered(entry, &mut scratch.new);
-        let mut out = rules::Invalidations::default();
+        let mut out = walbust_rules::Invalidations::default();
         entry.bound.as_ref().unwrap().evaluate(
-            rules::Op::Insert,
+            walbust_rules::Op::Insert,
             None,
             Some(&row),
-            &mut rules::TxBudget::default(),
+            &mut walbust_rules::TxBudget::default(),
             &mut out,
         );
         out.keys

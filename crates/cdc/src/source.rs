@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
-use rules::TableName;
 use tokio_postgres::{Client, NoTls};
+use walbust_rules::TableName;
 
 use crate::error::SourceError;
 
@@ -286,7 +286,7 @@ async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, So
         let lsn: String = row.get(0);
         tracing::info!(slot = %spec.slot, lsn = %lsn, "created replication slot");
         return Ok(SlotState {
-            confirmed_flush_lsn: pgoutput::parse_lsn(&lsn).unwrap_or(0),
+            confirmed_flush_lsn: walbust_pgoutput::parse_lsn(&lsn).unwrap_or(0),
             wal_status: "reserved".into(),
             created: true,
         });
@@ -333,7 +333,7 @@ async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, So
         tracing::warn!(slot = %spec.slot, "slot wal_status is 'unreserved': the server is about to remove WAL it still needs (max_slot_wal_keep_size)");
     }
     Ok(SlotState {
-        confirmed_flush_lsn: pgoutput::parse_lsn(&confirmed).unwrap_or(0),
+        confirmed_flush_lsn: walbust_pgoutput::parse_lsn(&confirmed).unwrap_or(0),
         wal_status,
         created: false,
     })

@@ -1,10 +1,10 @@
 //! Binary rendering against a real server: the same rows decoded from a
 //! text-mode and a binary-mode pgoutput stream must give the same text for
-//! every type `cdc::binary` renders, edge values and random ones alike.
+//! every type `walbust_cdc::binary` renders, edge values and random ones alike.
 
 use bytes::Bytes;
-use cdc::binary::Rendering;
-use pgoutput::{Message, Value};
+use walbust_cdc::binary::Rendering;
+use walbust_pgoutput::{Message, Value};
 
 const SCHEMA: &str = "
 CREATE TABLE vals (
@@ -81,13 +81,13 @@ async fn changes(db: &tokio_postgres::Client, binary: bool) -> Vec<Message> {
         .await
         .unwrap()
         .iter()
-        .map(|r| pgoutput::decode(&Bytes::from(r.get::<_, Vec<u8>>(0))).unwrap())
+        .map(|r| walbust_pgoutput::decode(&Bytes::from(r.get::<_, Vec<u8>>(0))).unwrap())
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_values_render_as_text_mode_prints_them() {
-    let pg = testkit::Postgres::start().unwrap();
+    let pg = walbust_testkit::Postgres::start().unwrap();
     let db = pg.connect().await.unwrap();
     db.batch_execute(SCHEMA).await.unwrap();
     db.batch_execute("SELECT pg_create_logical_replication_slot('s', 'pgoutput')")
@@ -96,7 +96,7 @@ async fn binary_values_render_as_text_mode_prints_them() {
     db.batch_execute(EDGES).await.unwrap();
     db.batch_execute(RANDOM).await.unwrap();
     // Output functions run in the decoding session: pin it as walbust pins
-    // its replication connection (cdc::binary::SESSION_OPTIONS).
+    // its replication connection (walbust_cdc::binary::SESSION_OPTIONS).
     db.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'")
         .await
         .unwrap();

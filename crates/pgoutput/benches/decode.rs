@@ -4,15 +4,15 @@
 //! Updates carrying the old key. Reported as bytes of pgoutput per second.
 //!
 //! ```text
-//! cargo bench -p pgoutput --features encode --bench decode
+//! cargo bench -p walbust-pgoutput --features encode --bench decode
 //! ```
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgoutput::encode::encode_into;
-use pgoutput::{
+use walbust_pgoutput::encode::encode_into;
+use walbust_pgoutput::{
     decode, Column, Insert, Message, OldTuple, Relation, ReplicaIdentity, Tuple, Update, Value,
 };
 

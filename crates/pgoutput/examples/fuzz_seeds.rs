@@ -4,14 +4,14 @@
 //! length as a big-endian u32.
 //!
 //! ```text
-//! cargo run -p pgoutput --features encode --example fuzz_seeds -- fuzz/corpus
+//! cargo run -p walbust-pgoutput --features encode --example fuzz_seeds -- fuzz/corpus
 //! ```
 
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use pgoutput::encode::encode;
-use pgoutput::{
+use walbust_pgoutput::encode::encode;
+use walbust_pgoutput::{
     Begin, Column, Commit, Delete, Insert, LogicalMessage, Message, OldTuple, Origin, Relation,
     ReplicaIdentity, Truncate, Tuple, TypeMsg, Update, Value,
 };
@@ -79,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn seeds() -> Result<Vec<(&'static str, Message)>, pgoutput::encode::EncodeError> {
+fn seeds() -> Result<Vec<(&'static str, Message)>, walbust_pgoutput::encode::EncodeError> {
     let row = Tuple::from_values([
         Value::Text(b"42"),
         Value::Text(b"widget"),

@@ -10,21 +10,21 @@
 //! null, unchanged TOAST, text and binary.
 
 use bytes::Bytes;
-use pgoutput::{
+use tokio_postgres::Client;
+use walbust_pgoutput::{
     Begin, Commit, Message, OldTuple, Relation, ReplicaIdentity, Truncate, Tuple, TypeMsg, Value,
 };
-use tokio_postgres::Client;
 
 /// A server with a schema, a publication `pub` and a pgoutput slot `s`.
 struct Server {
-    _pg: testkit::Postgres,
+    _pg: walbust_testkit::Postgres,
     db: Client,
 }
 
 impl Server {
     /// `schema` must create the publication `pub`.
     async fn start(schema: &str) -> Server {
-        let pg = testkit::Postgres::start().expect("start Postgres");
+        let pg = walbust_testkit::Postgres::start().expect("start Postgres");
         let db = pg.connect().await.expect("connect");
         db.batch_execute(schema).await.expect("schema");
         // A slot cannot be created in a transaction that has written.
@@ -52,10 +52,10 @@ impl Server {
             .expect("read the slot")
             .iter()
             .map(|row| {
-                let lsn = pgoutput::parse_lsn(row.get(0)).expect("an LSN");
+                let lsn = walbust_pgoutput::parse_lsn(row.get(0)).expect("an LSN");
                 let data = Bytes::from(row.get::<_, Vec<u8>>(1));
-                let msg =
-                    pgoutput::decode(&data).unwrap_or_else(|e| panic!("decode {data:?}: {e}"));
+                let msg = walbust_pgoutput::decode(&data)
+                    .unwrap_or_else(|e| panic!("decode {data:?}: {e}"));
                 (lsn, msg)
             })
             .collect()
@@ -84,7 +84,7 @@ impl Server {
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
             .unwrap();
-        pgoutput::parse_lsn(row.get(0)).unwrap()
+        walbust_pgoutput::parse_lsn(row.get(0)).unwrap()
     }
 
     /// Now, in microseconds since 2000-01-01 UTC (the protocol's clock).
@@ -346,7 +346,7 @@ async fn inserts_updates_and_deletes_under_each_replica_identity() {
             _ => None,
         })
         .collect();
-    let old = |u: &pgoutput::Update| {
+    let old = |u: &walbust_pgoutput::Update| {
         u.old.as_ref().map(|o| match o {
             OldTuple::Key(t) => ("K", show(t)),
             OldTuple::Full(t) => ("O", show(t)),
@@ -620,7 +620,7 @@ async fn logical_messages_transactional_and_not() {
         names(&msgs),
         ["Begin", "Relation", "Insert", "Message", "Message", "Commit", "Message", "Message"]
     );
-    let lsn = |text: &str| pgoutput::parse_lsn(text).unwrap();
+    let lsn = |text: &str| walbust_pgoutput::parse_lsn(text).unwrap();
     let message = |i: usize| match &msgs[i] {
         Message::Message(m) => m,
         _ => unreachable!(),

@@ -28,7 +28,7 @@ pub enum Item {
     },
     /// Invalidations produced by part of the open transaction; may arrive many times per
     /// transaction.
-    Changes(rules::Invalidations),
+    Changes(walbust_rules::Invalidations),
     /// Closes the open transaction. `end_lsn` is the position acknowledged to Postgres once every
     /// batch holding part of this transaction (and everything before it) is confirmed.
     Commit {
@@ -256,9 +256,9 @@ fn insert_all(set: &mut BTreeSet<String>, values: Vec<String>) -> usize {
 mod tests {
     use super::*;
 
-    fn inv(keys: &[&str], tags: &[&str], patterns: &[&str]) -> rules::Invalidations {
+    fn inv(keys: &[&str], tags: &[&str], patterns: &[&str]) -> walbust_rules::Invalidations {
         let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        rules::Invalidations {
+        walbust_rules::Invalidations {
             keys: own(keys),
             tags: own(tags),
             patterns: own(patterns),

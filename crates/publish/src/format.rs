@@ -12,7 +12,7 @@ const MICROS_PER_SEC: i128 = 1_000_000;
 const SECS_PER_DAY: i128 = 86_400;
 
 /// Formats an LSN the way Postgres prints it: two uppercase hex halves, `16/B374D848`.
-pub use pgoutput::format_lsn;
+pub use walbust_pgoutput::format_lsn;
 
 /// Formats a Postgres timestamp (µs since 2000-01-01 UTC) as RFC 3339 UTC with microseconds,
 /// `2026-11-22T10:00:00.123456Z`.

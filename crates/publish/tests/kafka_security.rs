@@ -1,7 +1,7 @@
 //! librdkafka is built with TLS, so the SASL_SSL settings people run Kafka
 //! with in production are accepted as they are passed through.
 
-use publish::kafka_sink::{KafkaSink, KafkaSinkConfig};
+use walbust_publish::kafka_sink::{KafkaSink, KafkaSinkConfig};
 
 #[test]
 fn sasl_ssl_properties_are_supported_by_the_build() {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use publish::kafka_sink::{KafkaSink, KafkaSinkConfig};
-use publish::{Batch, Item, Pipeline, PipelineConfig, Sink, SinkErrorKind};
 use serde_json::Value;
+use walbust_publish::kafka_sink::{KafkaSink, KafkaSinkConfig};
+use walbust_publish::{Batch, Item, Pipeline, PipelineConfig, Sink, SinkErrorKind};
 
 const SLOT: &str = "walbust_test_slot";
 
@@ -29,14 +29,18 @@ fn topic(name: &str) -> String {
     format!("walbust-test-{name}-{}", std::process::id())
 }
 
-fn start_with_topic(name: &str) -> (testkit::Kafka, String) {
-    let kafka = testkit::Kafka::start().expect("kafka starts");
+fn start_with_topic(name: &str) -> (walbust_testkit::Kafka, String) {
+    let kafka = walbust_testkit::Kafka::start().expect("kafka starts");
     let topic = topic(name);
     kafka.create_topic(&topic, 1).expect("topic created");
     (kafka, topic)
 }
 
-fn consume(kafka: &testkit::Kafka, topic: &str, min: usize) -> Vec<testkit::KafkaRecord> {
+fn consume(
+    kafka: &walbust_testkit::Kafka,
+    topic: &str,
+    min: usize,
+) -> Vec<walbust_testkit::KafkaRecord> {
     tokio::task::block_in_place(|| {
         kafka
             .consume_all(topic, min, Duration::from_secs(30))
@@ -176,7 +180,7 @@ async fn broker_down_then_up_is_retried_and_delivered() {
     };
     let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = attempts.clone();
-    let observer: publish::BatchObserver = Arc::new(move |_batch, report| {
+    let observer: walbust_publish::BatchObserver = Arc::new(move |_batch, report| {
         seen.lock().unwrap().push(report.sinks[0].attempts);
     });
     let (tx, mut confirmed, task) =
@@ -188,7 +192,7 @@ async fn broker_down_then_up_is_retried_and_delivered() {
     })
     .await
     .unwrap();
-    tx.send(Item::Changes(rules::Invalidations {
+    tx.send(Item::Changes(walbust_rules::Invalidations {
         keys: vec!["product:7".into()],
         tags: vec![],
         patterns: vec![],

@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use publish::kafka_sink::{KafkaSink, KafkaSinkConfig};
-use publish::redis_sink::{RedisSink, RedisSinkConfig};
-use publish::{Item, Pipeline, PipelineConfig, Sink};
 use redis::AsyncCommands;
+use walbust_publish::kafka_sink::{KafkaSink, KafkaSinkConfig};
+use walbust_publish::redis_sink::{RedisSink, RedisSinkConfig};
+use walbust_publish::{Item, Pipeline, PipelineConfig, Sink};
 
 fn changes(keys: &[String]) -> Item {
-    Item::Changes(rules::Invalidations {
+    Item::Changes(walbust_rules::Invalidations {
         keys: keys.to_vec(),
         tags: vec![],
         patterns: vec![],
@@ -20,10 +20,10 @@ fn changes(keys: &[String]) -> Item {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_reach_both_sinks_and_are_acknowledged_in_order() {
-    let kafka = testkit::Kafka::start().expect("kafka starts");
+    let kafka = walbust_testkit::Kafka::start().expect("kafka starts");
     let topic = format!("walbust-test-pipeline-{}", std::process::id());
     kafka.create_topic(&topic, 1).unwrap();
-    let redis = testkit::Redis::start().expect("redis-server starts");
+    let redis = walbust_testkit::Redis::start().expect("redis-server starts");
     let mut conn = redis.connection().await.unwrap();
 
     // 10 small transactions and one of 250 keys, which the pipeline cuts into parts of 100.

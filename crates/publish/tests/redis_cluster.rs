@@ -1,10 +1,12 @@
 //! The Redis sink against a throwaway three-primary Redis Cluster (`redis-server
 //! --cluster-enabled yes`, slots assigned by `redis-cli --cluster create`).
 
-use publish::redis_sink::{request, RedisConnection, RedisSink, RedisSinkConfig, TagStrategy};
-use publish::{Batch, Sink, SinkErrorKind};
 use redis::cluster_async::ClusterConnection;
-use testkit::RedisCluster;
+use walbust_publish::redis_sink::{
+    request, RedisConnection, RedisSink, RedisSinkConfig, TagStrategy,
+};
+use walbust_publish::{Batch, Sink, SinkErrorKind};
+use walbust_testkit::RedisCluster;
 
 /// A cluster-aware async connection to `cluster`.
 async fn connection(cluster: &RedisCluster) -> ClusterConnection {

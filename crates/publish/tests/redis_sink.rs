@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use publish::redis_sink::{RedisSink, RedisSinkConfig, TagStrategy};
-use publish::{Batch, Item, Pipeline, PipelineConfig, Sink, SinkErrorKind};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
+use walbust_publish::redis_sink::{RedisSink, RedisSinkConfig, TagStrategy};
+use walbust_publish::{Batch, Item, Pipeline, PipelineConfig, Sink, SinkErrorKind};
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -26,8 +26,8 @@ fn batch(keys: &[&str], tags: &[&str], patterns: &[&str]) -> Batch {
     }
 }
 
-async fn setup() -> (testkit::Redis, MultiplexedConnection) {
-    let redis = testkit::Redis::start().expect("redis-server starts");
+async fn setup() -> (walbust_testkit::Redis, MultiplexedConnection) {
+    let redis = walbust_testkit::Redis::start().expect("redis-server starts");
     let conn = redis.connection().await.expect("connect");
     (redis, conn)
 }
@@ -282,7 +282,7 @@ async fn a_wrong_type_is_a_non_retriable_error() {
 
 #[tokio::test]
 async fn connecting_to_a_closed_port_fails_retriably() {
-    let port = testkit::free_port();
+    let port = walbust_testkit::free_port();
     let mut cfg = RedisSinkConfig::new(format!("redis://127.0.0.1:{port}"));
     cfg.connect_timeout_ms = 500;
     let err = RedisSink::connect(cfg).await.unwrap_err();
@@ -313,7 +313,7 @@ async fn publish_retries_while_redis_is_down_and_succeeds_after_restart() {
     };
     let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = attempts.clone();
-    let observer: publish::BatchObserver = Arc::new(move |_batch, report| {
+    let observer: walbust_publish::BatchObserver = Arc::new(move |_batch, report| {
         seen.lock().unwrap().push(report.sinks[0].attempts);
     });
     let (tx, mut confirmed, task) =
@@ -325,7 +325,7 @@ async fn publish_retries_while_redis_is_down_and_succeeds_after_restart() {
     })
     .await
     .unwrap();
-    tx.send(Item::Changes(rules::Invalidations {
+    tx.send(Item::Changes(walbust_rules::Invalidations {
         keys: vec![],
         tags: vec!["category:3".into()],
         patterns: vec![],

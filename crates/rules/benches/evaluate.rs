@@ -10,7 +10,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rules::{BoundTable, Datum, Invalidations, Op, Outcome, RowValues, RuleSet, TxBudget};
+use walbust_rules::{BoundTable, Datum, Invalidations, Op, Outcome, RowValues, RuleSet, TxBudget};
 
 const TX_CHANGES: usize = 20;
 

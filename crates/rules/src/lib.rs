@@ -210,7 +210,7 @@
 //! # Example
 //!
 //! ```
-//! use rules::{Datum, Invalidations, Op, RuleSet, TxBudget};
+//! use walbust_rules::{Datum, Invalidations, Op, RuleSet, TxBudget};
 //!
 //! let set = RuleSet::from_yaml(
 //!     r#"

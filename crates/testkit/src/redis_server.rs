@@ -60,8 +60,8 @@ impl Redis {
     /// acknowledged writes survive being killed (`stop` is SIGKILL):
     ///
     /// ```no_run
-    /// let redis = testkit::Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"])?;
-    /// # Ok::<(), testkit::Error>(())
+    /// let redis = walbust_testkit::Redis::start_with(&["--appendonly", "yes", "--appendfsync", "always"])?;
+    /// # Ok::<(), walbust_testkit::Error>(())
     /// ```
     ///
     /// The arguments are used again by every [`Redis::restart`]. `--port`,

@@ -3,7 +3,7 @@
 //! postgres user cannot enter is named. One test in its own binary: it
 //! changes process-wide environment variables.
 
-use testkit::{Error, Postgres, Redis};
+use walbust_testkit::{Error, Postgres, Redis};
 
 #[test]
 fn environment_problems_are_clear_errors() {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use testkit::Kafka;
+use walbust_testkit::Kafka;
 
 fn assert_send_sync<T: Send + Sync>() {}
 

@@ -40,8 +40,8 @@ fn main() {
 
 /// Child: start servers, report where they live, wait to be killed.
 fn hold_servers() {
-    let pg = testkit::Postgres::start().expect("start postgres");
-    let redis = testkit::Redis::start().expect("start redis");
+    let pg = walbust_testkit::Postgres::start().expect("start postgres");
+    let redis = walbust_testkit::Redis::start().expect("start redis");
     let pg_pid = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
         .expect("postmaster.pid")
         .lines()

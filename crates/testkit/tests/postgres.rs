@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use testkit::Postgres;
+use walbust_testkit::Postgres;
 
 fn euid() -> u32 {
     let out = Command::new("id").arg("-u").output().expect("run id -u");

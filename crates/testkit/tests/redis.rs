@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use redis::AsyncCommands;
-use testkit::Redis;
+use walbust_testkit::Redis;
 
 #[tokio::test]
 async fn set_get_stop_restart() {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use testkit::{Kafka, Postgres, Redis};
 use tokio_postgres::Client;
+use walbust_testkit::{Kafka, Postgres, Redis};
 
 /// The topic walbust publishes to.
 pub const TOPIC: &str = "invalidations";

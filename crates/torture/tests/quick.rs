@@ -7,7 +7,7 @@
 //! The walbust binary it drives is the one of the same build
 //! (`target/<profile>/walbust`): `cargo nextest run --workspace` and `cargo
 //! test --workspace` build it, because the walbust package has integration
-//! tests of its own. Run alone (`cargo test -p torture`), build it first with
+//! tests of its own. Run alone (`cargo test -p walbust-torture`), build it first with
 //! `cargo build -p walbust`.
 
 use std::path::{Path, PathBuf};

@@ -11,8 +11,8 @@
 //! |---|---|
 //! | `error:` | a table the rules name does not exist |
 //! | `error:` | it is not in the publication, or its changes arrive under another name (partitions and `publish_via_partition_root`) |
-//! | `error:` | a rule reads a column the table does not have or the stream does not send (bound with [`rules::RuleSet::bind`] against the catalog's columns) |
-//! | `error:` | a rule reads old values ([`rules::BoundTable::needs_old_values`]) the replica identity does not send (for a partitioned table, each leaf partition's identity counts) |
+//! | `error:` | a rule reads a column the table does not have or the stream does not send (bound with [`walbust_rules::RuleSet::bind`] against the catalog's columns) |
+//! | `error:` | a rule reads old values ([`walbust_rules::BoundTable::needs_old_values`]) the replica identity does not send (for a partitioned table, each leaf partition's identity counts) |
 //! | `warning:` | a TOAST-able column is used in a template of a rule that reacts to updates, without `REPLICA IDENTITY FULL`: an UPDATE that does not touch it sends it as unchanged TOAST and the template is skipped |
 //! | `warning:` | a table glob matches no table, or a table outside the publication |
 //!
@@ -21,9 +21,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use cdc::catalog::{self, Identity, Publication, ReplicaIdentity, TableInfo, TableKind};
-use rules::{RuleInfo, RuleSet, TableName};
 use tokio_postgres::Client;
+use walbust_cdc::catalog::{self, Identity, Publication, ReplicaIdentity, TableInfo, TableKind};
+use walbust_rules::{RuleInfo, RuleSet, TableName};
 
 use crate::config::Config;
 use crate::explain::{parse_table, placeholders, read_rules_text, rule_alone, RulesSource, Side};
@@ -69,7 +69,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         Err(e) => report.error(format!("{e:#}")),
     }
 
-    let client = match cdc::source::connect(&cfg.source.url).await {
+    let client = match walbust_cdc::source::connect(&cfg.source.url).await {
         Ok(c) => c,
         Err(e) => {
             report.error(format!("{:#}", anyhow::Error::new(e)));
@@ -78,7 +78,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
     };
     let publication = source_checks(&client, &cfg, &mut report).await;
     if cfg.source.binary && publication.is_some() {
-        match cdc::relations::check_binary(&client, &cfg.source.publication, &rules).await {
+        match walbust_cdc::relations::check_binary(&client, &cfg.source.publication, &rules).await {
             Ok(_) => {
                 report.ok("binary mode: every published column the rules read can be rendered")
             }
@@ -145,23 +145,23 @@ impl Report {
 /// `wal_level`, the publication and the slot, as `run` checks them at
 /// start-up (without creating anything). Returns the publication, if any.
 async fn source_checks(client: &Client, cfg: &Config, report: &mut Report) -> Option<Publication> {
-    let spec = cdc::SourceSpec {
+    let spec = walbust_cdc::SourceSpec {
         url: cfg.source.url.clone(),
         publication: cfg.source.publication.clone(),
         slot: cfg.source.slot.clone(),
         create: false,
     };
     // The tables are checked one by one below, each problem on its line.
-    match cdc::source::prepare(client, &spec, &[]).await {
+    match walbust_cdc::source::prepare(client, &spec, &[]).await {
         Ok(slot) => report.ok(format!(
             "database ready: wal_level is logical, publication {} exists, slot {} at {} (wal_status {})",
             cfg.source.publication,
             cfg.source.slot,
-            pgoutput::format_lsn(slot.confirmed_flush_lsn),
+            walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
             slot.wal_status
         )),
         Err(
-            e @ (cdc::SourceError::PublicationMissing { .. } | cdc::SourceError::SlotMissing { .. }),
+            e @ (walbust_cdc::SourceError::PublicationMissing { .. } | walbust_cdc::SourceError::SlotMissing { .. }),
         ) if cfg.source.create => {
             report.note(format!("`walbust run` will create what is missing ({e})"));
         }
@@ -195,7 +195,7 @@ enum Named {
 }
 
 impl TableCx<'_> {
-    async fn check_tables(&self, report: &mut Report) -> Result<(), cdc::SourceError> {
+    async fn check_tables(&self, report: &mut Report) -> Result<(), walbust_cdc::SourceError> {
         let mut todo: Vec<(TableName, Named)> = self
             .rules
             .tables()
@@ -269,7 +269,7 @@ impl TableCx<'_> {
         table: &TableName,
         named: Named,
         report: &mut Report,
-    ) -> Result<(), cdc::SourceError> {
+    ) -> Result<(), walbust_cdc::SourceError> {
         let rules = self.rules_for(table);
         let by = self.rule_list(&rules);
         let Some(info) = catalog::table(self.client, table, Some(self.publication_name)).await?
@@ -342,7 +342,7 @@ impl TableCx<'_> {
             let users: Vec<&RuleInfo> = rules
                 .iter()
                 .copied()
-                .filter(|r| r.on.contains(&rules::Op::Update))
+                .filter(|r| r.on.contains(&walbust_rules::Op::Update))
                 .filter(|r| self.uses_in_template(r.index, &column.name))
                 .collect();
             if users.is_empty() {
@@ -482,7 +482,10 @@ impl TableCx<'_> {
             indexes
                 .iter()
                 .filter_map(|&i| all.get(i))
-                .filter(|r| r.on.contains(&rules::Op::Update) || r.on.contains(&rules::Op::Delete))
+                .filter(|r| {
+                    r.on.contains(&walbust_rules::Op::Update)
+                        || r.on.contains(&walbust_rules::Op::Delete)
+                })
                 .collect()
         })
     }

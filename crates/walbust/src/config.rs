@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use publish::discard_sink::DiscardSinkConfig;
-use publish::kafka_sink::KafkaSinkConfig;
-use publish::redis_sink::RedisSinkConfig;
-use publish::PipelineConfig;
 use serde::Deserialize;
+use walbust_publish::discard_sink::DiscardSinkConfig;
+use walbust_publish::kafka_sink::KafkaSinkConfig;
+use walbust_publish::redis_sink::RedisSinkConfig;
+use walbust_publish::PipelineConfig;
 
 /// Default for `source.status_interval_ms`: how often a raised
 /// acknowledgement is reported to Postgres at most.
@@ -261,7 +261,7 @@ impl Config {
                 "not a postgres:// or postgresql:// URL".into(),
             ));
         }
-        cdc::ConnParams::from_url(url)
+        walbust_cdc::ConnParams::from_url(url)
             .map_err(|e| invalid("source.url", strip_field(&e.to_string())))?;
         check_name(&self.source.publication).map_err(|m| invalid("source.publication", m))?;
         check_slot_name(&self.source.slot).map_err(|m| invalid("source.slot", m))?;

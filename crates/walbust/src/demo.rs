@@ -99,9 +99,9 @@ pub async fn demo(args: DemoArgs) -> ExitCode {
 async fn demo_inner(args: DemoArgs) -> Result<()> {
     println!("walbust demo: starting throwaway Postgres, Redis and Kafka ...");
     let (pg, redis, kafka) = tokio::task::spawn_blocking(|| -> Result<_> {
-        let pg = testkit::Postgres::start().context("starting Postgres")?;
-        let redis = testkit::Redis::start().context("starting Redis")?;
-        let kafka = testkit::Kafka::start().context("starting the Kafka mock cluster")?;
+        let pg = walbust_testkit::Postgres::start().context("starting Postgres")?;
+        let redis = walbust_testkit::Redis::start().context("starting Redis")?;
+        let kafka = walbust_testkit::Kafka::start().context("starting the Kafka mock cluster")?;
         kafka
             .create_topic(TOPIC, 1)
             .context("creating the Kafka topic")?;
@@ -223,7 +223,7 @@ async fn demo_inner(args: DemoArgs) -> Result<()> {
 /// The live view: one line per row change, one per confirmed batch.
 fn live_view(tally: Arc<Tally>) -> run::Hooks {
     let t = tally.clone();
-    let tap: cdc::ChangeTap = Arc::new(move |ev: &cdc::ChangeEvent<'_>| {
+    let tap: walbust_cdc::ChangeTap = Arc::new(move |ev: &walbust_cdc::ChangeEvent<'_>| {
         t.changes.fetch_add(1, Ordering::Relaxed);
         t.seen_commit_lsn
             .fetch_max(ev.commit_lsn, Ordering::Relaxed);
@@ -239,16 +239,17 @@ fn live_view(tally: Arc<Tally>) -> run::Hooks {
         }
         println!(
             "{:<12} {:<20} {:<8} {}",
-            pgoutput::format_lsn(ev.commit_lsn),
+            walbust_pgoutput::format_lsn(ev.commit_lsn),
             ev.table,
             format!("{:?}", ev.op).to_lowercase(),
             parts.join("  ")
         );
     });
     let t = tally;
-    let observer: publish::BatchObserver = Arc::new(
-        move |batch: &publish::Batch, report: &publish::BatchReport| {
-            let commit = publish::format::pg_timestamp_to_system_time(batch.commit_time_micros);
+    let observer: walbust_publish::BatchObserver = Arc::new(
+        move |batch: &walbust_publish::Batch, report: &walbust_publish::BatchReport| {
+            let commit =
+                walbust_publish::format::pg_timestamp_to_system_time(batch.commit_time_micros);
             let latency = report
                 .published_at
                 .duration_since(commit)

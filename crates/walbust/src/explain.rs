@@ -23,13 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use rules::{
-    BoundTable, Datum, Invalidations, Op, Outcome, RuleInfo, RuleSet, TableName, TxBudget,
-};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use serde_saphyr::Spanned;
+use walbust_rules::{
+    BoundTable, Datum, Invalidations, Op, Outcome, RuleInfo, RuleSet, TableName, TxBudget,
+};
 
 use crate::config::Config;
 use crate::fail_config;
@@ -324,8 +324,8 @@ fn evaluate(set: &RuleSet, text: &str, change: &Change) -> Result<Report, String
         let mut out = Invalidations::default();
         let outcome = b.evaluate(
             change.op,
-            old.as_ref().map(|r| r as &dyn rules::RowValues),
-            new.as_ref().map(|r| r as &dyn rules::RowValues),
+            old.as_ref().map(|r| r as &dyn walbust_rules::RowValues),
+            new.as_ref().map(|r| r as &dyn walbust_rules::RowValues),
             &mut TxBudget::default(),
             &mut out,
         );

@@ -24,9 +24,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
-use publish::{Batch, Sink};
-use rules::RuleSet;
 use serde::{Deserialize, Serialize};
+use walbust_publish::{Batch, Sink};
+use walbust_rules::RuleSet;
 
 use crate::config::{Config, OnGap};
 
@@ -81,7 +81,7 @@ pub async fn guard(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Re
     let marker: Marker = serde_json::from_str(&marker)
         .with_context(|| format!("the gap marker in Redis key {key} is not walbust's"))?;
     let system = system_identifier(cfg).await?;
-    let control = cdc::source::connect(&cfg.source.url).await?;
+    let control = walbust_cdc::source::connect(&cfg.source.url).await?;
     let slot_exists = control
         .query_opt(
             "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
@@ -120,7 +120,7 @@ pub async fn mark(cfg: &Config) -> Result<()> {
     let Some(redis_cfg) = &cfg.sinks.redis else {
         return Ok(());
     };
-    let conn = cdc::ConnParams::from_url(&cfg.source.url)?;
+    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url)?;
     let marker = Marker {
         v: MARKER_VERSION,
         system_identifier: system_identifier(cfg).await?,
@@ -199,7 +199,7 @@ fn merged(a: &[String], b: &[String]) -> Vec<String> {
 }
 
 fn empty_batch() -> Batch {
-    let now = cdc::reader::pg_now_micros();
+    let now = walbust_cdc::reader::pg_now_micros();
     Batch {
         lsn: 0,
         end_lsn: None,
@@ -215,9 +215,9 @@ fn empty_batch() -> Batch {
 /// The sink's own connection kind, so that the marker lands on the right
 /// node of a Redis Cluster.
 async fn redis_connection(
-    cfg: &publish::redis_sink::RedisSinkConfig,
-) -> Result<publish::redis_sink::RedisConnection> {
-    publish::redis_sink::RedisConnection::connect(cfg)
+    cfg: &walbust_publish::redis_sink::RedisSinkConfig,
+) -> Result<walbust_publish::redis_sink::RedisConnection> {
+    walbust_publish::redis_sink::RedisConnection::connect(cfg)
         .await
         .context("connecting to Redis for the gap marker")
 }
@@ -225,7 +225,7 @@ async fn redis_connection(
 /// The server's system identifier, from IDENTIFY_SYSTEM on a replication
 /// connection (allowed to a REPLICATION role, unlike pg_control_system()).
 async fn system_identifier(cfg: &Config) -> Result<String> {
-    let conn = cdc::ConnParams::from_url(&cfg.source.url)?;
+    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url)?;
     let rc = ReplicationConfig::new(
         conn.host,
         conn.user,

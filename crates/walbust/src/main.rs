@@ -140,7 +140,7 @@ async fn cmd_run(path: &std::path::Path) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return fail_config(e),
     };
-    if let Err(e) = rules::RuleSet::load(&cfg.rules) {
+    if let Err(e) = walbust_rules::RuleSet::load(&cfg.rules) {
         return fail_config(e);
     }
     if let Some(listen) = &cfg.metrics.listen {
@@ -199,7 +199,7 @@ pub fn fail(e: impl Into<anyhow::Error>) -> ExitCode {
     eprintln!("walbust: {e:#}");
     match definite_reason(&e) {
         Some(reason) => {
-            ::metrics::gauge!(cdc::metrics::DEFINITE_ERROR, "reason" => reason).set(1.0);
+            ::metrics::gauge!(walbust_cdc::metrics::DEFINITE_ERROR, "reason" => reason).set(1.0);
             ExitCode::from(EXIT_DEFINITE)
         }
         None => ExitCode::from(EXIT_FAILURE),
@@ -212,10 +212,10 @@ fn definite_reason(e: &anyhow::Error) -> Option<&'static str> {
         if cause.downcast_ref::<gap::GapError>().is_some() {
             return Some("gap");
         }
-        if let Some(s) = cause.downcast_ref::<cdc::StreamError>() {
+        if let Some(s) = cause.downcast_ref::<walbust_cdc::StreamError>() {
             return (!s.is_transient()).then(|| s.reason());
         }
-        if let Some(s) = cause.downcast_ref::<cdc::SourceError>() {
+        if let Some(s) = cause.downcast_ref::<walbust_cdc::SourceError>() {
             return s.is_definite().then(|| s.reason());
         }
         None

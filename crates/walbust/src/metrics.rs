@@ -1,7 +1,7 @@
 //! Metric names of the binary itself, described once.
 //!
 //! The replication side and the publishing side keep theirs in
-//! `cdc::metrics` and `publish::metrics`; what is here belongs to neither:
+//! `walbust_cdc::metrics` and `walbust_publish::metrics`; what is here belongs to neither:
 //! watching the rules file.
 
 use metrics::describe_counter;

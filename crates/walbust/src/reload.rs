@@ -8,7 +8,7 @@
 //!                    RuleSet::from_yaml ──(publication check)──> watch::Sender<Arc<RuleSet>>
 //!                          │ error                                     │
 //!                          v                                           v
-//!            one log line + walbust_rules_reload_errors_total    cdc::Reader: next transaction
+//!            one log line + walbust_rules_reload_errors_total    walbust_cdc::Reader: next transaction
 //! ```
 //!
 //! Polling the content (a few KiB, once a second) needs no dependency and
@@ -28,10 +28,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rules::RuleSet;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use walbust_rules::RuleSet;
 
 use crate::metrics as m;
 
@@ -208,13 +208,14 @@ impl Reloader {
 async fn database_refusal(
     check: &PublicationCheck,
     set: &RuleSet,
-) -> Result<Option<String>, cdc::SourceError> {
+) -> Result<Option<String>, walbust_cdc::SourceError> {
     let tables = set.tables();
     if tables.is_empty() {
         return Ok(None);
     }
-    let client = cdc::source::connect(&check.url).await?;
-    let Some(publication) = cdc::catalog::publication(&client, &check.publication).await? else {
+    let client = walbust_cdc::source::connect(&check.url).await?;
+    let Some(publication) = walbust_cdc::catalog::publication(&client, &check.publication).await?
+    else {
         return Ok(Some(format!(
             "publication \"{}\" does not exist",
             check.publication
@@ -234,7 +235,8 @@ async fn database_refusal(
         )));
     }
     for table in &tables {
-        let Some(info) = cdc::catalog::table(&client, table, Some(&check.publication)).await?
+        let Some(info) =
+            walbust_cdc::catalog::table(&client, table, Some(&check.publication)).await?
         else {
             continue;
         };
@@ -252,7 +254,7 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 fn fingerprint(text: &str) -> u64 {
-    rules::fnv1a64(text.as_bytes())
+    walbust_rules::fnv1a64(text.as_bytes())
 }
 
 async fn recv(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
@@ -305,13 +307,13 @@ mod tests {
 
     fn first_key(set: &RuleSet) -> Vec<String> {
         let bound = set.bind("public", "t", &["id"]).unwrap().unwrap();
-        let mut out = rules::Invalidations::default();
-        let new = vec![rules::Datum::Text("1")];
+        let mut out = walbust_rules::Invalidations::default();
+        let new = vec![walbust_rules::Datum::Text("1")];
         bound.evaluate(
-            rules::Op::Insert,
+            walbust_rules::Op::Insert,
             None,
             Some(&new),
-            &mut rules::TxBudget::default(),
+            &mut walbust_rules::TxBudget::default(),
             &mut out,
         );
         out.keys

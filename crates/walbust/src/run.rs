@@ -12,18 +12,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use publish::kafka_sink::KafkaSink;
-use publish::redis_sink::RedisSink;
-use publish::{BatchObserver, Pipeline, Sink};
-use rules::RuleSet;
 use tokio::sync::watch;
+use walbust_publish::kafka_sink::KafkaSink;
+use walbust_publish::redis_sink::RedisSink;
+use walbust_publish::{BatchObserver, Pipeline, Sink};
+use walbust_rules::RuleSet;
 
 use crate::config::Config;
 
 /// Optional observers for live views (the demo).
 #[derive(Default, Clone)]
 pub struct Hooks {
-    pub tap: Option<cdc::ChangeTap>,
+    pub tap: Option<walbust_cdc::ChangeTap>,
     pub observer: Option<BatchObserver>,
     /// Told once streaming started (slot held, pipeline running).
     pub started: Option<Arc<tokio::sync::Notify>>,
@@ -65,7 +65,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         }
     }
 
-    let spec = cdc::SourceSpec {
+    let spec = walbust_cdc::SourceSpec {
         url: cfg.source.url.clone(),
         publication: cfg.source.publication.clone(),
         slot: cfg.source.slot.clone(),
@@ -77,21 +77,23 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     let tables = rules.tables();
     let prepared = until_ready(&shutdown, "postgres", || async {
         let checked = async {
-            let source = cdc::StreamError::Source;
-            let control = cdc::source::connect(&spec.url).await.map_err(source)?;
-            cdc::source::prepare_publication(&control, &spec, &tables)
+            let source = walbust_cdc::StreamError::Source;
+            let control = walbust_cdc::source::connect(&spec.url)
+                .await
+                .map_err(source)?;
+            walbust_cdc::source::prepare_publication(&control, &spec, &tables)
                 .await
                 .map_err(source)?;
             // Before the slot is created: a refused start must not leave a
             // new slot behind, holding WAL.
             if cfg.source.binary {
-                cdc::relations::check_binary(&control, &spec.publication, &rules).await?;
+                walbust_cdc::relations::check_binary(&control, &spec.publication, &rules).await?;
             }
-            cdc::source::prepare_slot(&control, &spec)
+            walbust_cdc::source::prepare_slot(&control, &spec)
                 .await
                 .map_err(source)
         };
-        checked.await.map_err(|e: cdc::StreamError| {
+        checked.await.map_err(|e: walbust_cdc::StreamError| {
             if e.is_transient() {
                 Attempt::Retry(e.into())
             } else {
@@ -106,7 +108,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     crate::gap::mark(&cfg).await?;
     tracing::info!(
         slot = %cfg.source.slot,
-        confirmed_flush_lsn = %pgoutput::format_lsn(slot.confirmed_flush_lsn),
+        confirmed_flush_lsn = %walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
         wal_status = %slot.wal_status,
         created = slot.created,
         "slot ready"
@@ -115,8 +117,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     let (items, confirmed, pipeline) =
         Pipeline::spawn_with_observer(cfg.publish.pipeline(), sinks, hooks.observer.clone());
 
-    let stream = cdc::StreamSpec {
-        conn: cdc::ConnParams::from_url(&cfg.source.url)?,
+    let stream = walbust_cdc::StreamSpec {
+        conn: walbust_cdc::ConnParams::from_url(&cfg.source.url)?,
         slot: cfg.source.slot.clone(),
         publication: cfg.source.publication.clone(),
         status_interval: cfg.status_interval(),
@@ -124,7 +126,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         temporary_slot: false,
         binary: cfg.source.binary,
     };
-    let mut reader = cdc::Reader::new(stream, rules_rx).with_checks(spec);
+    let mut reader = walbust_cdc::Reader::new(stream, rules_rx).with_checks(spec);
     if cfg.source.heartbeat_interval_ms > 0 {
         reader = reader.with_heartbeat(Duration::from_millis(cfg.source.heartbeat_interval_ms));
     }
@@ -138,7 +140,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     let stopped = match outcome {
         Ok(stopped) => stopped,
         // The pipeline ended first: its error is the one to report.
-        Err(cdc::StreamError::PipelineClosed) => {
+        Err(walbust_cdc::StreamError::PipelineClosed) => {
             pipeline_outcome(pipeline.await)?;
             anyhow::bail!("publishing pipeline stopped");
         }
@@ -152,8 +154,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     // The reader closed the pipeline's input and waited for its last
     // confirmation; collect the task's result.
     pipeline_outcome(pipeline.await)?;
-    let cdc::Stopped::Shutdown { confirmed_lsn } = stopped;
-    tracing::info!(confirmed_lsn = %pgoutput::format_lsn(confirmed_lsn), "stopped");
+    let walbust_cdc::Stopped::Shutdown { confirmed_lsn } = stopped;
+    tracing::info!(confirmed_lsn = %walbust_pgoutput::format_lsn(confirmed_lsn), "stopped");
     Ok(())
 }
 
@@ -210,7 +212,7 @@ where
 }
 
 fn pipeline_outcome(
-    joined: Result<Result<(), publish::PipelineError>, tokio::task::JoinError>,
+    joined: Result<Result<(), walbust_publish::PipelineError>, tokio::task::JoinError>,
 ) -> Result<()> {
     match joined {
         Ok(Ok(())) => Ok(()),
@@ -233,7 +235,7 @@ pub async fn build_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
         sinks.push(Arc::new(sink));
     }
     if cfg.sinks.discard.is_some() {
-        sinks.push(Arc::new(publish::discard_sink::DiscardSink));
+        sinks.push(Arc::new(walbust_publish::discard_sink::DiscardSink));
     }
     Ok(sinks)
 }

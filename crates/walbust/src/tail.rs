@@ -2,7 +2,7 @@
 //! invalidating anything.
 //!
 //! ```text
-//! walsender ──> cdc::Reader (temporary slot) ──Item──> printer ──Item──> Pipeline (no sinks)
+//! walsender ──> walbust_cdc::Reader (temporary slot) ──Item──> printer ──Item──> Pipeline (no sinks)
 //!                    │ tap: changes per transaction ───────^                  │
 //!                    ^────────────── confirmed end LSN ───────────────────────┘
 //! ```
@@ -26,11 +26,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use clap::Args;
-use publish::format::{format_lsn, format_pg_timestamp};
-use publish::{Item, Pipeline};
-use rules::{Invalidations, Op, RuleSet};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
+use walbust_publish::format::{format_lsn, format_pg_timestamp};
+use walbust_publish::{Item, Pipeline};
+use walbust_rules::{Invalidations, Op, RuleSet};
 
 use crate::config::Config;
 use crate::reload::{PublicationCheck, Reloader, WatcherGuard};
@@ -62,7 +62,7 @@ pub async fn tail(args: TailArgs) -> ExitCode {
     if let Err(e) = check_source(&cfg, &rules).await {
         return fail(e);
     }
-    let conn = match cdc::ConnParams::from_url(&cfg.source.url) {
+    let conn = match walbust_cdc::ConnParams::from_url(&cfg.source.url) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -88,7 +88,7 @@ pub async fn tail(args: TailArgs) -> ExitCode {
     let changes = Arc::new(Mutex::new(ChangeCounts::default()));
     let printer = tokio::spawn(print(from_reader, to_pipeline, changes.clone(), args.json));
 
-    let spec = cdc::StreamSpec {
+    let spec = walbust_cdc::StreamSpec {
         conn,
         slot: slot.clone(),
         publication: cfg.source.publication.clone(),
@@ -97,7 +97,7 @@ pub async fn tail(args: TailArgs) -> ExitCode {
         temporary_slot: true,
         binary: cfg.source.binary,
     };
-    let tap: cdc::ChangeTap = Arc::new(move |ev: &cdc::ChangeEvent<'_>| {
+    let tap: walbust_cdc::ChangeTap = Arc::new(move |ev: &walbust_cdc::ChangeEvent<'_>| {
         if let Ok(mut counts) = changes.lock() {
             counts.add(ev.commit_lsn, ev.table, ev.op);
         }
@@ -107,7 +107,7 @@ pub async fn tail(args: TailArgs) -> ExitCode {
         slot = %slot,
         "tailing through a temporary slot; nothing is published (Ctrl-C to stop)"
     );
-    let outcome = cdc::Reader::new(spec, rules_rx)
+    let outcome = walbust_cdc::Reader::new(spec, rules_rx)
         .with_tap(tap)
         .run(to_printer, confirmed, shutdown)
         .await;
@@ -129,8 +129,9 @@ pub async fn tail(args: TailArgs) -> ExitCode {
 /// The publication must exist; tables the rules name that it lacks are
 /// worth a warning (their changes will not show).
 async fn check_source(cfg: &Config, rules: &RuleSet) -> anyhow::Result<()> {
-    let client = cdc::source::connect(&cfg.source.url).await?;
-    let Some(publication) = cdc::catalog::publication(&client, &cfg.source.publication).await?
+    let client = walbust_cdc::source::connect(&cfg.source.url).await?;
+    let Some(publication) =
+        walbust_cdc::catalog::publication(&client, &cfg.source.publication).await?
     else {
         anyhow::bail!(
             "publication \"{}\" does not exist; tail creates nothing durable: create it \
@@ -405,7 +406,7 @@ mod tests {
     #[tokio::test]
     async fn a_pipeline_without_sinks_confirms() {
         let (tx, mut confirmed, task) =
-            Pipeline::spawn(publish::PipelineConfig::default(), Vec::new());
+            Pipeline::spawn(walbust_publish::PipelineConfig::default(), Vec::new());
         tx.send(Item::Begin {
             xid: 1,
             commit_lsn: 100,

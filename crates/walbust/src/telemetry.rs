@@ -1,8 +1,8 @@
 //! Logging and the Prometheus endpoint.
 //!
 //! Logs go to stderr (stdout belongs to the demo's live view). Metric names
-//! live next to the code that records them (`cdc::metrics`,
-//! `publish::metrics`); this module only installs the exporter and asks
+//! live next to the code that records them (`walbust_cdc::metrics`,
+//! `walbust_publish::metrics`); this module only installs the exporter and asks
 //! both to describe their metrics.
 
 use std::net::SocketAddr;
@@ -29,8 +29,8 @@ pub fn serve_metrics(listen: &str) -> Result<()> {
         .with_http_listener(addr)
         .install()
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
-    cdc::metrics::describe();
-    publish::metrics::describe();
+    walbust_cdc::metrics::describe();
+    walbust_publish::metrics::describe();
     tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     Ok(())
 }

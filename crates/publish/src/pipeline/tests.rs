@@ -92,8 +92,8 @@ fn cfg() -> PipelineConfig {
     }
 }
 
-fn inv(keys: &[&str]) -> rules::Invalidations {
-    rules::Invalidations {
+fn inv(keys: &[&str]) -> walbust_rules::Invalidations {
+    walbust_rules::Invalidations {
         keys: keys.iter().map(|k| k.to_string()).collect(),
         tags: Vec::new(),
         patterns: Vec::new(),
