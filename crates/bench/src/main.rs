@@ -21,13 +21,13 @@ mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use harness::{Bench, Options, Sinks};
 use report::Report;
+use walbust_pgoutput::time;
 
 #[derive(Parser)]
 #[command(
@@ -212,13 +212,7 @@ async fn run(opts: Options) -> Result<Report> {
 
 /// `2026-01-31 10:00 UTC`.
 fn now_utc() -> String {
-    const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
-    let unix_micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let rfc3339 = walbust_publish::format::format_pg_timestamp(
-        unix_micros - PG_EPOCH_UNIX_SECONDS * 1_000_000,
-    );
+    let rfc3339 = time::format_rfc3339(time::now_micros());
     // 2026-01-31T10:00:00.123456Z
     match (rfc3339.get(..10), rfc3339.get(11..16)) {
         (Some(date), Some(time)) => format!("{date} {time} UTC"),

@@ -7,21 +7,22 @@
 //! fuzz target feed it directly. It never panics on any input: malformed
 //! bytes and protocol violations are errors.
 //!
-//! Items always form `Begin, Changes*, Commit` sequences in commit order. A
+//! Items always form `Begin, Changes*, Commit` sequences in commit order,
+//! whatever the input: a row change that arrives with no transaction open
+//! is an error ([`StreamError::OutsideTransaction`]), and a
+//! non-transactional explicit message that arrives inside one joins it. A
 //! transaction's changes are emitted in chunks of [`CHUNK_ENTRIES`] so that
 //! a huge transaction streams through in bounded memory.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use walbust_publish::Item;
+use walbust_flow::Item;
 use walbust_rules::{Invalidations, Op, RuleSet, TxBudget};
 
 use crate::error::StreamError;
 use crate::metrics as m;
-use crate::reader::{ChangeEvent, ChangeTap};
 use crate::relations::{RelationCache, RelationEntry, TupleRow};
 
 /// Prefix of the logical messages that carry explicit invalidations
@@ -32,8 +33,20 @@ pub const EXPLICIT_PREFIX: &str = "walbust";
 /// hold this many entries, so a huge transaction streams through.
 pub const CHUNK_ENTRIES: usize = 1024;
 
-/// Seconds between the Unix epoch and the Postgres epoch (2000-01-01).
-pub const PG_EPOCH_OFFSET_SECS: i64 = walbust_publish::format::PG_EPOCH_UNIX_SECS;
+/// One evaluated row change, for live views (`walbust demo`, `walbust tail`).
+pub struct ChangeEvent<'a> {
+    pub commit_lsn: u64,
+    pub xid: u32,
+    pub commit_time_micros: i64,
+    pub table: &'a str,
+    pub op: Op,
+    pub keys: &'a [String],
+    pub tags: &'a [String],
+    pub patterns: &'a [String],
+}
+
+/// Receives every evaluated change; runs on the reader task, keep it cheap.
+pub type ChangeTap = Arc<dyn Fn(&ChangeEvent<'_>) + Send + Sync>;
 
 struct OpenTx {
     xid: u32,
@@ -42,51 +55,59 @@ struct OpenTx {
     budget: TxBudget,
 }
 
-/// The open transaction and what its rows produced so far.
-struct Rows {
+/// The open transaction, the invalidations its rows produced and not yet
+/// handed over, and who watches each row's evaluation.
+struct Transaction {
     open: Option<OpenTx>,
     /// Invalidations of the open transaction not yet handed over.
     pending: Invalidations,
     tap: Option<ChangeTap>,
-    metrics: m::Hot,
+    metrics: m::EventMetrics,
 }
 
-impl Rows {
+impl Transaction {
     /// Evaluates one row change (or a truncate, with no rows) against the
-    /// rules bound to its table.
+    /// rules bound to its table, into the open transaction.
     fn evaluate(
         &mut self,
         entry: &RelationEntry,
         op: Op,
         old: Option<&dyn walbust_rules::RowValues>,
         new: Option<&dyn walbust_rules::RowValues>,
-    ) {
+    ) -> Result<(), StreamError> {
+        let Some(tx) = self.open.as_mut() else {
+            return Err(StreamError::OutsideTransaction {
+                table: entry.name.clone(),
+            });
+        };
         self.metrics.changes(op).increment(1);
         let Some(bound) = entry.bound.as_ref() else {
-            return;
+            return Ok(());
         };
         let marks = Marks::of(&self.pending);
         let outcome = if op == Op::Truncate {
             bound.truncate(&mut self.pending)
         } else {
-            let mut fallback_budget = TxBudget::default();
-            let budget = match self.open.as_mut() {
-                Some(tx) => &mut tx.budget,
-                None => &mut fallback_budget,
-            };
-            bound.evaluate(op, old, new, budget, &mut self.pending)
+            bound.evaluate(op, old, new, &mut tx.budget, &mut self.pending)
         };
         record_outcome(&outcome);
         if let Some(tap) = &self.tap {
-            tap_change(
-                tap,
-                self.open.as_ref(),
-                &entry.name,
+            tap(&ChangeEvent {
+                commit_lsn: tx.commit_lsn,
+                xid: tx.xid,
+                commit_time_micros: tx.commit_time_micros,
+                table: &entry.name,
                 op,
-                &self.pending,
-                marks,
-            );
+                keys: self.pending.keys.get(marks.keys..).unwrap_or_default(),
+                tags: self.pending.tags.get(marks.tags..).unwrap_or_default(),
+                patterns: self
+                    .pending
+                    .patterns
+                    .get(marks.patterns..)
+                    .unwrap_or_default(),
+            });
         }
+        Ok(())
     }
 }
 
@@ -94,7 +115,7 @@ impl Rows {
 pub struct Assembler {
     rules: Arc<RuleSet>,
     relations: RelationCache,
-    rows: Rows,
+    tx: Transaction,
     /// End LSN of the last transaction emitted.
     last_sent_end: u64,
     out: VecDeque<Item>,
@@ -105,11 +126,11 @@ impl Assembler {
         Assembler {
             rules,
             relations: RelationCache::new(binary),
-            rows: Rows {
+            tx: Transaction {
                 open: None,
                 pending: Invalidations::default(),
                 tap: None,
-                metrics: m::Hot::register(),
+                metrics: m::EventMetrics::register(),
             },
             last_sent_end: 0,
             out: VecDeque::new(),
@@ -118,7 +139,7 @@ impl Assembler {
 
     /// Calls `tap` for every evaluated row change.
     pub fn with_tap(mut self, tap: Option<ChangeTap>) -> Self {
-        self.rows.tap = tap;
+        self.tx.tap = tap;
         self
     }
 
@@ -142,12 +163,12 @@ impl Assembler {
     /// Relation messages and the unfinished transaction again.
     pub fn reset(&mut self) {
         self.relations.clear();
-        self.rows.open = None;
-        self.rows.pending.clear();
+        self.tx.open = None;
+        self.tx.pending.clear();
     }
 
     pub fn in_transaction(&self) -> bool {
-        self.rows.open.is_some()
+        self.tx.open.is_some()
     }
 
     /// End LSN of the last transaction emitted.
@@ -164,8 +185,8 @@ impl Assembler {
         // A Begin inside a transaction means the previous one was cut off
         // (a reconnect): its pending part is dropped, the pipeline drops the
         // rest, and the server sends it again.
-        self.rows.pending.clear();
-        self.rows.open = Some(OpenTx {
+        self.tx.pending.clear();
+        self.tx.open = Some(OpenTx {
             xid,
             commit_lsn,
             commit_time_micros,
@@ -179,7 +200,7 @@ impl Assembler {
     }
 
     pub fn commit(&mut self, end_lsn: u64) {
-        if self.rows.open.take().is_none() {
+        if self.tx.open.take().is_none() {
             // A Commit without a Begin carries nothing to publish; emitting
             // it would break the pipeline's sequence.
             return;
@@ -192,14 +213,17 @@ impl Assembler {
     /// One pgoutput message other than Begin and Commit.
     pub fn data(&mut self, wal_end: u64, data: &Bytes) -> Result<(), StreamError> {
         self.change(wal_end, data)?;
-        if self.rows.pending.len() >= CHUNK_ENTRIES {
+        if self.tx.pending.len() >= CHUNK_ENTRIES {
             self.flush_pending();
         }
         Ok(())
     }
 
     /// A logical decoding message; only those with [`EXPLICIT_PREFIX`] matter.
-    pub fn message(&mut self, transactional: bool, lsn: u64, prefix: &str, content: &[u8]) {
+    ///
+    /// Transactional or not, a message joins the open transaction if there
+    /// is one, and otherwise stands alone at its own position.
+    pub fn message(&mut self, lsn: u64, prefix: &str, content: &[u8]) {
         if prefix != EXPLICIT_PREFIX {
             return;
         }
@@ -213,8 +237,14 @@ impl Assembler {
             }
         };
         metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "ok").increment(1);
-        if transactional && self.rows.open.is_some() {
-            self.rows.pending.extend(inv);
+        if self.tx.open.is_some() {
+            // A transactional message belongs here. A non-transactional one
+            // cannot arrive inside a transaction under protocol 1 (the server
+            // sends a transaction whole, at its commit); should it, it joins
+            // the open transaction: it is then delivered no later than that
+            // transaction, and if the transaction is cut off the server sends
+            // both again, so it is never acknowledged undelivered.
+            self.tx.pending.extend(inv);
             return;
         }
         // A non-transactional message stands alone at its own position:
@@ -223,7 +253,7 @@ impl Assembler {
         self.out.push_back(Item::Begin {
             xid: 0,
             commit_lsn: lsn,
-            commit_time_micros: pg_now_micros(),
+            commit_time_micros: walbust_pgoutput::time::now_micros(),
         });
         self.out.push_back(Item::Changes(inv));
         self.last_sent_end = self.last_sent_end.max(lsn);
@@ -231,8 +261,8 @@ impl Assembler {
     }
 
     fn flush_pending(&mut self) {
-        if !self.rows.pending.is_empty() {
-            let chunk = std::mem::take(&mut self.rows.pending);
+        if !self.tx.pending.is_empty() {
+            let chunk = std::mem::take(&mut self.tx.pending);
             self.out.push_back(Item::Changes(chunk));
         }
     }
@@ -250,7 +280,7 @@ impl Assembler {
             M::Insert(ins) => {
                 let (entry, scratch) = self.relations.for_row(ins.relation_id)?;
                 let new = TupleRow::new(&ins.new).rendered(entry, &mut scratch.new);
-                self.rows.evaluate(entry, Op::Insert, None, Some(&new));
+                self.tx.evaluate(entry, Op::Insert, None, Some(&new))?;
             }
             M::Update(upd) => {
                 let (entry, scratch) = self.relations.for_row(upd.relation_id)?;
@@ -259,18 +289,18 @@ impl Assembler {
                 });
                 let new = TupleRow::new(&upd.new).rendered(entry, &mut scratch.new);
                 let old_ref = old.as_ref().map(|o| o as &dyn walbust_rules::RowValues);
-                self.rows.evaluate(entry, Op::Update, old_ref, Some(&new));
+                self.tx.evaluate(entry, Op::Update, old_ref, Some(&new))?;
             }
             M::Delete(del) => {
                 let (entry, scratch) = self.relations.for_row(del.relation_id)?;
                 let old =
                     TupleRow::old(&del.old, &entry.key_columns).rendered(entry, &mut scratch.old);
-                self.rows.evaluate(entry, Op::Delete, Some(&old), None);
+                self.tx.evaluate(entry, Op::Delete, Some(&old), None)?;
             }
             M::Truncate(tr) => {
                 for id in &tr.relation_ids {
                     let entry = self.relations.get(*id)?;
-                    self.rows.evaluate(entry, Op::Truncate, None, None);
+                    self.tx.evaluate(entry, Op::Truncate, None, None)?;
                 }
             }
             // Origin carries nothing to invalidate; Begin, Commit and
@@ -300,29 +330,6 @@ impl Marks {
     }
 }
 
-fn tap_change(
-    tap: &ChangeTap,
-    open: Option<&OpenTx>,
-    table: &str,
-    op: Op,
-    pending: &Invalidations,
-    marks: Marks,
-) {
-    let (xid, commit_lsn, commit_time_micros) = open
-        .map(|t| (t.xid, t.commit_lsn, t.commit_time_micros))
-        .unwrap_or((0, 0, 0));
-    tap(&ChangeEvent {
-        commit_lsn,
-        xid,
-        commit_time_micros,
-        table,
-        op,
-        keys: pending.keys.get(marks.keys..).unwrap_or_default(),
-        tags: pending.tags.get(marks.tags..).unwrap_or_default(),
-        patterns: pending.patterns.get(marks.patterns..).unwrap_or_default(),
-    });
-}
-
 fn record_outcome(outcome: &walbust_rules::Outcome) {
     if outcome.missing > 0 {
         metrics::counter!(m::MISSING_VALUES).increment(u64::from(outcome.missing));
@@ -333,14 +340,6 @@ fn record_outcome(outcome: &walbust_rules::Outcome) {
     if outcome.escalated > 0 {
         metrics::counter!(m::ESCALATIONS).increment(u64::from(outcome.escalated));
     }
-}
-
-/// Now, in microseconds since the Postgres epoch.
-pub fn pg_now_micros() -> i64 {
-    let since_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_unix.as_micros()).unwrap_or(i64::MAX) - PG_EPOCH_OFFSET_SECS * 1_000_000
 }
 
 #[cfg(test)]
@@ -490,18 +489,81 @@ rules:
     fn explicit_messages_join_their_transaction_or_stand_alone() {
         let mut a = assembler();
         a.begin(1, 10, 0);
-        a.message(true, 11, EXPLICIT_PREFIX, br#"{"keys":["cart:1"]}"#);
-        a.message(true, 11, "other", br#"{"keys":["nope"]}"#);
-        a.message(true, 11, EXPLICIT_PREFIX, b"not json");
+        a.message(11, EXPLICIT_PREFIX, br#"{"keys":["cart:1"]}"#);
+        a.message(11, "other", br#"{"keys":["nope"]}"#);
+        a.message(11, EXPLICIT_PREFIX, b"not json");
         a.commit(12);
         let items = drain(&mut a);
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[1], Item::Changes(inv) if inv.keys == ["cart:1"]));
-        a.message(false, 30, EXPLICIT_PREFIX, br#"{"tags":["t"]}"#);
+        a.message(30, EXPLICIT_PREFIX, br#"{"tags":["t"]}"#);
         let items = drain(&mut a);
         assert!(matches!(items[0], Item::Begin { commit_lsn: 30, .. }));
         assert!(matches!(items[2], Item::Commit { end_lsn: 30 }));
         assert_eq!(a.last_sent_end(), 30);
+    }
+
+    /// Every item sequence must read `(Begin Changes* Commit)*`.
+    fn assert_well_formed(items: &[Item]) {
+        let mut open = false;
+        for item in items {
+            match item {
+                Item::Begin { .. } => open = true,
+                Item::Changes(_) => assert!(open, "changes outside a transaction: {items:?}"),
+                Item::Commit { .. } => {
+                    assert!(open, "commit outside a transaction: {items:?}");
+                    open = false;
+                }
+            }
+        }
+    }
+
+    fn insert(id: &str) -> Bytes {
+        encode(&Message::Insert(Insert {
+            relation_id: 7,
+            new: row(id, "1"),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_row_change_outside_a_transaction_is_an_error_and_emits_nothing() {
+        let mut a = assembler();
+        // The relation arrives inside a transaction, the change after it.
+        a.begin(1, 10, 0);
+        a.data(0, &relation()).unwrap();
+        a.commit(12);
+        let before = drain(&mut a);
+        for _ in 0..(CHUNK_ENTRIES + 1) {
+            assert!(matches!(
+                a.data(0, &insert("1")),
+                Err(StreamError::OutsideTransaction { ref table }) if table == "public.products"
+            ));
+        }
+        assert!(drain(&mut a).is_empty());
+        assert_well_formed(&before);
+    }
+
+    #[test]
+    fn a_non_transactional_message_inside_a_transaction_joins_it() {
+        let mut a = assembler();
+        a.begin(1, 10, 0);
+        a.data(0, &relation()).unwrap();
+        a.data(0, &insert("1")).unwrap();
+        a.message(11, EXPLICIT_PREFIX, br#"{"keys":["cart:1"]}"#);
+        assert!(a.in_transaction(), "the transaction stays open");
+        a.data(0, &insert("2")).unwrap();
+        a.commit(20);
+        let items = drain(&mut a);
+        assert_well_formed(&items);
+        assert_eq!(items.len(), 3, "{items:?}");
+        let Item::Changes(inv) = &items[1] else {
+            panic!("{items:?}")
+        };
+        let mut keys = inv.keys.clone();
+        keys.sort();
+        assert_eq!(keys, ["cart:1", "product:1", "product:2"]);
+        assert_eq!(a.last_sent_end(), 20);
     }
 
     #[test]

@@ -19,6 +19,8 @@
 
 use std::fmt::Write as _;
 
+use walbust_pgoutput::time::{civil_from_pg_days, CivilDate, MICROS_PER_DAY};
+
 /// Startup options of walbust's replication connection, in both modes:
 /// they fix how timestamps are printed, so that keys do not change with the
 /// server's `TimeZone` or `DateStyle` and binary rendering can match text
@@ -312,7 +314,7 @@ fn push_numeric(out: &mut String, bytes: &[u8]) -> Result<(), RenderError> {
 
 // Dates and timestamps count from 2000-01-01 (the Postgres epoch).
 const POSTGRES_EPOCH_JDATE: i64 = 2_451_545;
-const USECS_PER_DAY: i64 = 86_400_000_000;
+const USECS_PER_DAY: i64 = MICROS_PER_DAY;
 const USECS_PER_HOUR: i64 = 3_600_000_000;
 const USECS_PER_MINUTE: i64 = 60_000_000;
 const USECS_PER_SEC: i64 = 1_000_000;
@@ -323,38 +325,19 @@ const DATE_END_JULIAN: i64 = 2_147_483_494;
 /// One past the last Julian day a timestamp may hold (294277-01-01).
 const TIMESTAMP_END_JULIAN: i64 = 109_203_528;
 
-/// Julian day number to (year, month, day), proleptic Gregorian, year 0 is
-/// 1 BC (Postgres's `j2date`, valid for days 0 ..= i32::MAX).
-fn j2date(jd: i64) -> (i64, i64, i64) {
-    let mut julian = jd + 32_044;
-    let mut quad = julian / 146_097;
-    let extra = (julian - quad * 146_097) * 4 + 3;
-    julian += 60 + quad * 3 + extra / 146_097;
-    quad = julian / 1461;
-    julian -= quad * 1461;
-    let mut y = julian * 4 / 1461;
-    julian = if y != 0 {
-        (julian + 305) % 365
-    } else {
-        (julian + 306) % 366
-    } + 123;
-    y += quad * 4;
-    let year = y - 4800;
-    quad = julian * 2141 / 65_536;
-    let day = julian - 7834 * quad / 256;
-    let month = (quad + 10) % 12 + 1;
-    (year, month, day)
-}
-
 /// `YYYY-MM-DD` of ISO DateStyle; years before 1 as positive BC years (the
 /// ` BC` suffix is the caller's, it goes after a time zone).
-fn push_ymd(out: &mut String, (year, month, day): (i64, i64, i64)) {
-    let shown = if year > 0 { year } else { 1 - year };
+fn push_ymd(out: &mut String, date: CivilDate) {
+    let shown = if date.year > 0 {
+        date.year
+    } else {
+        1 - date.year
+    };
     push_padded(out, shown, 4);
     out.push('-');
-    push_padded(out, month, 2);
+    push_padded(out, i64::from(date.month), 2);
     out.push('-');
-    push_padded(out, day, 2);
+    push_padded(out, i64::from(date.day), 2);
 }
 
 fn push_date(out: &mut String, days: i32) -> Result<(), RenderError> {
@@ -366,9 +349,9 @@ fn push_date(out: &mut String, days: i32) -> Result<(), RenderError> {
             if !(DATETIME_MIN_JULIAN..DATE_END_JULIAN).contains(&jd) {
                 return Err(RenderError::OutOfRange { type_name: "date" });
             }
-            let ymd = j2date(jd);
-            push_ymd(out, ymd);
-            if ymd.0 <= 0 {
+            let date = civil_from_pg_days(i64::from(days));
+            push_ymd(out, date);
+            if date.year <= 0 {
                 out.push_str(" BC");
             }
         }
@@ -393,13 +376,13 @@ fn push_timestamp(out: &mut String, micros: i64, with_zone: bool) -> Result<(), 
     } else {
         "timestamp"
     };
-    let jd = micros.div_euclid(USECS_PER_DAY) + POSTGRES_EPOCH_JDATE;
+    let days = micros.div_euclid(USECS_PER_DAY);
     let mut time = micros.rem_euclid(USECS_PER_DAY);
-    if !(DATETIME_MIN_JULIAN..TIMESTAMP_END_JULIAN).contains(&jd) {
+    if !(DATETIME_MIN_JULIAN..TIMESTAMP_END_JULIAN).contains(&(days + POSTGRES_EPOCH_JDATE)) {
         return Err(RenderError::OutOfRange { type_name });
     }
-    let ymd = j2date(jd);
-    push_ymd(out, ymd);
+    let date = civil_from_pg_days(days);
+    push_ymd(out, date);
     let hour = time / USECS_PER_HOUR;
     time -= hour * USECS_PER_HOUR;
     let minute = time / USECS_PER_MINUTE;
@@ -427,7 +410,7 @@ fn push_timestamp(out: &mut String, micros: i64, with_zone: bool) -> Result<(), 
         // The session runs in UTC (SESSION_OPTIONS).
         out.push_str("+00");
     }
-    if ymd.0 <= 0 {
+    if date.year <= 0 {
         out.push_str(" BC");
     }
     Ok(())

@@ -1,19 +1,23 @@
 //! Errors of the replication source. Each variant's message is one sentence
-//! that names the object and, where there is one, the fix.
+//! that names the object and, where there is one, the fix; a cause is
+//! chained with `#[source]` and not repeated in the message, so printing the
+//! chain (`{:#}` of anyhow, [`walbust_flow::Chain`] in logs) shows each
+//! cause once.
 
 use thiserror::Error;
+use tokio_postgres::error::SqlState;
 
 /// Failures of the control plane (checks, creation) before streaming.
 #[derive(Debug, Error)]
 pub enum SourceError {
     #[error("source.url: {reason}")]
     Url { reason: String },
-    #[error("cannot connect to Postgres: {source}")]
+    #[error("cannot connect to Postgres")]
     Connect {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("could not {what}: {source}")]
+    #[error("could not {what}")]
     Query {
         what: &'static str,
         #[source]
@@ -83,7 +87,7 @@ fn postgres_error_is_transient(e: &tokio_postgres::Error) -> bool {
         return true;
     }
     match e.code() {
-        Some(code) => sqlstate_is_transient(code.code()),
+        Some(code) => sqlstate_is_transient(code),
         // No SQLSTATE: an I/O or protocol failure on the way, not a refusal.
         None => true,
     }
@@ -94,12 +98,29 @@ fn postgres_error_is_transient(e: &tokio_postgres::Error) -> bool {
 /// insufficient resources (53), an object in use (55006: the slot is
 /// streamed by another walbust, which is how a standby instance waits),
 /// and serialization/deadlock (40).
-pub fn sqlstate_is_transient(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("57P")
-        || code.starts_with("53")
-        || code.starts_with("40")
-        || code == "55006"
+pub fn sqlstate_is_transient(code: &SqlState) -> bool {
+    let class = code.code();
+    class.starts_with("08")
+        || class.starts_with("57P")
+        || class.starts_with("53")
+        || class.starts_with("40")
+        || *code == SqlState::OBJECT_IN_USE
+}
+
+/// The SQLSTATE of an error the server sent on the replication connection.
+///
+/// The transport hands server errors over as text only, rendered from the
+/// ErrorResponse's fields as "message (SQLSTATE xxxxx)"; this is the one
+/// place that reads the code back, so everything else classifies by
+/// [`SqlState`].
+pub fn replication_sqlstate(e: &pgwire_replication::PgWireError) -> Option<SqlState> {
+    let pgwire_replication::PgWireError::Server(text) = e else {
+        return None;
+    };
+    let (_, rest) = text.rsplit_once("(SQLSTATE ")?;
+    let code = rest.strip_suffix(')')?;
+    (code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| SqlState::from_code(code))
 }
 
 /// Classifies a replication transport error.
@@ -107,9 +128,9 @@ fn pgwire_is_transient(e: &pgwire_replication::PgWireError) -> bool {
     use pgwire_replication::PgWireError as E;
     match e {
         E::Io(_) | E::Task(_) => true,
-        // The transport renders server errors as "message (SQLSTATE xxxxx)".
-        E::Server(msg) => match msg.rsplit_once("(SQLSTATE ") {
-            Some((_, rest)) => sqlstate_is_transient(rest.trim_end_matches(')')),
+        E::Server(_) => match replication_sqlstate(e) {
+            Some(code) => sqlstate_is_transient(&code),
+            // A server error without a code is no refusal walbust knows.
             None => true,
         },
         _ => false,
@@ -119,12 +140,12 @@ fn pgwire_is_transient(e: &pgwire_replication::PgWireError) -> bool {
 /// Failures while streaming.
 #[derive(Debug, Error)]
 pub enum StreamError {
-    #[error("replication connection: {source}")]
+    #[error("replication connection")]
     Replication {
         #[source]
         source: pgwire_replication::PgWireError,
     },
-    #[error("malformed pgoutput message at WAL {lsn}: {source}")]
+    #[error("malformed pgoutput message at WAL {lsn}")]
     Decode {
         lsn: String,
         #[source]
@@ -132,7 +153,9 @@ pub enum StreamError {
     },
     #[error("pgoutput sent a change for relation {relation_id} without describing it first")]
     UnknownRelation { relation_id: u32 },
-    #[error("table {table}: {source}")]
+    #[error("pgoutput sent a change of table {table} outside a transaction (no Begin before it)")]
+    OutsideTransaction { table: String },
+    #[error("table {table}")]
     Bind {
         table: String,
         #[source]
@@ -171,18 +194,22 @@ impl StreamError {
     /// A short, stable label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            StreamError::Replication { source } => match source {
-                pgwire_replication::PgWireError::Auth(_) => "auth",
-                pgwire_replication::PgWireError::Server(m) if m.contains("SQLSTATE 55000") => {
+            StreamError::Replication { source } => {
+                let code = replication_sqlstate(source);
+                if source.is_auth() {
+                    "auth"
+                } else if code == Some(SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) {
                     "slot_lost"
-                }
-                pgwire_replication::PgWireError::Server(m) if m.contains("SQLSTATE 42704") => {
+                } else if code == Some(SqlState::UNDEFINED_OBJECT) {
                     "slot_or_publication_missing"
+                } else {
+                    "replication"
                 }
-                _ => "replication",
-            },
+            }
             StreamError::Decode { .. } => "decode",
-            StreamError::UnknownRelation { .. } => "protocol",
+            StreamError::UnknownRelation { .. } | StreamError::OutsideTransaction { .. } => {
+                "protocol"
+            }
             StreamError::Bind { .. } | StreamError::BinaryValue { .. } => "rules",
             StreamError::PipelineClosed => "pipeline",
             StreamError::Source(e) => e.reason(),
@@ -236,8 +263,29 @@ mod tests {
         let e = StreamError::Source(SourceError::SlotLost { slot: "s".into() });
         assert!(!e.is_transient());
         assert_eq!(e.reason(), "slot_lost");
-        assert!(sqlstate_is_transient("08006"));
-        assert!(!sqlstate_is_transient("28P01"));
-        assert!(!sqlstate_is_transient("42704"));
+        assert!(sqlstate_is_transient(&SqlState::CONNECTION_FAILURE));
+        assert!(sqlstate_is_transient(&SqlState::ADMIN_SHUTDOWN));
+        assert!(!sqlstate_is_transient(&SqlState::INVALID_PASSWORD));
+        assert!(!sqlstate_is_transient(&SqlState::UNDEFINED_OBJECT));
+    }
+
+    #[test]
+    fn the_replication_sqlstate_is_read_from_the_end_only() {
+        let e = PgWireError::Server(
+            "publication \"x (SQLSTATE 08006)\" does not exist (SQLSTATE 42704)".into(),
+        );
+        assert_eq!(replication_sqlstate(&e), Some(SqlState::UNDEFINED_OBJECT));
+        assert_eq!(
+            replication_sqlstate(&PgWireError::Server("no code".into())),
+            None
+        );
+        assert_eq!(
+            replication_sqlstate(&PgWireError::Server("odd (SQLSTATE 1)".into())),
+            None
+        );
+        assert_eq!(
+            replication_sqlstate(&PgWireError::Protocol("x (SQLSTATE 42704)".into())),
+            None
+        );
     }
 }

@@ -22,6 +22,7 @@ pub mod reader;
 pub mod relations;
 pub mod source;
 
+pub use assemble::{ChangeEvent, ChangeTap};
 pub use error::{SourceError, StreamError};
-pub use reader::{ChangeEvent, ChangeTap, Reader, Stopped, StreamSpec};
+pub use reader::{Reader, Stopped, StreamSpec};
 pub use source::{ConnParams, SlotState, SourceSpec};

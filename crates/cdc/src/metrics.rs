@@ -37,8 +37,8 @@ pub const RULE_RELOADS: &str = "walbust_rule_reloads_total";
 /// walbust's CPU in a backlog drain, more than decoding. Register after the
 /// recorder is installed: handles taken before it record nothing.
 #[derive(Clone)]
-pub(crate) struct Hot {
-    /// [`CHANGES`] by operation, indexed by [`Hot::changes`].
+pub(crate) struct EventMetrics {
+    /// [`CHANGES`] by operation, indexed by [`EventMetrics::changes`].
     changes: [Counter; 4],
     pub transactions: Counter,
     pub wal_bytes: Counter,
@@ -47,10 +47,10 @@ pub(crate) struct Hot {
     pub lag_bytes: Gauge,
 }
 
-impl Hot {
+impl EventMetrics {
     pub fn register() -> Self {
         let changes = |op: Op| metrics::counter!(CHANGES, "op" => op_label(op));
-        Hot {
+        EventMetrics {
             changes: [
                 changes(Op::Insert),
                 changes(Op::Update),

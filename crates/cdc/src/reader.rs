@@ -1,8 +1,8 @@
-//! The replication session: pgoutput stream in, [`walbust_publish::Item`]s out,
+//! The replication session: pgoutput stream in, [`Item`]s out,
 //! acknowledgements back.
 //!
 //! ```text
-//!  walsender ──events──> Reader ──Item (bounded)──> walbust_publish::Pipeline
+//!  walsender ──events──> Reader ──Item (bounded)──> pipeline (through a Feed)
 //!      ^                   │  ^                            │
 //!      └── standby status ─┘  └──── confirmed end LSN ─────┘  (watch)
 //! ```
@@ -24,25 +24,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use pgwire_replication::{
     FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
 use tokio::sync::{mpsc, watch};
-use walbust_publish::Item;
-use walbust_rules::{Op, RuleSet};
+use walbust_flow::{Backoff, Chain, Feed, Item, TrySend};
+use walbust_rules::RuleSet;
 
 use crate::assemble::Assembler;
 use crate::error::StreamError;
 use crate::metrics as m;
 use crate::source::{self, ConnParams, SourceSpec};
 
-pub use crate::assemble::EXPLICIT_PREFIX;
+pub use crate::assemble::{ChangeEvent, ChangeTap, EXPLICIT_PREFIX};
 
 /// How long shutdown waits for the final acknowledgement to reach the server.
 const FINAL_FEEDBACK_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub use crate::assemble::PG_EPOCH_OFFSET_SECS;
 
 /// What to stream and how.
 #[derive(Debug, Clone)]
@@ -63,21 +60,6 @@ pub struct StreamSpec {
     /// refused.
     pub binary: bool,
 }
-
-/// One evaluated row change, for live views (`walbust demo`, `walbust tail`).
-pub struct ChangeEvent<'a> {
-    pub commit_lsn: u64,
-    pub xid: u32,
-    pub commit_time_micros: i64,
-    pub table: &'a str,
-    pub op: Op,
-    pub keys: &'a [String],
-    pub tags: &'a [String],
-    pub patterns: &'a [String],
-}
-
-/// Receives every evaluated change; runs on the reader task, keep it cheap.
-pub type ChangeTap = Arc<dyn Fn(&ChangeEvent<'_>) + Send + Sync>;
 
 /// Why the reader returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,18 +116,16 @@ impl Reader {
 
     /// Streams until `shutdown` turns true or a definite error occurs.
     ///
-    /// `items` feeds the pipeline; `confirmed` is the pipeline's confirmed
-    /// end LSN. Transient failures (connection reset, server restart,
-    /// walsender terminated) reconnect with exponential backoff and jitter
-    /// and resume from the slot's confirmed position; the pipeline keeps
-    /// running across them. On shutdown the reader stops taking events,
-    /// closes `items` so the pipeline publishes what it holds, waits for the
-    /// pipeline's last confirmation, reports it to the server and closes
-    /// the session.
+    /// `feed` is the pipeline's input and its confirmed end LSN.
+    /// Transient failures (connection reset, server restart, walsender
+    /// terminated) reconnect with exponential backoff and jitter and resume
+    /// from the slot's confirmed position; the pipeline keeps running across
+    /// them. On shutdown the reader stops taking events, closes the feed so
+    /// the pipeline publishes what it holds, waits for the pipeline's last
+    /// confirmation, reports it to the server and closes the session.
     pub async fn run(
         self,
-        items: mpsc::Sender<Item>,
-        confirmed: watch::Receiver<u64>,
+        feed: Feed,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Stopped, StreamError> {
         let mut rules_rx = self.rules;
@@ -157,14 +137,13 @@ impl Reader {
             client: None,
             rules_rx,
             asm,
-            items,
-            confirmed,
+            feed,
             shutdown,
             acked: 0,
             server_wal_end: 0,
             monitor: None,
             tables: watch::channel(Vec::new()).0,
-            metrics: m::Hot::register(),
+            metrics: m::EventMetrics::register(),
         };
         if let Some(checks) = session.checks.clone() {
             session.tables.send_replace(session.asm.rules().tables());
@@ -178,21 +157,8 @@ impl Reader {
     }
 }
 
-/// Delay before the first reconnection attempt.
-const RECONNECT_MIN: Duration = Duration::from_millis(200);
-/// Longest delay between reconnection attempts.
-const RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// A session that streamed this long resets the backoff.
 const RECONNECT_RESET_AFTER: Duration = Duration::from_secs(30);
-
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(RECONNECT_MIN)
-        .with_max_delay(RECONNECT_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
 
 /// The reader's state. It outlives replication connections: what was handed
 /// to the pipeline and acknowledged carries over a reconnection.
@@ -204,8 +170,8 @@ struct Session {
     rules_rx: watch::Receiver<Arc<RuleSet>>,
     /// Events in, pipeline items out: the pure part of the reader.
     asm: Assembler,
-    items: mpsc::Sender<Item>,
-    confirmed: watch::Receiver<u64>,
+    /// The pipeline's input and confirmed end LSN.
+    feed: Feed,
     shutdown: watch::Receiver<bool>,
     /// Highest LSN reported to the transport as flushed.
     acked: u64,
@@ -214,7 +180,7 @@ struct Session {
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
     /// The tables the current rules name, for the monitor.
     tables: watch::Sender<Vec<walbust_rules::TableName>>,
-    metrics: m::Hot,
+    metrics: m::EventMetrics,
 }
 
 enum Next {
@@ -225,7 +191,7 @@ enum Next {
 
 impl Session {
     async fn run(&mut self) -> Result<Stopped, StreamError> {
-        let mut backoff = reconnect_backoff();
+        let mut backoff = Backoff::RECONNECT.delays();
         loop {
             let began = Instant::now();
             let outcome = match self.connect().await {
@@ -242,11 +208,11 @@ impl Session {
             };
             self.disconnect();
             if began.elapsed() >= RECONNECT_RESET_AFTER {
-                backoff = reconnect_backoff();
+                backoff = Backoff::RECONNECT.delays();
             }
-            let delay = backoff.next().unwrap_or(RECONNECT_MAX);
+            let delay = backoff.next().unwrap_or(Backoff::RECONNECT.max);
             metrics::counter!(m::RECONNECTS).increment(1);
-            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting from the slot's confirmed position");
+            tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting from the slot's confirmed position");
             tokio::select! {
                 _ = wait_true(&mut self.shutdown) => return self.finish().await,
                 _ = tokio::time::sleep(delay) => {}
@@ -334,7 +300,7 @@ impl Session {
             let next = tokio::select! {
                 biased;
                 _ = wait_true(&mut self.shutdown) => Next::Shutdown,
-                r = self.confirmed.changed() => {
+                r = self.feed.confirmed().changed() => {
                     r.map_err(|_| StreamError::PipelineClosed)?;
                     Next::Confirmed
                 }
@@ -375,13 +341,11 @@ impl Session {
                 self.asm.data(wal_end.as_u64(), &data)?;
             }
             ReplicationEvent::Message {
-                transactional,
                 lsn,
                 prefix,
                 content,
-            } => self
-                .asm
-                .message(transactional, lsn.as_u64(), &prefix, &content),
+                ..
+            } => self.asm.message(lsn.as_u64(), &prefix, &content),
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let end = wal_end.as_u64();
                 self.note_server_end(end);
@@ -390,7 +354,7 @@ impl Session {
                 // delivered and the position can move (otherwise WAL piles up
                 // on a primary whose published tables are quiet).
                 if !self.asm.in_transaction()
-                    && *self.confirmed.borrow() >= self.asm.last_sent_end()
+                    && self.feed.confirmed_lsn() >= self.asm.last_sent_end()
                 {
                     self.ack(end);
                 }
@@ -414,25 +378,24 @@ impl Session {
     /// requested while waiting (the item is dropped: it was not acknowledged,
     /// so the server sends it again next time).
     async fn send(&mut self, item: Item) -> Result<bool, StreamError> {
-        match self.items.try_reserve() {
-            Ok(permit) => {
-                permit.send(item);
-                return Ok(true);
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(StreamError::PipelineClosed),
-            Err(mpsc::error::TrySendError::Full(())) => {}
-        }
+        let item = match self.feed.try_send(item) {
+            Ok(()) => return Ok(true),
+            Err(TrySend::Closed) => return Err(StreamError::PipelineClosed),
+            Err(TrySend::Full(item)) => item,
+        };
         // Slow path, the pipeline is applying backpressure. A clone of the
         // sender keeps `self` free for acknowledgements while waiting.
-        let items = self.items.clone();
+        let items = self
+            .feed
+            .sender()
+            .map_err(|_| StreamError::PipelineClosed)?;
         loop {
             tokio::select! {
                 biased;
                 _ = wait_true(&mut self.shutdown) => return Ok(false),
-                r = self.confirmed.changed() => {
+                r = self.feed.confirmed().changed() => {
                     r.map_err(|_| StreamError::PipelineClosed)?;
-                    let lsn = *self.confirmed.borrow_and_update();
-                    self.ack(lsn);
+                    self.apply_confirmed();
                 }
                 p = items.reserve() => {
                     p.map_err(|_| StreamError::PipelineClosed)?.send(item);
@@ -461,13 +424,13 @@ impl Session {
             }
             Err(e) => {
                 metrics::counter!(m::RULE_RELOADS, "result" => "refused").increment(1);
-                tracing::error!(error = %e, "new rules do not fit the streamed tables; keeping the previous rules");
+                tracing::error!(error = %Chain(&e), "new rules do not fit the streamed tables; keeping the previous rules");
             }
         }
     }
 
     fn apply_confirmed(&mut self) {
-        let lsn = *self.confirmed.borrow_and_update();
+        let lsn = self.feed.take_confirmed();
         self.ack(lsn);
     }
 
@@ -499,14 +462,13 @@ impl Session {
     /// Graceful end: close the pipeline's input, acknowledge what it
     /// confirms, make sure the server heard it, and close the session.
     async fn finish(&mut self) -> Result<Stopped, StreamError> {
-        // Closing the channel tells the pipeline to publish what it holds.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.items, closed));
+        // Closing the feed tells the pipeline to publish what it holds.
+        self.feed.close();
         // The watch sender lives in the pipeline task: it is dropped when the
         // pipeline finished, after its last confirmation.
         loop {
             self.apply_confirmed();
-            if self.confirmed.changed().await.is_err() {
+            if self.feed.confirmed().changed().await.is_err() {
                 break;
             }
         }
@@ -520,7 +482,7 @@ impl Session {
                 tracing::warn!("the final acknowledgement may not have reached the server; the next start re-sends from the slot's position");
             }
             if let Err(e) = client.shutdown().await {
-                tracing::debug!(error = %e, "replication session closed with an error");
+                tracing::debug!(error = %Chain(&e), "replication session closed with an error");
             }
         }
         Ok(Stopped::Shutdown {
@@ -556,5 +518,3 @@ async fn wait_true(rx: &mut watch::Receiver<bool>) {
         std::future::pending::<()>().await;
     }
 }
-
-pub use crate::assemble::pg_now_micros;

@@ -11,6 +11,8 @@
 //!   is cheap and decoding allocates nothing per column.
 //! - [`tag`] names every byte that identifies a message or message part.
 //! - [`format_lsn`] and [`parse_lsn`] read and write LSNs as Postgres does.
+//! - [`time`]: Postgres timestamps (µs since 2000-01-01) to dates, RFC 3339
+//!   and `SystemTime`.
 //! - `encode` (feature `encode`) writes messages back, for tests, fuzzing and
 //!   benchmarks.
 //!
@@ -25,6 +27,7 @@ mod lsn;
 mod message;
 mod reader;
 pub mod tag;
+pub mod time;
 mod tuple;
 
 #[cfg(any(test, feature = "encode"))]

@@ -25,7 +25,6 @@
 pub mod batch;
 pub mod config;
 pub mod discard_sink;
-pub mod format;
 pub mod kafka_sink;
 pub mod metrics;
 pub mod pipeline;
@@ -36,7 +35,6 @@ pub mod sink;
 pub use batch::{Batch, Item, SequenceError};
 pub use config::ConfigError;
 pub use pipeline::{
-    BatchObserver, BatchReport, Pipeline, PipelineConfig, PipelineError, PipelineHandles,
-    SinkReport,
+    BatchObserver, BatchReport, Pipeline, PipelineConfig, PipelineError, PipelineHandle, SinkReport,
 };
 pub use sink::{Sink, SinkError, SinkErrorKind};

@@ -26,12 +26,11 @@
 //! by every sink.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -41,11 +40,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{Accumulator, Batch, Item, SequenceError};
+use walbust_flow::{Backoff, Chain, Feed, Item};
+
+use crate::batch::{Accumulator, Batch, SequenceError};
 use crate::config::{ConfigError, Errors};
-use crate::format::pg_timestamp_to_system_time;
 use crate::metrics as m;
 use crate::sink::{Sink, SinkError};
+use walbust_pgoutput::time::to_system_time;
 
 /// Default for [`PipelineConfig::max_keys`].
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
@@ -193,28 +194,30 @@ pub type BatchObserver = Arc<dyn Fn(&Batch, &BatchReport) + Send + Sync>;
 #[derive(Debug)]
 pub struct Pipeline;
 
-/// What [`Pipeline::spawn`] returns: the item sender for the reader, the confirmed end LSN, and
-/// the task.
-pub type PipelineHandles = (
-    mpsc::Sender<Item>,
-    watch::Receiver<u64>,
-    JoinHandle<Result<(), PipelineError>>,
-);
+/// A running pipeline, as [`Pipeline::spawn`] returns it.
+#[derive(Debug)]
+pub struct PipelineHandle {
+    /// The reader's end: items in, confirmed end LSN out, close.
+    pub feed: Feed,
+    /// The pipeline task; it ends after the feed was closed and everything it held was
+    /// confirmed, or with the error that stopped it.
+    pub task: JoinHandle<Result<(), PipelineError>>,
+}
 
 impl Pipeline {
     /// Starts the pipeline task on the current Tokio runtime.
     ///
-    /// - Send [`Item`]s on the returned sender; it is bounded (`channel_capacity`) and fills when
-    ///   the sinks fall behind.
-    /// - The watch carries the end LSN of the last transaction confirmed by every sink, together
-    ///   with everything before it: the flush LSN to report to Postgres. It starts at 0 (nothing
-    ///   confirmed yet) and never goes backwards.
-    /// - Shutdown: drop the sender. The task publishes everything it holds, waits for the
+    /// - Send [`Item`]s through the returned [`Feed`]; its channel is bounded
+    ///   (`channel_capacity`) and fills when the sinks fall behind.
+    /// - The feed's confirmed watch carries the end LSN of the last transaction confirmed by every
+    ///   sink, together with everything before it: the flush LSN to report to Postgres. It starts
+    ///   at 0 (nothing confirmed yet) and never goes backwards.
+    /// - Shutdown: [`Feed::close`]. The task publishes everything it holds, waits for the
     ///   confirmations, sends the final LSN on the watch and returns `Ok`. A sink that keeps
     ///   failing with retriable errors is retried until it recovers; abort the task to give up.
     /// - The task returns `Err` on an error retrying cannot fix, on an invalid item sequence, or
     ///   at once on an invalid configuration.
-    pub fn spawn(cfg: PipelineConfig, sinks: Vec<Arc<dyn Sink>>) -> PipelineHandles {
+    pub fn spawn(cfg: PipelineConfig, sinks: Vec<Arc<dyn Sink>>) -> PipelineHandle {
         Self::spawn_with_observer(cfg, sinks, None)
     }
 
@@ -224,14 +227,17 @@ impl Pipeline {
         cfg: PipelineConfig,
         sinks: Vec<Arc<dyn Sink>>,
         observer: Option<BatchObserver>,
-    ) -> PipelineHandles {
+    ) -> PipelineHandle {
         let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
         let (watch_tx, watch_rx) = watch::channel(0);
         let task = tokio::spawn(async move {
             cfg.validate().map_err(PipelineError::Config)?;
             Runner::new(cfg, sinks, observer, rx, watch_tx).run().await
         });
-        (tx, watch_rx, task)
+        PipelineHandle {
+            feed: Feed::new(tx, watch_rx),
+            task,
+        }
     }
 }
 
@@ -416,8 +422,8 @@ impl Runner {
         gauge!(m::PIPELINE_IN_FLIGHT).set(self.running.len() as f64);
     }
 
-    fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
+    fn retry_policy(&self) -> Backoff {
+        Backoff {
             min: self.cfg.retry_min,
             max: self.cfg.retry_max,
         }
@@ -429,7 +435,7 @@ impl Runner {
         counter!(m::PIPELINE_BATCHES).increment(1);
         if !done.batch.is_empty() {
             let published_at = SystemTime::now();
-            let oldest_commit = pg_timestamp_to_system_time(done.batch.first_commit_time_micros);
+            let oldest_commit = to_system_time(done.batch.first_commit_time_micros);
             // A clock behind the database's yields no sample rather than a wrong one.
             if let Ok(latency) = published_at.duration_since(oldest_commit) {
                 histogram!(m::COMMIT_TO_CONFIRM_SECONDS).record(latency.as_secs_f64());
@@ -478,19 +484,13 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct RetryPolicy {
-    min: Duration,
-    max: Duration,
-}
-
 /// Publishes one batch to every sink in parallel; each sink is retried on its own, so a sink that
 /// already confirmed is not asked again because another one failed.
 async fn deliver(
     seq: u64,
     batch: Arc<Batch>,
     sinks: Arc<[Arc<dyn Sink>]>,
-    retry: RetryPolicy,
+    retry: Backoff,
 ) -> Delivered {
     let result = futures::future::try_join_all(
         sinks
@@ -507,16 +507,11 @@ async fn deliver(
 async fn publish_with_retry(
     sink: &dyn Sink,
     batch: &Batch,
-    retry: RetryPolicy,
+    retry: Backoff,
 ) -> Result<SinkReport, PipelineError> {
     let name = sink.name();
     let started = Instant::now();
     let attempts = AtomicU32::new(0);
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(retry.min)
-        .with_max_delay(retry.max)
-        .with_jitter()
-        .without_max_times();
     let attempts_ref = &attempts;
     let attempt = move || async move {
         attempts_ref.fetch_add(1, Ordering::Relaxed);
@@ -531,11 +526,11 @@ async fn publish_with_retry(
         result
     };
     let result = attempt
-        .retry(backoff)
+        .retry(retry.builder())
         .sleep(tokio::time::sleep)
         .when(SinkError::retriable)
         // Jitter adds up to 100% to a delay; keep every delay within retry_max.
-        .adjust(|_, delay| Some(delay.unwrap_or(retry.max).min(retry.max)))
+        .adjust(|_, delay| Some(retry.clamp(delay.unwrap_or(retry.max))))
         .notify(|err, delay| {
             counter!(m::SINK_RETRIES, m::LABEL_SINK => name).increment(1);
             warn!(
@@ -575,21 +570,6 @@ async fn publish_with_retry(
             );
             Err(PipelineError::Sink { sink: name, source })
         }
-    }
-}
-
-/// Displays an error with its sources, `outer: inner: innermost`.
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            write!(f, ": {err}")?;
-            source = err.source();
-        }
-        Ok(())
     }
 }
 

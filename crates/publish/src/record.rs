@@ -17,7 +17,8 @@
 //! hand (strings escaped by `serde_json`) so that its exact size is known while splitting.
 
 use crate::batch::Batch;
-use crate::format::{format_lsn, format_pg_timestamp};
+use walbust_pgoutput::format_lsn;
+use walbust_pgoutput::time::format_rfc3339;
 
 /// Version of the record schema, the `v` field.
 pub const RECORD_VERSION: u32 = 1;
@@ -102,7 +103,7 @@ fn head(batch: &Batch) -> String {
     let mut head = format!(
         "{{\"v\":{RECORD_VERSION},\"lsn\":\"{}\",\"commit_ts\":\"{}\",\"xids\":[",
         format_lsn(batch.lsn),
-        format_pg_timestamp(batch.commit_time_micros)
+        format_rfc3339(batch.commit_time_micros)
     );
     for (i, xid) in batch.xids.iter().enumerate() {
         if i > 0 {

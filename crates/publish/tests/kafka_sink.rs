@@ -183,8 +183,9 @@ async fn broker_down_then_up_is_retried_and_delivered() {
     let observer: walbust_publish::BatchObserver = Arc::new(move |_batch, report| {
         seen.lock().unwrap().push(report.sinks[0].attempts);
     });
-    let (tx, mut confirmed, task) =
-        Pipeline::spawn_with_observer(pipeline_cfg, vec![sink.clone()], Some(observer));
+    let pipeline = Pipeline::spawn_with_observer(pipeline_cfg, vec![sink.clone()], Some(observer));
+    let task = pipeline.task;
+    let (tx, mut confirmed) = pipeline.feed.into_parts().unwrap();
     tx.send(Item::Begin {
         xid: 9,
         commit_lsn: 2_000,

@@ -52,7 +52,9 @@ async fn transactions_reach_both_sinks_and_are_acknowledged_in_order() {
         max_keys: 100,
         ..PipelineConfig::default()
     };
-    let (tx, confirmed, task) = Pipeline::spawn(cfg, sinks);
+    let pipeline = Pipeline::spawn(cfg, sinks);
+    let task = pipeline.task;
+    let (tx, confirmed) = pipeline.feed.into_parts().unwrap();
 
     let mut lsn = 1_000u64;
     for (xid, keys) in small.iter().enumerate() {

@@ -316,8 +316,9 @@ async fn publish_retries_while_redis_is_down_and_succeeds_after_restart() {
     let observer: walbust_publish::BatchObserver = Arc::new(move |_batch, report| {
         seen.lock().unwrap().push(report.sinks[0].attempts);
     });
-    let (tx, mut confirmed, task) =
-        Pipeline::spawn_with_observer(pipeline_cfg, vec![sink.clone()], Some(observer));
+    let pipeline = Pipeline::spawn_with_observer(pipeline_cfg, vec![sink.clone()], Some(observer));
+    let task = pipeline.task;
+    let (tx, mut confirmed) = pipeline.feed.into_parts().unwrap();
     tx.send(Item::Begin {
         xid: 7,
         commit_lsn: 1_000,

@@ -248,8 +248,7 @@ fn live_view(tally: Arc<Tally>) -> run::Hooks {
     let t = tally;
     let observer: walbust_publish::BatchObserver = Arc::new(
         move |batch: &walbust_publish::Batch, report: &walbust_publish::BatchReport| {
-            let commit =
-                walbust_publish::format::pg_timestamp_to_system_time(batch.commit_time_micros);
+            let commit = walbust_pgoutput::time::to_system_time(batch.commit_time_micros);
             let latency = report
                 .published_at
                 .duration_since(commit)

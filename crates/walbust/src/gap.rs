@@ -180,7 +180,7 @@ async fn purge(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Result
                 Ok(()) => break,
                 Err(e) if e.retriable() && attempt < 20 => {
                     attempt += 1;
-                    tracing::warn!(sink = sink.name(), error = %e, "gap purge failed; retrying");
+                    tracing::warn!(sink = sink.name(), error = %walbust_flow::Chain(&e), "gap purge failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e).context(format!("gap purge on sink {}", sink.name())),
@@ -199,7 +199,7 @@ fn merged(a: &[String], b: &[String]) -> Vec<String> {
 }
 
 fn empty_batch() -> Batch {
-    let now = walbust_cdc::reader::pg_now_micros();
+    let now = walbust_pgoutput::time::now_micros();
     Batch {
         lsn: 0,
         end_lsn: None,

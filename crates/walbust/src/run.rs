@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::watch;
+use walbust_flow::Backoff;
 use walbust_publish::kafka_sink::KafkaSink;
 use walbust_publish::redis_sink::RedisSink;
-use walbust_publish::{BatchObserver, Pipeline, Sink};
+use walbust_publish::{BatchObserver, Pipeline, PipelineHandle, Sink};
 use walbust_rules::RuleSet;
 
 use crate::config::Config;
@@ -114,8 +114,10 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         "slot ready"
     );
 
-    let (items, confirmed, pipeline) =
-        Pipeline::spawn_with_observer(cfg.publish.pipeline(), sinks, hooks.observer.clone());
+    let PipelineHandle {
+        feed,
+        task: pipeline,
+    } = Pipeline::spawn_with_observer(cfg.publish.pipeline(), sinks, hooks.observer.clone());
 
     let stream = walbust_cdc::StreamSpec {
         conn: walbust_cdc::ConnParams::from_url(&cfg.source.url)?,
@@ -136,7 +138,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     if let Some(started) = &hooks.started {
         started.notify_one();
     }
-    let outcome = reader.run(items, confirmed, shutdown).await;
+    let outcome = reader.run(feed, shutdown).await;
     let stopped = match outcome {
         Ok(stopped) => stopped,
         // The pipeline ended first: its error is the one to report.
@@ -177,19 +179,14 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Attempt>>,
 {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = Backoff::RECONNECT.delays();
     let mut shutdown = shutdown.clone();
     loop {
         match step().await {
             Ok(v) => return Ok(Some(v)),
             Err(Attempt::Fail(e)) => return Err(e),
             Err(Attempt::Retry(e)) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                let delay = delays.next().unwrap_or(Backoff::RECONNECT.max);
                 tracing::warn!(
                     step = what,
                     error = format!("{e:#}"),

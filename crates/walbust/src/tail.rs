@@ -28,8 +28,10 @@ use std::sync::{Arc, Mutex};
 use clap::Args;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
-use walbust_publish::format::{format_lsn, format_pg_timestamp};
-use walbust_publish::{Item, Pipeline};
+use walbust_flow::{Feed, Item};
+use walbust_pgoutput::format_lsn;
+use walbust_pgoutput::time::format_rfc3339;
+use walbust_publish::{Pipeline, PipelineHandle};
 use walbust_rules::{Invalidations, Op, RuleSet};
 
 use crate::config::Config;
@@ -83,7 +85,13 @@ pub async fn tail(args: TailArgs) -> ExitCode {
 
     let pipeline_cfg = cfg.publish.pipeline();
     let capacity = pipeline_cfg.channel_capacity.max(1);
-    let (to_pipeline, confirmed, pipeline) = Pipeline::spawn(pipeline_cfg, Vec::new());
+    let PipelineHandle {
+        feed,
+        task: pipeline,
+    } = Pipeline::spawn(pipeline_cfg, Vec::new());
+    let Ok((to_pipeline, confirmed)) = feed.into_parts() else {
+        return fail(anyhow::anyhow!("the publishing pipeline stopped"));
+    };
     let (to_printer, from_reader) = mpsc::channel(capacity);
     let changes = Arc::new(Mutex::new(ChangeCounts::default()));
     let printer = tokio::spawn(print(from_reader, to_pipeline, changes.clone(), args.json));
@@ -109,7 +117,7 @@ pub async fn tail(args: TailArgs) -> ExitCode {
     );
     let outcome = walbust_cdc::Reader::new(spec, rules_rx)
         .with_tap(tap)
-        .run(to_printer, confirmed, shutdown)
+        .run(Feed::new(to_printer, confirmed), shutdown)
         .await;
     // The reader closed the printer's input; the printer closes the
     // pipeline's.
@@ -232,7 +240,7 @@ impl Tx {
         let _ = write!(
             s,
             "{what} committed {} at commit LSN {} (end {})",
-            format_pg_timestamp(self.commit_time_micros),
+            format_rfc3339(self.commit_time_micros),
             format_lsn(self.commit_lsn),
             format_lsn(end_lsn)
         );
@@ -272,7 +280,7 @@ impl Tx {
             "xid": self.xid,
             "commit_lsn": format_lsn(self.commit_lsn),
             "end_lsn": format_lsn(end_lsn),
-            "commit_ts": format_pg_timestamp(self.commit_time_micros),
+            "commit_ts": format_rfc3339(self.commit_time_micros),
             "changes": changes
                 .iter()
                 .map(|(t, op, n)| json!({"table": t, "op": op.as_str(), "count": n}))
@@ -405,8 +413,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_pipeline_without_sinks_confirms() {
-        let (tx, mut confirmed, task) =
+        let PipelineHandle { feed, task } =
             Pipeline::spawn(walbust_publish::PipelineConfig::default(), Vec::new());
+        let (tx, mut confirmed) = feed.into_parts().unwrap();
         tx.send(Item::Begin {
             xid: 1,
             commit_lsn: 100,

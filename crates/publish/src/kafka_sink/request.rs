@@ -13,7 +13,7 @@ pub fn records(batch: &Batch, max_record_bytes: usize) -> Result<Vec<Vec<u8>>, S
             SinkErrorKind::TooLarge,
             format!(
                 "kafka: batch at LSN {} cannot be sent within max_record_bytes",
-                crate::format::format_lsn(batch.lsn)
+                walbust_pgoutput::format_lsn(batch.lsn)
             ),
             err,
         )

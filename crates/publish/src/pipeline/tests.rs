@@ -141,8 +141,21 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-fn spawn(cfg: PipelineConfig, sink: &Arc<MemorySink>) -> PipelineHandles {
-    Pipeline::spawn(cfg, vec![sink.clone() as Arc<dyn Sink>])
+type Parts = (
+    mpsc::Sender<Item>,
+    watch::Receiver<u64>,
+    JoinHandle<Result<(), PipelineError>>,
+);
+
+/// The handle taken apart: these tests drive the channel and the watch
+/// directly.
+fn parts(handle: PipelineHandle) -> Parts {
+    let (tx, confirmed) = handle.feed.into_parts().unwrap();
+    (tx, confirmed, handle.task)
+}
+
+fn spawn(cfg: PipelineConfig, sink: &Arc<MemorySink>) -> Parts {
+    parts(Pipeline::spawn(cfg, vec![sink.clone() as Arc<dyn Sink>]))
 }
 
 #[tokio::test(start_paused = true)]
@@ -303,11 +316,11 @@ async fn only_the_failing_sink_is_retried() {
             .unwrap()
             .push((batch.keys.clone(), report.sinks.clone()));
     });
-    let (tx, confirmed, task) = Pipeline::spawn_with_observer(
+    let (tx, confirmed, task) = parts(Pipeline::spawn_with_observer(
         cfg(),
         vec![good.clone() as Arc<dyn Sink>, flaky.clone()],
         Some(observer),
-    );
+    ));
     send_tx(&tx, 1, &["k"]).await;
     eventually("confirmed", || *confirmed.borrow() == lsn(1) + 8).await;
     assert_eq!(good.calls(), 1);
@@ -555,7 +568,7 @@ async fn invalid_configuration_is_reported_by_the_task() {
         channel_capacity: 0,
         ..PipelineConfig::default()
     };
-    let (_tx, _confirmed, task) = Pipeline::spawn(cfg, Vec::new());
+    let task = Pipeline::spawn(cfg, Vec::new()).task;
     let err = task.await.unwrap().unwrap_err();
     assert_eq!(
         err.to_string(),
