@@ -7,10 +7,9 @@
 //!    does: this is the answer (deduplicated like one change is);
 //! 2. against each matching rule alone, to attribute every key, tag and
 //!    pattern to the rules that produce it, and to say why a rule did not
-//!    fire. A rule alone is a rules file with only that rule, rebuilt from
-//!    the parsed file ([`RulesSource::rule_only`]), checked to be the same
-//!    rule, and loaded by the same code; if that ever fails, the answer is
-//!    still printed, without attribution.
+//!    fire. A rule alone is that rule of the loaded set bound by itself
+//!    ([`RuleSet::bind_only`]); if that ever fails, the answer is still
+//!    printed, without attribution.
 //!
 //! Values are given as JSON objects of column to text (as Postgres prints
 //! it) or null. A column missing from `--old` was not sent by the replica
@@ -19,14 +18,11 @@
 //! anyway and has no value on either side (noted in the output).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_json::{json, Value};
-use serde_saphyr::Spanned;
 use walbust_rules::{
     BoundTable, Datum, Invalidations, Op, Outcome, RuleInfo, RuleSet, TableName, TxBudget,
 };
@@ -111,7 +107,7 @@ pub fn explain(args: ExplainArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail_config(e),
     };
-    let report = match evaluate(&set, &text, &change) {
+    let report = match evaluate(&set, &change) {
         Ok(r) => r,
         Err(e) => return fail_config(e),
     };
@@ -265,7 +261,7 @@ struct Report {
 /// The most columns a rule set can name that the JSON objects do not.
 const MAX_UNNAMED_COLUMNS: usize = 4096;
 
-fn evaluate(set: &RuleSet, text: &str, change: &Change) -> Result<Report, String> {
+fn evaluate(set: &RuleSet, change: &Change) -> Result<Report, String> {
     let mut columns = change.columns();
     let mut notes = Vec::new();
     let table = &change.table;
@@ -333,7 +329,7 @@ fn evaluate(set: &RuleSet, text: &str, change: &Change) -> Result<Report, String
     };
     (report.outcome, report.out) = run(&bound);
 
-    match attribute(set, text, &bound, &columns, &run) {
+    match attribute(set, &bound, &columns, &run) {
         Ok(results) => report.rules = Some(results),
         Err(why) => report
             .notes
@@ -345,12 +341,10 @@ fn evaluate(set: &RuleSet, text: &str, change: &Change) -> Result<Report, String
 /// Each matching rule evaluated alone.
 fn attribute(
     set: &RuleSet,
-    text: &str,
     bound: &BoundTable,
     columns: &[String],
     run: &dyn Fn(&BoundTable) -> (Outcome, Invalidations),
 ) -> Result<Vec<RuleResult>, String> {
-    let source = RulesSource::parse(text)?;
     let names: Vec<&str> = columns.iter().map(String::as_str).collect();
     let table = bound.table();
     let mut results = Vec::new();
@@ -360,41 +354,14 @@ fn attribute(
             .get(index)
             .cloned()
             .ok_or_else(|| format!("rule index {index} out of range"))?;
-        let alone = rule_alone(set, &source, index)?;
-        let b = alone
-            .bind(&table.schema, &table.name, &names)
+        let b = set
+            .bind_only(index, &table.schema, &table.name, &names)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("rule {} alone does not match the table", index + 1))?;
         let (outcome, out) = run(&b);
         results.push(RuleResult { info, outcome, out });
     }
     Ok(results)
-}
-
-/// Rule `index` of `set` as a rule set of its own, checked to be the same
-/// rule (table, operations, fallback).
-pub(crate) fn rule_alone(
-    set: &RuleSet,
-    source: &RulesSource<'_>,
-    index: usize,
-) -> Result<RuleSet, String> {
-    let info = set
-        .rules()
-        .get(index)
-        .ok_or_else(|| format!("rule index {index} out of range"))?;
-    let text = source
-        .rule_only(index)
-        .ok_or_else(|| format!("rule {} could not be taken apart", index + 1))?;
-    let alone = RuleSet::from_yaml(&text, set.origin())
-        .map_err(|e| format!("rule {} alone does not load: {e}", index + 1))?;
-    let same = alone.rules().len() == 1
-        && alone.rules().first().is_some_and(|a| {
-            a.table == info.table && a.on == info.on && a.has_fallback == info.has_fallback
-        });
-    if !same {
-        return Err(format!("rule {} alone is not the same rule", index + 1));
-    }
-    Ok(alone)
 }
 
 fn datums<'a>(
@@ -603,246 +570,6 @@ impl Report {
     }
 }
 
-// ---------------------------------------------------------------------------
-// The rules file as written, for tooling that needs more than `RuleSet`
-// exposes: one rule on its own (attribution here) and the template strings
-// of a rule (`check --db`'s TOAST warning).
-
-/// Any YAML node. Strings keep their value; other scalars (numbers,
-/// booleans, nulls) are re-emitted from their source text, so that
-/// `eq: 1.50` stays `1.50` and is not re-typed through a float.
-#[derive(Debug)]
-enum Raw {
-    Str(String),
-    Other,
-    Seq(Vec<Spanned<Raw>>),
-    Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
-}
-
-impl<'de> Deserialize<'de> for Raw {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Raw;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("any YAML node")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Raw, E> {
-                Ok(Raw::Other)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Raw, E> {
-                Ok(Raw::Other)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Raw, D::Error> {
-                Raw::deserialize(d)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Raw, E> {
-                Ok(Raw::Other)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Raw, E> {
-                Ok(Raw::Other)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Raw, E> {
-                Ok(Raw::Other)
-            }
-            fn visit_i128<E: de::Error>(self, _: i128) -> Result<Raw, E> {
-                Ok(Raw::Other)
-            }
-            fn visit_u128<E: de::Error>(self, _: u128) -> Result<Raw, E> {
-                Ok(Raw::Other)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Raw, E> {
-                Ok(Raw::Other)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
-                Ok(Raw::Str(v.to_owned()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(Raw::Seq(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(key) = map.next_key()? {
-                    entries.push((key, map.next_value()?));
-                }
-                Ok(Raw::Map(entries))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A rules file parsed node by node, with its text.
-pub(crate) struct RulesSource<'a> {
-    text: &'a str,
-    root: Spanned<Raw>,
-}
-
-impl<'a> RulesSource<'a> {
-    pub(crate) fn parse(text: &'a str) -> Result<RulesSource<'a>, String> {
-        let root = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-        Ok(RulesSource { text, root })
-    }
-
-    fn top(&self) -> &[(Spanned<Raw>, Spanned<Raw>)] {
-        match &self.root.value {
-            Raw::Map(entries) => entries,
-            _ => &[],
-        }
-    }
-
-    fn rule_nodes(&self) -> &[Spanned<Raw>] {
-        self.top()
-            .iter()
-            .find(|(k, _)| matches!(&k.value, Raw::Str(s) if s == "rules"))
-            .and_then(|(_, v)| match &v.value {
-                Raw::Seq(items) => Some(items.as_slice()),
-                _ => None,
-            })
-            .unwrap_or(&[])
-    }
-
-    /// The file with only its rule `index` (0-based) left in `rules:`, as
-    /// YAML (flow style).
-    pub(crate) fn rule_only(&self, index: usize) -> Option<String> {
-        let rule = self.rule_nodes().get(index)?;
-        let mut out = String::from("{");
-        for (i, (key, value)) in self.top().iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            self.emit(key, &mut out)?;
-            out.push_str(": ");
-            if matches!(&key.value, Raw::Str(s) if s == "rules") {
-                out.push('[');
-                self.emit(rule, &mut out)?;
-                out.push(']');
-            } else {
-                self.emit(value, &mut out)?;
-            }
-        }
-        out.push('}');
-        Some(out)
-    }
-
-    /// The key, tag and pattern templates of rule `index`, as written.
-    pub(crate) fn templates(&self, index: usize) -> Vec<String> {
-        let Some(Raw::Map(fields)) = self.rule_nodes().get(index).map(|n| &n.value) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (key, value) in fields {
-            let (Raw::Str(name), Raw::Seq(items)) = (&key.value, &value.value) else {
-                continue;
-            };
-            if matches!(name.as_str(), "keys" | "tags" | "patterns") {
-                out.extend(items.iter().filter_map(|i| match &i.value {
-                    Raw::Str(s) => Some(s.clone()),
-                    _ => None,
-                }));
-            }
-        }
-        out
-    }
-
-    fn emit(&self, node: &Spanned<Raw>, out: &mut String) -> Option<()> {
-        match &node.value {
-            Raw::Str(s) => out.push_str(&serde_json::to_string(s).ok()?),
-            Raw::Other => {
-                // Where the value is written (through an alias too).
-                let span = node.defined.span();
-                let start = usize::try_from(span.byte_offset()?).ok()?;
-                let len = usize::try_from(span.byte_len()?).ok()?;
-                let token = self.text.get(start..start.checked_add(len)?)?;
-                if token.is_empty() {
-                    out.push_str("null");
-                } else if token.contains(['\n', ',', '[', ']', '{', '}', '#', '"', '\'']) {
-                    // Not a plain number, boolean or null: do not guess.
-                    return None;
-                } else {
-                    out.push_str(token);
-                }
-            }
-            Raw::Seq(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    self.emit(item, out)?;
-                }
-                out.push(']');
-            }
-            Raw::Map(entries) => {
-                out.push('{');
-                for (i, (k, v)) in entries.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    self.emit(k, out)?;
-                    out.push_str(": ");
-                    self.emit(v, out)?;
-                }
-                out.push('}');
-            }
-        }
-        Some(())
-    }
-}
-
-/// Which row a placeholder reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
-    /// `{col}`: the new row, and on an update the old one too.
-    Row,
-    /// `{old.col}`.
-    Old,
-    /// `{new.col}`.
-    New,
-}
-
-/// The placeholders of a valid template, as `(side, column)`: `{{` and
-/// `}}` are literal braces, `{old.col:hash}` reads `col` of the old row.
-/// (The rules crate does not list a template's columns; this follows the
-/// grammar documented in its crate docs.)
-pub(crate) fn placeholders(template: &str) -> Vec<(Side, &str)> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some(i) = rest.find(['{', '}']) {
-        let after = rest.get(i + 1..).unwrap_or("");
-        let brace = rest.as_bytes().get(i).copied();
-        if after.starts_with(char::from(brace.unwrap_or(b'{'))) {
-            rest = after.get(1..).unwrap_or("");
-            continue;
-        }
-        if brace == Some(b'}') {
-            rest = after;
-            continue;
-        }
-        let Some(end) = after.find('}') else { break };
-        let body = after.get(..end).unwrap_or("");
-        let name = body.split_once(':').map_or(body, |(n, _)| n);
-        let hole = match name.split_once('.') {
-            Some(("old", c)) => (Side::Old, c),
-            Some(("new", c)) => (Side::New, c),
-            _ => (Side::Row, name),
-        };
-        out.push(hole);
-        rest = after.get(end + 1..).unwrap_or("");
-    }
-    out
-}
-
-/// Reads `path` for [`RulesSource`]; errors as one line.
-pub(crate) fn read_rules_text(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read the rules file: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -873,7 +600,7 @@ rules:
 
     fn report(c: &Change) -> Report {
         let set = RuleSet::from_yaml(RULES, "rules.yaml").unwrap();
-        evaluate(&set, RULES, c).unwrap()
+        evaluate(&set, c).unwrap()
     }
 
     #[test]
@@ -914,7 +641,7 @@ rules:
 
     #[test]
     fn the_when_value_keeps_its_text() {
-        // `eq: 1.50` must not become 1.5 in the rule taken alone.
+        // `eq: 1.50` compares as text: 1.5 is another value.
         let r = report(&change(
             Op::Update,
             None,
@@ -989,31 +716,5 @@ rules:
                 ("b".into(), Given::Null)
             ]
         );
-    }
-
-    #[test]
-    fn rule_only_keeps_scalars_and_aliases() {
-        let text = "version: 1\nx: &v 007\nrules:\n  - table: a\n    when: {new: {s: {in: [*v, y, 1.50]}}}\n    keys: [\"a:{id}\"]\n  - {table: b, keys: [b]}\n";
-        let src = RulesSource::parse(text).unwrap();
-        let one = src.rule_only(0).unwrap();
-        assert!(one.contains(r#"[007, y, 1.50]"#), "{one}");
-        assert!(!one.contains("\"b\""), "{one}");
-        assert_eq!(src.templates(0), ["a:{id}"]);
-        assert_eq!(src.templates(1), ["b"]);
-        assert!(src.rule_only(2).is_none());
-    }
-
-    #[test]
-    fn placeholders_follow_the_template_grammar() {
-        assert_eq!(
-            placeholders("a:{id}:{old.x}:{new.y:hash}:{{lit}}:{z:hash}}}"),
-            vec![
-                (Side::Row, "id"),
-                (Side::Old, "x"),
-                (Side::New, "y"),
-                (Side::Row, "z")
-            ]
-        );
-        assert!(placeholders("constant").is_empty());
     }
 }
