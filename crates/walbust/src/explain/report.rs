@@ -1,5 +1,5 @@
-//! `walbust explain`: what one row change would invalidate, and which rule
-//! says so. No database, no sink: the rules file and the values given.
+//! The report of `walbust explain`: one change evaluated against the rules,
+//! and printed.
 //!
 //! The change is evaluated twice over:
 //!
@@ -11,230 +11,17 @@
 //!    ([`RuleSet::bind_only`]); if that ever fails, the answer is still
 //!    printed, without attribution.
 //!
-//! Values are given as JSON objects of column to text (as Postgres prints
-//! it) or null. A column missing from `--old` was not sent by the replica
-//! identity; a column missing from `--new` of an update is an unchanged
-//! TOASTed value; a column that no object names but a rule reads is bound
-//! anyway and has no value on either side (noted in the output).
+//! A column that no row names but a rule reads is bound anyway and has no
+//! value on either side (noted in the output).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::process::ExitCode;
 
-use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use walbust_rules::{
     BoundTable, Datum, Invalidations, Op, Outcome, RuleInfo, RuleSet, TableName, TxBudget,
 };
 
-use crate::config::Config;
-use crate::fail_config;
-
-#[derive(Args, Debug)]
-pub struct ExplainArgs {
-    /// The configuration file; its `rules` file is used (nothing is
-    /// connected).
-    #[arg(
-        long,
-        short,
-        conflicts_with = "rules",
-        required_unless_present = "rules"
-    )]
-    config: Option<PathBuf>,
-    /// A rules file, instead of --config.
-    #[arg(long)]
-    rules: Option<PathBuf>,
-    /// The table: `schema.table`, or `table` for `public.table`.
-    #[arg(long)]
-    table: String,
-    /// The operation.
-    #[arg(long, value_enum)]
-    op: OpArg,
-    /// The old row as a JSON object of column to text value or null, e.g.
-    /// '{"id":"42","category_id":"3"}'. Leave out the columns the replica
-    /// identity does not send; leave the option out for an update whose
-    /// old row Postgres does not send.
-    #[arg(long)]
-    old: Option<String>,
-    /// The new row, as --old. In an update, a column left out is an
-    /// unchanged TOASTed value (Postgres does not resend it).
-    #[arg(long)]
-    new: Option<String>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum OpArg {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-}
-
-impl From<OpArg> for Op {
-    fn from(op: OpArg) -> Op {
-        match op {
-            OpArg::Insert => Op::Insert,
-            OpArg::Update => Op::Update,
-            OpArg::Delete => Op::Delete,
-            OpArg::Truncate => Op::Truncate,
-        }
-    }
-}
-
-pub fn explain(args: ExplainArgs) -> ExitCode {
-    let path = match rules_path(&args) {
-        Ok(p) => p,
-        Err(e) => return fail_config(e),
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            return fail_config(format!(
-                "{}: cannot read the rules file: {e}",
-                path.display()
-            ))
-        }
-    };
-    let origin = path.display().to_string();
-    let set = match RuleSet::from_yaml(&text, &origin) {
-        Ok(s) => s,
-        Err(e) => return fail_config(e),
-    };
-    let change = match Change::from_args(&args) {
-        Ok(c) => c,
-        Err(e) => return fail_config(e),
-    };
-    let report = match evaluate(&set, &change) {
-        Ok(r) => r,
-        Err(e) => return fail_config(e),
-    };
-    if args.json {
-        println!("{}", report.to_json());
-    } else {
-        print!("{}", report.to_text());
-    }
-    ExitCode::SUCCESS
-}
-
-fn rules_path(args: &ExplainArgs) -> Result<PathBuf, String> {
-    match (&args.rules, &args.config) {
-        (Some(rules), _) => Ok(rules.clone()),
-        (None, Some(config)) => Config::load(config)
-            .map(|c| c.rules)
-            .map_err(|e| e.to_string()),
-        (None, None) => Err("give --config or --rules".to_owned()),
-    }
-}
-
-/// A row value as given on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Given {
-    Text(String),
-    Null,
-}
-
-/// The change to explain, parsed from the arguments.
-#[derive(Debug)]
-struct Change {
-    table: TableName,
-    op: Op,
-    old: Option<Vec<(String, Given)>>,
-    new: Option<Vec<(String, Given)>>,
-}
-
-impl Change {
-    fn from_args(args: &ExplainArgs) -> Result<Change, String> {
-        let table = parse_table(&args.table)?;
-        let op = Op::from(args.op);
-        let old = args
-            .old
-            .as_deref()
-            .map(|j| parse_row("--old", j))
-            .transpose()?;
-        let new = args
-            .new
-            .as_deref()
-            .map(|j| parse_row("--new", j))
-            .transpose()?;
-        match op {
-            Op::Insert if old.is_some() => return Err("--old: an insert has no old row".into()),
-            Op::Insert if new.is_none() => return Err("--new: an insert needs the new row".into()),
-            Op::Update if new.is_none() => return Err("--new: an update needs the new row".into()),
-            Op::Delete if new.is_some() => return Err("--new: a delete has no new row".into()),
-            Op::Delete if old.is_none() => {
-                return Err("--old: a delete needs the old row (at least its key columns)".into())
-            }
-            Op::Truncate if old.is_some() || new.is_some() => {
-                return Err("a truncate has no rows: leave out --old and --new".into())
-            }
-            _ => {}
-        }
-        Ok(Change {
-            table,
-            op,
-            old,
-            new,
-        })
-    }
-
-    /// Every column named in `--old` or `--new`, each once.
-    fn columns(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for row in [&self.old, &self.new].into_iter().flatten() {
-            for (name, _) in row {
-                if !out.contains(name) {
-                    out.push(name.clone());
-                }
-            }
-        }
-        out
-    }
-}
-
-/// `products` → `public.products`; `shop.items` as is (the rules' reading).
-pub(crate) fn parse_table(text: &str) -> Result<TableName, String> {
-    let (schema, name) = text.split_once('.').unwrap_or(("public", text));
-    if schema.is_empty() || name.is_empty() || name.contains('.') {
-        return Err(format!(
-            "--table: {text:?} is not `schema.table` or `table`"
-        ));
-    }
-    Ok(TableName::new(schema, name))
-}
-
-fn parse_row(flag: &str, text: &str) -> Result<Vec<(String, Given)>, String> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| format!("{flag}: not valid JSON: {e}"))?;
-    let Value::Object(map) = value else {
-        return Err(format!(
-            "{flag}: expected a JSON object of column to value, like {{\"id\":\"42\"}}"
-        ));
-    };
-    let mut out = Vec::with_capacity(map.len());
-    for (column, v) in map {
-        let given = match v {
-            Value::String(s) => Given::Text(s),
-            Value::Null => Given::Null,
-            // A JSON number is what Postgres prints for numeric types.
-            Value::Number(n) => Given::Text(n.to_string()),
-            Value::Bool(_) => {
-                return Err(format!(
-                "{flag}: column {column:?}: write booleans as Postgres prints them, \"t\" or \"f\""
-            ))
-            }
-            _ => {
-                return Err(format!(
-                "{flag}: column {column:?}: a value is a string (the text Postgres prints) or null"
-            ))
-            }
-        };
-        out.push((column, given));
-    }
-    Ok(out)
-}
+use super::args::{Change, Given};
 
 /// What one rule alone made of the change.
 #[derive(Debug)]
@@ -245,7 +32,7 @@ struct RuleResult {
 }
 
 #[derive(Debug)]
-struct Report {
+pub(super) struct Report {
     origin: String,
     table: TableName,
     op: Op,
@@ -261,7 +48,7 @@ struct Report {
 /// The most columns a rule set can name that the JSON objects do not.
 const MAX_UNNAMED_COLUMNS: usize = 4096;
 
-fn evaluate(set: &RuleSet, change: &Change) -> Result<Report, String> {
+pub(super) fn evaluate(set: &RuleSet, change: &Change) -> Result<Report, String> {
     let mut columns = change.columns();
     let mut notes = Vec::new();
     let table = &change.table;
@@ -465,7 +252,7 @@ impl Report {
         notes
     }
 
-    fn to_text(&self) -> String {
+    pub(super) fn to_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "{} {} ({})", self.table, self.op, self.origin);
         if self.unmatched {
@@ -523,7 +310,7 @@ impl Report {
         s
     }
 
-    fn to_json(&self) -> Value {
+    pub(super) fn to_json(&self) -> Value {
         let mut obj = json!({
             "table": self.table.to_string(),
             "op": self.op.as_str(),
@@ -573,6 +360,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::explain::args::parse_row;
 
     const RULES: &str = r#"
 version: 1
@@ -699,22 +487,5 @@ rules:
         let r = report(&c);
         assert!(r.unmatched && r.out.is_empty());
         assert!(r.to_text().contains("no rule names public.nothing"));
-    }
-
-    #[test]
-    fn rows_are_checked() {
-        assert!(parse_row("--new", "[1]")
-            .unwrap_err()
-            .contains("JSON object"));
-        assert!(parse_row("--new", r#"{"a":true}"#)
-            .unwrap_err()
-            .contains("\"t\""));
-        assert_eq!(
-            parse_row("--new", r#"{"a":7,"b":null}"#).unwrap(),
-            vec![
-                ("a".into(), Given::Text("7".into())),
-                ("b".into(), Given::Null)
-            ]
-        );
     }
 }
