@@ -535,7 +535,6 @@ impl RuleSet {
         })
     }
 
-    /// Parses an explicit invalidation message ([`crate::parse_explicit`])
     /// Everything these rules can ever invalidate, for purging caches after
     /// a gap in the change stream (a slot lost or dropped, a failover to a
     /// server without it): over-invalidation is always safe, a silent gap
@@ -583,6 +582,7 @@ impl RuleSet {
         c
     }
 
+    /// Parses an explicit invalidation message ([`crate::parse_explicit`])
     /// and applies this rule set's global prefix and long-key policy to its
     /// keys, and the (glob-escaped) prefix to its patterns. Tags are used as
     /// sent.
