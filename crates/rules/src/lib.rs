@@ -6,8 +6,8 @@
 //! | module | role |
 //! |---|---|
 //! | `syntax` | rules.yaml as written (serde, with positions) |
-//! | `ruleset` | validation and compilation: [`RuleSet`], binding to a table's columns: [`BoundTable`] |
-//! | `template` | `"product:{id}"` → segments; rendering and pattern escaping |
+//! | `ruleset` | validation and compilation: [`RuleSet`], binding to a table's columns: [`BoundTable`]; one rule at a time for tooling ([`RuleSet::bind_only`], [`RuleSet::template_columns`]) |
+//! | `template` | `"product:{id}"` → segments; rendering and pattern escaping; [`Side`] |
 //! | `condition` | `when:` trees, three-valued evaluation |
 //! | `eval` | the hot path: [`BoundTable::evaluate`], [`TxBudget`], [`Outcome`], [`Invalidations`] |
 //! | `row` | [`Op`], [`Datum`], [`RowValues`]: how a change is seen |
@@ -251,6 +251,7 @@ pub use ruleset::{
     Coverage, LongKeyPolicy, RuleInfo, RuleSet, TableName, DEFAULT_MAX_KEYS_PER_TX,
     DEFAULT_MAX_KEY_BYTES, SUPPORTED_VERSION,
 };
+pub use template::Side;
 
 #[cfg(test)]
 mod proptests;

@@ -413,10 +413,53 @@ impl RuleSet {
         table: &str,
         columns: &[&str],
     ) -> Result<Option<BoundTable>, BindError> {
+        self.bind_where(schema, table, columns, |_| true)
+    }
+
+    /// [`RuleSet::bind`] with rule `index` ([`RuleInfo::index`]) alone: what
+    /// that rule makes of a change, under this set's prefix and key limit,
+    /// as if the file held no other rule. For tooling that attributes output
+    /// to rules (`walbust explain`) or asks what one rule needs
+    /// (`walbust check --db`). The rule keeps its number, so that
+    /// [`BoundTable::rule_indexes`] and errors name it as the whole set does.
+    ///
+    /// `Ok(None)`: there is no rule `index`, or it does not name this table.
+    pub fn bind_only(
+        &self,
+        index: usize,
+        schema: &str,
+        table: &str,
+        columns: &[&str],
+    ) -> Result<Option<BoundTable>, BindError> {
+        self.bind_where(schema, table, columns, |id| id == index)
+    }
+
+    /// The columns whose values rule `index` ([`RuleInfo::index`]) renders
+    /// into its keys, tags and patterns, each with the row it reads, in
+    /// template order (keys, tags, then patterns), as often as they are
+    /// written. Empty when there is no rule `index`. `when` conditions render
+    /// nothing and are not listed.
+    pub fn template_columns(&self, index: usize) -> Vec<(Side, &str)> {
+        self.rules
+            .get(index)
+            .into_iter()
+            .flat_map(|r| &r.templates)
+            .flat_map(|t| t.template.holes())
+            .map(|h| (h.side, h.column.as_str()))
+            .collect()
+    }
+
+    fn bind_where(
+        &self,
+        schema: &str,
+        table: &str,
+        columns: &[&str],
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<Option<BoundTable>, BindError> {
         let name = TableName::new(schema, table);
         let mut bound = Vec::new();
         for (id, rule) in self.rules.iter().enumerate() {
-            if rule.table.matches(schema, table) {
+            if keep(id) && rule.table.matches(schema, table) {
                 bound.push(self.bind_rule(id, rule, &name, columns)?);
             }
         }
@@ -492,7 +535,6 @@ impl RuleSet {
         })
     }
 
-    /// Parses an explicit invalidation message ([`crate::parse_explicit`])
     /// Everything these rules can ever invalidate, for purging caches after
     /// a gap in the change stream (a slot lost or dropped, a failover to a
     /// server without it): over-invalidation is always safe, a silent gap
@@ -540,6 +582,7 @@ impl RuleSet {
         c
     }
 
+    /// Parses an explicit invalidation message ([`crate::parse_explicit`])
     /// and applies this rule set's global prefix and long-key policy to its
     /// keys, and the (glob-escaped) prefix to its patterns. Tags are used as
     /// sent.
@@ -939,5 +982,125 @@ rules:
             ]
         );
         assert_eq!(c.tag_globs, ["category:*"]);
+    }
+}
+
+#[cfg(test)]
+mod one_rule_tests {
+    use super::*;
+    use crate::{Datum, Invalidations, TxBudget};
+
+    const RULES: &str = r#"
+version: 1
+prefix: "app:"
+rules:
+  - table: public.products
+    keys: ["product:{id}", "static"]
+    tags: ["category:{category_id}", "products"]
+  - table: products
+    on: [update]
+    when: { new: { price: { eq: 1.50 } } }
+    tags: ["cheap:{{{new.name:hash}}}", "products"]
+    patterns: ["list:{old.category_id}:*"]
+  - table: public.orders
+    keys: ["order:{id}"]
+"#;
+
+    fn set() -> RuleSet {
+        RuleSet::from_yaml(RULES, "rules.yaml").unwrap()
+    }
+
+    const COLUMNS: [&str; 4] = ["id", "category_id", "price", "name"];
+
+    fn alone(set: &RuleSet, index: usize) -> BoundTable {
+        set.bind_only(index, "public", "products", &COLUMNS)
+            .unwrap()
+            .expect("the rule names products")
+    }
+
+    fn update(table: &BoundTable) -> Invalidations {
+        let old = [
+            Datum::Text("1"),
+            Datum::Text("3"),
+            Datum::Text("2"),
+            Datum::Text("a"),
+        ];
+        let new = [
+            Datum::Text("1"),
+            Datum::Text("4"),
+            Datum::Text("1.50"),
+            Datum::Text("a"),
+        ];
+        let mut out = Invalidations::default();
+        table.evaluate(
+            Op::Update,
+            Some(&old),
+            Some(&new),
+            &mut TxBudget::default(),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn bind_only_evaluates_one_rule_under_the_set_settings() {
+        let set = set();
+        let all = set.bind("public", "products", &COLUMNS).unwrap().unwrap();
+        assert_eq!(all.rule_indexes(), [0, 1]);
+        let first = alone(&set, 0);
+        assert_eq!(first.rule_indexes(), [0]);
+        let out = update(&first);
+        assert_eq!(out.keys, ["app:static", "app:product:1"]);
+        assert_eq!(out.tags, ["products", "category:3", "category:4"]);
+        assert!(out.patterns.is_empty());
+
+        // The second rule keeps its number, its condition and the global prefix.
+        let second = alone(&set, 1);
+        assert_eq!(second.rule_indexes(), [1]);
+        let out = update(&second);
+        assert!(out.keys.is_empty());
+        assert_eq!(out.tags[0], "products");
+        assert!(out.tags[1].starts_with("cheap:{"), "{:?}", out.tags);
+        assert_eq!(out.patterns, ["app:list:3:*"]);
+        assert_eq!(second.needs_old_values(), ["category_id"]);
+        assert_eq!(all.needs_old_values(), ["id", "category_id"]);
+    }
+
+    #[test]
+    fn bind_only_elsewhere_is_none_and_errors_name_the_rule() {
+        let set = set();
+        assert!(set
+            .bind_only(2, "public", "products", &COLUMNS)
+            .unwrap()
+            .is_none());
+        assert!(set
+            .bind_only(3, "public", "products", &COLUMNS)
+            .unwrap()
+            .is_none());
+        let e = set
+            .bind_only(1, "public", "products", &["id", "category_id"])
+            .expect_err("rule 2 reads price");
+        assert_eq!(e.column_name(), "price");
+        assert_eq!(e.rule().index, 1);
+        // Rule 1 alone does not read what rule 2 reads.
+        assert!(set
+            .bind_only(0, "public", "products", &["id", "category_id"])
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn template_columns_follow_the_template_grammar() {
+        let set = set();
+        assert_eq!(
+            set.template_columns(0),
+            [(Side::Row, "id"), (Side::Row, "category_id")]
+        );
+        // `{{` is a literal brace, `:hash` a modifier; constants read nothing.
+        assert_eq!(
+            set.template_columns(1),
+            [(Side::New, "name"), (Side::Old, "category_id")]
+        );
+        assert!(set.template_columns(3).is_empty());
     }
 }

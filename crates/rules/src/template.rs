@@ -8,9 +8,9 @@
 use crate::hash::{push_hash, HASH_LEN};
 use crate::row::{Change, Val, View};
 
-/// Which row a placeholder reads.
+/// Which row a placeholder reads (see [`crate::RuleSet::template_columns`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
+pub enum Side {
     /// `{col}`: new on insert, old on delete, both on update.
     Row,
     /// `{old.col}`.

@@ -23,10 +23,10 @@ use std::process::ExitCode;
 
 use tokio_postgres::Client;
 use walbust_cdc::catalog::{self, Identity, Publication, ReplicaIdentity, TableInfo, TableKind};
-use walbust_rules::{RuleInfo, RuleSet, TableName};
+use walbust_rules::{RuleInfo, RuleSet, Side, TableName};
 
 use crate::config::Config;
-use crate::explain::{parse_table, placeholders, read_rules_text, rule_alone, RulesSource, Side};
+use crate::explain::parse_table;
 use crate::{fail_config, run, EXIT_FAILURE};
 
 pub async fn check(path: &Path, db: bool) -> ExitCode {
@@ -85,17 +85,9 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
             Err(e) => report.error(format!("{:#}", anyhow::Error::new(e))),
         }
     }
-    // The rules text again, for what `RuleSet` does not expose (a rule's
-    // template strings, one rule alone); it was just loaded from it.
-    let text = read_rules_text(&cfg.rules).unwrap_or_default();
-    let source = RulesSource::parse(&text).ok();
-    if source.is_none() {
-        report.note("cannot read the rules file again: TOAST-able columns are not checked");
-    }
     let cx = TableCx {
         client: &client,
         rules: &rules,
-        source: source.as_ref(),
         publication: publication.as_ref(),
         publication_name: &cfg.source.publication,
         create: cfg.source.create,
@@ -179,7 +171,6 @@ async fn source_checks(client: &Client, cfg: &Config, report: &mut Report) -> Op
 struct TableCx<'a> {
     client: &'a Client,
     rules: &'a RuleSet,
-    source: Option<&'a RulesSource<'a>>,
     publication: Option<&'a Publication>,
     publication_name: &'a str,
     create: bool,
@@ -467,41 +458,43 @@ impl TableCx<'_> {
         indexes: &[usize],
     ) -> Vec<&RuleInfo> {
         let all = self.rules.rules();
-        let attributed: Option<Vec<&RuleInfo>> = self.source.and_then(|source| {
-            let mut out = Vec::new();
-            for &index in indexes {
-                let alone = rule_alone(self.rules, source, index).ok()?;
-                let bound = alone.bind(&table.schema, &table.name, columns).ok()??;
-                if bound.needs_old_values().iter().any(|c| lacking.contains(c)) {
-                    out.push(all.get(index)?);
-                }
-            }
-            Some(out)
-        });
-        attributed.unwrap_or_else(|| {
-            indexes
+        // Per rule alone: whether it reads an old value the identity lacks.
+        let alone: Option<Vec<bool>> = indexes
+            .iter()
+            .map(|&index| {
+                let bound = self
+                    .rules
+                    .bind_only(index, &table.schema, &table.name, columns)
+                    .ok()??;
+                Some(bound.needs_old_values().iter().any(|c| lacking.contains(c)))
+            })
+            .collect();
+        match alone {
+            Some(reads) => indexes
+                .iter()
+                .zip(reads)
+                .filter(|(_, reads)| *reads)
+                .filter_map(|(&i, _)| all.get(i))
+                .collect(),
+            None => indexes
                 .iter()
                 .filter_map(|&i| all.get(i))
                 .filter(|r| {
                     r.on.contains(&walbust_rules::Op::Update)
                         || r.on.contains(&walbust_rules::Op::Delete)
                 })
-                .collect()
-        })
+                .collect(),
+        }
     }
 
     /// Whether rule `index` renders `column`'s new value (`{col}` or
     /// `{new.col}`) in a key, tag or pattern. `{old.col}` is the replica
     /// identity's business.
     fn uses_in_template(&self, index: usize, column: &str) -> bool {
-        let Some(source) = self.source else {
-            return false;
-        };
-        source.templates(index).iter().any(|t| {
-            placeholders(t)
-                .iter()
-                .any(|(side, c)| *c == column && matches!(side, Side::Row | Side::New))
-        })
+        self.rules
+            .template_columns(index)
+            .iter()
+            .any(|(side, c)| *c == column && matches!(side, Side::Row | Side::New))
     }
 }
 

@@ -1,0 +1,491 @@
+//! The report of `walbust explain`: one change evaluated against the rules,
+//! and printed.
+//!
+//! The change is evaluated twice over:
+//!
+//! 1. against the whole rule set bound to the table, exactly as the reader
+//!    does: this is the answer (deduplicated like one change is);
+//! 2. against each matching rule alone, to attribute every key, tag and
+//!    pattern to the rules that produce it, and to say why a rule did not
+//!    fire. A rule alone is that rule of the loaded set bound by itself
+//!    ([`RuleSet::bind_only`]); if that ever fails, the answer is still
+//!    printed, without attribution.
+//!
+//! A column that no row names but a rule reads is bound anyway and has no
+//! value on either side (noted in the output).
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+use walbust_rules::{
+    BoundTable, Datum, Invalidations, Op, Outcome, RuleInfo, RuleSet, TableName, TxBudget,
+};
+
+use super::args::{Change, Given};
+
+/// What one rule alone made of the change.
+#[derive(Debug)]
+struct RuleResult {
+    info: RuleInfo,
+    outcome: Outcome,
+    out: Invalidations,
+}
+
+#[derive(Debug)]
+pub(super) struct Report {
+    origin: String,
+    table: TableName,
+    op: Op,
+    /// No rule names the table.
+    unmatched: bool,
+    out: Invalidations,
+    outcome: Outcome,
+    /// Per matching rule, when attribution worked.
+    rules: Option<Vec<RuleResult>>,
+    notes: Vec<String>,
+}
+
+/// The most columns a rule set can name that the JSON objects do not.
+const MAX_UNNAMED_COLUMNS: usize = 4096;
+
+pub(super) fn evaluate(set: &RuleSet, change: &Change) -> Result<Report, String> {
+    let mut columns = change.columns();
+    let mut notes = Vec::new();
+    let table = &change.table;
+    // Bind, adding each column a rule reads that no object names: it is
+    // bound with no value (as a column Postgres did not send).
+    let bound = loop {
+        let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+        match set.bind(&table.schema, &table.name, &names) {
+            Ok(b) => break b,
+            Err(e) if columns.len() < change.columns().len() + MAX_UNNAMED_COLUMNS => {
+                notes.push(format!(
+                    "column {:?} (read by {}) has no value in --old or --new: read as not sent \
+                     (in an update's new row: unchanged TOAST)",
+                    e.column_name(),
+                    e.rule()
+                ));
+                columns.push(e.column_name().to_owned());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    if let (Op::Update, Some(old), Some(new)) = (change.op, &change.old, &change.new) {
+        let unchanged: Vec<&str> = old
+            .iter()
+            .filter(|(c, _)| !new.iter().any(|(n, _)| n == c))
+            .map(|(c, _)| c.as_str())
+            .collect();
+        if !unchanged.is_empty() {
+            notes.push(format!(
+                "--new leaves out {}: read as unchanged TOAST (the value an UPDATE did not touch, which Postgres does not resend)",
+                unchanged.join(", ")
+            ));
+        }
+    }
+    let mut report = Report {
+        origin: set.origin().to_owned(),
+        table: table.clone(),
+        op: change.op,
+        unmatched: bound.is_none(),
+        out: Invalidations::default(),
+        outcome: Outcome::default(),
+        rules: None,
+        notes,
+    };
+    let Some(bound) = bound else {
+        return Ok(report);
+    };
+
+    let old = change.old.as_ref().map(|row| datums(row, &columns, None));
+    let unchanged = (change.op == Op::Update).then_some(Datum::Unchanged);
+    let new = change
+        .new
+        .as_ref()
+        .map(|row| datums(row, &columns, unchanged));
+    let run = |b: &BoundTable| {
+        let mut out = Invalidations::default();
+        let outcome = b.evaluate(
+            change.op,
+            old.as_ref().map(|r| r as &dyn walbust_rules::RowValues),
+            new.as_ref().map(|r| r as &dyn walbust_rules::RowValues),
+            &mut TxBudget::default(),
+            &mut out,
+        );
+        (outcome, out)
+    };
+    (report.outcome, report.out) = run(&bound);
+
+    match attribute(set, &bound, &columns, &run) {
+        Ok(results) => report.rules = Some(results),
+        Err(why) => report
+            .notes
+            .push(format!("cannot attribute the output to rules: {why}")),
+    }
+    Ok(report)
+}
+
+/// Each matching rule evaluated alone.
+fn attribute(
+    set: &RuleSet,
+    bound: &BoundTable,
+    columns: &[String],
+    run: &dyn Fn(&BoundTable) -> (Outcome, Invalidations),
+) -> Result<Vec<RuleResult>, String> {
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let table = bound.table();
+    let mut results = Vec::new();
+    for index in bound.rule_indexes() {
+        let info = set
+            .rules()
+            .get(index)
+            .cloned()
+            .ok_or_else(|| format!("rule index {index} out of range"))?;
+        let b = set
+            .bind_only(index, &table.schema, &table.name, &names)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("rule {} alone does not match the table", index + 1))?;
+        let (outcome, out) = run(&b);
+        results.push(RuleResult { info, outcome, out });
+    }
+    Ok(results)
+}
+
+fn datums<'a>(
+    row: &'a [(String, Given)],
+    columns: &[String],
+    absent: Option<Datum<'a>>,
+) -> Vec<Datum<'a>> {
+    columns
+        .iter()
+        .map(|c| match row.iter().find(|(name, _)| name == c) {
+            Some((_, Given::Text(s))) => Datum::Text(s),
+            Some((_, Given::Null)) => Datum::Null,
+            None => absent.unwrap_or(Datum::Absent),
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Keys,
+    Tags,
+    Patterns,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Keys, Kind::Tags, Kind::Patterns];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Keys => "keys",
+            Kind::Tags => "tags",
+            Kind::Patterns => "patterns",
+        }
+    }
+
+    fn of(self, inv: &Invalidations) -> &[String] {
+        match self {
+            Kind::Keys => &inv.keys,
+            Kind::Tags => &inv.tags,
+            Kind::Patterns => &inv.patterns,
+        }
+    }
+}
+
+impl Report {
+    /// The rules (1-based numbers) whose evaluation alone produced `value`.
+    fn producers(&self, kind: Kind, value: &str) -> Vec<&RuleResult> {
+        self.rules
+            .iter()
+            .flatten()
+            .filter(|r| kind.of(&r.out).iter().any(|v| v == value))
+            .collect()
+    }
+
+    fn why_not(&self, r: &RuleResult) -> Option<String> {
+        if r.outcome.matched_rules > 0 {
+            return None;
+        }
+        Some(if r.info.on.contains(&self.op) {
+            "its when condition is false".to_owned()
+        } else {
+            format!("it does not react to {}", self.op)
+        })
+    }
+
+    fn outcome_notes(&self) -> Vec<String> {
+        let mut notes = self.notes.clone();
+        let mut add = |who: String, o: &Outcome| {
+            if o.missing > 0 {
+                notes.push(format!(
+                    "{who}: {} template(s) skipped: a value did not arrive (unchanged TOAST, or an old value the replica identity does not send); counted in walbust_rule_missing_values_total",
+                    o.missing
+                ));
+            }
+            if o.null > 0 {
+                notes.push(format!(
+                    "{who}: {} template(s) skipped: a value is NULL",
+                    o.null
+                ));
+            }
+            if o.refused > 0 {
+                notes.push(format!(
+                    "{who}: {} key(s) refused: longer than max_key_bytes with on_long_key: refuse",
+                    o.refused
+                ));
+            }
+            if o.escalated > 0 {
+                notes.push(format!(
+                    "{who}: ran out of its max_keys_per_tx budget and fell back to its constant tags and patterns"
+                ));
+            }
+        };
+        match &self.rules {
+            Some(rules) => {
+                for r in rules {
+                    add(format!("rule {}", r.info.index + 1), &r.outcome);
+                }
+            }
+            None => add("the rules".to_owned(), &self.outcome),
+        }
+        notes
+    }
+
+    pub(super) fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{} {} ({})", self.table, self.op, self.origin);
+        if self.unmatched {
+            let _ = writeln!(
+                s,
+                "no rule names {}: the change invalidates nothing",
+                self.table
+            );
+            return s;
+        }
+        for r in self.rules.iter().flatten() {
+            let at = format!(
+                "rule {} ({}:{}:{}, table {})",
+                r.info.index + 1,
+                self.origin,
+                r.info.line,
+                r.info.column,
+                r.info.table
+            );
+            match self.why_not(r) {
+                None => {
+                    let _ = writeln!(s, "{at}: fired");
+                }
+                Some(why) => {
+                    let _ = writeln!(s, "{at}: did not fire: {why}");
+                }
+            }
+        }
+        for kind in Kind::ALL {
+            let values = kind.of(&self.out);
+            if values.is_empty() {
+                let _ = writeln!(s, "{}: none", kind.name());
+                continue;
+            }
+            let _ = writeln!(s, "{}:", kind.name());
+            let width = values.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+            for v in values {
+                let by = self.producers(kind, v);
+                if by.is_empty() {
+                    let _ = writeln!(s, "  {v}");
+                } else {
+                    let list = by
+                        .iter()
+                        .map(|r| format!("{} (line {})", r.info.index + 1, r.info.line))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let word = if by.len() == 1 { "rule" } else { "rules" };
+                    let _ = writeln!(s, "  {v:<width$}  <- {word} {list}");
+                }
+            }
+        }
+        for note in self.outcome_notes() {
+            let _ = writeln!(s, "note: {note}");
+        }
+        s
+    }
+
+    pub(super) fn to_json(&self) -> Value {
+        let mut obj = json!({
+            "table": self.table.to_string(),
+            "op": self.op.as_str(),
+            "rules_file": self.origin,
+        });
+        for kind in Kind::ALL {
+            let items: Vec<Value> = kind
+                .of(&self.out)
+                .iter()
+                .map(|v| {
+                    let by: Vec<usize> = self
+                        .producers(kind, v)
+                        .iter()
+                        .map(|r| r.info.index + 1)
+                        .collect();
+                    json!({ "value": v, "rules": by })
+                })
+                .collect();
+            obj[kind.name()] = Value::Array(items);
+        }
+        let rules: Vec<Value> = self
+            .rules
+            .iter()
+            .flatten()
+            .map(|r| {
+                json!({
+                    "rule": r.info.index + 1,
+                    "table": r.info.table,
+                    "line": r.info.line,
+                    "column": r.info.column,
+                    "fired": r.outcome.matched_rules > 0,
+                    "why_not": self.why_not(r),
+                    "missing": r.outcome.missing,
+                    "null": r.outcome.null,
+                    "refused": r.outcome.refused,
+                    "escalated": r.outcome.escalated,
+                })
+            })
+            .collect();
+        obj["rules"] = Value::Array(rules);
+        obj["attributed"] = Value::Bool(self.rules.is_some() || self.unmatched);
+        obj["notes"] = json!(self.outcome_notes());
+        obj
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::args::parse_row;
+
+    const RULES: &str = r#"
+version: 1
+prefix: "app:"
+rules:
+  - table: public.products
+    keys: ["product:{id}"]
+    tags: ["category:{category_id}", "products"]
+  - table: products
+    on: [update]
+    when: { new: { price: { eq: 1.50 } } }
+    tags: ["cheap", "products"]
+  - table: public.orders
+    keys: ["order:{id}"]
+"#;
+
+    fn change(op: Op, old: Option<&str>, new: Option<&str>) -> Change {
+        Change {
+            table: TableName::new("public", "products"),
+            op,
+            old: old.map(|j| parse_row("--old", j).unwrap()),
+            new: new.map(|j| parse_row("--new", j).unwrap()),
+        }
+    }
+
+    fn report(c: &Change) -> Report {
+        let set = RuleSet::from_yaml(RULES, "rules.yaml").unwrap();
+        evaluate(&set, c).unwrap()
+    }
+
+    #[test]
+    fn a_moved_product_is_attributed_rule_by_rule() {
+        let r = report(&change(
+            Op::Update,
+            Some(r#"{"id":"42","category_id":"3","price":"2"}"#),
+            Some(r#"{"id":"42","category_id":"4","price":"1.50"}"#),
+        ));
+        assert_eq!(r.out.keys, ["app:product:42"]);
+        assert_eq!(
+            r.out.tags,
+            ["products", "category:3", "category:4", "cheap"]
+        );
+        let rules = r.rules.as_ref().expect("attributed");
+        assert_eq!(rules.len(), 2);
+        let by = |kind, v| -> Vec<usize> {
+            r.producers(kind, v)
+                .iter()
+                .map(|x| x.info.index + 1)
+                .collect()
+        };
+        assert_eq!(by(Kind::Tags, "products"), [1, 2]);
+        assert_eq!(by(Kind::Tags, "category:4"), [1]);
+        assert_eq!(by(Kind::Tags, "cheap"), [2]);
+        let text = r.to_text();
+        assert!(
+            text.contains("rule 2 (rules.yaml:8:5, table products): fired"),
+            "{text}"
+        );
+        let json = r.to_json();
+        assert_eq!(
+            json["tags"][0],
+            json!({"value": "products", "rules": [1, 2]})
+        );
+        assert_eq!(json["attributed"], true);
+    }
+
+    #[test]
+    fn the_when_value_keeps_its_text() {
+        // `eq: 1.50` compares as text: 1.5 is another value.
+        let r = report(&change(
+            Op::Update,
+            None,
+            Some(r#"{"id":"1","category_id":"3","price":"1.5"}"#),
+        ));
+        let rules = r.rules.as_ref().unwrap();
+        assert_eq!(
+            r.why_not(&rules[1]).as_deref(),
+            Some("its when condition is false")
+        );
+        assert!(!r.out.tags.contains(&"cheap".to_owned()));
+    }
+
+    #[test]
+    fn rules_that_do_not_fire_say_why() {
+        let r = report(&change(
+            Op::Insert,
+            None,
+            Some(r#"{"id":"1","category_id":"3"}"#),
+        ));
+        let rules = r.rules.as_ref().unwrap();
+        assert_eq!(
+            r.why_not(&rules[1]).as_deref(),
+            Some("it does not react to insert")
+        );
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("\"price\"") && n.contains("not sent")),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    #[test]
+    fn unchanged_toast_and_missing_old_values_are_reported() {
+        // No old row, category_id left out of the new one: unchanged TOAST.
+        let r = report(&change(Op::Update, None, Some(r#"{"id":"1","price":"9"}"#)));
+        assert_eq!(r.out.keys, ["app:product:1"]);
+        assert!(!r.out.tags.iter().any(|t| t.starts_with("category:")));
+        assert!(r
+            .outcome_notes()
+            .iter()
+            .any(|n| n.starts_with("rule 1: 1 template(s) skipped")));
+    }
+
+    #[test]
+    fn an_unnamed_table_invalidates_nothing() {
+        let c = Change {
+            table: TableName::new("public", "nothing"),
+            op: Op::Truncate,
+            old: None,
+            new: None,
+        };
+        let r = report(&c);
+        assert!(r.unmatched && r.out.is_empty());
+        assert!(r.to_text().contains("no rule names public.nothing"));
+    }
+}
