@@ -101,9 +101,9 @@ pub struct Options {
     pub w2_rows: u64,
     pub w3_rate: u32,
     pub w3_seconds: u64,
-    pub run_w1: bool,
-    pub run_w2: bool,
-    pub run_w3: bool,
+    pub run_single_row_backlog: bool,
+    pub run_one_big_transaction: bool,
+    pub run_latency_under_load: bool,
     /// walbust runs of each drain (after pg_recvlogical).
     pub drain_sinks: Vec<Sinks>,
     /// W3 runs, one per entry.
@@ -121,9 +121,9 @@ impl Options {
             w2_rows: 1_000_000,
             w3_rate: 5_000,
             w3_seconds: 60,
-            run_w1: true,
-            run_w2: true,
-            run_w3: true,
+            run_single_row_backlog: true,
+            run_one_big_transaction: true,
+            run_latency_under_load: true,
             drain_sinks: vec![
                 Sinks::RedisKafka,
                 Sinks::Discard,
@@ -299,14 +299,14 @@ impl Bench {
     }
 
     /// W1: a backlog of single-row UPDATE transactions.
-    pub async fn w1(&mut self) -> Result<Drain> {
+    pub async fn single_row_backlog(&mut self) -> Result<Drain> {
         let n = self.opts.w1_transactions.max(2);
         let description = format!("backlog of {n} single-row UPDATE transactions");
         self.drain("W1", description, Backlog::SingleRow(n)).await
     }
 
     /// W2: one transaction updating every row of the table.
-    pub async fn w2(&mut self) -> Result<Drain> {
+    pub async fn one_big_transaction(&mut self) -> Result<Drain> {
         let description = format!("one transaction updating {} rows", self.rows);
         self.drain("W2", description, Backlog::OneTransaction).await
     }
@@ -553,7 +553,7 @@ impl Bench {
         let before = self.side_cpu().await;
         let t = Instant::now();
         let mut proc = Proc::spawn("pg_recvlogical", cmd, &self.log_path(slot))?;
-        let mut walsender: Option<Proc2> = None;
+        let mut walsender: Option<WatchedProcess> = None;
         let mut startup = None;
         let mut ticker = tokio::time::interval(POLL);
         let status = loop {
@@ -564,7 +564,7 @@ impl Bench {
                     if walsender.is_none() {
                         if let (_, Some(pid)) = self.slot_state(slot).await? {
                             startup = Some(t.elapsed().as_secs_f64());
-                            walsender = Some(Proc2::new(pid));
+                            walsender = Some(WatchedProcess::new(pid));
                         }
                     }
                     if let Some(w) = walsender.as_mut() {
@@ -665,7 +665,7 @@ impl Bench {
             if walsender.is_none() {
                 if let Some(pid) = pid {
                     startup = Some(t.elapsed().as_secs_f64());
-                    walsender = Some(Proc2::new(pid));
+                    walsender = Some(WatchedProcess::new(pid));
                 }
             }
             if confirmed.is_some_and(|c| c >= end) {
@@ -721,7 +721,7 @@ impl Bench {
 
     /// W3 with `sinks`: walbust streams while pgbench writes `w3_rate` single-row UPDATE
     /// transactions per second for `w3_seconds`.
-    pub async fn w3(&mut self, sinks: Sinks) -> Result<Latency> {
+    pub async fn latency_under_load(&mut self, sinks: Sinks) -> Result<Latency> {
         let (rate, secs) = (self.opts.w3_rate, self.opts.w3_seconds);
         eprintln!(
             "walbust-bench: W3: {rate} tx/s for {secs} s, walbust with {}",
@@ -741,7 +741,7 @@ impl Bench {
         let t = Instant::now();
         let mut walsender = loop {
             if let (_, Some(pid)) = self.slot_state(&slot).await? {
-                break Proc2::new(pid);
+                break WatchedProcess::new(pid);
             }
             proc.ensure_running()?;
             ensure!(
@@ -912,14 +912,14 @@ fn per_100k(cpu_seconds: f64, changes: u64) -> f64 {
 }
 
 /// A process that is not our child (a walsender), sampled for CPU time.
-struct Proc2 {
+struct WatchedProcess {
     pid: u32,
     last: Option<f64>,
 }
 
-impl Proc2 {
-    fn new(pid: i32) -> Proc2 {
-        Proc2 {
+impl WatchedProcess {
+    fn new(pid: i32) -> WatchedProcess {
+        WatchedProcess {
             pid: u32::try_from(pid).unwrap_or(0),
             last: None,
         }

@@ -149,9 +149,9 @@ fn options(args: &Args) -> Result<Options> {
             bail!("--only: unknown workload {w:?} (w1, w2, w3)");
         }
     }
-    opts.run_w1 = only.iter().any(|w| w == "w1");
-    opts.run_w2 = only.iter().any(|w| w == "w2");
-    opts.run_w3 = only.iter().any(|w| w == "w3");
+    opts.run_single_row_backlog = only.iter().any(|w| w == "w1");
+    opts.run_one_big_transaction = only.iter().any(|w| w == "w2");
+    opts.run_latency_under_load = only.iter().any(|w| w == "w3");
     opts.work_dir = args.work_dir.clone();
     if let Some(list) = &args.drain_sinks {
         opts.drain_sinks = sinks(list, "--drain-sinks")?;
@@ -176,22 +176,26 @@ async fn run(opts: Options) -> Result<Report> {
     let load_before = harness::load_average();
     let started_at = now_utc();
     let quick = opts.quick;
-    let (run_w1, run_w2, run_w3) = (opts.run_w1, opts.run_w2, opts.run_w3);
+    let (run_single_row_backlog, run_one_big_transaction, run_latency_under_load) = (
+        opts.run_single_row_backlog,
+        opts.run_one_big_transaction,
+        opts.run_latency_under_load,
+    );
     let latency_sinks = opts.latency_sinks.clone();
     let mut bench = Bench::start(opts).await?;
     let machine = bench.machine().await;
     let setup = bench.setup();
     let mut drains = Vec::new();
-    if run_w1 {
-        drains.push(bench.w1().await?);
+    if run_single_row_backlog {
+        drains.push(bench.single_row_backlog().await?);
     }
-    if run_w2 {
-        drains.push(bench.w2().await?);
+    if run_one_big_transaction {
+        drains.push(bench.one_big_transaction().await?);
     }
     let mut latency = Vec::new();
-    if run_w3 {
+    if run_latency_under_load {
         for sinks in latency_sinks {
-            latency.push(bench.w3(sinks).await?);
+            latency.push(bench.latency_under_load(sinks).await?);
         }
     }
     drop(bench);

@@ -43,38 +43,7 @@ pub struct Publication {
 }
 
 /// `pg_class.relreplident`: which old values an UPDATE or DELETE sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplicaIdentity {
-    /// The primary key's columns (none without a primary key).
-    Default,
-    /// No old values at all.
-    Nothing,
-    /// Every column.
-    Full,
-    /// The columns of the index chosen with `REPLICA IDENTITY USING INDEX`.
-    Index,
-}
-
-impl ReplicaIdentity {
-    fn from_code(code: &str) -> ReplicaIdentity {
-        match code {
-            "n" => ReplicaIdentity::Nothing,
-            "f" => ReplicaIdentity::Full,
-            "i" => ReplicaIdentity::Index,
-            _ => ReplicaIdentity::Default,
-        }
-    }
-
-    /// As written in `ALTER TABLE ... REPLICA IDENTITY`.
-    pub fn as_sql(self) -> &'static str {
-        match self {
-            ReplicaIdentity::Default => "DEFAULT",
-            ReplicaIdentity::Nothing => "NOTHING",
-            ReplicaIdentity::Full => "FULL",
-            ReplicaIdentity::Index => "USING INDEX",
-        }
-    }
-}
+pub use walbust_pgoutput::ReplicaIdentity;
 
 /// What kind of relation a table is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +277,13 @@ async fn identity(
     code: &str,
     all_columns: &[Column],
 ) -> Result<Identity, SourceError> {
-    let identity = ReplicaIdentity::from_code(code);
+    // The catalog holds one of the four codes; an unknown one would be a
+    // newer server's, read as the default (the primary key's columns).
+    let identity = code
+        .bytes()
+        .next()
+        .and_then(ReplicaIdentity::from_byte)
+        .unwrap_or(ReplicaIdentity::Default);
     let columns = match identity {
         ReplicaIdentity::Full => all_columns.iter().map(|c| c.name.clone()).collect(),
         ReplicaIdentity::Nothing => Vec::new(),
@@ -410,10 +385,10 @@ mod tests {
 
     #[test]
     fn identity_codes() {
-        assert_eq!(ReplicaIdentity::from_code("d"), ReplicaIdentity::Default);
-        assert_eq!(ReplicaIdentity::from_code("n"), ReplicaIdentity::Nothing);
-        assert_eq!(ReplicaIdentity::from_code("f"), ReplicaIdentity::Full);
-        assert_eq!(ReplicaIdentity::from_code("i"), ReplicaIdentity::Index);
+        assert_eq!(
+            ReplicaIdentity::from_byte(b'i'),
+            Some(ReplicaIdentity::Index)
+        );
         assert_eq!(ReplicaIdentity::Index.as_sql(), "USING INDEX");
     }
 

@@ -3,14 +3,23 @@
 //! - [`source`]: the control plane. Checks `wal_level`, the slot and the
 //!   publication over an ordinary SQL connection, creating them when asked,
 //!   and refuses to start where streaming would lose invalidations.
-//! - [`reader`]: the replication session. Decodes pgoutput, keeps the
-//!   relation cache, evaluates rules and feeds the publishing pipeline; it
-//!   acknowledges only what the pipeline confirmed.
+//! - [`reader`]: the replication session (I/O). Feeds transport events to
+//!   the assembler and its items to the publishing pipeline through a
+//!   [`walbust_flow::Feed`]; it acknowledges only what the pipeline
+//!   confirmed, and reconnects on transient failures.
+//! - [`assemble`]: the reader's pure core. Decodes pgoutput, keeps the
+//!   relation cache and the open transaction, evaluates the rules and emits
+//!   `Begin, Changes*, Commit` items; fuzzed and unit-tested without a
+//!   server.
+//! - [`monitor`]: while streaming, re-checks the slot and the publication
+//!   every few seconds and writes the optional WAL heartbeat.
 //! - [`relations`]: the relation cache and the view of tuples the rules read.
 //! - [`binary`]: binary-mode values rendered as Postgres's text output.
 //! - [`catalog`]: read-only catalog queries (tables, columns, replica
 //!   identities, partitions, the publication) for `walbust check --db`.
 //! - [`metrics`]: metric names of this side.
+//! - [`error`]: [`SourceError`] (checks before streaming) and
+//!   [`StreamError`] (while streaming), each knowing whether it is transient.
 
 pub mod assemble;
 pub mod binary;

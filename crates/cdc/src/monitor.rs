@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use walbust_flow::Chain;
 use walbust_rules::TableName;
 
 use crate::error::SourceError;
@@ -52,7 +53,7 @@ pub fn spawn(
                     _ = ticker.tick() => {}
                 }
                 if let Err(e) = heartbeat_once(&spec).await {
-                    tracing::debug!(error = %e, "heartbeat skipped");
+                    tracing::debug!(error = %Chain(&e), "heartbeat skipped");
                 }
             }
         });
@@ -74,7 +75,7 @@ pub fn spawn(
                 }
                 // The database being away is the reader's business (it
                 // reconnects); the monitor tries again next tick.
-                Err(e) => tracing::debug!(error = %e, "slot check skipped"),
+                Err(e) => tracing::debug!(error = %Chain(&e), "slot check skipped"),
             }
         }
     });

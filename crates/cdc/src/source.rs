@@ -103,7 +103,7 @@ pub async fn connect(url: &str) -> Result<Client, SourceError> {
         .map_err(|e| SourceError::Connect { source: e })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "control connection closed");
+            tracing::debug!(error = %walbust_flow::Chain(&e), "control connection closed");
         }
     });
     Ok(client)

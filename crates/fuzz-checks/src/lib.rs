@@ -22,8 +22,11 @@ use walbust_cdc::assemble::{Assembler, EXPLICIT_PREFIX};
 use walbust_flow::Item;
 use walbust_pgoutput::{encode::encode, Message, OldTuple, Tuple};
 
+/// A fuzz target's property: panics when it breaks.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets by name, as `fuzz/corpus/<name>` holds their seeds.
-pub const TARGETS: [(&str, fn(&[u8])); 3] = [
+pub const TARGETS: [(&str, Check); 3] = [
     ("decode", decode),
     ("decode_stream", decode_stream),
     ("assemble", assemble),

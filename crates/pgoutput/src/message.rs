@@ -128,6 +128,16 @@ impl ReplicaIdentity {
             _ => None,
         }
     }
+
+    /// As written in `ALTER TABLE ... REPLICA IDENTITY`.
+    pub fn as_sql(self) -> &'static str {
+        match self {
+            ReplicaIdentity::Default => "DEFAULT",
+            ReplicaIdentity::Nothing => "NOTHING",
+            ReplicaIdentity::Full => "FULL",
+            ReplicaIdentity::Index => "USING INDEX",
+        }
+    }
 }
 
 /// Relation: a table's schema as published.

@@ -14,6 +14,16 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// Several errors on one line, `; ` between them, as walbust reports a
+    /// refused configuration.
+    pub fn join(errors: &[ConfigError]) -> String {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub(crate) fn new(prefix: &str, field: &str, message: impl fmt::Display) -> Self {
         Self {
             path: format!("{prefix}.{field}"),

@@ -152,16 +152,8 @@ pub enum PipelineError {
     #[error("invalid item sequence from the reader")]
     Sequence(#[source] SequenceError),
     /// The configuration is invalid (see [`PipelineConfig::validate`]).
-    #[error("invalid pipeline configuration: {}", join(.0))]
+    #[error("invalid pipeline configuration: {}", ConfigError::join(.0))]
     Config(Vec<ConfigError>),
-}
-
-fn join(errors: &[ConfigError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// How one sink handled a batch.

@@ -27,6 +27,8 @@ use walbust_rules::{RuleInfo, RuleSet, Side, TableName};
 
 use crate::config::Config;
 use crate::explain::parse_table;
+use walbust_flow::Chain;
+
 use crate::{fail_config, run, EXIT_FAILURE};
 
 pub async fn check(path: &Path, db: bool) -> ExitCode {
@@ -60,19 +62,17 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
             for sink in &sinks {
                 match sink.health().await {
                     Ok(()) => report.ok(format!("sink {} is healthy", sink.name())),
-                    Err(e) => {
-                        report.error(format!("sink {}: {:#}", sink.name(), anyhow::Error::new(e)))
-                    }
+                    Err(e) => report.error(format!("sink {}: {}", sink.name(), Chain(&e))),
                 }
             }
         }
-        Err(e) => report.error(format!("{e:#}")),
+        Err(e) => report.error(Chain(e.as_ref()).to_string()),
     }
 
     let client = match walbust_cdc::source::connect(&cfg.source.url).await {
         Ok(c) => c,
         Err(e) => {
-            report.error(format!("{:#}", anyhow::Error::new(e)));
+            report.error(Chain(&e).to_string());
             return report.finish();
         }
     };
@@ -82,7 +82,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
             Ok(_) => {
                 report.ok("binary mode: every published column the rules read can be rendered")
             }
-            Err(e) => report.error(format!("{:#}", anyhow::Error::new(e))),
+            Err(e) => report.error(Chain(&e).to_string()),
         }
     }
     let cx = TableCx {
@@ -93,7 +93,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         create: cfg.source.create,
     };
     if let Err(e) = cx.check_tables(&mut report).await {
-        report.error(format!("{:#}", anyhow::Error::new(e)));
+        report.error(Chain(&e).to_string());
     }
     report.finish()
 }
@@ -157,12 +157,12 @@ async fn source_checks(client: &Client, cfg: &Config, report: &mut Report) -> Op
         ) if cfg.source.create => {
             report.note(format!("`walbust run` will create what is missing ({e})"));
         }
-        Err(e) => report.error(format!("{:#}", anyhow::Error::new(e))),
+        Err(e) => report.error(Chain(&e).to_string()),
     }
     match catalog::publication(client, &cfg.source.publication).await {
         Ok(p) => p,
         Err(e) => {
-            report.error(format!("{:#}", anyhow::Error::new(e)));
+            report.error(Chain(&e).to_string());
             None
         }
     }

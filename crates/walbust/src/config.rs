@@ -190,7 +190,7 @@ pub struct MetricsConfig {
 /// A configuration problem, one line each.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Read {
         path: String,
         #[source]

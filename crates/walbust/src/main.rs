@@ -21,6 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
+use walbust_flow::Chain;
 
 use crate::config::Config;
 
@@ -188,15 +189,18 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
-pub fn fail_config(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("walbust: {e}");
+/// Exits with the configuration error code, printing the error and each of
+/// its causes once.
+pub fn fail_config(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ExitCode {
+    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+    eprintln!("walbust: {}", Chain(&*e));
     ExitCode::from(EXIT_CONFIG)
 }
 
 pub fn fail(e: impl Into<anyhow::Error>) -> ExitCode {
     let e = e.into();
-    // One line: the whole cause chain joined with ": ".
-    eprintln!("walbust: {e:#}");
+    // One line: the whole cause chain joined with ": ", each cause once.
+    eprintln!("walbust: {}", Chain(e.as_ref()));
     match definite_reason(&e) {
         Some(reason) => {
             ::metrics::gauge!(walbust_cdc::metrics::DEFINITE_ERROR, "reason" => reason).set(1.0);

@@ -161,7 +161,7 @@ impl Reloader {
             let verdict = tokio::time::timeout(DB_CHECK_TIMEOUT, database_refusal(check, &set))
                 .await
                 .map_err(|_| format!("no answer in {}s", DB_CHECK_TIMEOUT.as_secs()))
-                .and_then(|r| r.map_err(|e| e.to_string()));
+                .and_then(|r| r.map_err(|e| walbust_flow::Chain(&e).to_string()));
             match verdict {
                 Ok(None) => {}
                 Ok(Some(why)) => {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
-use walbust_flow::Backoff;
+use walbust_flow::{Backoff, Chain};
 use walbust_publish::kafka_sink::KafkaSink;
 use walbust_publish::redis_sink::RedisSink;
 use walbust_publish::{BatchObserver, Pipeline, PipelineHandle, Sink};
@@ -189,7 +189,7 @@ where
                 let delay = delays.next().unwrap_or(Backoff::RECONNECT.max);
                 tracing::warn!(
                     step = what,
-                    error = format!("{e:#}"),
+                    error = %Chain(e.as_ref()),
                     retry_in_ms = delay.as_millis() as u64,
                     "not ready; retrying"
                 );

@@ -50,12 +50,7 @@ impl KafkaSink {
     /// `cfg.key` is set.
     pub fn new(cfg: KafkaSinkConfig, slot_name: &str) -> Result<Self, SinkError> {
         cfg.validate().map_err(|errors| {
-            let text = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            SinkError::new(SinkErrorKind::Config, text)
+            SinkError::new(SinkErrorKind::Config, crate::ConfigError::join(&errors))
         })?;
         let key = cfg.key.clone().unwrap_or_else(|| slot_name.to_string());
         if key.is_empty() {

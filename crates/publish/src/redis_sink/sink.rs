@@ -152,14 +152,8 @@ impl ConnectionLike for RedisConnection {
 }
 
 fn validate(cfg: &RedisSinkConfig) -> Result<(), SinkError> {
-    cfg.validate().map_err(|errors| {
-        let text = errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        SinkError::new(SinkErrorKind::Config, text)
-    })
+    cfg.validate()
+        .map_err(|errors| SinkError::new(SinkErrorKind::Config, crate::ConfigError::join(&errors)))
 }
 
 /// Where one `SCAN` walk runs: the single Redis, or one primary of the cluster.

@@ -73,8 +73,8 @@ impl ExplainArgs {
     /// rules file is reported before a bad row.
     pub(super) fn load(&self) -> Result<(RuleSet, Change), String> {
         let path = rules_path(self)?;
-        // Read here rather than by `RuleSet::load`: the message carries the
-        // I/O error, which `fail_config` (one line, no cause chain) would drop.
+        // Read here rather than by `RuleSet::load`, whose one-line error
+        // leaves out the I/O cause.
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("{}: cannot read the rules file: {e}", path.display()))?;
         let set =
@@ -89,7 +89,7 @@ fn rules_path(args: &ExplainArgs) -> Result<PathBuf, String> {
         (Some(rules), _) => Ok(rules.clone()),
         (None, Some(config)) => Config::load(config)
             .map(|c| c.rules)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| walbust_flow::Chain(&e).to_string()),
         (None, None) => Err("give --config or --rules".to_owned()),
     }
 }
