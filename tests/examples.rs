@@ -345,15 +345,7 @@ INSERT INTO menu_item_options (id, menu_item_id, name, price_delta_cents) VALUES
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restaurant() {
     let mut ex = Example::start("restaurant", RESTAURANT, RESTAURANT_SEED).await;
-    let via_root: bool = ex
-        .db
-        .query_one(
-            "SELECT pubviaroot FROM pg_publication WHERE pubname = 'walbust'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let via_root = publishes_via_root(&ex.db).await;
     assert!(
         via_root,
         "the publication must publish partitions as the parent"

@@ -54,14 +54,7 @@ async fn partitioned_table_changes_match_the_parent_rule_and_moves_hit_both_cate
     wait_streaming(&db, &mut walbust).await;
 
     // walbust created the publication, via the partition root.
-    let via_root: bool = db
-        .query_one(
-            "SELECT pubviaroot FROM pg_publication WHERE pubname = 'walbust'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let via_root = publishes_via_root(&db).await;
     assert!(via_root);
 
     // Rows land in different partitions; the rule on the parent sees each.

@@ -28,17 +28,11 @@ rules:
 /// outage of 15 s would kill a replication connection that stopped
 /// answering. The Kafka is always the mock cluster (brokers can go down).
 fn start_services() -> Services {
-    let pg = walbust_testkit::Postgres::start_with(&[("wal_sender_timeout", "5s")])
-        .expect("start Postgres");
-    let redis = walbust_testkit::Redis::start().expect("start Redis");
-    let kafka = walbust_testkit::Kafka::start_mock(1).expect("start the mock Kafka");
-    kafka.create_topic(TOPIC, 1).expect("create topic");
-    Services {
-        pg,
-        redis,
-        kafka,
-        dir: tempfile::tempdir().expect("tempdir"),
-    }
+    Services::start_with(
+        walbust_testkit::Postgres::start_with(&[("wal_sender_timeout", "5s")])
+            .expect("start Postgres"),
+        walbust_testkit::Kafka::start_mock(1).expect("start the mock Kafka"),
+    )
 }
 
 /// Waits until the slot's confirmed position reaches `lsn` (`>=`), up to

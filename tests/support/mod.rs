@@ -27,9 +27,16 @@ pub struct Services {
 
 impl Services {
     pub fn start() -> Services {
-        let pg = walbust_testkit::Postgres::start().expect("start Postgres");
+        Services::start_with(
+            walbust_testkit::Postgres::start().expect("start Postgres"),
+            walbust_testkit::Kafka::start().expect("start Kafka"),
+        )
+    }
+
+    /// Services around a Postgres and a Kafka the test started its own way;
+    /// starts Redis and creates the topic.
+    pub fn start_with(pg: walbust_testkit::Postgres, kafka: walbust_testkit::Kafka) -> Services {
         let redis = walbust_testkit::Redis::start().expect("start Redis");
-        let kafka = walbust_testkit::Kafka::start().expect("start Kafka");
         kafka.create_topic(TOPIC, 1).expect("create topic");
         Services {
             pg,
@@ -390,6 +397,18 @@ pub fn kafka_records(kafka: &walbust_testkit::Kafka, min: usize) -> Vec<serde_js
         .into_iter()
         .map(|r| serde_json::from_slice(&r.payload).expect("record is JSON"))
         .collect()
+}
+
+/// Whether walbust's publication publishes partition changes as their
+/// root table (`publish_via_partition_root`).
+pub async fn publishes_via_root(db: &tokio_postgres::Client) -> bool {
+    db.query_one(
+        "SELECT pubviaroot FROM pg_publication WHERE pubname = 'walbust'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// Whether a Kafka record lists transaction `xid`.
