@@ -58,40 +58,12 @@ async fn seed(redis: &mut redis::aio::MultiplexedConnection) {
     }
 }
 
-/// Runs `sql` in one transaction and returns its xid and the WAL positions
-/// around its commit.
-async fn commit(db: &mut tokio_postgres::Client, sql: &str) -> (u32, u64, u64) {
-    let before = current_wal_lsn(db).await;
-    let tx = db.transaction().await.unwrap();
-    tx.batch_execute(sql).await.unwrap();
-    let xid: i64 = tx
-        .query_one("SELECT txid_current()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    tx.commit().await.unwrap();
-    let after = current_wal_lsn(db).await;
-    (xid as u32, before, after)
-}
-
 fn record_for(records: &[serde_json::Value], xid: u32) -> serde_json::Value {
     records
         .iter()
-        .find(|r| {
-            r["xids"]
-                .as_array()
-                .is_some_and(|x| x.iter().any(|v| v.as_u64() == Some(u64::from(xid))))
-        })
+        .find(|r| carries(r, xid))
         .cloned()
         .unwrap_or_else(|| panic!("no Kafka record carries xid {xid}: {records:?}"))
-}
-
-fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
 }
 
 fn check_record(rec: &serde_json::Value, before: u64, after: u64) {

@@ -164,19 +164,8 @@ impl Example {
     }
 
     /// Commits `sql` as one transaction and returns its xid.
-    async fn commit(&mut self, what: &str, sql: &str) -> u32 {
-        let tx = self.db.transaction().await.unwrap();
-        tx.batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {what}: {e:?}", self.name));
-        let xid: i64 = tx
-            .query_one("SELECT txid_current()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        tx.commit().await.unwrap();
-        // The record carries the 32-bit xid, without the epoch.
-        xid as u32
+    async fn commit(&mut self, sql: &str) -> u32 {
+        commit(&mut self.db, sql).await.0
     }
 
     /// Waits for the Kafka record carrying `xid`, then until walbust
@@ -216,7 +205,7 @@ impl Example {
         let what = format!("{}: {}", self.name, s.what);
         self.reset_cache().await;
         let before = self.keyspace().await;
-        let xid = self.commit(&what, s.sql).await;
+        let xid = self.commit(s.sql).await;
 
         if s.keys.is_empty() && s.tags.is_empty() && s.patterns.is_empty() {
             // Nothing to wait for: send a fence through the same path and
@@ -227,7 +216,7 @@ impl Example {
                 "SELECT pg_logical_emit_message(true, 'walbust', '{{\"keys\":[\"examples-test-fence:{}\"]}}')",
                 self.fences
             );
-            let fence_xid = self.commit(&what, &fence).await;
+            let fence_xid = self.commit(&fence).await;
             self.record_for(&what, fence_xid).await;
             let records = kafka_records(&self.svc.kafka, self.records);
             assert!(
@@ -310,20 +299,6 @@ impl Example {
     }
 }
 
-fn carries(record: &Value, xid: u32) -> bool {
-    record["xids"]
-        .as_array()
-        .is_some_and(|x| x.iter().any(|v| v.as_u64() == Some(u64::from(xid))))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|s| s.as_str().expect("a string").to_owned())
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // restaurant
 
@@ -370,15 +345,7 @@ INSERT INTO menu_item_options (id, menu_item_id, name, price_delta_cents) VALUES
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restaurant() {
     let mut ex = Example::start("restaurant", RESTAURANT, RESTAURANT_SEED).await;
-    let via_root: bool = ex
-        .db
-        .query_one(
-            "SELECT pubviaroot FROM pg_publication WHERE pubname = 'walbust'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let via_root = publishes_via_root(&ex.db).await;
     assert!(
         via_root,
         "the publication must publish partitions as the parent"

@@ -8,23 +8,16 @@ use std::time::Duration;
 
 use support::*;
 
+/// Logged each time the replication connection is lost and walbust is
+/// about to reconnect.
+const INTERRUPTED: &str = "replication interrupted; reconnecting";
+
 const RULES: &str = r#"
 version: 1
 rules:
   - table: public.items
     keys: ["item:{id}"]
 "#;
-
-async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
-    db.query_opt(
-        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walbust'",
-        &[],
-    )
-    .await
-    .ok()
-    .flatten()
-    .map(|r| r.get(0))
-}
 
 async fn insert_and_expect(
     db: &tokio_postgres::Client,
@@ -70,10 +63,20 @@ async fn survives_walsender_termination_and_postgres_crash() {
     assert_ne!(first, second);
 
     // Postgres crashes (immediate stop) and comes back: walbust reconnects
-    // and nothing committed before or after is lost.
+    // and nothing committed before or after is lost. While the server is
+    // down, walbust must notice the lost connection and fail to reconnect
+    // at least once more without giving up.
+    let interruptions = |log: &str| log.matches(INTERRUPTED).count();
+    let before_crash = interruptions(&walbust.log());
     drop(db);
     svc.pg.stop().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    walbust
+        .wait_log_lines(
+            before_crash + 2,
+            "interruptions (the crash, then a failed reconnect)",
+            |l| l.contains(INTERRUPTED),
+        )
+        .await;
     assert!(
         walbust.is_running(),
         "walbust exited on a transient fault:\n{}",

@@ -14,21 +14,6 @@ use support::*;
 /// Generous: other engineers build and test on the same two cores.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Runs `sql` in one transaction; returns its xid and the WAL position
-/// before it.
-async fn commit(db: &mut tokio_postgres::Client, sql: &str) -> (u32, u64) {
-    let before = current_wal_lsn(db).await;
-    let tx = db.transaction().await.unwrap();
-    tx.batch_execute(sql).await.unwrap();
-    let xid: i64 = tx
-        .query_one("SELECT txid_current()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    tx.commit().await.unwrap();
-    (xid as u32, before)
-}
-
 async fn redis_keys(redis: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
@@ -37,38 +22,6 @@ async fn redis_keys(redis: &mut redis::aio::MultiplexedConnection) -> Vec<String
         .unwrap();
     keys.sort();
     keys
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The sum of the Prometheus series starting with `series`.
-fn metric(port: u16, series: &str) -> f64 {
-    try_scrape_metrics(port)
-        .and_then(|page| metric_value(&page, series))
-        .unwrap_or(0.0)
-}
-
-/// Waits until `log` of `w` contains `needle` (and returns that log).
-async fn wait_log(w: &mut Walbust, needle: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let log = w.log();
-        if log.contains(needle) {
-            return log;
-        }
-        assert!(w.is_running(), "walbust exited; log:\n{log}");
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -101,14 +54,7 @@ async fn partitioned_table_changes_match_the_parent_rule_and_moves_hit_both_cate
     wait_streaming(&db, &mut walbust).await;
 
     // walbust created the publication, via the partition root.
-    let via_root: bool = db
-        .query_one(
-            "SELECT pubviaroot FROM pg_publication WHERE pubname = 'walbust'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let via_root = publishes_via_root(&db).await;
     assert!(via_root);
 
     // Rows land in different partitions; the rule on the parent sees each.
@@ -171,7 +117,7 @@ async fn partitioned_table_changes_match_the_parent_rule_and_moves_hit_both_cate
             .await
             .unwrap();
     }
-    let (_, before) = commit(
+    let (_, before, _) = commit(
         &mut db,
         "UPDATE items SET category_id = 4 WHERE id = 1 AND category_id = 3",
     )
@@ -232,7 +178,7 @@ async fn a_star_in_a_row_value_invalidates_only_its_own_keys() {
     set_keys(&mut redis, &own).await;
     set_keys(&mut redis, &others).await;
     set_keys(&mut redis, &["product:1"]).await;
-    let (_, before) = commit(&mut db, "INSERT INTO products VALUES (1, '*')").await;
+    let (_, before, _) = commit(&mut db, "INSERT INTO products VALUES (1, '*')").await;
     assert_invalidated(&mut redis, &own, &others, "a product named *").await;
     wait_confirmed_past(&db, before).await;
     assert!(!exists(&mut redis, "product:1").await);
@@ -242,7 +188,7 @@ async fn a_star_in_a_row_value_invalidates_only_its_own_keys() {
 
     // Brackets and question marks are escaped as well.
     set_keys(&mut redis, &["list:[x]:page1", "list:x:page1"]).await;
-    let (_, before) = commit(&mut db, "INSERT INTO products VALUES (2, '[x]')").await;
+    let (_, before, _) = commit(&mut db, "INSERT INTO products VALUES (2, '[x]')").await;
     assert_invalidated(
         &mut redis,
         &["list:[x]:page1"],
@@ -276,7 +222,7 @@ async fn an_unchanged_toasted_value_never_makes_a_wrong_key() {
     .await
     .unwrap();
     let mut redis = svc.redis.connection().await.unwrap();
-    let port = free_port();
+    let port = walbust_testkit::free_port();
     let config = svc.write_config_with(
         TOAST_RULES,
         false,
@@ -291,7 +237,7 @@ async fn an_unchanged_toasted_value_never_makes_a_wrong_key() {
     let title_key = |t: &str, v: &str| format!("doctitle:{t}:{}", walbust_rules::hash_value(v));
 
     set_keys(&mut redis, &["doc:1", &body_key(&big)]).await;
-    let (_, before) = commit(
+    let (_, before, _) = commit(
         &mut db,
         &format!("INSERT INTO docs VALUES (1, 't1', '{big}')"),
     )
@@ -323,7 +269,7 @@ async fn an_unchanged_toasted_value_never_makes_a_wrong_key() {
     set_keys(&mut redis, &wrong).await;
     set_keys(&mut redis, &["doc:1"]).await;
     let missing_before = metric(port, "walbust_rule_missing_values_total");
-    let (_, before) = commit(&mut db, "UPDATE docs SET title = 't2' WHERE id = 1").await;
+    let (_, before, _) = commit(&mut db, "UPDATE docs SET title = 't2' WHERE id = 1").await;
     assert_invalidated(&mut redis, &["doc:1"], &wrong, "update of the title").await;
     wait_confirmed_past(&db, before).await;
     for k in &wrong {
@@ -340,7 +286,7 @@ async fn an_unchanged_toasted_value_never_makes_a_wrong_key() {
         &["doc:1", &body_key(&big2), &title_key("t2", &big2)],
     )
     .await;
-    let (_, before) = commit(
+    let (_, before, _) = commit(
         &mut db,
         &format!("UPDATE docs SET body = '{big2}' WHERE id = 1"),
     )
@@ -409,7 +355,7 @@ async fn an_explicit_message_arrives_only_if_its_transaction_commits() {
     )
     .await;
     // Committed: its keys, tags and patterns go with the transaction.
-    let (_, before) = commit(
+    let (_, before, _) = commit(
         &mut db,
         "INSERT INTO carts VALUES (1);
          SELECT pg_logical_emit_message(true, 'walbust', \
@@ -697,7 +643,7 @@ async fn tail_prints_committed_transactions_and_publishes_nothing() {
         tail.output()
     );
 
-    let (xid, before) = commit(
+    let (xid, before, _) = commit(
         &mut db,
         "INSERT INTO products VALUES (1, 3, 10), (2, 3, 20);
          UPDATE products SET category_id = 4, price = 11 WHERE id = 1;
@@ -717,7 +663,7 @@ async fn tail_prints_committed_transactions_and_publishes_nothing() {
         tx.rollback().await.unwrap();
         (xid as u32, ())
     };
-    let (xid2, _) = commit(&mut db, "DELETE FROM orders WHERE id = 7").await;
+    let (xid2, _, _) = commit(&mut db, "DELETE FROM orders WHERE id = 7").await;
 
     let printed = eventually(PATIENCE, "tail to print both transactions", || async {
         let txs = tail.transactions();
@@ -814,16 +760,6 @@ const RELOAD_UNKNOWN_COLUMN: &str =
 const RELOAD_BROKEN: &str =
     "version: 1\nrules:\n  - table: public.products\n    keys: [\"item:{idd}\"]\n    kyes: []\n";
 
-async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
-    db.query_opt(
-        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walbust'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .map(|r| r.get(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_reload_without_dropping_the_replication_connection() {
     let svc = Services::start();
@@ -832,7 +768,7 @@ async fn rules_reload_without_dropping_the_replication_connection() {
         .await
         .unwrap();
     let mut redis = svc.redis.connection().await.unwrap();
-    let port = free_port();
+    let port = walbust_testkit::free_port();
     let config = svc.write_config_with(
         RELOAD_V1,
         false,
@@ -845,16 +781,16 @@ async fn rules_reload_without_dropping_the_replication_connection() {
 
     // The first rules.
     set_keys(&mut redis, &["product:1", "item:1"]).await;
-    let (_, before) = commit(&mut db, "INSERT INTO products VALUES (1, 'a')").await;
+    let (_, before, _) = commit(&mut db, "INSERT INTO products VALUES (1, 'a')").await;
     assert_invalidated(&mut redis, &["product:1"], &[], "rules v1").await;
     wait_confirmed_past(&db, before).await;
     assert!(exists(&mut redis, "item:1").await);
 
     // A valid edit: in effect for the next transaction, same connection.
     std::fs::write(&rules_file, RELOAD_V2).unwrap();
-    wait_log(&mut walbust, "rules reloaded").await;
+    walbust.wait_log("rules reloaded").await;
     set_keys(&mut redis, &["product:1", "item:1"]).await;
-    let (_, before) = commit(&mut db, "UPDATE products SET name = 'b' WHERE id = 1").await;
+    let (_, before, _) = commit(&mut db, "UPDATE products SET name = 'b' WHERE id = 1").await;
     assert_invalidated(&mut redis, &["item:1"], &[], "rules v2").await;
     wait_confirmed_past(&db, before).await;
     assert!(
@@ -871,7 +807,7 @@ async fn rules_reload_without_dropping_the_replication_connection() {
     // previous rules keep running.
     let errors_before = metric(port, "walbust_rules_reload_errors_total");
     std::fs::write(&rules_file, RELOAD_BROKEN).unwrap();
-    let log = wait_log(&mut walbust, "rules reload refused").await;
+    let log = walbust.wait_log("rules reload refused").await;
     let line = log
         .lines()
         .find(|l| l.contains("rules reload refused"))
@@ -883,7 +819,7 @@ async fn rules_reload_without_dropping_the_replication_connection() {
     })
     .await;
     set_keys(&mut redis, &["product:1", "item:1"]).await;
-    let (_, before) = commit(&mut db, "UPDATE products SET name = 'c' WHERE id = 1").await;
+    let (_, before, _) = commit(&mut db, "UPDATE products SET name = 'c' WHERE id = 1").await;
     assert_invalidated(&mut redis, &["item:1"], &["product:1"], "kept rules v2").await;
     wait_confirmed_past(&db, before).await;
 
@@ -907,7 +843,7 @@ async fn rules_reload_without_dropping_the_replication_connection() {
     // Valid YAML naming a column the table does not have: refused before
     // it reaches the reader, with the rule's position.
     std::fs::write(&rules_file, RELOAD_UNKNOWN_COLUMN).unwrap();
-    let log = wait_log(&mut walbust, "column \"idd\" does not exist").await;
+    let log = walbust.wait_log("column \"idd\" does not exist").await;
     let line = log.lines().find(|l| l.contains("column \"idd\"")).unwrap();
     assert!(
         line.contains("rules reload refused") && line.contains("rules.yaml:4:"),
@@ -925,7 +861,7 @@ async fn rules_reload_without_dropping_the_replication_connection() {
     })
     .await;
     set_keys(&mut redis, &["product:1", "item:1"]).await;
-    let (_, before) = commit(&mut db, "UPDATE products SET name = 'd' WHERE id = 1").await;
+    let (_, before, _) = commit(&mut db, "UPDATE products SET name = 'd' WHERE id = 1").await;
     assert_invalidated(&mut redis, &["product:1"], &["item:1"], "rules v1 again").await;
     wait_confirmed_past(&db, before).await;
     assert_eq!(

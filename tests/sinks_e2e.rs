@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,61 +28,11 @@ rules:
 /// outage of 15 s would kill a replication connection that stopped
 /// answering. The Kafka is always the mock cluster (brokers can go down).
 fn start_services() -> Services {
-    let pg = walbust_testkit::Postgres::start_with(&[("wal_sender_timeout", "5s")])
-        .expect("start Postgres");
-    let redis = walbust_testkit::Redis::start().expect("start Redis");
-    let kafka = walbust_testkit::Kafka::start_mock(1).expect("start the mock Kafka");
-    kafka.create_topic(TOPIC, 1).expect("create topic");
-    Services {
-        pg,
-        redis,
-        kafka,
-        dir: tempfile::tempdir().expect("tempdir"),
-    }
-}
-
-/// Writes the rules and a configuration. `redis` and `kafka` are extra lines
-/// of their sections (indented by four spaces), `None` leaves the sink out;
-/// `extra` is appended at the top level.
-fn write_config(
-    svc: &Services,
-    rules: &str,
-    redis: Option<&str>,
-    kafka: Option<&str>,
-    extra: &str,
-) -> PathBuf {
-    std::fs::write(svc.dir.path().join("rules.yaml"), rules).unwrap();
-    let mut cfg = format!(
-        "source:\n  url: \"{}\"\n  publication: walbust\n  slot: walbust\n  create: true\n  status_interval_ms: 200\nrules: rules.yaml\nsinks:\n",
-        svc.pg.url()
-    );
-    if let Some(lines) = redis {
-        cfg.push_str(&format!(
-            "  redis:\n    url: \"{}\"\n{lines}",
-            svc.redis.url()
-        ));
-    }
-    if let Some(lines) = kafka {
-        cfg.push_str(&format!(
-            "  kafka:\n    brokers: \"{}\"\n    topic: {TOPIC}\n    properties:\n      reconnect.backoff.max.ms: \"500\"\n{lines}",
-            svc.kafka.bootstrap_servers()
-        ));
-    }
-    cfg.push_str(extra);
-    let path = svc.dir.path().join("walbust.yaml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
-
-/// The walsender serving walbust, by its `application_name`.
-async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
-    db.query_opt(
-        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walbust'",
-        &[],
+    Services::start_with(
+        walbust_testkit::Postgres::start_with(&[("wal_sender_timeout", "5s")])
+            .expect("start Postgres"),
+        walbust_testkit::Kafka::start_mock(1).expect("start the mock Kafka"),
     )
-    .await
-    .unwrap()
-    .map(|row| row.get(0))
 }
 
 /// Waits until the slot's confirmed position reaches `lsn` (`>=`), up to
@@ -105,25 +54,6 @@ async fn wait_confirmed_at_least(
     )
     .await;
     started.elapsed()
-}
-
-/// The log without terminal colour codes, so fields can be searched.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ params final-byte(@..~)
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// `calls` of one command in `INFO commandstats` (0 if never called).
@@ -160,6 +90,13 @@ fn kafka_keys(svc: &Services) -> (BTreeSet<String>, Vec<serde_json::Value>) {
 // ---------------------------------------------------------------------------
 // Outages under a steady write load.
 // ---------------------------------------------------------------------------
+
+/// A line in which walbust's Kafka producer (librdkafka) reports that it
+/// lost a broker or all of them.
+fn is_kafka_failure(line: &str) -> bool {
+    line.contains("librdkafka")
+        && (line.contains("BrokerTransportFailure") || line.contains("AllBrokersDown"))
+}
 
 /// Where the outage stands, as seen by the writer when it starts a row.
 const BEFORE: u8 = 0;
@@ -253,8 +190,7 @@ async fn outage_under_load(redis_down: bool, kafka_down: bool) {
         .unwrap();
     // Small batches and channel: during the outage the pipeline fills up and
     // the reader blocks on it, the path where keepalives must still flow.
-    let config = write_config(
-        &svc,
+    let config = svc.write_config_sinks(
         ITEM_RULES,
         Some("    tag_strategy: version\n"),
         Some(""),
@@ -291,6 +227,8 @@ async fn outage_under_load(redis_down: bool, kafka_down: bool) {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Down.
+    let kafka_failures = |log: &str| log.lines().filter(|l| is_kafka_failure(l)).count();
+    let kafka_failures_before = kafka_failures(&walbust.log());
     phase.store(GOING_DOWN, Ordering::SeqCst);
     if redis_down {
         svc.redis.stop().unwrap();
@@ -301,10 +239,25 @@ async fn outage_under_load(redis_down: bool, kafka_down: bool) {
     phase.store(DOWN, Ordering::SeqCst);
     let down_at = Instant::now();
 
-    // Sample the slot through the outage. Acknowledgements of batches the
-    // sinks confirmed just before the outage may still arrive in the first
-    // status intervals (200 ms); after that nothing may move.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Sample the slot through the outage, once walbust felt it: Redis
+    // refused a batch (the pipeline retries it), or the producer lost the
+    // brokers. Acknowledgements of batches the sinks confirmed just before
+    // may still be reported in the next status updates; after two of them
+    // nothing may move.
+    if redis_down {
+        walbust.wait_retries("redis", 1).await;
+    }
+    if kafka_down {
+        walbust
+            .wait_log_lines(
+                kafka_failures_before + 1,
+                "lost Kafka brokers",
+                is_kafka_failure,
+            )
+            .await;
+    }
+    wait_status_update(&db).await;
+    wait_status_update(&db).await;
     let mut samples = Vec::new();
     let mut pid_mid = None;
     while down_at.elapsed() < OUTAGE {
@@ -392,7 +345,7 @@ async fn outage_under_load(redis_down: bool, kafka_down: bool) {
         !pg_log.contains("replication timeout"),
         "{what}: the server timed the walsender out:\n{pg_log}"
     );
-    let log = plain(&walbust.log());
+    let log = walbust.log();
     assert!(
         !log.to_lowercase().contains("reconnect"),
         "{what}: walbust reconnected:\n{log}"
@@ -400,8 +353,7 @@ async fn outage_under_load(redis_down: bool, kafka_down: bool) {
     if redis_down {
         assert!(
             log.lines()
-                .any(|l| l.contains("publish failed; retrying the batch")
-                    && l.contains("sink=\"redis\"")),
+                .any(|l| l.contains(RETRYING) && l.contains("sink=\"redis\"")),
             "{what}: no Redis retry was logged:\n{log}"
         );
     }
@@ -564,14 +516,6 @@ impl Drop for Announcements {
     }
 }
 
-/// One value of the Prometheus endpoint, `name{labels} value`, summed over
-/// the series whose line starts with `series`.
-fn metric(listen: &str, series: &str) -> f64 {
-    let port = listen.rsplit(':').next().and_then(|p| p.parse().ok());
-    let page = scrape_metrics(port.expect("metrics.listen ends with a port"));
-    metric_value(&page, series).unwrap_or(0.0)
-}
-
 const CHANNEL: &str = "walbust-batches";
 
 /// What one round of hot-row transactions cost Redis.
@@ -592,7 +536,7 @@ struct HotRow<'a> {
     walbust: &'a mut Walbust,
     config: &'a std::path::Path,
     /// walbust's metrics endpoint.
-    listen: &'a str,
+    metrics_port: u16,
 }
 
 /// Commits `transactions` transactions of `updates` updates of row 1 and
@@ -611,7 +555,7 @@ async fn hot_row_round(
     backlog: bool,
     max_unlinks: u64,
 ) -> Round {
-    let (svc, db, config, listen) = (env.svc, env.db, env.config, env.listen);
+    let (svc, db, config, port) = (env.svc, env.db, env.config, env.metrics_port);
     let (redis, walbust) = (&mut *env.redis, &mut *env.walbust);
     let changes = transactions * updates;
     let announcements = Announcements::subscribe(&svc.redis.url(), CHANNEL);
@@ -619,7 +563,7 @@ async fn hot_row_round(
     let changes_before = if backlog {
         0.0
     } else {
-        metric(listen, "walbust_changes_total")
+        metric(port, "walbust_changes_total")
     };
     let unlinks_before = command_calls(redis, "unlink").await;
     let publishes_before = command_calls(redis, "publish").await;
@@ -672,7 +616,7 @@ async fn hot_row_round(
     let unlinks = command_calls(redis, "unlink").await - unlinks_before;
     let batches = command_calls(redis, "publish").await - publishes_before;
     assert_eq!(
-        metric(listen, "walbust_changes_total") - changes_before,
+        metric(port, "walbust_changes_total") - changes_before,
         changes as f64,
         "walbust_changes_total did not count every update (backlog: {backlog})"
     );
@@ -732,13 +676,12 @@ async fn a_hot_row_is_coalesced_and_every_commit_still_invalidates() {
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
         .await
         .unwrap();
-    let listen = format!("127.0.0.1:{}", walbust_testkit::free_port());
-    let config = write_config(
-        &svc,
+    let metrics_port = walbust_testkit::free_port();
+    let config = svc.write_config_sinks(
         HOT_RULES,
         Some(&format!("    publish_channel: {CHANNEL}\n")),
         None,
-        &format!("metrics:\n  listen: \"{listen}\"\n"),
+        &format!("metrics:\n  listen: \"127.0.0.1:{metrics_port}\"\n"),
     );
     let mut walbust = Walbust::start(&config);
     wait_streaming(&db, &mut walbust).await;
@@ -767,7 +710,7 @@ async fn a_hot_row_is_coalesced_and_every_commit_still_invalidates() {
             redis: &mut redis,
             walbust: &mut walbust,
             config: &config,
-            listen: &listen,
+            metrics_port,
         };
         let round = hot_row_round(&mut env, shape, backlog, max_unlinks).await;
         eprintln!(
@@ -809,8 +752,7 @@ async fn kafka_records_stay_under_the_limit_and_carry_the_documented_fields() {
     db.batch_execute("CREATE TABLE products (id int PRIMARY KEY, category_id int NOT NULL)")
         .await
         .unwrap();
-    let config = write_config(
-        &svc,
+    let config = svc.write_config_sinks(
         PRODUCT_RULES,
         None,
         Some(&format!("    max_record_bytes: {MAX}\n")),
@@ -819,21 +761,13 @@ async fn kafka_records_stay_under_the_limit_and_carry_the_documented_fields() {
     let mut walbust = Walbust::start(&config);
     wait_streaming(&db, &mut walbust).await;
 
-    let before = current_wal_lsn(&db).await;
-    let tx = db.transaction().await.unwrap();
-    tx.execute(
-        "INSERT INTO products SELECT g, g % $1 FROM generate_series(1, $2) g",
-        &[&CATEGORIES, &ROWS],
+    let (xid, before, after) = commit(
+        &mut db,
+        &format!(
+            "INSERT INTO products SELECT g, g % {CATEGORIES} FROM generate_series(1, {ROWS}) g"
+        ),
     )
-    .await
-    .unwrap();
-    let xid: i64 = tx
-        .query_one("SELECT txid_current()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    tx.commit().await.unwrap();
-    let after = current_wal_lsn(&db).await;
+    .await;
     wait_confirmed_past(&db, before).await;
 
     let expected_keys: BTreeSet<String> = (1..=ROWS)
@@ -879,8 +813,7 @@ async fn kafka_records_stay_under_the_limit_and_carry_the_documented_fields() {
             "{value}"
         );
         assert_eq!(value["v"], 1);
-        let xids = value["xids"].as_array().expect("xids");
-        if !xids.iter().any(|x| x.as_i64() == Some(xid)) {
+        if !carries(&value, xid) {
             continue;
         }
         carrying += 1;
@@ -980,8 +913,8 @@ async fn redis_cluster_keys_tags_and_patterns_are_invalidated_on_every_primary()
     std::fs::write(
         &config,
         format!(
-            "source:\n  url: \"{}\"\n  publication: walbust\n  slot: walbust\n  create: true\n  status_interval_ms: 200\nrules: rules.yaml\nsinks:\n  redis:\n    url: \"{}\"\n    cluster: true\n    unlink_chunk: 50\n    scan_count: 100\n",
-            pg.url(),
+            "{}sinks:\n  redis:\n    url: \"{}\"\n    cluster: true\n    unlink_chunk: 50\n    scan_count: 100\n",
+            source_yaml(&pg.url(), "walbust", "", "rules.yaml"),
             cluster.url()
         ),
     )

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 pub const TOPIC: &str = "invalidations";
 
+/// Logged by the pipeline each time a sink fails a batch it will retry.
+pub const RETRYING: &str = "publish failed; retrying the batch";
+
 /// Postgres, Redis and Kafka for one test, plus a scratch folder.
 /// Field order is drop order: the Kafka mock cluster goes last.
 pub struct Services {
@@ -24,9 +27,16 @@ pub struct Services {
 
 impl Services {
     pub fn start() -> Services {
-        let pg = walbust_testkit::Postgres::start().expect("start Postgres");
+        Services::start_with(
+            walbust_testkit::Postgres::start().expect("start Postgres"),
+            walbust_testkit::Kafka::start().expect("start Kafka"),
+        )
+    }
+
+    /// Services around a Postgres and a Kafka the test started its own way;
+    /// starts Redis and creates the topic.
+    pub fn start_with(pg: walbust_testkit::Postgres, kafka: walbust_testkit::Kafka) -> Services {
         let redis = walbust_testkit::Redis::start().expect("start Redis");
-        let kafka = walbust_testkit::Kafka::start().expect("start Kafka");
         kafka.create_topic(TOPIC, 1).expect("create topic");
         Services {
             pg,
@@ -44,16 +54,31 @@ impl Services {
     /// Like [`write_config`](Self::write_config) with extra top-level YAML
     /// appended (for example a `publish:` section).
     pub fn write_config_with(&self, rules: &str, kafka: bool, extra: &str) -> PathBuf {
-        let rules_path = self.dir.path().join("rules.yaml");
-        std::fs::write(&rules_path, rules).unwrap();
-        let mut cfg = format!(
-            "source:\n  url: \"{}\"\n  publication: walbust\n  slot: walbust\n  create: true\n  status_interval_ms: 200\nrules: rules.yaml\nsinks:\n  redis:\n    url: \"{}\"\n",
-            self.pg.url(),
-            self.redis.url()
-        );
-        if kafka {
+        self.write_config_sinks(rules, Some(""), kafka.then_some(""), extra)
+    }
+
+    /// Writes the rules and a configuration. `redis` and `kafka` are extra
+    /// lines of their sections (indented by four spaces), `None` leaves the
+    /// sink out; `extra` is appended at the top level.
+    pub fn write_config_sinks(
+        &self,
+        rules: &str,
+        redis: Option<&str>,
+        kafka: Option<&str>,
+        extra: &str,
+    ) -> PathBuf {
+        std::fs::write(self.dir.path().join("rules.yaml"), rules).unwrap();
+        let mut cfg = source_yaml(&self.pg.url(), "walbust", "", "rules.yaml");
+        cfg.push_str("sinks:\n");
+        if let Some(lines) = redis {
             cfg.push_str(&format!(
-                "  kafka:\n    brokers: \"{}\"\n    topic: {TOPIC}\n    properties:\n      reconnect.backoff.max.ms: \"500\"\n",
+                "  redis:\n    url: \"{}\"\n{lines}",
+                self.redis.url()
+            ));
+        }
+        if let Some(lines) = kafka {
+            cfg.push_str(&format!(
+                "  kafka:\n    brokers: \"{}\"\n    topic: {TOPIC}\n    properties:\n      reconnect.backoff.max.ms: \"500\"\n{lines}",
                 self.kafka.bootstrap_servers()
             ));
         }
@@ -62,6 +87,15 @@ impl Services {
         std::fs::write(&path, cfg).unwrap();
         path
     }
+}
+
+/// The `source:` section every test configuration starts with (slot `slot`,
+/// created by walbust, status updates every 200 ms, `source_extra` lines
+/// appended) and the `rules:` line.
+pub fn source_yaml(url: &str, slot: &str, source_extra: &str, rules_file: &str) -> String {
+    format!(
+        "source:\n  url: \"{url}\"\n  publication: walbust\n  slot: {slot}\n  create: true\n  status_interval_ms: 200\n{source_extra}rules: {rules_file}\n"
+    )
 }
 
 /// A `walbust run` process. Killed on drop if still running.
@@ -85,12 +119,54 @@ impl Walbust {
         Walbust { child, log }
     }
 
+    /// Its log so far, without terminal colour codes, so fields can be
+    /// searched (`sink="redis"`).
     pub fn log(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
             let _ = f.read_to_string(&mut s);
         }
-        s
+        plain(&s)
+    }
+
+    /// Waits until at least `count` lines of the log satisfy `matches`
+    /// (`what` names them in the failure), and returns the log. Fails if
+    /// walbust exits first.
+    pub async fn wait_log_lines(
+        &mut self,
+        count: usize,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log();
+            if log.lines().filter(|l| matches(l)).count() >= count {
+                return log;
+            }
+            assert!(self.is_running(), "walbust exited; log:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {count} {what} in the log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the pipeline logged `count` failed publishes to `sink`
+    /// (`redis`, `kafka`) that it will retry.
+    pub async fn wait_retries(&mut self, sink: &str, count: usize) {
+        let field = format!("sink=\"{sink}\"");
+        self.wait_log_lines(count, &format!("{sink} retries"), |l| {
+            l.contains(RETRYING) && l.contains(&field)
+        })
+        .await;
+    }
+
+    /// Waits until the log contains `needle`, and returns the log.
+    pub async fn wait_log(&mut self, needle: &str) -> String {
+        self.wait_log_lines(1, &format!("{needle:?}"), |l| l.contains(needle))
+            .await
     }
 
     pub fn signal(&self, sig: &str) {
@@ -135,6 +211,25 @@ impl Drop for Walbust {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `log` without terminal colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte(@..~)
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn unique() -> u128 {
@@ -186,11 +281,55 @@ pub async fn confirmed_flush_lsn(db: &tokio_postgres::Client, slot: &str) -> Opt
 }
 
 pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> u64 {
-    let row = db
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+    walbust_testkit::current_wal_lsn(db).await.unwrap()
+}
+
+/// Runs `sql` in one transaction; returns its xid and the WAL positions
+/// before and after its commit.
+pub async fn commit(db: &mut tokio_postgres::Client, sql: &str) -> (u32, u64, u64) {
+    let before = current_wal_lsn(db).await;
+    let xid = walbust_testkit::commit_transaction(db, sql)
         .await
-        .unwrap();
-    walbust_pgoutput::parse_lsn(row.get::<_, &str>(0)).unwrap()
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    (xid, before, current_wal_lsn(db).await)
+}
+
+/// The walsender serving walbust, by its `application_name`.
+pub async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
+    db.query_opt(
+        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walbust'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .map(|row| row.get(0))
+}
+
+/// Waits until the server receives a standby status update from walbust
+/// sent after this call: whatever walbust had confirmed by now has been
+/// reported to the server.
+pub async fn wait_status_update(db: &tokio_postgres::Client) {
+    let now: std::time::SystemTime = db
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    eventually(
+        Duration::from_secs(30),
+        "a standby status update from walbust",
+        || async {
+            let row = db
+                .query_opt(
+                    "SELECT reply_time FROM pg_stat_replication WHERE application_name = 'walbust'",
+                    &[],
+                )
+                .await
+                .unwrap()?;
+            let reply: Option<std::time::SystemTime> = row.get(0);
+            reply.filter(|r| *r > now)
+        },
+    )
+    .await;
 }
 
 /// Waits until walbust holds the slot (streaming started).
@@ -260,6 +399,34 @@ pub fn kafka_records(kafka: &walbust_testkit::Kafka, min: usize) -> Vec<serde_js
         .collect()
 }
 
+/// Whether walbust's publication publishes partition changes as their
+/// root table (`publish_via_partition_root`).
+pub async fn publishes_via_root(db: &tokio_postgres::Client) -> bool {
+    db.query_one(
+        "SELECT pubviaroot FROM pg_publication WHERE pubname = 'walbust'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Whether a Kafka record lists transaction `xid`.
+pub fn carries(record: &serde_json::Value, xid: u32) -> bool {
+    record["xids"]
+        .as_array()
+        .is_some_and(|x| x.iter().any(|v| v.as_u64() == Some(u64::from(xid))))
+}
+
+/// A JSON array of strings (a record's `keys`, `tags` or `patterns`).
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_owned())
+        .collect()
+}
+
 /// Waits until the slot's confirmed position is past `lsn`: a transaction
 /// that began after `lsn` was delivered and acknowledged.
 pub async fn wait_confirmed_past(db: &tokio_postgres::Client, lsn: u64) {
@@ -283,9 +450,9 @@ pub fn write_named_config(svc: &Services, name: &str, rules: &str, source_extra:
     svc.kafka.create_topic(name, 1).expect("create topic");
     let rules_file = format!("{name}.rules.yaml");
     std::fs::write(svc.dir.path().join(&rules_file), rules).unwrap();
+    let source = source_yaml(&svc.pg.url(), name, source_extra, &rules_file);
     let cfg = format!(
-        "source:\n  url: \"{}\"\n  publication: walbust\n  slot: {name}\n  create: true\n  status_interval_ms: 200\n{source_extra}rules: {rules_file}\nsinks:\n  kafka:\n    brokers: \"{}\"\n    topic: {name}\n",
-        svc.pg.url(),
+        "{source}sinks:\n  kafka:\n    brokers: \"{}\"\n    topic: {name}\n",
         svc.kafka.bootstrap_servers()
     );
     let path = svc.dir.path().join(format!("{name}.yaml"));
@@ -384,6 +551,14 @@ pub fn metric_value(scrape: &str, series: &str) -> Option<f64> {
         *found.get_or_insert(0.0) += value;
     }
     found
+}
+
+/// The sum of the samples of `series` (as [`metric_value`]) on walbust's
+/// endpoint on `port`; 0 while it lists none or nothing listens yet.
+pub fn metric(port: u16, series: &str) -> f64 {
+    try_scrape_metrics(port)
+        .and_then(|page| metric_value(&page, series))
+        .unwrap_or(0.0)
 }
 
 /// GET /metrics of walbust's Prometheus endpoint over plain HTTP/1.0.

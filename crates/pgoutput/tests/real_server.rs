@@ -79,12 +79,7 @@ impl Server {
     }
 
     async fn lsn(&self) -> u64 {
-        let row = self
-            .db
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap();
-        walbust_pgoutput::parse_lsn(row.get(0)).unwrap()
+        walbust_testkit::current_wal_lsn(&self.db).await.unwrap()
     }
 
     /// Now, in microseconds since 2000-01-01 UTC (the protocol's clock).
@@ -104,18 +99,11 @@ impl Server {
     async fn commit(&mut self, sql: &str) -> Written {
         let before = self.lsn().await;
         let start = self.now_micros().await;
-        let tx = self.db.transaction().await.unwrap();
-        tx.batch_execute(sql)
+        let xid = walbust_testkit::commit_transaction(&mut self.db, sql)
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let xid: i64 = tx
-            .query_one("SELECT txid_current()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        tx.commit().await.unwrap();
+            .unwrap_or_else(|e| panic!("{e:?}"));
         Written {
-            xid: xid as u32,
+            xid,
             before,
             after: self.lsn().await,
             start,

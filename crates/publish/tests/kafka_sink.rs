@@ -6,23 +6,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 use walbust_publish::kafka_sink::{KafkaSink, KafkaSinkConfig};
-use walbust_publish::{Batch, Item, Pipeline, PipelineConfig, Sink, SinkErrorKind};
+use walbust_publish::{PipelineConfig, Sink, SinkErrorKind};
+
+mod support;
+use support::{batch, Run, Watched};
 
 const SLOT: &str = "walbust_test_slot";
-
-fn batch(keys: Vec<String>, tags: Vec<String>, patterns: Vec<String>) -> Batch {
-    Batch {
-        lsn: 0x16B3748,
-        end_lsn: Some(0x16B3800),
-        // 2026-11-22T10:00:00.123456Z in Postgres-epoch microseconds.
-        commit_time_micros: (1_795_341_600 - 946_684_800) * 1_000_000 + 123_456,
-        first_commit_time_micros: 0,
-        xids: vec![1234],
-        keys,
-        tags,
-        patterns,
-    }
-}
 
 /// A topic name of its own per test, so a real shared broker works too.
 fn topic(name: &str) -> String {
@@ -167,8 +156,9 @@ async fn broker_down_then_up_is_retried_and_delivered() {
     let mut cfg = KafkaSinkConfig::new(kafka.bootstrap_servers(), &topic);
     cfg.properties
         .insert("message.timeout.ms".into(), "1500".into());
-    let sink = Arc::new(KafkaSink::new(cfg, SLOT).unwrap());
-    sink.health().await.unwrap();
+    let kafka_sink = KafkaSink::new(cfg, SLOT).unwrap();
+    kafka_sink.health().await.unwrap();
+    let sink = Watched::new(Arc::new(kafka_sink));
 
     if kafka.is_mock() {
         kafka.broker_down().unwrap();
@@ -178,53 +168,34 @@ async fn broker_down_then_up_is_retried_and_delivered() {
         retry_max: Duration::from_millis(500),
         ..PipelineConfig::default()
     };
-    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = attempts.clone();
-    let observer: walbust_publish::BatchObserver = Arc::new(move |_batch, report| {
-        seen.lock().unwrap().push(report.sinks[0].attempts);
-    });
-    let pipeline = Pipeline::spawn_with_observer(pipeline_cfg, vec![sink.clone()], Some(observer));
-    let task = pipeline.task;
-    let (tx, mut confirmed) = pipeline.feed.into_parts().unwrap();
-    tx.send(Item::Begin {
-        xid: 9,
-        commit_lsn: 2_000,
-        commit_time_micros: 0,
-    })
-    .await
-    .unwrap();
-    tx.send(Item::Changes(walbust_rules::Invalidations {
-        keys: vec!["product:7".into()],
-        tags: vec![],
-        patterns: vec![],
-    }))
-    .await
-    .unwrap();
-    tx.send(Item::Commit { end_lsn: 2_008 }).await.unwrap();
+    let mut run = Run::spawn(pipeline_cfg, sink.clone());
+    run.send(
+        9,
+        2_000,
+        walbust_rules::Invalidations {
+            keys: vec!["product:7".into()],
+            tags: vec![],
+            patterns: vec![],
+        },
+    )
+    .await;
 
     if kafka.is_mock() {
-        // Longer than message.timeout.ms, so at least one attempt fails and is retried.
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        // librdkafka gave up on the record after message.timeout.ms, and again
+        // on the pipeline's retry.
+        sink.wait_failures(2, Duration::from_secs(60)).await;
         assert_eq!(
-            *confirmed.borrow(),
+            *run.confirmed.borrow(),
             0,
             "nothing acknowledged while brokers are down"
         );
         kafka.broker_up().unwrap();
     }
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        confirmed.wait_for(|lsn| *lsn == 2_008),
-    )
-    .await
-    .expect("confirmed within 60s of the brokers coming back")
-    .unwrap();
-    drop(tx);
-    task.await.unwrap().unwrap();
-    let attempts = attempts.lock().unwrap().clone();
+    run.wait_confirmed(2_008, Duration::from_secs(60)).await;
+    let attempts = run.finish().await;
     assert_eq!(attempts.len(), 1, "one batch");
     if kafka.is_mock() {
-        assert!(attempts[0] >= 2, "the batch was retried: {attempts:?}");
+        assert!(attempts[0] >= 3, "the batch was retried: {attempts:?}");
     }
 
     let records = consume(&kafka, &topic, 1);

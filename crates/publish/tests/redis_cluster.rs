@@ -5,8 +5,11 @@ use redis::cluster_async::ClusterConnection;
 use walbust_publish::redis_sink::{
     request, RedisConnection, RedisSink, RedisSinkConfig, TagStrategy,
 };
-use walbust_publish::{Batch, Sink, SinkErrorKind};
+use walbust_publish::{Sink, SinkErrorKind};
 use walbust_testkit::RedisCluster;
+
+mod support;
+use support::{batch, strings};
 
 /// A cluster-aware async connection to `cluster`.
 async fn connection(cluster: &RedisCluster) -> ClusterConnection {
@@ -15,25 +18,6 @@ async fn connection(cluster: &RedisCluster) -> ClusterConnection {
         .get_async_connection()
         .await
         .unwrap()
-}
-
-fn strings<S: AsRef<str>>(v: impl IntoIterator<Item = S>) -> Vec<String> {
-    v.into_iter().map(|s| s.as_ref().to_string()).collect()
-}
-
-fn batch(keys: Vec<String>, tags: Vec<String>, patterns: Vec<String>) -> Batch {
-    let mut keys = keys;
-    keys.sort();
-    Batch {
-        lsn: 0x16B3748,
-        end_lsn: Some(0x16B3800),
-        commit_time_micros: 1_000_000,
-        first_commit_time_micros: 1_000_000,
-        xids: vec![42],
-        keys,
-        tags,
-        patterns,
-    }
 }
 
 async fn set(conn: &mut ClusterConnection, key: &str) {

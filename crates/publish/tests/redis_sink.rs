@@ -7,24 +7,10 @@ use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use walbust_publish::redis_sink::{RedisSink, RedisSinkConfig, TagStrategy};
-use walbust_publish::{Batch, Item, Pipeline, PipelineConfig, Sink, SinkErrorKind};
+use walbust_publish::{PipelineConfig, Sink, SinkErrorKind};
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-fn batch(keys: &[&str], tags: &[&str], patterns: &[&str]) -> Batch {
-    Batch {
-        lsn: 0x16B3748,
-        end_lsn: Some(0x16B3800),
-        commit_time_micros: 1_000_000,
-        first_commit_time_micros: 1_000_000,
-        xids: vec![42],
-        keys: strings(keys),
-        tags: strings(tags),
-        patterns: strings(patterns),
-    }
-}
+mod support;
+use support::{batch, strings, Run, Watched};
 
 async fn setup() -> (walbust_testkit::Redis, MultiplexedConnection) {
     let redis = walbust_testkit::Redis::start().expect("redis-server starts");
@@ -48,9 +34,9 @@ async fn keys_are_unlinked_in_chunks_and_other_keys_stay() {
     sink.health().await.unwrap();
 
     sink.publish(&batch(
-        &["product:1", "product:2", "product:3", "never:cached"],
-        &[],
-        &[],
+        strings(["product:1", "product:2", "product:3", "never:cached"]),
+        vec![],
+        vec![],
     ))
     .await
     .unwrap();
@@ -63,7 +49,7 @@ async fn keys_are_unlinked_in_chunks_and_other_keys_stay() {
     );
 
     // At-least-once: the same batch again is harmless.
-    sink.publish(&batch(&["product:1", "product:2"], &[], &[]))
+    sink.publish(&batch(strings(["product:1", "product:2"]), vec![], vec![]))
         .await
         .unwrap();
     assert!(exists(&mut conn, "other:1").await);
@@ -84,9 +70,13 @@ async fn set_tags_purge_members_and_the_set() {
     let sink = RedisSink::connect(RedisSinkConfig::new(redis.url()))
         .await
         .unwrap();
-    sink.publish(&batch(&[], &["category:3", "category:never-used"], &[]))
-        .await
-        .unwrap();
+    sink.publish(&batch(
+        vec![],
+        strings(["category:3", "category:never-used"]),
+        vec![],
+    ))
+    .await
+    .unwrap();
     assert!(!exists(&mut conn, "product:1").await);
     assert!(!exists(&mut conn, "product:2").await);
     assert!(
@@ -105,7 +95,9 @@ async fn set_tags_survive_a_flushed_script_cache() {
         .unwrap();
     let _: () = conn.set("k", "v").await.unwrap();
     let _: () = conn.sadd("tag:t", "k").await.unwrap();
-    sink.publish(&batch(&[], &["t"], &[])).await.unwrap();
+    sink.publish(&batch(vec![], strings(["t"]), vec![]))
+        .await
+        .unwrap();
     // Redis forgets scripts on restart or SCRIPT FLUSH; the sink must load it again.
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
@@ -114,7 +106,9 @@ async fn set_tags_survive_a_flushed_script_cache() {
         .unwrap();
     let _: () = conn.set("k", "v").await.unwrap();
     let _: () = conn.sadd("tag:t", "k").await.unwrap();
-    sink.publish(&batch(&[], &["t"], &[])).await.unwrap();
+    sink.publish(&batch(vec![], strings(["t"]), vec![]))
+        .await
+        .unwrap();
     assert!(!exists(&mut conn, "k").await);
 }
 
@@ -157,7 +151,9 @@ async fn set_purge_never_loses_a_key_registered_concurrently() {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    sink.publish(&batch(&[], &["hot"], &[])).await.unwrap();
+    sink.publish(&batch(vec![], strings(["hot"]), vec![]))
+        .await
+        .unwrap();
     app.await.unwrap();
 
     let remaining_old: usize = conn.exists::<_, usize>(&initial[..1000]).await.unwrap();
@@ -191,10 +187,10 @@ async fn version_tags_are_incremented() {
     let mut cfg = RedisSinkConfig::new(redis.url());
     cfg.tag_strategy = TagStrategy::Version;
     let sink = RedisSink::connect(cfg).await.unwrap();
-    sink.publish(&batch(&[], &["category:3", "products"], &[]))
+    sink.publish(&batch(vec![], strings(["category:3", "products"]), vec![]))
         .await
         .unwrap();
-    sink.publish(&batch(&[], &["category:3"], &[]))
+    sink.publish(&batch(vec![], strings(["category:3"]), vec![]))
         .await
         .unwrap();
     let v3: i64 = conn.get("tagver:category:3").await.unwrap();
@@ -219,7 +215,7 @@ async fn patterns_purge_by_scan_and_respect_escaping() {
     let sink = RedisSink::connect(cfg).await.unwrap();
 
     // `list:a\*b` is how rules write a pattern holding a literal `*` from row data.
-    sink.publish(&batch(&[], &[], &["page:*", r"list:a\*b"]))
+    sink.publish(&batch(vec![], vec![], strings(["page:*", r"list:a\*b"])))
         .await
         .unwrap();
     let left: Vec<String> = conn.keys("page:*").await.unwrap();
@@ -244,9 +240,13 @@ async fn batches_are_announced_on_the_publish_channel() {
     cfg.publish_channel = Some("walbust:invalidations".into());
     let sink = RedisSink::connect(cfg).await.unwrap();
     let _: () = conn.set("product:42", "v").await.unwrap();
-    sink.publish(&batch(&["product:42"], &["category:3"], &[]))
-        .await
-        .unwrap();
+    sink.publish(&batch(
+        strings(["product:42"]),
+        strings(["category:3"]),
+        vec![],
+    ))
+    .await
+    .unwrap();
 
     let message = tokio::time::timeout(Duration::from_secs(10), pubsub.on_message().next())
         .await
@@ -257,7 +257,7 @@ async fn batches_are_announced_on_the_publish_channel() {
     assert_eq!(value["lsn"], "0/16B3748");
     assert_eq!(value["keys"], serde_json::json!(["product:42"]));
     assert_eq!(value["tags"], serde_json::json!(["category:3"]));
-    assert_eq!(value["xids"], serde_json::json!([42]));
+    assert_eq!(value["xids"], serde_json::json!([1234]));
     assert!(
         !exists(&mut conn, "product:42").await,
         "purged before announcing"
@@ -273,7 +273,7 @@ async fn a_wrong_type_is_a_non_retriable_error() {
         .await
         .unwrap();
     let err = sink
-        .publish(&batch(&[], &["broken"], &[]))
+        .publish(&batch(vec![], strings(["broken"]), vec![]))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), SinkErrorKind::Rejected, "{err:?}");
@@ -299,8 +299,9 @@ async fn publish_retries_while_redis_is_down_and_succeeds_after_restart() {
     cfg.tag_strategy = TagStrategy::Version;
     cfg.connect_timeout_ms = 500;
     cfg.response_timeout_ms = 1_000;
-    let sink = Arc::new(RedisSink::connect(cfg).await.unwrap());
-    sink.health().await.unwrap();
+    let redis_sink = RedisSink::connect(cfg).await.unwrap();
+    redis_sink.health().await.unwrap();
+    let sink = Watched::new(Arc::new(redis_sink));
 
     redis.stop().unwrap();
     let health = sink.health().await.unwrap_err();
@@ -311,52 +312,33 @@ async fn publish_retries_while_redis_is_down_and_succeeds_after_restart() {
         retry_max: Duration::from_millis(400),
         ..PipelineConfig::default()
     };
-    let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = attempts.clone();
-    let observer: walbust_publish::BatchObserver = Arc::new(move |_batch, report| {
-        seen.lock().unwrap().push(report.sinks[0].attempts);
-    });
-    let pipeline = Pipeline::spawn_with_observer(pipeline_cfg, vec![sink.clone()], Some(observer));
-    let task = pipeline.task;
-    let (tx, mut confirmed) = pipeline.feed.into_parts().unwrap();
-    tx.send(Item::Begin {
-        xid: 7,
-        commit_lsn: 1_000,
-        commit_time_micros: 0,
-    })
-    .await
-    .unwrap();
-    tx.send(Item::Changes(walbust_rules::Invalidations {
-        keys: vec![],
-        tags: vec!["category:3".into()],
-        patterns: vec![],
-    }))
-    .await
-    .unwrap();
-    tx.send(Item::Commit { end_lsn: 1_008 }).await.unwrap();
+    let mut run = Run::spawn(pipeline_cfg, sink.clone());
+    run.send(
+        7,
+        1_000,
+        walbust_rules::Invalidations {
+            keys: vec![],
+            tags: vec!["category:3".into()],
+            patterns: vec![],
+        },
+    )
+    .await;
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The batch reached the sink, failed, was retried and failed again.
+    sink.wait_failures(2, Duration::from_secs(30)).await;
     assert_eq!(
-        *confirmed.borrow(),
+        *run.confirmed.borrow(),
         0,
         "nothing acknowledged while Redis is down"
     );
 
     redis.restart().unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        confirmed.wait_for(|lsn| *lsn == 1_008),
-    )
-    .await
-    .expect("confirmed within 30s of the restart")
-    .unwrap();
+    run.wait_confirmed(1_008, Duration::from_secs(30)).await;
     // The restarted Redis starts empty, so the counter proves the batch was applied after it.
     let mut conn = redis.connection().await.unwrap();
     let version: i64 = conn.get("tagver:category:3").await.unwrap();
     assert!(version >= 1);
-    drop(tx);
-    task.await.unwrap().unwrap();
-    let attempts = attempts.lock().unwrap().clone();
+    let attempts = run.finish().await;
     assert_eq!(attempts.len(), 1, "one batch");
-    assert!(attempts[0] >= 2, "the batch was retried: {attempts:?}");
+    assert!(attempts[0] >= 3, "the batch was retried: {attempts:?}");
 }

@@ -12,6 +12,8 @@
 //!   assigned by `redis-cli --cluster create`.
 //! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
 //!   broker named by `WALBUST_TEST_KAFKA`.
+//! - [`commit_transaction`], [`current_wal_lsn`]: what tests of the change
+//!   stream ask the server about their own writes.
 //! - [`free_port`]: the port chooser they share.
 //!
 //! Every server lives in its own directory under `std::env::temp_dir()` and
@@ -30,7 +32,7 @@ mod redis_server;
 
 pub use error::Error;
 pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
-pub use postgres::{Postgres, BINDIR_ENV as PG_BINDIR_ENV};
+pub use postgres::{commit_transaction, current_wal_lsn, Postgres, BINDIR_ENV as PG_BINDIR_ENV};
 pub use process::free_port;
 pub use redis_cluster::RedisCluster;
 pub use redis_server::Redis;

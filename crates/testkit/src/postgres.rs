@@ -389,6 +389,38 @@ impl Postgres {
     }
 }
 
+/// The server's current WAL position (`pg_current_wal_lsn()`) as a number.
+pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> Result<u64, Error> {
+    let row = db
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+        .await
+        .map_err(|source| Error::Postgres {
+            context: "could not read pg_current_wal_lsn()".to_owned(),
+            source,
+        })?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Runs `sql` (one or more statements) in one transaction, commits it, and
+/// returns its xid as pgoutput and walbust's records carry it: 32 bits,
+/// without the epoch.
+pub async fn commit_transaction(db: &mut tokio_postgres::Client, sql: &str) -> Result<u32, Error> {
+    let context = || format!("could not commit {sql:?}");
+    let err = |source| Error::Postgres {
+        context: context(),
+        source,
+    };
+    let tx = db.transaction().await.map_err(err)?;
+    tx.batch_execute(sql).await.map_err(err)?;
+    let xid: i64 = tx
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .map_err(err)?
+        .get(0);
+    tx.commit().await.map_err(err)?;
+    Ok(xid as u32)
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // The guard goes first so it cannot race us deleting the directory.
