@@ -294,15 +294,11 @@ pub async fn commit(db: &mut tokio_postgres::Client, sql: &str) -> (u32, u64, u6
     (xid, before, current_wal_lsn(db).await)
 }
 
-/// The walsender serving walbust, by its `application_name`.
+/// The walsender serving walbust on the tests' slot, `walbust`.
 pub async fn walsender_pid(db: &tokio_postgres::Client) -> Option<i32> {
-    db.query_opt(
-        "SELECT pid FROM pg_stat_replication WHERE application_name = 'walbust'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .map(|row| row.get(0))
+    walbust_testkit::walsender_pid(db, "walbust")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
 }
 
 /// Waits until the server receives a standby status update from walbust

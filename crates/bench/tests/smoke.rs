@@ -15,14 +15,8 @@ use serde_json::Value;
 const OTHER_SECTION: &str = "## Decoder (criterion)\n\nfigures of another harness\n";
 
 fn walbust_binary() -> PathBuf {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_walbust-bench"));
-    let walbust = bench.with_file_name(format!("walbust{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        walbust.is_file(),
-        "{} is missing: build it with `cargo build -p walbust` (cargo nextest run --workspace does)",
-        walbust.display()
-    );
-    walbust
+    walbust_testkit::sibling_binary(env!("CARGO_BIN_EXE_walbust-bench"), "walbust")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn number(v: &Value, field: &str) -> f64 {

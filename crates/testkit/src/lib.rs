@@ -12,9 +12,11 @@
 //!   assigned by `redis-cli --cluster create`.
 //! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
 //!   broker named by `WALBUST_TEST_KAFKA`.
-//! - [`commit_transaction`], [`current_wal_lsn`]: what tests of the change
-//!   stream ask the server about their own writes.
-//! - [`free_port`]: the port chooser they share.
+//! - [`commit_transaction`], [`current_wal_lsn`], [`walsender_pid`]: what
+//!   tests of the change stream ask the server about their own writes and
+//!   the walsender serving them.
+//! - [`free_port`]: the port chooser they share; [`sibling_binary`]: a
+//!   binary of the same build as the one under test.
 //!
 //! Every server lives in its own directory under `std::env::temp_dir()` and
 //! is stopped and deleted on drop, panics included. A missing binary is an
@@ -32,7 +34,9 @@ mod redis_server;
 
 pub use error::Error;
 pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
-pub use postgres::{commit_transaction, current_wal_lsn, Postgres, BINDIR_ENV as PG_BINDIR_ENV};
-pub use process::free_port;
+pub use postgres::{
+    commit_transaction, current_wal_lsn, walsender_pid, Postgres, BINDIR_ENV as PG_BINDIR_ENV,
+};
+pub use process::{free_port, sibling_binary};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::Redis;

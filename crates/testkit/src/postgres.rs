@@ -401,6 +401,22 @@ pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> Result<u64, Error> 
     Ok(row.get::<_, i64>(0) as u64)
 }
 
+/// The pid of the walsender streaming replication slot `slot`, while one
+/// holds it.
+pub async fn walsender_pid(db: &tokio_postgres::Client, slot: &str) -> Result<Option<i32>, Error> {
+    let row = db
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&slot],
+        )
+        .await
+        .map_err(|source| Error::Postgres {
+            context: "could not read pg_replication_slots".to_owned(),
+            source,
+        })?;
+    Ok(row.and_then(|r| r.get(0)))
+}
+
 /// Runs `sql` (one or more statements) in one transaction, commits it, and
 /// returns its xid as pgoutput and walbust's records carry it: 32 bits,
 /// without the epoch.

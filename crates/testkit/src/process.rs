@@ -289,3 +289,19 @@ impl Drop for OrphanGuard {
         let _ = self.child.wait();
     }
 }
+
+/// The binary `name` of the same cargo build as `exe`, a binary under test
+/// (`env!("CARGO_BIN_EXE_...")`): cargo puts every binary of a workspace
+/// build in one folder.
+pub fn sibling_binary(exe: &str, name: &str) -> Result<PathBuf, Error> {
+    let exe = Path::new(exe);
+    let path = exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(Error::MissingBinary {
+        name: name.to_owned(),
+        searched: format!("beside {}", exe.display()),
+        hint: format!("build it with `cargo build -p {name}` (cargo nextest run --workspace does)"),
+    })
+}

@@ -143,12 +143,5 @@ impl Services {
 
 /// The pid of walbust's walsender, if it is streaming.
 pub async fn walsender_pid(db: &Client) -> Result<Option<i32>> {
-    let row = db
-        .query_opt(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
-            &[&SLOT],
-        )
-        .await
-        .context("cannot read pg_replication_slots")?;
-    Ok(row.and_then(|r| r.get(0)))
+    Ok(walbust_testkit::walsender_pid(db, SLOT).await?)
 }

@@ -17,13 +17,8 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 fn walbust_binary() -> PathBuf {
-    let torture = PathBuf::from(env!("CARGO_BIN_EXE_walbust-torture"));
-    let walbust = torture.with_file_name(format!("walbust{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        walbust.is_file(),
-        "{} is missing: build it first: cargo build -p walbust (cargo nextest run --workspace does)",
-        walbust.display()
-    );
+    let walbust = walbust_testkit::sibling_binary(env!("CARGO_BIN_EXE_walbust-torture"), "walbust")
+        .unwrap_or_else(|e| panic!("{e}"));
     warn_if_stale(&walbust);
     walbust
 }
@@ -36,7 +31,7 @@ fn warn_if_stale(walbust: &Path) {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let newest = ["walbust", "cdc", "publish", "rules", "pgoutput"]
+    let newest = ["walbust", "cdc", "flow", "publish", "rules", "pgoutput"]
         .iter()
         .filter_map(|c| newest_file(&root.join("crates").join(c).join("src")))
         .max();
