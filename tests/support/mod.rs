@@ -456,18 +456,15 @@ pub fn write_named_config(svc: &Services, name: &str, rules: &str, source_extra:
     path
 }
 
-/// Waits until walbust holds slot `slot` (streaming started).
+/// Waits until walbust's walsender holds slot `slot` (streaming started;
+/// not merely the slot being created).
 pub async fn wait_slot_active(db: &tokio_postgres::Client, w: &mut Walbust, slot: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let row = db
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
-                &[&slot],
-            )
+        let streaming = walbust_testkit::walsender_pid(db, slot)
             .await
-            .unwrap();
-        if row.is_some() {
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        if streaming.is_some() {
             return;
         }
         assert!(

@@ -218,19 +218,7 @@ fn changed(change: &Change<'_>, col: usize) -> Truth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::row::RowValues;
-
-    fn change<'a>(
-        op: Op,
-        old: Option<&'a Vec<Datum<'a>>>,
-        new: Option<&'a Vec<Datum<'a>>>,
-    ) -> Change<'a> {
-        Change {
-            op,
-            old: old.map(|r| r as &dyn RowValues),
-            new: new.map(|r| r as &dyn RowValues),
-        }
-    }
+    use crate::row::change;
 
     fn cmp(side: CmpSide, column: usize, test: Test) -> Cond<usize> {
         Cond::Compare { side, column, test }

@@ -207,21 +207,23 @@ impl<'a> Change<'a> {
     }
 }
 
+/// A change over plain rows, for the tests of the modules that read one.
+#[cfg(test)]
+pub(crate) fn change<'a>(
+    op: Op,
+    old: Option<&'a Vec<Datum<'a>>>,
+    new: Option<&'a Vec<Datum<'a>>>,
+) -> Change<'a> {
+    Change {
+        op,
+        old: old.map(|r| r as &dyn RowValues),
+        new: new.map(|r| r as &dyn RowValues),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn change<'a>(
-        op: Op,
-        old: Option<&'a Vec<Datum<'a>>>,
-        new: Option<&'a Vec<Datum<'a>>>,
-    ) -> Change<'a> {
-        Change {
-            op,
-            old: old.map(|r| r as &dyn RowValues),
-            new: new.map(|r| r as &dyn RowValues),
-        }
-    }
 
     #[test]
     fn slices_answer_absent_past_the_end() {

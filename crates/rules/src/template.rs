@@ -380,7 +380,8 @@ impl Template<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::row::{Datum, RowValues};
+    use crate::row::change;
+    use crate::row::Datum;
     use crate::Op;
 
     fn parse(s: &str) -> Template<String> {
@@ -400,18 +401,6 @@ mod tests {
                 .map_err(|_| ())
         })
         .expect("columns named cN")
-    }
-
-    fn change<'a>(
-        op: Op,
-        old: Option<&'a Vec<Datum<'a>>>,
-        new: Option<&'a Vec<Datum<'a>>>,
-    ) -> Change<'a> {
-        Change {
-            op,
-            old: old.map(|r| r as &dyn RowValues),
-            new: new.map(|r| r as &dyn RowValues),
-        }
     }
 
     fn render_all(t: &str, c: &Change<'_>, escape: bool) -> Vec<Result<String, Skip>> {

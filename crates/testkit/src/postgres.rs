@@ -403,10 +403,16 @@ pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> Result<u64, Error> 
 
 /// The pid of the walsender streaming replication slot `slot`, while one
 /// holds it.
+///
+/// A slot is also `active` while an ordinary backend creates it
+/// (`pg_create_logical_replication_slot`, which waits for a consistent
+/// snapshot), so the holder must be a walsender (`pg_stat_replication`).
 pub async fn walsender_pid(db: &tokio_postgres::Client, slot: &str) -> Result<Option<i32>, Error> {
     let row = db
         .query_opt(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            "SELECT s.active_pid FROM pg_replication_slots s \
+             JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1 AND s.active",
             &[&slot],
         )
         .await
