@@ -102,6 +102,7 @@ pub enum Error {
     },
 
     /// Talking to the throwaway Redis failed.
+    #[cfg(feature = "redis")]
     #[error("{context}")]
     Redis {
         /// What was being done.
@@ -112,6 +113,7 @@ pub enum Error {
     },
 
     /// Talking to Kafka (mock cluster or external broker) failed.
+    #[cfg(feature = "kafka")]
     #[error("{context}")]
     Kafka {
         /// What was being done.
@@ -122,6 +124,7 @@ pub enum Error {
     },
 
     /// The thread that owns the mock Kafka cluster is gone (it panicked).
+    #[cfg(feature = "kafka")]
     #[error("the thread owning the mock Kafka cluster has stopped")]
     KafkaThreadGone,
 

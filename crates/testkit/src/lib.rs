@@ -26,17 +26,23 @@
 //! produce).
 
 mod error;
+#[cfg(feature = "kafka")]
 mod kafka;
 mod postgres;
 mod process;
+#[cfg(feature = "redis")]
 mod redis_cluster;
+#[cfg(feature = "redis")]
 mod redis_server;
 
 pub use error::Error;
+#[cfg(feature = "kafka")]
 pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
 pub use postgres::{
     commit_transaction, current_wal_lsn, walsender_pid, Postgres, BINDIR_ENV as PG_BINDIR_ENV,
 };
 pub use process::{free_port, sibling_binary};
+#[cfg(feature = "redis")]
 pub use redis_cluster::RedisCluster;
+#[cfg(feature = "redis")]
 pub use redis_server::Redis;
