@@ -1,7 +1,8 @@
 //! The rules language end to end: real Postgres, real Redis, the real
 //! binary. Partitioned tables, category moves, row values holding glob
-//! characters, unchanged TOAST, explicit invalidation messages, `explain`,
-//! `tail`, and hot reload of the rules file.
+//! characters, settings that change how values print, unchanged TOAST,
+//! explicit invalidation messages, `explain`, `tail`, and hot reload of the
+//! rules file.
 
 mod support;
 
@@ -197,6 +198,69 @@ async fn a_star_in_a_row_value_invalidates_only_its_own_keys() {
     )
     .await;
     wait_confirmed_past(&db, before).await;
+}
+
+// ---------------------------------------------------------------------------
+// Settings that change how values print
+
+const RENDERING_RULES: &str = r#"
+version: 1
+rules:
+  - table: public.vals
+    keys: ["iv:{iv}", "by:{by}", "fl:{fl}"]
+"#;
+
+/// A database whose settings print intervals, bytea and floats otherwise
+/// still gives the keys of Postgres's default rendering: walbust pins the
+/// settings on its connection, so keys never follow an `ALTER DATABASE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_keep_the_default_rendering_whatever_the_database_sets() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE vals (id int PRIMARY KEY, iv interval, by bytea, fl float8);
+         ALTER DATABASE postgres SET IntervalStyle = 'iso_8601';
+         ALTER DATABASE postgres SET bytea_output = 'escape';
+         ALTER DATABASE postgres SET extra_float_digits = 0;",
+    )
+    .await
+    .unwrap();
+    // The settings are in force for new sessions (so for walbust's too).
+    let fresh = svc.pg.connect().await.unwrap();
+    let row = fresh
+        .query_one(
+            "SELECT (interval '1 day 02:03:04')::text, ('\\x41'::bytea)::text, (1::float8 / 3)::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    let printed: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        printed,
+        ("P1DT2H3M4S".into(), "A".into(), "0.333333333333333".into())
+    );
+
+    let mut redis = svc.redis.connection().await.unwrap();
+    let mut walbust = Walbust::start(&svc.write_config(RENDERING_RULES, false));
+    wait_streaming(&db, &mut walbust).await;
+    let defaults = ["iv:1 day 02:03:04", "by:\\x41", "fl:0.3333333333333333"];
+    let database_renderings = ["iv:P1DT2H3M4S", "by:A", "fl:0.333333333333333"];
+    set_keys(&mut redis, &defaults).await;
+    set_keys(&mut redis, &database_renderings).await;
+    let (_, before, _) = commit(
+        &mut db,
+        "INSERT INTO vals VALUES (1, interval '1 day 02:03:04', '\\x41', 1::float8 / 3)",
+    )
+    .await;
+    assert_invalidated(
+        &mut redis,
+        &defaults,
+        &database_renderings,
+        "a row printed under the database's settings",
+    )
+    .await;
+    wait_confirmed_past(&db, before).await;
+    assert!(walbust.is_running(), "{}", walbust.log());
 }
 
 // ---------------------------------------------------------------------------

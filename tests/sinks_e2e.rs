@@ -1,8 +1,8 @@
 //! The sinks under failure and load, end to end with the real `walbust`
 //! binary: a Redis or Kafka outage under a steady write load (nothing lost,
 //! nothing acknowledged early, the replication connection kept), coalescing
-//! of a hot row, Kafka records that respect the size limit, and a Redis
-//! Cluster of three primaries.
+//! of a hot row, Kafka records that respect the size limit, a tag key of the
+//! wrong type, and a Redis Cluster of three primaries.
 
 mod support;
 
@@ -871,6 +871,60 @@ async fn kafka_records_stay_under_the_limit_and_carry_the_documented_fields() {
     walbust.signal("TERM");
     let status = walbust.wait(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", walbust.log());
+}
+
+// ---------------------------------------------------------------------------
+// A tag key of the wrong type.
+// ---------------------------------------------------------------------------
+
+/// A string where a tag set belongs (`tag:item:1`) cannot stop
+/// invalidation: the key is removed and counted, the rest of the batch is
+/// applied, and walbust goes on with later changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_type_tag_key_is_removed_and_invalidation_goes_on() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut redis = svc.redis.connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("tag:item:1")
+        .arg("not a set")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    set_keys(
+        &mut redis,
+        &["item:1", "item:2", "item:3", "page:2", "other"],
+    )
+    .await;
+    let _: () = redis::cmd("SADD")
+        .arg("tag:item:2")
+        .arg("page:2")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let port = walbust_testkit::free_port();
+    let metrics = format!("metrics:\n  listen: 127.0.0.1:{port}\n");
+    let mut walbust = Walbust::start(&svc.write_config_with(ITEM_RULES, false, &metrics));
+    wait_streaming(&db, &mut walbust).await;
+
+    let (_, before, _) = commit(&mut db, "INSERT INTO items VALUES (1), (2)").await;
+    assert_invalidated(
+        &mut redis,
+        &["item:1", "item:2", "page:2", "tag:item:1", "tag:item:2"],
+        &["item:3", "other"],
+        "a batch with a wrong-typed tag key",
+    )
+    .await;
+    wait_confirmed_past(&db, before).await;
+    assert_eq!(metric(port, "walbust_redis_wrongtype_keys_total"), 1.0);
+
+    let (_, before, _) = commit(&mut db, "INSERT INTO items VALUES (3)").await;
+    assert_invalidated(&mut redis, &["item:3"], &["other"], "a later change").await;
+    wait_confirmed_past(&db, before).await;
+    assert!(walbust.is_running(), "{}", walbust.log());
 }
 
 // ---------------------------------------------------------------------------

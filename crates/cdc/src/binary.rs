@@ -9,8 +9,8 @@
 //!
 //! The text forms reproduce Postgres's output functions (`int4out`,
 //! `numeric_out`, `timestamptz_out`, ...) under the session settings walbust
-//! pins on its replication connection, [`SESSION_OPTIONS`]: `TimeZone=UTC`
-//! and `DateStyle=ISO`. Without them, text mode itself would print
+//! pins on its replication connection, [`SESSION_SETTINGS`]: `TimeZone=UTC`
+//! and `DateStyle=ISO` among them. Without them, text mode itself would print
 //! timestamps in whatever zone and style the server defaults to.
 //!
 //! Pure code, no allocation besides the caller's output `String`, and no
@@ -21,11 +21,47 @@ use std::fmt::Write as _;
 
 use walbust_pgoutput::time::{civil_from_pg_days, CivilDate, MICROS_PER_DAY};
 
-/// Startup options of walbust's replication connection, in both modes:
-/// they fix how timestamps are printed, so that keys do not change with the
-/// server's `TimeZone` or `DateStyle` and binary rendering can match text
-/// output exactly.
-pub const SESSION_OPTIONS: &str = "-c TimeZone=UTC -c DateStyle=ISO,MDY";
+/// The settings walbust pins on its replication connection, in both modes:
+/// every setting that changes how an output function prints a value. Output
+/// functions run in the walsender under the session's settings, which
+/// `ALTER DATABASE ... SET` and `ALTER ROLE ... SET` change silently; a
+/// startup option outranks both, so keys stay the same whatever they say,
+/// and binary rendering can match text output exactly.
+///
+/// Each is Postgres's built-in default except `TimeZone`, whose default
+/// comes from the server's environment:
+///
+/// - `TimeZone`: the offset of `timestamptz`;
+/// - `DateStyle`: `date`, `timestamp`, `timestamptz` (`ISO`; `MDY` only
+///   decides how ambiguous input is read);
+/// - `IntervalStyle`: `interval` (`1 day 02:03:04`, not `P1DT2H3M4S`);
+/// - `bytea_output`: `bytea` (`\x41`, not `A`);
+/// - `extra_float_digits`: `real`, `double precision` and the geometric
+///   types (`1` is the shortest exact form; `0` and below round);
+/// - `lc_monetary`: `money` (`$1,000.00` under `C`; other locales change
+///   the symbol and separators).
+///
+/// Other settings do not reach output functions: `lc_numeric` and `lc_time`
+/// only affect `to_char`, `xmlbinary` and `xmloption` only affect XML
+/// functions and input.
+pub const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO,MDY"),
+    ("IntervalStyle", "postgres"),
+    ("bytea_output", "hex"),
+    ("extra_float_digits", "1"),
+    ("lc_monetary", "C"),
+];
+
+/// [`SESSION_SETTINGS`] as the startup `options` of a connection
+/// (`-c name=value ...`; no value holds a space or a backslash).
+pub fn session_options() -> String {
+    SESSION_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("-c {name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// OIDs of the built-in types that have a [`Rendering`] (from Postgres's
 /// `pg_type.dat`; built-in OIDs never change).
@@ -407,7 +443,7 @@ fn push_timestamp(out: &mut String, micros: i64, with_zone: bool) -> Result<(), 
         push_padded(out, digits, width);
     }
     if with_zone {
-        // The session runs in UTC (SESSION_OPTIONS).
+        // The session runs in UTC (SESSION_SETTINGS).
         out.push_str("+00");
     }
     if date.year <= 0 {
@@ -419,6 +455,15 @@ fn push_timestamp(out: &mut String, micros: i64, with_zone: bool) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_options_set_every_pinned_setting() {
+        assert_eq!(
+            session_options(),
+            "-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres \
+             -c bytea_output=hex -c extra_float_digits=1 -c lc_monetary=C"
+        );
+    }
 
     fn render(r: Rendering, bytes: &[u8]) -> Result<String, RenderError> {
         let mut out = String::from("<");

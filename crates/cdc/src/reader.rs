@@ -252,10 +252,11 @@ impl Session {
         .with_wakeup_interval(Duration::from_secs(10))
         .with_application_name(self.spec.application_name.clone())
         .with_binary(self.spec.binary)
-        // Pins how timestamps print, in both modes: keys do not depend on
-        // the server's TimeZone and DateStyle, and binary rendering can
-        // match text output exactly.
-        .with_options(crate::binary::SESSION_OPTIONS)
+        // Pins how values print, in both modes: keys do not depend on the
+        // server's or the database's TimeZone, DateStyle, IntervalStyle,
+        // bytea_output..., and binary rendering can match text output
+        // exactly.
+        .with_options(crate::binary::session_options())
         // Keeps `feedback_pending_since` tracked, which shutdown uses to
         // know that the last acknowledgement reached the server.
         .with_feedback_observer(FeedbackObserver::new(|sent| {

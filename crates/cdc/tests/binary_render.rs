@@ -96,10 +96,12 @@ async fn binary_values_render_as_text_mode_prints_them() {
     db.batch_execute(EDGES).await.unwrap();
     db.batch_execute(RANDOM).await.unwrap();
     // Output functions run in the decoding session: pin it as walbust pins
-    // its replication connection (walbust_cdc::binary::SESSION_OPTIONS).
-    db.batch_execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'")
-        .await
-        .unwrap();
+    // its replication connection (walbust_cdc::binary::SESSION_SETTINGS).
+    for (name, value) in walbust_cdc::binary::SESSION_SETTINGS {
+        db.batch_execute(&format!("SET {name} = '{value}'"))
+            .await
+            .unwrap();
+    }
 
     let text = changes(&db, false).await;
     let binary = changes(&db, true).await;

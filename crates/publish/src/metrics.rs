@@ -41,6 +41,8 @@ pub const COMMIT_TO_CONFIRM_SECONDS: &str = "walbust_commit_to_confirm_seconds";
 pub const REDIS_KEYS_REMOVED: &str = "walbust_redis_keys_removed_total";
 /// Members removed by tag purges (`set` strategy).
 pub const REDIS_TAG_MEMBERS_REMOVED: &str = "walbust_redis_tag_members_removed_total";
+/// Tag keys (`set` strategy) found holding something other than a set, and removed.
+pub const REDIS_WRONGTYPE_KEYS: &str = "walbust_redis_wrongtype_keys_total";
 /// `SCAN` calls made for pattern purges: each walks about `scan_count` keys.
 pub const REDIS_SCAN_CALLS: &str = "walbust_redis_pattern_scan_calls_total";
 /// Keys matched by pattern scans.
@@ -115,6 +117,11 @@ pub fn describe() {
         REDIS_TAG_MEMBERS_REMOVED,
         Unit::Count,
         "Cache keys removed by tag purges (set strategy)."
+    );
+    describe_counter!(
+        REDIS_WRONGTYPE_KEYS,
+        Unit::Count,
+        "Tag keys (set strategy) that held something other than a set and were removed."
     );
     describe_counter!(
         REDIS_SCAN_CALLS,

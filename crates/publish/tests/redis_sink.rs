@@ -18,6 +18,38 @@ async fn setup() -> (walbust_testkit::Redis, MultiplexedConnection) {
     (redis, conn)
 }
 
+async fn config_set_maxmemory(conn: &mut MultiplexedConnection, limit: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(limit)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
+/// A pipeline over `sink` that retries quickly, fed one transaction (commit 1000, end 1008)
+/// that invalidates tag `category:3`.
+async fn retrying_run_of_one_tag(sink: Arc<Watched>) -> Run {
+    let pipeline_cfg = PipelineConfig {
+        retry_min: Duration::from_millis(50),
+        retry_max: Duration::from_millis(400),
+        ..PipelineConfig::default()
+    };
+    let run = Run::spawn(pipeline_cfg, sink);
+    run.send(
+        7,
+        1_000,
+        walbust_rules::Invalidations {
+            keys: vec![],
+            tags: vec!["category:3".into()],
+            patterns: vec![],
+        },
+    )
+    .await;
+    run
+}
+
 async fn exists(conn: &mut MultiplexedConnection, key: &str) -> bool {
     conn.exists(key).await.unwrap()
 }
@@ -264,20 +296,115 @@ async fn batches_are_announced_on_the_publish_channel() {
     );
 }
 
+/// A tag key the application wrote as a string cannot name any cached key: the purge removes
+/// it, counts it and applies the rest of the batch, instead of failing it with `WRONGTYPE` on
+/// every retry.
 #[tokio::test]
-async fn a_wrong_type_is_a_non_retriable_error() {
+async fn a_wrong_type_tag_key_is_removed_and_counted() {
     let (redis, mut conn) = setup().await;
-    // The set strategy meets a tag key the application wrote as a string.
     let _: () = conn.set("tag:broken", "not a set").await.unwrap();
+    for key in ["product:1", "product:2", "product:3"] {
+        let _: () = conn.set(key, "cached").await.unwrap();
+    }
+    let _: () = conn.sadd("tag:category:3", "product:2").await.unwrap();
     let sink = RedisSink::connect(RedisSinkConfig::new(redis.url()))
         .await
         .unwrap();
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    // The test's runtime polls the publish on this thread, so the sink's counters land here.
+    let _recording = metrics::set_default_local_recorder(&recorder);
+    sink.publish(&batch(
+        strings(["product:1"]),
+        strings(["broken", "category:3"]),
+        vec![],
+    ))
+    .await
+    .expect("the batch is confirmed despite the wrong-typed tag key");
+
+    assert!(
+        !exists(&mut conn, "tag:broken").await,
+        "wrong-typed key removed"
+    );
+    for key in ["product:1", "product:2", "tag:category:3"] {
+        assert!(!exists(&mut conn, key).await, "{key} purged");
+    }
+    assert!(
+        exists(&mut conn, "product:3").await,
+        "unrelated key untouched"
+    );
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains("walbust_redis_wrongtype_keys_total 1"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("walbust_redis_tag_members_removed_total 1"),
+        "{rendered}"
+    );
+}
+
+/// The version strategy still refuses a counter that is not a counter (`INCR` of a set):
+/// replacing it would restart the version at 1, which may bring back keys cached under it.
+#[tokio::test]
+async fn a_wrong_type_version_counter_is_a_non_retriable_error() {
+    let (redis, mut conn) = setup().await;
+    let _: () = conn.sadd("tagver:broken", "member").await.unwrap();
+    let mut cfg = RedisSinkConfig::new(redis.url());
+    cfg.tag_strategy = TagStrategy::Version;
+    let sink = RedisSink::connect(cfg).await.unwrap();
     let err = sink
         .publish(&batch(vec![], strings(["broken"]), vec![]))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), SinkErrorKind::Rejected, "{err:?}");
     assert!(!err.retriable());
+}
+
+/// Redis is full (`maxmemory`, `noeviction`): `INCR` of a tag version is refused with `OOM`.
+/// That passes when memory frees up, so the pipeline retries like an outage, acknowledges
+/// nothing meanwhile, and applies the batch once the limit is raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_retries_while_redis_is_out_of_memory() {
+    let redis = walbust_testkit::Redis::start_with(&["--maxmemory-policy", "noeviction"])
+        .expect("redis-server starts");
+    let mut conn = redis.connection().await.unwrap();
+    let filler = "x".repeat(64 * 1024);
+    for i in 0..32 {
+        let _: () = conn.set(format!("fill:{i}"), &filler).await.unwrap();
+    }
+    // A limit below what the 2 MiB of data already use: Redis is full, whatever the size of
+    // the next request (filling up to a limit leaves the last few bytes racing with buffers).
+    config_set_maxmemory(&mut conn, "1mb").await;
+    let refused = conn.incr::<_, _, i64>("probe", 1).await.unwrap_err();
+    assert_eq!(refused.code(), Some("OOM"), "{refused}");
+
+    let mut cfg = RedisSinkConfig::new(redis.url());
+    cfg.tag_strategy = TagStrategy::Version;
+    let redis_sink = RedisSink::connect(cfg).await.unwrap();
+    let err = redis_sink
+        .publish(&batch(vec![], strings(["category:3"]), vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), SinkErrorKind::Unavailable, "{err:?}");
+
+    let sink = Watched::new(Arc::new(redis_sink));
+    let mut run = retrying_run_of_one_tag(sink.clone()).await;
+    sink.wait_failures(2, Duration::from_secs(30)).await;
+    assert!(!run.task.is_finished(), "the pipeline keeps retrying");
+    assert_eq!(
+        *run.confirmed.borrow(),
+        0,
+        "nothing acknowledged while Redis is full"
+    );
+
+    config_set_maxmemory(&mut conn, "0").await;
+    run.wait_confirmed(1_008, Duration::from_secs(30)).await;
+    let version: i64 = conn.get("tagver:category:3").await.unwrap();
+    assert_eq!(version, 1, "applied once memory was available");
+    let attempts = run.finish().await;
+    assert!(attempts[0] >= 3, "the batch was retried: {attempts:?}");
 }
 
 #[tokio::test]
@@ -307,22 +434,7 @@ async fn publish_retries_while_redis_is_down_and_succeeds_after_restart() {
     let health = sink.health().await.unwrap_err();
     assert!(health.retriable(), "{health:?}");
 
-    let pipeline_cfg = PipelineConfig {
-        retry_min: Duration::from_millis(50),
-        retry_max: Duration::from_millis(400),
-        ..PipelineConfig::default()
-    };
-    let mut run = Run::spawn(pipeline_cfg, sink.clone());
-    run.send(
-        7,
-        1_000,
-        walbust_rules::Invalidations {
-            keys: vec![],
-            tags: vec!["category:3".into()],
-            patterns: vec![],
-        },
-    )
-    .await;
+    let mut run = retrying_run_of_one_tag(sink.clone()).await;
 
     // The batch reached the sink, failed, was retried and failed again.
     sink.wait_failures(2, Duration::from_secs(30)).await;

@@ -10,23 +10,32 @@ use std::collections::BTreeMap;
 use redis::{Cmd, Pipeline, Script, Value};
 
 /// Purges tags of the `set` strategy. For each `KEYS[i]` (a tag's set): unlink every member and
-/// the set itself. Returns how many member keys existed and were removed.
+/// the set itself. Returns `{members removed, wrong-typed tag keys removed}`.
 ///
 /// The script runs atomically, so an application's concurrent `SADD` of a freshly cached key
 /// lands either before it (the key is purged) or after it (the key sits in a new set and is
 /// purged by the next invalidation): a registration is never lost between `SMEMBERS` and the
 /// delete. Members are unlinked in slices, because Lua's `unpack` has a stack limit.
+///
+/// A tag key that holds something other than a set (an application wrote a string under the tag
+/// prefix) cannot name any cached key, so it is unlinked and counted instead of failing with
+/// `WRONGTYPE`: an error would fail the whole batch on every retry and stop all invalidation.
 pub const TAG_SET_PURGE_SCRIPT: &str = r"
-local removed = 0
+local removed, wrong_type = 0, 0
 for _, set in ipairs(KEYS) do
-  local members = redis.call('SMEMBERS', set)
-  local n = #members
-  for i = 1, n, 1000 do
-    removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 999, n)))
+  local kind = redis.call('TYPE', set)['ok']
+  if kind == 'set' then
+    local members = redis.call('SMEMBERS', set)
+    local n = #members
+    for i = 1, n, 1000 do
+      removed = removed + redis.call('UNLINK', unpack(members, i, math.min(i + 999, n)))
+    end
+    redis.call('UNLINK', set)
+  elseif kind ~= 'none' then
+    wrong_type = wrong_type + redis.call('UNLINK', set)
   end
-  redis.call('UNLINK', set)
 end
-return removed
+return {removed, wrong_type}
 ";
 
 /// The tag-purge script as a [`Script`] (it knows its SHA1 and reloads itself on `NOSCRIPT`).

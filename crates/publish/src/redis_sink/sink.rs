@@ -9,7 +9,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::config::{RedisSinkConfig, TagStrategy};
 use super::request;
@@ -156,6 +156,23 @@ fn validate(cfg: &RedisSinkConfig) -> Result<(), SinkError> {
         .map_err(|errors| SinkError::new(SinkErrorKind::Config, crate::ConfigError::join(&errors)))
 }
 
+/// What the tag purges of a batch removed, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct TagsPurged {
+    /// Cached keys that were members of purged tag sets (`set` strategy).
+    members: u64,
+    /// Tag keys that held something other than a set, removed ([`request::TAG_SET_PURGE_SCRIPT`]).
+    wrong_type: u64,
+}
+
+impl TagsPurged {
+    /// Adds one purge script's reply, `(members, wrong_type)`.
+    fn add(&mut self, (members, wrong_type): (u64, u64)) {
+        self.members += members;
+        self.wrong_type += wrong_type;
+    }
+}
+
 /// Where one `SCAN` walk runs: the single Redis, or one primary of the cluster.
 #[derive(Debug, Clone)]
 enum ScanTarget {
@@ -204,7 +221,7 @@ impl RedisSink {
     }
 
     async fn publish_batch(&self, batch: &Batch) -> Result<(), SinkError> {
-        let (keys_removed, tag_members_removed, ()) = futures::try_join!(
+        let (keys_removed, tags_purged, ()) = futures::try_join!(
             self.unlink_keys(&batch.keys),
             self.purge_tags(&batch.tags),
             self.purge_patterns(&batch.patterns),
@@ -220,12 +237,21 @@ impl RedisSink {
                 .map_err(|err| redis_error("redis: PUBLISH failed", err))?;
         }
         counter!(m::REDIS_KEYS_REMOVED).increment(keys_removed);
-        counter!(m::REDIS_TAG_MEMBERS_REMOVED).increment(tag_members_removed);
+        counter!(m::REDIS_TAG_MEMBERS_REMOVED).increment(tags_purged.members);
+        if tags_purged.wrong_type > 0 {
+            counter!(m::REDIS_WRONGTYPE_KEYS).increment(tags_purged.wrong_type);
+            // A count only: tag keys are built from row values.
+            warn!(
+                wrong_type_tag_keys = tags_purged.wrong_type,
+                "redis: removed tag keys that did not hold a set (written by something other \
+                 than the tag registration?)"
+            );
+        }
         debug!(
             keys = batch.keys.len(),
             keys_removed,
             tags = batch.tags.len(),
-            tag_members_removed,
+            tag_members_removed = tags_purged.members,
             patterns = batch.patterns.len(),
             "redis batch applied"
         );
@@ -262,10 +288,10 @@ impl RedisSink {
         Ok(removed.iter().sum())
     }
 
-    /// Purges tags by the configured strategy; returns the member keys removed (`set` only).
-    async fn purge_tags(&self, tags: &[String]) -> Result<u64, SinkError> {
+    /// Purges tags by the configured strategy.
+    async fn purge_tags(&self, tags: &[String]) -> Result<TagsPurged, SinkError> {
         if tags.is_empty() {
-            return Ok(0);
+            return Ok(TagsPurged::default());
         }
         let prefix = self.cfg.tag_prefix();
         if let Connection::Cluster(_) = self.conn {
@@ -278,30 +304,34 @@ impl RedisSink {
                     .exec_async(&mut conn)
                     .await
                     .map_err(|err| redis_error("redis: INCR of tag versions failed", err))?;
-                Ok(0)
+                Ok(TagsPurged::default())
             }
             TagStrategy::Set => {
-                let mut removed = 0;
+                let mut purged = TagsPurged::default();
                 for group in request::key_chunks(tags, self.cfg.unlink_chunk) {
                     let mut invocation = self.purge_script.prepare_invoke();
                     for tag in group {
                         invocation.key(request::tag_key(prefix, tag));
                     }
                     // Loads the script again by itself if Redis lost it (restart, SCRIPT FLUSH).
-                    let n: u64 = invocation
+                    let reply: (u64, u64) = invocation
                         .invoke_async(&mut conn)
                         .await
                         .map_err(|err| redis_error("redis: tag purge script failed", err))?;
-                    removed += n;
+                    purged.add(reply);
                 }
-                Ok(removed)
+                Ok(purged)
             }
         }
     }
 
     /// Tags against a cluster: each tag's key is routed to its slot's primary. The `set` script
     /// takes the sets of one slot at a time (a script's keys must share a slot).
-    async fn purge_tags_cluster(&self, prefix: &str, tags: &[String]) -> Result<u64, SinkError> {
+    async fn purge_tags_cluster(
+        &self,
+        prefix: &str,
+        tags: &[String],
+    ) -> Result<TagsPurged, SinkError> {
         let keys: Vec<String> = tags.iter().map(|t| request::tag_key(prefix, t)).collect();
         let groups = request::slot_chunks(&keys, self.cfg.unlink_chunk);
         match self.cfg.tag_strategy {
@@ -320,7 +350,7 @@ impl RedisSink {
                 concurrently(requests)
                     .await
                     .map_err(|err| redis_error("redis: INCR of tag versions failed", err))?;
-                Ok(0)
+                Ok(TagsPurged::default())
             }
             TagStrategy::Set => {
                 let requests = groups
@@ -332,13 +362,15 @@ impl RedisSink {
                         }
                         let mut conn = self.conn.clone();
                         // Loads the script again by itself if a node lost it.
-                        async move { invocation.invoke_async::<u64>(&mut conn).await }
+                        async move { invocation.invoke_async::<(u64, u64)>(&mut conn).await }
                     })
                     .collect();
-                let removed = concurrently(requests)
+                let replies = concurrently(requests)
                     .await
                     .map_err(|err| redis_error("redis: tag purge script failed", err))?;
-                Ok(removed.iter().sum())
+                let mut purged = TagsPurged::default();
+                replies.into_iter().for_each(|reply| purged.add(reply));
+                Ok(purged)
             }
         }
     }
@@ -534,8 +566,11 @@ fn classify(err: &RedisError) -> SinkErrorKind {
             | ServerErrorKind::Ask,
         ) => SinkErrorKind::Unavailable,
         ErrorKind::Server(_) => SinkErrorKind::Rejected,
-        // A script running too long (`BUSY`) passes; other unknown codes (`WRONGTYPE`...) do not.
-        ErrorKind::Extension if err.code() == Some("BUSY") => SinkErrorKind::Unavailable,
+        // A script running too long (`BUSY`) passes. So does `OOM` (used memory above
+        // `maxmemory` under a `noeviction` policy): memory frees up as keys expire or are
+        // deleted, or when an operator raises the limit, so it is an outage to wait out, not a
+        // reason to stop invalidating. Other unknown codes (`WRONGTYPE`...) do not pass.
+        ErrorKind::Extension if passing_codes(err) => SinkErrorKind::Unavailable,
         ErrorKind::Extension => SinkErrorKind::Rejected,
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => SinkErrorKind::Protocol,
         // Anything else the client itself would retry is a connection problem.
@@ -543,6 +578,24 @@ fn classify(err: &RedisError) -> SinkErrorKind {
             redis::RetryMethod::NoRetry => SinkErrorKind::Protocol,
             _ => SinkErrorKind::Connect,
         },
+    }
+}
+
+/// Server error codes, not known to the client, that mean "not now" rather than "never".
+const PASSING_CODES: [&str; 2] = ["BUSY", "OOM"];
+
+/// Whether every server error in `err` has one of [`PASSING_CODES`]. A failed pipeline carries
+/// one error per failed command (and no single code); it passes only if all of them do, since
+/// retrying cannot fix the others.
+fn passing_codes(err: &RedisError) -> bool {
+    match err.clone().into_server_errors() {
+        Some(errors) => {
+            !errors.is_empty()
+                && errors
+                    .iter()
+                    .all(|(_, error)| PASSING_CODES.contains(&error.code()))
+        }
+        None => err.code().is_some_and(|code| PASSING_CODES.contains(&code)),
     }
 }
 
@@ -563,5 +616,9 @@ mod tests {
         assert_eq!(classify(&auth), SinkErrorKind::Config);
         let parse = RedisError::from((ErrorKind::UnexpectedReturnType, "not an int"));
         assert_eq!(classify(&parse), SinkErrorKind::Protocol);
+        let oom = redis::make_extension_error("OOM".into(), Some("command not allowed".into()));
+        assert_eq!(classify(&oom), SinkErrorKind::Unavailable);
+        let wrong_type = redis::make_extension_error("WRONGTYPE".into(), None);
+        assert_eq!(classify(&wrong_type), SinkErrorKind::Rejected);
     }
 }
