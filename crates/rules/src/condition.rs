@@ -229,6 +229,7 @@ mod tests {
             op,
             old: old.map(|r| r as &dyn RowValues),
             new: new.map(|r| r as &dyn RowValues),
+            old_unsent: &[],
         }
     }
 
