@@ -244,31 +244,33 @@ fn report_degraded(table: &str, bound: Option<&BoundTable>) {
         } else {
             format!("patterns {:?}", d.fallback)
         };
-        if !d.missing_columns.is_empty() {
-            metrics::counter!(m::DEGRADED_BINDINGS, "reason" => m::DEGRADED_MISSING_COLUMN)
-                .increment(1);
-            tracing::warn!(
-                table,
-                rule = d.rule + 1,
-                columns = ?d.missing_columns,
-                fallback,
-                uncovered_tags = ?d.uncovered,
+        let reasons = [
+            (
+                m::DEGRADED_MISSING_COLUMN,
+                &d.missing_columns,
                 "the table's description in the replication stream lacks columns a rule reads \
                  (a change written before the column existed, or a publication column list); \
-                 the rule falls back until the table is described again"
-            );
-        }
-        if !d.old_not_sent.is_empty() {
-            metrics::counter!(m::DEGRADED_BINDINGS, "reason" => m::DEGRADED_OLD_NOT_SENT)
-                .increment(1);
+                 the rule falls back until the table is described again",
+            ),
+            (
+                m::DEGRADED_OLD_NOT_SENT,
+                &d.old_not_sent,
+                "the table's replica identity does not send old values a rule reads; updates \
+                 and deletes fall back (ALTER TABLE ... REPLICA IDENTITY FULL restores them)",
+            ),
+        ];
+        for (reason, columns, message) in reasons {
+            if columns.is_empty() {
+                continue;
+            }
+            metrics::counter!(m::DEGRADED_BINDINGS, "reason" => reason).increment(1);
             tracing::warn!(
                 table,
                 rule = d.rule + 1,
-                columns = ?d.old_not_sent,
+                ?columns,
                 fallback,
                 uncovered_tags = ?d.uncovered,
-                "the table's replica identity does not send old values a rule reads; updates \
-                 and deletes fall back (ALTER TABLE ... REPLICA IDENTITY FULL restores them)"
+                "{message}"
             );
         }
     }
