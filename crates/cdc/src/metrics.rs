@@ -22,6 +22,15 @@ pub const LAG_BYTES: &str = "walbust_replication_lag_bytes";
 /// Templates that could not be rendered because a value did not arrive
 /// (unchanged TOAST, or an old value the replica identity does not send).
 pub const MISSING_VALUES: &str = "walbust_rule_missing_values_total";
+/// Rules bound in degraded form to a table's description, label `reason`
+/// ([`DEGRADED_MISSING_COLUMN`], [`DEGRADED_OLD_NOT_SENT`]): they fall back
+/// to wider invalidations instead of stopping the stream.
+pub const DEGRADED_BINDINGS: &str = "walbust_rule_degraded_bindings_total";
+/// `reason` of [`DEGRADED_BINDINGS`]: the description lacks a column a rule reads.
+pub const DEGRADED_MISSING_COLUMN: &str = "missing_column";
+/// `reason` of [`DEGRADED_BINDINGS`]: the replica identity does not send an
+/// old value a rule reads.
+pub const DEGRADED_OLD_NOT_SENT: &str = "old_value_not_sent";
 /// Templates skipped because the value was NULL.
 pub const NULL_VALUES: &str = "walbust_rule_null_values_total";
 /// Rules that exceeded their per-transaction key budget and escalated to tags and patterns.
@@ -107,6 +116,10 @@ pub fn describe() {
         "Templates skipped because a value did not arrive (unchanged TOAST or replica identity)"
     );
     describe_counter!(NULL_VALUES, "Templates skipped because a value was NULL");
+    describe_counter!(
+        DEGRADED_BINDINGS,
+        "Rules bound in degraded form to a table description (a column it lacks, an old value not sent), by reason"
+    );
     describe_counter!(
         ESCALATIONS,
         "Rules that exceeded the per-transaction key budget and escalated to tags and patterns"

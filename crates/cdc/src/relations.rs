@@ -25,6 +25,7 @@ use walbust_rules::{BoundTable, Datum, RowValues, RuleSet};
 
 use crate::binary::Rendering;
 use crate::error::{SourceError, StreamError};
+use crate::metrics as m;
 
 /// One table as described by the latest Relation message.
 pub struct RelationEntry {
@@ -105,16 +106,31 @@ impl RelationCache {
     }
 
     /// Records (or replaces) a table's description and binds the rules to it.
-    /// A rule naming a column the table does not have is an error: running
-    /// on would silently stop invalidating what that rule protects. So is,
-    /// in binary mode, a rule reading a column walbust cannot render.
+    ///
+    /// A rule that cannot be rendered against this description is bound in
+    /// degraded form ([`walbust_rules::RuleSet::bind_lenient`]), counted and
+    /// warned about once per description: Postgres decodes older changes
+    /// with the table as it was, and a column added, renamed or left out of
+    /// the publication since must not stop invalidation of every table on
+    /// every start. The same goes for old values the replica identity no
+    /// longer sends. In binary mode a rule reading a column walbust cannot
+    /// render is an error: a key that would differ from text mode's.
     pub fn update(
         &mut self,
         rel: &walbust_pgoutput::Relation,
         rules: &RuleSet,
     ) -> Result<(), StreamError> {
         let name = format!("{}.{}", rel.namespace, rel.name);
-        let (bound, renderings) = self.bind(rel, &name, rules)?;
+        let (bound, renderings) = self.bind(rel, &name, rules, false)?;
+        // Postgres sends the same description again after any cache
+        // invalidation; a warning belongs to a new description only.
+        let known = self
+            .entries
+            .get(&rel.id)
+            .is_some_and(|e| e.relation == *rel);
+        if !known {
+            report_degraded(&name, bound.as_ref());
+        }
         self.entries.insert(
             rel.id,
             RelationEntry {
@@ -150,13 +166,17 @@ impl RelationCache {
 
     /// Binds every known table to new rules. All or nothing: if any table
     /// fails to bind, the cache keeps the old bindings and the error says why.
+    /// New rules must fit the descriptions strictly (a rule naming a column
+    /// the table does not have is a mistake in the file, which the reload
+    /// refuses); what the replica identity does not send still degrades.
     pub fn rebind(&mut self, rules: &RuleSet) -> Result<(), StreamError> {
         let mut bound = Vec::with_capacity(self.entries.len());
         for (id, entry) in &self.entries {
-            bound.push((*id, self.bind(&entry.relation, &entry.name, rules)?));
+            bound.push((*id, self.bind(&entry.relation, &entry.name, rules, true)?));
         }
         for (id, (b, renderings)) in bound {
             if let Some(entry) = self.entries.get_mut(&id) {
+                report_degraded(&entry.name, b.as_ref());
                 entry.bound = b;
                 entry.renderings = renderings;
             }
@@ -164,19 +184,25 @@ impl RelationCache {
         Ok(())
     }
 
+    /// Binds `rules` to `rel`, leniently unless `strict` (then a column the
+    /// description lacks is an error).
     fn bind(
         &self,
         rel: &walbust_pgoutput::Relation,
         name: &str,
         rules: &RuleSet,
+        strict: bool,
     ) -> Result<(Option<BoundTable>, ColumnRenderings), StreamError> {
         let columns: Vec<&str> = rel.columns.iter().map(|c| c.name.as_str()).collect();
-        let bound = rules
-            .bind(&rel.namespace, &rel.name, &columns)
-            .map_err(|source| StreamError::Bind {
-                table: name.to_string(),
-                source,
-            })?;
+        if strict {
+            rules
+                .bind(&rel.namespace, &rel.name, &columns)
+                .map_err(|source| StreamError::Bind {
+                    table: name.to_string(),
+                    source,
+                })?;
+        }
+        let bound = rules.bind_lenient(&rel.namespace, &rel.name, &columns, &old_sent(rel));
         let mut renderings = Vec::new();
         if let (true, Some(table)) = (self.binary, &bound) {
             for index in table.used_columns() {
@@ -198,6 +224,55 @@ impl RelationCache {
             }
         }
         Ok((bound, renderings))
+    }
+}
+
+/// Per column, whether Update and Delete send its old value: every column
+/// under `REPLICA IDENTITY FULL`, the key's otherwise (none under NOTHING,
+/// whose key flags are all clear).
+fn old_sent(rel: &walbust_pgoutput::Relation) -> Vec<bool> {
+    let full = rel.replica_identity == ReplicaIdentity::Full;
+    rel.columns.iter().map(|c| full || c.is_key()).collect()
+}
+
+/// Counts and warns about the rules `bound` binds in degraded form. Names
+/// rules, columns and templates only, never row values.
+fn report_degraded(table: &str, bound: Option<&BoundTable>) {
+    for d in bound.map(BoundTable::degraded).unwrap_or_default() {
+        let fallback = if d.escalates {
+            "the rule's placeholder-free tags and patterns".to_owned()
+        } else {
+            format!("patterns {:?}", d.fallback)
+        };
+        let reasons = [
+            (
+                m::DEGRADED_MISSING_COLUMN,
+                &d.missing_columns,
+                "the table's description in the replication stream lacks columns a rule reads \
+                 (a change written before the column existed, or a publication column list); \
+                 the rule falls back until the table is described again",
+            ),
+            (
+                m::DEGRADED_OLD_NOT_SENT,
+                &d.old_not_sent,
+                "the table's replica identity does not send old values a rule reads; updates \
+                 and deletes fall back (ALTER TABLE ... REPLICA IDENTITY FULL restores them)",
+            ),
+        ];
+        for (reason, columns, message) in reasons {
+            if columns.is_empty() {
+                continue;
+            }
+            metrics::counter!(m::DEGRADED_BINDINGS, "reason" => reason).increment(1);
+            tracing::warn!(
+                table,
+                rule = d.rule + 1,
+                ?columns,
+                fallback,
+                uncovered_tags = ?d.uncovered,
+                "{message}"
+            );
+        }
     }
 }
 
@@ -633,6 +708,56 @@ mod tests {
         assert!(cache.rebind(&bad).is_err());
         let row = tuple(&[(b'b', &3i32.to_be_bytes()), (b'n', b"")]);
         assert_eq!(eval(&mut cache, &row), ["k:3"]);
+    }
+
+    #[test]
+    fn an_older_description_degrades_the_rule_and_a_reload_stays_strict() {
+        let set = rules("  - table: t\n    keys: [\"k:{id}\", \"k:{id}:{aa}\"]\n");
+        let mut cache = RelationCache::new(false);
+        // Written before `aa` existed: bound, not refused.
+        let mut older = relation(&[("id", oid::INT4)]);
+        older.replica_identity = ReplicaIdentity::Full;
+        cache.update(&older, &set).unwrap();
+        let bound = cache.get(7).unwrap().bound.as_ref().unwrap();
+        assert_eq!(bound.degraded()[0].missing_columns, ["aa"]);
+        assert_eq!(bound.degraded()[0].fallback, ["k:*:*", "#*"]);
+        let row = tuple(&[(b't', b"5")]);
+        assert_eq!(eval(&mut cache, &row), ["k:5"]);
+        // A reload must fit the description as it is.
+        assert!(matches!(cache.rebind(&set), Err(StreamError::Bind { .. })));
+        // Described again with the column: bound in full.
+        let mut newer = relation(&[("id", oid::INT4), ("aa", oid::TEXT)]);
+        newer.replica_identity = ReplicaIdentity::Full;
+        cache.update(&newer, &set).unwrap();
+        let bound = cache.get(7).unwrap().bound.as_ref().unwrap();
+        assert!(bound.degraded().is_empty());
+    }
+
+    #[test]
+    fn old_values_follow_the_replica_identity() {
+        let set = rules("  - table: t\n    keys: [\"fc:{cat}\"]\n");
+        let mut rel = relation(&[("id", oid::INT4), ("cat", oid::INT4)]);
+        rel.replica_identity = ReplicaIdentity::Full;
+        assert_eq!(old_sent(&rel), [true, true]);
+        let mut cache = RelationCache::new(false);
+        cache.update(&rel, &set).unwrap();
+        assert!(cache
+            .get(7)
+            .unwrap()
+            .bound
+            .as_ref()
+            .unwrap()
+            .degraded()
+            .is_empty());
+        rel.replica_identity = ReplicaIdentity::Default;
+        assert_eq!(old_sent(&rel), [true, false]);
+        cache.update(&rel, &set).unwrap();
+        let bound = cache.get(7).unwrap().bound.as_ref().unwrap();
+        assert_eq!(bound.degraded()[0].old_not_sent, ["cat"]);
+        // A reload keeps what the identity does not send.
+        cache.rebind(&set).unwrap();
+        let bound = cache.get(7).unwrap().bound.as_ref().unwrap();
+        assert_eq!(bound.degraded()[0].old_not_sent, ["cat"]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::ops::AddAssign;
 use crate::condition::{Cond, Truth};
 use crate::hash::{push_hash, HASH_LEN};
 use crate::row::{Change, Op, OpSet, RowValues};
-use crate::ruleset::{LongKeyPolicy, TableName};
+use crate::ruleset::{Degraded, LongKeyPolicy, TableName};
 use crate::template::{Side, Skip, Template};
 
 /// What a transaction (or a change) invalidates. Order-preserving; lists may
@@ -95,6 +95,8 @@ struct RuleState {
     constants_sent: bool,
     /// The budget ran out: no more templated output in this transaction.
     escalated: bool,
+    /// The degraded rule's fallback went out already in this transaction.
+    fallback_sent: bool,
 }
 
 /// Per-transaction state of every rule: how many strings it rendered, and
@@ -182,6 +184,13 @@ pub(crate) struct BoundRule {
     pub patterns: Vec<Template<usize>>,
     pub max_keys_per_tx: u32,
     pub has_fallback: bool,
+    /// Globs over the templates that may lack a value in this binding (a
+    /// column the relation description lacks, an old value its replica
+    /// identity does not send), output once per transaction when one did.
+    /// Empty when the rule is not degraded, or when its placeholder-free
+    /// tags and patterns (out with its first change) already stand for the
+    /// whole table.
+    pub fallback: Vec<String>,
 }
 
 impl BoundRule {
@@ -198,6 +207,11 @@ pub struct BoundTable {
     columns: Vec<String>,
     rules: Vec<BoundRule>,
     limit: KeyLimit,
+    /// Per column: the replica identity does not send its old value and a
+    /// rule reads it. Empty when nothing is unsent.
+    old_unsent: Vec<bool>,
+    /// Rules bound in degraded form, for the caller to count and report.
+    degraded: Vec<Degraded>,
 }
 
 /// Pushes `s` unless the current change (entries from `from` on) has it.
@@ -228,7 +242,28 @@ impl BoundTable {
             columns,
             rules,
             limit,
+            old_unsent: Vec::new(),
+            degraded: Vec::new(),
         }
+    }
+
+    /// Sets what [`RuleSet::bind_lenient`](crate::RuleSet::bind_lenient)
+    /// found degraded.
+    pub(crate) fn with_degraded(mut self, old_unsent: Vec<bool>, degraded: Vec<Degraded>) -> Self {
+        self.old_unsent = if old_unsent.contains(&true) {
+            old_unsent
+        } else {
+            Vec::new()
+        };
+        self.degraded = degraded;
+        self
+    }
+
+    /// The rules bound in degraded form (see
+    /// [`RuleSet::bind_lenient`](crate::RuleSet::bind_lenient)); empty
+    /// after [`RuleSet::bind`](crate::RuleSet::bind).
+    pub fn degraded(&self) -> &[Degraded] {
+        &self.degraded
     }
 
     /// The table bound.
@@ -310,7 +345,12 @@ impl BoundTable {
         if op == Op::Truncate {
             return self.truncate(out);
         }
-        let change = Change { op, old, new };
+        let change = Change {
+            op,
+            old,
+            new,
+            old_unsent: &self.old_unsent,
+        };
         let from = (out.keys.len(), out.tags.len(), out.patterns.len());
         let mut outcome = Outcome::default();
         for rule in &self.rules {
@@ -353,6 +393,7 @@ impl BoundTable {
             (Target::Tags, &rule.tags, ""),
             (Target::Patterns, &rule.patterns, &*rule.pattern_prefix),
         ];
+        let missing_before = outcome.missing;
         for (target, templates, prefix) in lists {
             for template in templates {
                 let (mut missing, mut null) = (false, false);
@@ -411,6 +452,18 @@ impl BoundTable {
                 }
                 outcome.missing += u32::from(missing);
                 outcome.null += u32::from(null);
+            }
+        }
+        // (The early return above is an escalation, which only a rule with
+        // placeholder-free tags or patterns has; such a rule has no
+        // fallback globs.)
+        if outcome.missing > missing_before && !state.fallback_sent && !rule.fallback.is_empty() {
+            // A degraded rule could not render a template: its globs cover
+            // whatever that template would have named, for every row of
+            // the transaction.
+            state.fallback_sent = true;
+            for p in &rule.fallback {
+                push_unique(&mut out.patterns, from.2, p);
             }
         }
     }

@@ -158,6 +158,11 @@ pub(crate) struct Change<'a> {
     pub op: Op,
     pub old: Option<&'a dyn RowValues>,
     pub new: Option<&'a dyn RowValues>,
+    /// Per column: the relation's replica identity does not send its old
+    /// value, so an old value that did not arrive is unknown rather than
+    /// equal to the new one. Empty when every old value the rules read is
+    /// sent (see `BoundTable::degraded`).
+    pub old_unsent: &'a [bool],
 }
 
 impl<'a> Change<'a> {
@@ -186,20 +191,30 @@ impl<'a> Change<'a> {
         }
     }
 
+    /// Whether the replica identity does not send column `column`'s old value.
+    pub fn old_unsent(&self, column: usize) -> bool {
+        self.old_unsent.get(column).copied().unwrap_or(false)
+    }
+
     /// `{col}` in the rendering for `view`: the new value on insert, the old
     /// one on delete; on update the side `view` names, where an old value
     /// that was not sent falls back to the new one (a missing old tuple
     /// means the replica identity judged nothing relevant changed; see
-    /// `BoundTable::needs_old_values`).
+    /// `BoundTable::needs_old_values`). That holds only for the columns the
+    /// replica identity sends: the old value of any other column is
+    /// missing, since it may have changed unseen.
     pub fn row_val(&self, column: usize, view: View) -> Val<'a> {
         match self.op {
             Op::Insert | Op::Truncate => self.new_val(column),
             Op::Delete => self.old_val(column),
             Op::Update => match (view, self.old) {
-                (View::New, _) | (View::Old, None) => self.new_val(column),
+                (View::New, _) => self.new_val(column),
+                (View::Old, None) if self.old_unsent(column) => Val::Missing,
+                (View::Old, None) => self.new_val(column),
                 (View::Old, Some(old)) => match old.get(column) {
                     Datum::Text(s) => Val::Text(s),
                     Datum::Null => Val::Null,
+                    Datum::Absent if self.old_unsent(column) => Val::Missing,
                     Datum::Unchanged | Datum::Absent => self.new_val(column),
                 },
             },
@@ -218,6 +233,7 @@ pub(crate) fn change<'a>(
         op,
         old: old.map(|r| r as &dyn RowValues),
         new: new.map(|r| r as &dyn RowValues),
+        old_unsent: &[],
     }
 }
 
@@ -275,6 +291,21 @@ mod tests {
         let c = change(Op::Update, Some(&old), Some(&new));
         assert_eq!(c.row_val(1, View::Old), Val::Null);
         assert_eq!(c.row_val(1, View::New), Val::Text("b"));
+    }
+
+    #[test]
+    fn an_old_value_the_identity_does_not_send_is_missing() {
+        let new = vec![Datum::Text("1"), Datum::Text("b")];
+        let unsent = [false, true];
+        let mut c = change(Op::Update, None, Some(&new));
+        c.old_unsent = &unsent;
+        assert_eq!(c.row_val(0, View::Old), Val::Text("1"), "key: unchanged");
+        assert_eq!(c.row_val(1, View::Old), Val::Missing);
+        assert_eq!(c.row_val(1, View::New), Val::Text("b"));
+        let key_only = vec![Datum::Text("0"), Datum::Absent];
+        c.old = Some(&key_only);
+        assert_eq!(c.row_val(0, View::Old), Val::Text("0"));
+        assert_eq!(c.row_val(1, View::Old), Val::Missing);
     }
 
     #[test]

@@ -213,6 +213,33 @@ pub struct Coverage {
     pub tag_globs: Vec<String>,
 }
 
+/// A rule bound in degraded form by [`RuleSet::bind_lenient`]: some of its
+/// values cannot arrive with this relation description, so it invalidates
+/// more instead of stopping the stream. All text comes from the rules and
+/// the schema, never from rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Degraded {
+    /// The rule ([`RuleInfo::index`]).
+    pub rule: usize,
+    /// Columns the rule reads that the description lacks (Postgres decodes
+    /// older changes with the table as it was, or a publication column list
+    /// leaves them out). Every template reading one is skipped.
+    pub missing_columns: Vec<String>,
+    /// Columns whose old values the rule reads on update or delete that the
+    /// relation's replica identity does not send.
+    pub old_not_sent: Vec<String>,
+    /// What stands in for the templates that cannot render: `true` when the
+    /// rule's placeholder-free tags and patterns (its escalation) do, for
+    /// the whole table.
+    pub escalates: bool,
+    /// Otherwise the globs that do (see [`RuleSet::coverage`]), output
+    /// when a template could not render.
+    pub fallback: Vec<String>,
+    /// Tag templates nothing covers: a tag with placeholders cannot be
+    /// widened into a glob. Such a cache may go stale.
+    pub uncovered: Vec<String>,
+}
+
 /// A loaded, validated and compiled rules file. Immutable; share it behind
 /// an `Arc` and swap the whole set on reload.
 #[derive(Clone, Debug)]
@@ -413,7 +440,35 @@ impl RuleSet {
         table: &str,
         columns: &[&str],
     ) -> Result<Option<BoundTable>, BindError> {
-        self.bind_where(schema, table, columns, |_| true)
+        self.bind_where(schema, table, columns, None, |_| true)
+    }
+
+    /// [`RuleSet::bind`] for a relation description from the replication
+    /// stream, which never fails: a rule that cannot be rendered against
+    /// this description is bound in degraded form ([`BoundTable::degraded`])
+    /// rather than stopping invalidation for every table.
+    ///
+    /// Postgres decodes a change with the table as it was when the change
+    /// was written, so a description may lack a column the rules (checked
+    /// against today's catalog) name; templates reading it render nothing.
+    /// `old_sent[i]` tells whether the replica identity sends column `i`'s
+    /// old value on update and delete; a `{col}` or `{old.col}` of a column
+    /// it does not send is unknown on the old side, not equal to the new
+    /// value. Either way the template counts as [`crate::Outcome::missing`]
+    /// and the rule falls back: its placeholder-free tags and patterns
+    /// stand for the whole table, as in an escalation; a rule without them
+    /// gets globs over its keys and patterns ([`Degraded::fallback`]).
+    pub fn bind_lenient(
+        &self,
+        schema: &str,
+        table: &str,
+        columns: &[&str],
+        old_sent: &[bool],
+    ) -> Option<BoundTable> {
+        // Lenient binding reports no error: unknown columns are degraded.
+        self.bind_where(schema, table, columns, Some(old_sent), |_| true)
+            .ok()
+            .flatten()
     }
 
     /// [`RuleSet::bind`] with rule `index` ([`RuleInfo::index`]) alone: what
@@ -431,7 +486,7 @@ impl RuleSet {
         table: &str,
         columns: &[&str],
     ) -> Result<Option<BoundTable>, BindError> {
-        self.bind_where(schema, table, columns, |id| id == index)
+        self.bind_where(schema, table, columns, None, |id| id == index)
     }
 
     /// The columns whose values rule `index` ([`RuleInfo::index`]) renders
@@ -449,29 +504,47 @@ impl RuleSet {
             .collect()
     }
 
+    /// Binds the matching rules; `lenient` (the replica identity's
+    /// `old_sent`) degrades what [`RuleSet::bind`] refuses.
     fn bind_where(
         &self,
         schema: &str,
         table: &str,
         columns: &[&str],
+        lenient: Option<&[bool]>,
         keep: impl Fn(usize) -> bool,
     ) -> Result<Option<BoundTable>, BindError> {
         let name = TableName::new(schema, table);
         let mut bound = Vec::new();
+        let mut degraded = Vec::new();
+        let mut old_unsent = vec![false; columns.len()];
         for (id, rule) in self.rules.iter().enumerate() {
             if keep(id) && rule.table.matches(schema, table) {
-                bound.push(self.bind_rule(id, rule, &name, columns)?);
+                let mut b = Binding {
+                    columns,
+                    lenient: lenient.is_some(),
+                    absent: Vec::new(),
+                };
+                let mut r = self.bind_rule(id, rule, &name, &mut b)?;
+                if let Some(old_sent) = lenient {
+                    let d = self.degrade(rule, &mut r, &b, old_sent, &mut old_unsent);
+                    degraded.extend(d);
+                }
+                bound.push(r);
             }
         }
         if bound.is_empty() {
             return Ok(None);
         }
-        Ok(Some(BoundTable::new(
-            name,
-            columns.iter().map(|c| (*c).to_owned()).collect(),
-            bound,
-            self.limit,
-        )))
+        Ok(Some(
+            BoundTable::new(
+                name,
+                columns.iter().map(|c| (*c).to_owned()).collect(),
+                bound,
+                self.limit,
+            )
+            .with_degraded(old_unsent, degraded),
+        ))
     }
 
     fn bind_rule(
@@ -479,7 +552,7 @@ impl RuleSet {
         id: usize,
         rule: &CompiledRule,
         table: &TableName,
-        columns: &[&str],
+        b: &mut Binding<'_>,
     ) -> Result<BoundRule, BindError> {
         let rule_ref = || RuleRef {
             index: id,
@@ -492,17 +565,17 @@ impl RuleSet {
         let missing = |named: &Named, what: String| {
             BindError::new(&self.origin, named.at, rule_ref(), &named.name, table, what)
         };
-        let index_of = |name: &str| columns.iter().position(|c| *c == name);
         let when = match &rule.when {
             None => None,
             Some(c) => Some(c.try_map(&mut |n: &Named| {
-                index_of(&n.name).ok_or_else(|| missing(n, "in when".to_owned()))
+                b.index_of(&n.name)
+                    .ok_or_else(|| missing(n, "in when".to_owned()))
             })?),
         };
         let (mut keys, mut tags, mut patterns) = (Vec::new(), Vec::new(), Vec::new());
         for entry in &rule.templates {
             let bound = entry.template.try_map(|hole| {
-                index_of(&hole.column).ok_or_else(|| {
+                b.index_of(&hole.column).ok_or_else(|| {
                     missing(
                         &Named {
                             name: hole.column.clone(),
@@ -532,6 +605,90 @@ impl RuleSet {
             patterns,
             max_keys_per_tx: rule.max_keys_per_tx,
             has_fallback: rule.has_fallback(),
+            fallback: Vec::new(),
+        })
+    }
+
+    /// Lenient binding, after [`RuleSet::bind_rule`]: what of `rule` cannot
+    /// arrive with this description, and what stands in for it. Marks the
+    /// unsent old columns `rule` reads in `old_unsent`.
+    fn degrade(
+        &self,
+        rule: &CompiledRule,
+        bound: &mut BoundRule,
+        b: &Binding<'_>,
+        old_sent: &[bool],
+        old_unsent: &mut [bool],
+    ) -> Option<Degraded> {
+        let reads_old = rule.ops.contains(Op::Update) || rule.ops.contains(Op::Delete);
+        let unsent = |name: &str| {
+            let i = b.columns.iter().position(|c| *c == name)?;
+            (reads_old && !old_sent.get(i).copied().unwrap_or(false)).then_some(i)
+        };
+        let mut old_not_sent: Vec<String> = Vec::new();
+        let mut note = |name: &str, i: usize, old_unsent: &mut [bool]| {
+            if let Some(flag) = old_unsent.get_mut(i) {
+                *flag = true;
+            }
+            if !old_not_sent.iter().any(|n| n == name) {
+                old_not_sent.push(name.to_owned());
+            }
+        };
+        if let Some(when) = &rule.when {
+            let mut names = Vec::new();
+            when.old_columns(rule.ops.contains(Op::Update), &mut |n: &Named| {
+                names.push(n.name.as_str());
+            });
+            for name in names {
+                if let Some(i) = unsent(name) {
+                    note(name, i, old_unsent);
+                }
+            }
+        }
+        let mut degraded_templates = Vec::new();
+        for entry in &rule.templates {
+            let mut degraded = false;
+            for hole in entry.template.holes() {
+                if !b.columns.contains(&hole.column.as_str()) {
+                    degraded = true;
+                } else if hole.side != Side::New {
+                    if let Some(i) = unsent(&hole.column) {
+                        note(&hole.column, i, old_unsent);
+                        degraded = true;
+                    }
+                }
+            }
+            if degraded {
+                degraded_templates.push(entry);
+            }
+        }
+        if b.absent.is_empty() && old_not_sent.is_empty() {
+            return None;
+        }
+        let escalates = rule.has_fallback();
+        let (mut fallback, mut uncovered) = (Vec::new(), Vec::new());
+        if !escalates {
+            for entry in degraded_templates {
+                match rule.template_glob(entry, self.limit.policy) {
+                    Some(globs) => {
+                        for g in globs {
+                            if !fallback.contains(&g) {
+                                fallback.push(g);
+                            }
+                        }
+                    }
+                    None => uncovered.push(entry.source.clone()),
+                }
+            }
+        }
+        bound.fallback.clone_from(&fallback);
+        Some(Degraded {
+            rule: bound.id,
+            missing_columns: b.absent.clone(),
+            old_not_sent,
+            escalates,
+            fallback,
+            uncovered,
         })
     }
 
@@ -564,14 +721,9 @@ impl RuleSet {
             }
             for t in &rule.templates {
                 match t.kind {
-                    Kind::Key => push(
-                        &mut c.patterns,
-                        format!("{}{}", rule.pattern_prefix, t.template.coverage_glob(true)),
-                    ),
-                    Kind::Pattern => push(
-                        &mut c.patterns,
-                        format!("{}{}", rule.pattern_prefix, t.template.coverage_glob(false)),
-                    ),
+                    Kind::Key | Kind::Pattern => {
+                        push(&mut c.patterns, rule.glob_of(t));
+                    }
                     Kind::Tag => push(&mut c.tag_globs, t.template.coverage_glob(true)),
                 }
             }
@@ -621,6 +773,60 @@ impl RuleSet {
 impl CompiledRule {
     fn has_fallback(&self) -> bool {
         !self.const_tags.is_empty() || !self.const_patterns.is_empty()
+    }
+
+    /// The glob, under the rule's prefixes, over every string a key or
+    /// pattern template renders (each placeholder a `*`).
+    fn glob_of(&self, t: &TemplateEntry) -> String {
+        let escape_literals = t.kind == Kind::Key;
+        format!(
+            "{}{}",
+            self.pattern_prefix,
+            t.template.coverage_glob(escape_literals)
+        )
+    }
+
+    /// The globs over what template `t` renders, hashed long keys included;
+    /// `None` for a tag template, which no glob can stand for.
+    fn template_glob(&self, t: &TemplateEntry, policy: LongKeyPolicy) -> Option<Vec<String>> {
+        match t.kind {
+            Kind::Tag => None,
+            Kind::Pattern => Some(vec![self.glob_of(t)]),
+            Kind::Key if policy == LongKeyPolicy::Hash => {
+                Some(vec![self.glob_of(t), format!("{}#*", self.pattern_prefix)])
+            }
+            Kind::Key => Some(vec![self.glob_of(t)]),
+        }
+    }
+}
+
+/// Column lookup while binding one rule. Lenient binding gives a column
+/// the description lacks an index past its end, which every row reads as
+/// absent ([`crate::RowValues`]' contract), so the templates reading it
+/// are skipped as missing.
+struct Binding<'a> {
+    columns: &'a [&'a str],
+    lenient: bool,
+    /// The names given indexes past the end, in order.
+    absent: Vec<String>,
+}
+
+impl Binding<'_> {
+    fn index_of(&mut self, name: &str) -> Option<usize> {
+        if let Some(i) = self.columns.iter().position(|c| *c == name) {
+            return Some(i);
+        }
+        if !self.lenient {
+            return None;
+        }
+        let k = match self.absent.iter().position(|n| n == name) {
+            Some(k) => k,
+            None => {
+                self.absent.push(name.to_owned());
+                self.absent.len() - 1
+            }
+        };
+        Some(self.columns.len() + k)
     }
 }
 

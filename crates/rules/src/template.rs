@@ -284,10 +284,18 @@ impl Template<usize> {
     /// The row views to render for `change`: two on an update with an old
     /// tuple when `{col}` occurs (old row state and new row state; mixed
     /// old/new combinations describe no row that ever existed, so they are
-    /// not rendered), one otherwise.
+    /// not rendered), one otherwise. An update without an old tuple has
+    /// two as well when the replica identity does not send a `{col}`
+    /// column's old value: that old row state is unknown, not the new one.
     pub fn views(&self, change: &Change<'_>) -> &'static [View] {
         match change.op {
-            crate::Op::Update if self.has_row_hole && change.old.is_some() => {
+            crate::Op::Update
+                if self.has_row_hole
+                    && (change.old.is_some()
+                        || self
+                            .holes()
+                            .any(|h| h.side == Side::Row && change.old_unsent(h.column))) =>
+            {
                 &[View::Old, View::New]
             }
             crate::Op::Delete => &[View::Old],

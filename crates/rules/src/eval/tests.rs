@@ -623,3 +623,89 @@ fn invalidations_helpers() {
     a.clear();
     assert!(a.is_empty());
 }
+
+/// Binds to `public.t` as the replication stream describes it: `columns`,
+/// with the old values of those flagged in `old_sent` sent.
+fn lenient(yaml: &str, columns: &[&str], old_sent: &[bool]) -> BoundTable {
+    let set = RuleSet::from_yaml(&format!("version: 1\n{yaml}"), "rules.yaml").unwrap();
+    set.bind_lenient("public", "t", columns, old_sent)
+        .expect("a rule matches public.t")
+}
+
+#[test]
+fn a_column_the_description_lacks_falls_back_to_globs() {
+    let yaml = "on_long_key: refuse\nrules:\n  - table: t\n    keys: [\"p:{id}\", \"p:{id}:{aa}\"]\n    patterns: [\"list:{aa}:*\"]\n";
+    // Strict binding refuses; that is what `walbust check` and reloads say.
+    let set = RuleSet::from_yaml(&format!("version: 1\n{yaml}"), "rules.yaml").unwrap();
+    assert!(set.bind("public", "t", &["id", "a3"]).is_err());
+    let t = lenient(yaml, &["id", "a3"], &[true, true]);
+    let d = t.degraded();
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].missing_columns.as_slice(), d[0].escalates),
+        (&["aa".to_owned()][..], false)
+    );
+    assert_eq!(d[0].fallback, ["p:*:*", "list:*:*"]);
+    assert!(d[0].old_not_sent.is_empty() && d[0].uncovered.is_empty());
+
+    let a = vec![Datum::Text("1"), Datum::Text("x")];
+    let b = vec![Datum::Text("2"), Datum::Text("y")];
+    let mut budget = TxBudget::default();
+    let (out, o) = eval_with(&t, Op::Update, Some(&a), Some(&a), &mut budget);
+    assert_eq!(out.keys, ["p:1"], "what needs no missing column renders");
+    assert_eq!(out.patterns, ["p:*:*", "list:*:*"]);
+    assert_eq!(o.missing, 2);
+    // Once per transaction: the globs cover every row.
+    let (out, o) = eval_with(&t, Op::Insert, None, Some(&b), &mut budget);
+    assert_eq!(
+        (out.keys.as_slice(), out.patterns.len()),
+        (&["p:2".to_owned()][..], 0)
+    );
+    assert_eq!(o.missing, 2);
+}
+
+#[test]
+fn a_rule_with_constants_escalates_and_a_tag_template_stays_uncovered() {
+    let t = lenient(
+        "rules:\n  - table: t\n    keys: [\"p:{aa}\"]\n    tags: [\"products\"]\n  - table: t\n    tags: [\"c:{aa}\"]\n    when: { changed: [aa] }\n",
+        &["id"],
+        &[true],
+    );
+    let d = t.degraded();
+    assert_eq!(d.len(), 2);
+    assert!(d[0].escalates && d[0].fallback.is_empty());
+    assert!(!d[1].escalates);
+    assert_eq!(d[1].uncovered, ["c:{aa}"]);
+    let a = vec![Datum::Text("1")];
+    let (out, o) = eval(&t, Op::Update, Some(&a), Some(&a));
+    assert_eq!(out.tags, ["products"]);
+    assert!(out.keys.is_empty());
+    // The condition on the lacking column is unknown, so the rule fires.
+    assert_eq!((o.matched_rules, o.missing), (2, 3));
+}
+
+#[test]
+fn an_old_value_the_replica_identity_does_not_send_falls_back() {
+    let yaml = "rules:\n  - table: t\n    keys: [\"fc:{cat}\", \"f:{id}\"]\n";
+    let t = lenient(yaml, &["id", "cat"], &[true, false]);
+    let d = t.degraded();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].old_not_sent, ["cat"]);
+    assert_eq!(d[0].fallback, ["fc:*", "#*"], "hashed long keys too");
+    // REPLICA IDENTITY DEFAULT: an update that keeps the key sends no old
+    // tuple, and `cat` may have moved from 2 to 3.
+    let new = vec![Datum::Text("1"), Datum::Text("3")];
+    let (out, o) = eval(&t, Op::Update, None, Some(&new));
+    assert_eq!(out.keys, ["fc:3", "f:1"]);
+    assert_eq!(out.patterns, ["fc:*", "#*"]);
+    assert_eq!(o.missing, 1);
+    // Inserts read no old value: no fallback.
+    let (out, o) = eval(&t, Op::Insert, None, Some(&new));
+    assert!(out.patterns.is_empty());
+    assert_eq!(o.missing, 0);
+    // With every old value sent nothing is degraded.
+    let full = lenient(yaml, &["id", "cat"], &[true, true]);
+    assert!(full.degraded().is_empty());
+    let (out, o) = eval(&full, Op::Update, None, Some(&new));
+    assert_eq!((out.keys.len(), out.patterns.len(), o.missing), (2, 0, 0));
+}
