@@ -86,6 +86,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
                 .map_err(source)?;
             // Before the slot is created: a refused start must not leave a
             // new slot behind, holding WAL.
+            walbust_cdc::source::check_sends(&control, &spec.publication, &rules)
+                .await
+                .map_err(source)?;
             if cfg.source.binary {
                 walbust_cdc::relations::check_binary(&control, &spec.publication, &rules).await?;
             }
