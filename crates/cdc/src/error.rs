@@ -73,6 +73,10 @@ pub enum SourceError {
         /// Columns the rules read that it leaves out.
         missing: Vec<String>,
     },
+    #[error(
+        "publication \"{publication}\" was dropped while replication slot \"{slot}\" still needed it: Postgres decodes each change with the catalog as of that change, so this slot can never read past the changes made while the publication was missing; drop the slot (SELECT pg_drop_replication_slot('{slot}')), purge the caches the rules cover (or set source.on_gap: purge with source.create: true) and start again"
+    )]
+    PublicationDropped { publication: String, slot: String },
     #[error("table {table} named by the rules does not exist")]
     TableMissing { table: String },
     #[error(
@@ -115,6 +119,7 @@ impl SourceError {
             SourceError::OperationsNotPublished { .. }
             | SourceError::RowFilter { .. }
             | SourceError::ColumnList { .. } => "publication_filter",
+            SourceError::PublicationDropped { .. } => "publication_dropped",
             SourceError::SlotMissing { .. } => "slot_missing",
             SourceError::SlotWrongKind { .. } => "slot_wrong_kind",
             SourceError::SlotLost { .. } => "slot_lost",

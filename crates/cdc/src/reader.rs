@@ -203,7 +203,7 @@ impl Session {
                 Err(e) if e.is_transient() && !*self.shutdown.borrow() => e,
                 Err(e) => {
                     self.disconnect();
-                    return Err(e);
+                    return Err(self.explain(e).await);
                 }
             };
             self.disconnect();
@@ -216,6 +216,39 @@ impl Session {
             tokio::select! {
                 _ = wait_true(&mut self.shutdown) => return self.finish().await,
                 _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Names a definite error better where the catalog can tell what it
+    /// means. The walsender reports a publication missing from the catalog
+    /// as of a change with the same SQLSTATE as a missing slot; the slot
+    /// still being there says it was the publication.
+    async fn explain(&self, error: StreamError) -> StreamError {
+        let StreamError::Replication { source } = &error else {
+            return error;
+        };
+        let Some(checks) = &self.checks else {
+            return error;
+        };
+        if crate::error::replication_sqlstate(source)
+            != Some(tokio_postgres::error::SqlState::UNDEFINED_OBJECT)
+        {
+            return error;
+        }
+        let exists = async {
+            let control = source::connect(&checks.url).await?;
+            source::slot_exists(&control, &checks.slot).await
+        };
+        match exists.await {
+            Ok(true) => StreamError::Source(crate::SourceError::PublicationDropped {
+                publication: checks.publication.clone(),
+                slot: checks.slot.clone(),
+            }),
+            Ok(false) => error,
+            Err(e) => {
+                tracing::debug!(error = %Chain(&e), "could not look up the slot to explain a replication error");
+                error
             }
         }
     }

@@ -350,6 +350,32 @@ async fn check_table_exists(client: &Client, table: &TableName) -> Result<(), So
     }
 }
 
+/// Whether replication slot `slot` exists.
+pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, SourceError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| SourceError::query("look up the replication slot", e))?
+        .is_some())
+}
+
+/// Drops `spec.slot` if it exists. While the walsender that streamed it is
+/// still exiting this fails with SQLSTATE 55006, which is transient.
+pub async fn drop_slot(client: &Client, spec: &SourceSpec) -> Result<(), SourceError> {
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&spec.slot],
+        )
+        .await
+        .map_err(|e| SourceError::query("drop the replication slot", e))?;
+    tracing::warn!(slot = %spec.slot, "dropped replication slot");
+    Ok(())
+}
+
 async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, SourceError> {
     let row = client
         .query_opt(
