@@ -76,7 +76,13 @@ pub enum SourceError {
     #[error(
         "publication \"{publication}\" was dropped while replication slot \"{slot}\" still needed it: Postgres decodes each change with the catalog as of that change, so this slot can never read past the changes made while the publication was missing; drop the slot (SELECT pg_drop_replication_slot('{slot}')), purge the caches the rules cover (or set source.on_gap: purge with source.create: true) and start again"
     )]
-    PublicationDropped { publication: String, slot: String },
+    PublicationDropped {
+        publication: String,
+        slot: String,
+        /// The walsender's refusal.
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
     #[error("table {table} named by the rules does not exist")]
     TableMissing { table: String },
     #[error(

@@ -225,10 +225,7 @@ impl Session {
     /// as of a change with the same SQLSTATE as a missing slot; the slot
     /// still being there says it was the publication.
     async fn explain(&self, error: StreamError) -> StreamError {
-        let StreamError::Replication { source } = &error else {
-            return error;
-        };
-        let Some(checks) = &self.checks else {
+        let (StreamError::Replication { source }, Some(checks)) = (&error, &self.checks) else {
             return error;
         };
         if crate::error::replication_sqlstate(source)
@@ -241,16 +238,21 @@ impl Session {
             source::slot_exists(&control, &checks.slot).await
         };
         match exists.await {
-            Ok(true) => StreamError::Source(crate::SourceError::PublicationDropped {
-                publication: checks.publication.clone(),
-                slot: checks.slot.clone(),
-            }),
-            Ok(false) => error,
+            Ok(true) => {}
+            Ok(false) => return error,
             Err(e) => {
                 tracing::debug!(error = %Chain(&e), "could not look up the slot to explain a replication error");
-                error
+                return error;
             }
         }
+        let StreamError::Replication { source } = error else {
+            return error;
+        };
+        StreamError::Source(crate::SourceError::PublicationDropped {
+            publication: checks.publication.clone(),
+            slot: checks.slot.clone(),
+            source,
+        })
     }
 
     /// Checks the source (when configured) and opens a replication
