@@ -264,3 +264,151 @@ async fn check_db_sees_partitioned_tables_published_leaf_by_leaf_and_passes_clea
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("0 error(s), 0 warning(s)"), "{stdout}");
 }
+
+/// Items with the category in a tag; `{new.category}` so that the default
+/// replica identity is enough and only the publication is in question.
+const ITEM_RULES: &str = "version: 1\nrules:\n  - table: public.items\n    on: [insert, update]\n    keys: [\"item:{id}\"]\n    tags: [\"category:{new.category}\"]\n";
+const ITEM_INSERT_RULES: &str =
+    "version: 1\nrules:\n  - table: public.items\n    on: [insert]\n    keys: [\"item:{id}\", \"category:{category}\"]\n";
+
+/// [`setup`], then table `items` and `publications` (SQL), with slot
+/// `walbust` made again after them: a slot older than a publication cannot
+/// decode with it.
+async fn setup_items(publications: &str) -> (Services, tokio_postgres::Client) {
+    let svc = setup().await;
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, category int, secret text)")
+        .await
+        .unwrap();
+    db.batch_execute(publications).await.unwrap();
+    db.batch_execute("SELECT pg_drop_replication_slot('walbust')")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')")
+        .await
+        .unwrap();
+    (svc, db)
+}
+
+/// `check --db` and `run` on the same configuration: both refuse with
+/// `needles`, `run` with exit status 3.
+async fn refused_by_check_and_run(
+    svc: &Services,
+    name: &str,
+    publication: &str,
+    rules: &str,
+    needles: &[&str],
+) {
+    let config = write(svc, name, publication, rules);
+    let out = check_db(config.clone()).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let errors = lines(&out, "error: ");
+    find(&errors, needles);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+
+    let out = run_to_exit(&config).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        needles.iter().all(|n| err.contains(n)),
+        "{needles:?} in:\n{err}"
+    );
+}
+
+/// `check --db` passes and `run` streams (then stops cleanly).
+async fn accepted_by_check_and_run(svc: &Services, name: &str, publication: &str, rules: &str) {
+    let config = write(svc, name, publication, rules);
+    let out = check_db(config.clone()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("0 error(s), 0 warning(s)"), "{stdout}");
+
+    let db = svc.pg.connect().await.unwrap();
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    walbust.signal("TERM");
+    assert!(
+        walbust.wait(std::time::Duration::from_secs(30)).success(),
+        "{}",
+        walbust.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_that_withhold_changes_the_rules_need_are_refused() {
+    let (svc, _db) = setup_items(
+        "CREATE PUBLICATION inserts FOR TABLE items WITH (publish = 'insert');
+         CREATE PUBLICATION filtered FOR TABLE items WHERE (id > 10);
+         CREATE PUBLICATION narrow FOR TABLE items (id, secret);
+         CREATE PUBLICATION wide FOR TABLE items (id, category);",
+    )
+    .await;
+
+    refused_by_check_and_run(
+        &svc,
+        "inserts",
+        "inserts",
+        ITEM_RULES,
+        &[
+            "publication \"inserts\" does not publish update (publish = 'insert')",
+            "table public.items",
+            "ALTER PUBLICATION inserts SET (publish = 'insert, update')",
+        ],
+    )
+    .await;
+    // Rules that only react to inserts need nothing more.
+    accepted_by_check_and_run(&svc, "inserts-only", "inserts", ITEM_INSERT_RULES).await;
+
+    refused_by_check_and_run(
+        &svc,
+        "filtered",
+        "filtered",
+        ITEM_INSERT_RULES,
+        &[
+            "publication \"filtered\" publishes table public.items with a row filter (WHERE (id > 10))",
+            "arrives as a DELETE of the old row",
+            "ALTER PUBLICATION filtered ADD TABLE public.items; COMMIT",
+        ],
+    )
+    .await;
+
+    refused_by_check_and_run(
+        &svc,
+        "narrow",
+        "narrow",
+        ITEM_RULES,
+        &[
+            "publication \"narrow\" sends only columns id, secret of table public.items, but the rules read category",
+            "ADD TABLE public.items (id, secret, category)",
+        ],
+    )
+    .await;
+    // A column list holding every column the rules read is fine.
+    accepted_by_check_and_run(&svc, "wide", "wide", ITEM_RULES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_altered_to_withhold_updates_stops_walbust() {
+    let (svc, db) = setup_items("CREATE PUBLICATION live FOR TABLE items;").await;
+    let mut walbust = Walbust::start(&write(&svc, "live", "live", ITEM_RULES));
+    wait_streaming(&db, &mut walbust).await;
+
+    db.batch_execute("ALTER PUBLICATION live SET (publish = 'insert')")
+        .await
+        .unwrap();
+    // The periodic check runs every 10 s.
+    let status = walbust.wait(std::time::Duration::from_secs(40));
+    assert_eq!(status.code(), Some(3), "{}", walbust.log());
+    assert!(
+        walbust
+            .log()
+            .contains("publication \"live\" does not publish update (publish = 'insert')"),
+        "{}",
+        walbust.log()
+    );
+}

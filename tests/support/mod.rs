@@ -239,6 +239,22 @@ fn unique() -> u128 {
         .as_nanos()
 }
 
+/// Runs `walbust run --config config` to its end, for starts that are
+/// refused; stderr holds the reason.
+pub async fn run_to_exit(config: &Path) -> std::process::Output {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_walbust"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("WALBUST_LOG", "warn")
+            .output()
+            .expect("run walbust")
+    })
+    .await
+    .unwrap()
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

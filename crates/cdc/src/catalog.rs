@@ -8,7 +8,8 @@
 //! - [`publication`]: whether it publishes via the partition root, which
 //!   tables it covers (as `pg_publication_tables` lists them: the root of a
 //!   partitioned table with `publish_via_partition_root`, its leaf
-//!   partitions without), column lists and generated columns.
+//!   partitions without), the operations it publishes, row filters, column
+//!   lists and generated columns.
 //! - [`table`]: kind (table, partitioned, partition), columns with their
 //!   storage (TOAST-able or not), replica identity and the columns it sends,
 //!   and for a partitioned table its leaf partitions, whose identities are
@@ -17,13 +18,13 @@
 //!   table globs.
 //!
 //! Queries stick to catalogs that exist since Postgres 10; features of later
-//! versions (generated columns, publication column lists) are asked for
-//! only when the server has them.
+//! versions (generated columns, publication row filters and column lists)
+//! are asked for only when the server has them.
 
 use std::collections::BTreeSet;
 
 use tokio_postgres::Client;
-use walbust_rules::TableName;
+use walbust_rules::{Op, TableName};
 
 use crate::error::SourceError;
 
@@ -40,6 +41,22 @@ pub struct Publication {
     pub generated_columns: bool,
     /// Tables whose changes are published under their own name.
     pub tables: BTreeSet<TableName>,
+    /// The operations it publishes (`publish = '...'`), in [`Op::ALL`] order.
+    pub ops: Vec<Op>,
+    /// Tables it publishes with a row filter or a column list (Postgres 15).
+    pub filters: Vec<TableFilter>,
+}
+
+/// A table a publication publishes with a row filter or a column list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFilter {
+    pub table: TableName,
+    /// The row filter (`WHERE (...)`) as Postgres prints it.
+    pub row_filter: Option<String>,
+    /// The column list: only these columns are sent.
+    pub column_list: Option<Vec<String>>,
+    /// Every column of the table, dropped ones left out.
+    pub columns: Vec<String>,
 }
 
 /// `pg_class.relreplident`: which old values an UPDATE or DELETE sends.
@@ -136,12 +153,16 @@ pub async fn server_version(client: &Client) -> Result<i32, SourceError> {
 /// The publication named `name`, or `None` when it does not exist.
 pub async fn publication(client: &Client, name: &str) -> Result<Option<Publication>, SourceError> {
     // `to_jsonb(p)` reads columns that older servers lack as NULL instead
-    // of failing on them.
+    // of failing on them. Postgres 10 has no `pubtruncate` and sends no
+    // truncates at all; reading it as published keeps such a server
+    // accepted as before.
     let row = client
         .query_opt(
             "SELECT p.puballtables, \
                     coalesce((to_jsonb(p) ->> 'pubviaroot')::bool, false), \
-                    coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's' \
+                    coalesce(to_jsonb(p) ->> 'pubgencols', 'n') = 's', \
+                    p.pubinsert, p.pubupdate, p.pubdelete, \
+                    coalesce((to_jsonb(p) ->> 'pubtruncate')::bool, true) \
              FROM pg_publication p WHERE p.pubname = $1",
             &[&name],
         )
@@ -155,13 +176,56 @@ pub async fn publication(client: &Client, name: &str) -> Result<Option<Publicati
         .into_iter()
         .map(|(schema, table)| TableName::new(schema, table))
         .collect();
+    let ops = Op::ALL
+        .into_iter()
+        .zip(3..)
+        .filter(|(_, i)| row.get::<_, bool>(*i))
+        .map(|(op, _)| op)
+        .collect();
+    let filters = if server_version(client).await? >= 150_000 {
+        filters(client, name).await?
+    } else {
+        Vec::new()
+    };
     Ok(Some(Publication {
         name: name.to_owned(),
         all_tables: row.get(0),
         via_root: row.get(1),
         generated_columns: row.get(2),
         tables,
+        ops,
+        filters,
     }))
+}
+
+/// Row filters and column lists of publication `name` (Postgres 15).
+async fn filters(client: &Client, name: &str) -> Result<Vec<TableFilter>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, pg_get_expr(pr.prqual, pr.prrelid), \
+                    (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                     WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs)), \
+                    (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                     WHERE a.attrelid = pr.prrelid AND a.attnum > 0 AND NOT a.attisdropped) \
+             FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid \
+             JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.pubname = $1 AND (pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL) \
+             ORDER BY 1, 2",
+            &[&name],
+        )
+        .await
+        .map_err(|e| {
+            SourceError::query("read the publication's row filters and column lists", e)
+        })?;
+    Ok(rows
+        .iter()
+        .map(|r| TableFilter {
+            table: TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            row_filter: r.get(2),
+            column_list: r.get(3),
+            columns: r.get::<_, Option<Vec<String>>>(4).unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// Every ordinary and partitioned table outside the system schemas.

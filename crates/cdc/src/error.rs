@@ -36,6 +36,53 @@ pub enum SourceError {
         publication: String,
         tables: Vec<String>,
     },
+    #[error(
+        "publication \"{publication}\" does not publish {} (publish = '{published}'), but rules react to them on {}, whose changes would be dropped unseen: ALTER PUBLICATION {publication} SET (publish = '{fix}')",
+        missing.join(", "),
+        tables.join(", ")
+    )]
+    OperationsNotPublished {
+        publication: String,
+        /// Operations the rules react to that are not published.
+        missing: Vec<&'static str>,
+        /// The publication's `publish` setting as it is.
+        published: String,
+        /// The setting that publishes what the rules need.
+        fix: String,
+        tables: Vec<String>,
+    },
+    #[error(
+        "publication \"{publication}\" publishes table {table} with a row filter (WHERE {filter}), which hides changes from the rules: rows outside it are not sent, an UPDATE that moves a row out of it arrives as a DELETE of the old row (its new values unseen) and one that moves a row into it as an INSERT of the new row (its old values unseen); publish the table without a filter: BEGIN; ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table}; COMMIT"
+    )]
+    RowFilter {
+        publication: String,
+        table: String,
+        filter: String,
+    },
+    #[error(
+        "publication \"{publication}\" sends only columns {} of table {table}, but the rules read {}: add them to its column list (BEGIN; ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table} ({}); COMMIT) or publish the table without one",
+        list.join(", "),
+        missing.join(", "),
+        list.iter().chain(missing).cloned().collect::<Vec<_>>().join(", ")
+    )]
+    ColumnList {
+        publication: String,
+        table: String,
+        /// The column list as it is.
+        list: Vec<String>,
+        /// Columns the rules read that it leaves out.
+        missing: Vec<String>,
+    },
+    #[error(
+        "publication \"{publication}\" was dropped while replication slot \"{slot}\" still needed it: Postgres decodes each change with the catalog as of that change, so this slot can never read past the changes made while the publication was missing; drop the slot (SELECT pg_drop_replication_slot('{slot}')), purge the caches the rules cover (or set source.on_gap: purge with source.create: true) and start again"
+    )]
+    PublicationDropped {
+        publication: String,
+        slot: String,
+        /// The walsender's refusal.
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
     #[error("table {table} named by the rules does not exist")]
     TableMissing { table: String },
     #[error(
@@ -75,6 +122,10 @@ impl SourceError {
             SourceError::PublicationMissing { .. }
             | SourceError::TablesNotPublished { .. }
             | SourceError::TableMissing { .. } => "publication",
+            SourceError::OperationsNotPublished { .. }
+            | SourceError::RowFilter { .. }
+            | SourceError::ColumnList { .. } => "publication_filter",
+            SourceError::PublicationDropped { .. } => "publication_dropped",
             SourceError::SlotMissing { .. } => "slot_missing",
             SourceError::SlotWrongKind { .. } => "slot_wrong_kind",
             SourceError::SlotLost { .. } => "slot_lost",

@@ -1,19 +1,23 @@
 //! Periodic health of the slot and the publication while streaming.
 //!
-//! Two things can go wrong under a running walbust without the stream
+//! Three things can go wrong under a running walbust without the stream
 //! saying so: the server can stop reserving WAL for the slot (`wal_status`
-//! turning `unreserved`, then `lost`), and a table the rules name can leave
-//! the publication, after which pgoutput simply stops sending its changes.
+//! turning `unreserved`, then `lost`), a table the rules name can leave
+//! the publication, after which pgoutput simply stops sending its changes,
+//! and the publication can be altered to withhold what the rules need (an
+//! operation it stops publishing, a row filter, a column list; see
+//! [`source::withheld`]).
 //! The monitor looks every [`INTERVAL`] over its own SQL connection,
 //! exports the slot's state as metrics, warns on `unreserved`, and reports
 //! `lost` and publication drift as definite errors to the reader, which
 //! stops (after acknowledging only what was delivered).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use walbust_flow::Chain;
-use walbust_rules::TableName;
+use walbust_rules::RuleSet;
 
 use crate::error::SourceError;
 use crate::metrics as m;
@@ -37,7 +41,7 @@ pub const HEARTBEAT_PREFIX: &str = "walbust.heartbeat";
 /// keeps moving instead of pinning old WAL.
 pub fn spawn(
     spec: SourceSpec,
-    tables: watch::Receiver<Vec<TableName>>,
+    rules: watch::Receiver<Arc<RuleSet>>,
     heartbeat: Option<Duration>,
 ) -> mpsc::Receiver<SourceError> {
     let (tx, rx) = mpsc::channel(1);
@@ -66,7 +70,7 @@ pub fn spawn(
                 _ = tx.closed() => return,
                 _ = ticker.tick() => {}
             }
-            let wanted = tables.borrow().clone();
+            let wanted = rules.borrow().clone();
             match check(&spec, &wanted).await {
                 Ok(()) => {}
                 Err(e) if e.is_definite() => {
@@ -95,7 +99,7 @@ async fn heartbeat_once(spec: &SourceSpec) -> Result<(), SourceError> {
     Ok(())
 }
 
-async fn check(spec: &SourceSpec, tables: &[TableName]) -> Result<(), SourceError> {
+async fn check(spec: &SourceSpec, rules: &RuleSet) -> Result<(), SourceError> {
     let client = source::connect(&spec.url).await?;
     let row = client
         .query_opt(
@@ -136,7 +140,8 @@ async fn check(spec: &SourceSpec, tables: &[TableName]) -> Result<(), SourceErro
         _ => {}
     }
     let published = source::published_tables(&client, &spec.publication).await?;
-    let missing: Vec<String> = tables
+    let missing: Vec<String> = rules
+        .tables()
         .iter()
         .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
         .map(|t| t.to_string())
@@ -147,5 +152,5 @@ async fn check(spec: &SourceSpec, tables: &[TableName]) -> Result<(), SourceErro
             tables: missing,
         });
     }
-    Ok(())
+    source::check_sends(&client, &spec.publication, rules).await
 }

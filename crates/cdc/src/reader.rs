@@ -130,6 +130,7 @@ impl Reader {
     ) -> Result<Stopped, StreamError> {
         let mut rules_rx = self.rules;
         let rules = rules_rx.borrow_and_update().clone();
+        let rules_for_monitor = rules.clone();
         let asm = Assembler::new(rules, self.spec.binary).with_tap(self.tap);
         let mut session = Session {
             spec: self.spec,
@@ -142,14 +143,13 @@ impl Reader {
             acked: 0,
             server_wal_end: 0,
             monitor: None,
-            tables: watch::channel(Vec::new()).0,
+            in_effect: watch::channel(rules_for_monitor).0,
             metrics: m::EventMetrics::register(),
         };
         if let Some(checks) = session.checks.clone() {
-            session.tables.send_replace(session.asm.rules().tables());
             session.monitor = Some(crate::monitor::spawn(
                 checks,
-                session.tables.subscribe(),
+                session.in_effect.subscribe(),
                 self.heartbeat,
             ));
         }
@@ -178,8 +178,8 @@ struct Session {
     server_wal_end: u64,
     /// Definite problems found by the slot and publication monitor.
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
-    /// The tables the current rules name, for the monitor.
-    tables: watch::Sender<Vec<walbust_rules::TableName>>,
+    /// The rules in effect, for the monitor.
+    in_effect: watch::Sender<Arc<RuleSet>>,
     metrics: m::EventMetrics,
 }
 
@@ -203,7 +203,7 @@ impl Session {
                 Err(e) if e.is_transient() && !*self.shutdown.borrow() => e,
                 Err(e) => {
                     self.disconnect();
-                    return Err(e);
+                    return Err(self.explain(e).await);
                 }
             };
             self.disconnect();
@@ -220,6 +220,41 @@ impl Session {
         }
     }
 
+    /// Names a definite error better where the catalog can tell what it
+    /// means. The walsender reports a publication missing from the catalog
+    /// as of a change with the same SQLSTATE as a missing slot; the slot
+    /// still being there says it was the publication.
+    async fn explain(&self, error: StreamError) -> StreamError {
+        let (StreamError::Replication { source }, Some(checks)) = (&error, &self.checks) else {
+            return error;
+        };
+        if crate::error::replication_sqlstate(source)
+            != Some(tokio_postgres::error::SqlState::UNDEFINED_OBJECT)
+        {
+            return error;
+        }
+        let exists = async {
+            let control = source::connect(&checks.url).await?;
+            source::slot_exists(&control, &checks.slot).await
+        };
+        match exists.await {
+            Ok(true) => {}
+            Ok(false) => return error,
+            Err(e) => {
+                tracing::debug!(error = %Chain(&e), "could not look up the slot to explain a replication error");
+                return error;
+            }
+        }
+        let StreamError::Replication { source } = error else {
+            return error;
+        };
+        StreamError::Source(crate::SourceError::PublicationDropped {
+            publication: checks.publication.clone(),
+            slot: checks.slot.clone(),
+            source,
+        })
+    }
+
     /// Checks the source (when configured) and opens a replication
     /// connection that resumes at the slot's confirmed position.
     async fn connect(&mut self) -> Result<(), StreamError> {
@@ -229,6 +264,9 @@ impl Session {
                 .map_err(StreamError::Source)?;
             let tables = self.asm.rules().tables();
             source::prepare(&control, checks, &tables)
+                .await
+                .map_err(StreamError::Source)?;
+            source::check_sends(&control, &checks.publication, self.asm.rules())
                 .await
                 .map_err(StreamError::Source)?;
             if self.spec.binary {
@@ -416,7 +454,7 @@ impl Session {
         let new = self.rules_rx.borrow_and_update().clone();
         match self.asm.set_rules(new) {
             Ok(()) => {
-                self.tables.send_replace(self.asm.rules().tables());
+                self.in_effect.send_replace(self.asm.rules().clone());
                 metrics::counter!(m::RULE_RELOADS, "result" => "applied").increment(1);
                 tracing::info!(
                     rules = self.asm.rules().rules().len(),

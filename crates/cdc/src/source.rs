@@ -15,8 +15,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use tokio_postgres::{Client, NoTls};
-use walbust_rules::TableName;
+use walbust_rules::{Op, RuleSet, TableName};
 
+use crate::catalog::Publication;
 use crate::error::SourceError;
 
 /// Where and what to stream: the `source` section of the configuration.
@@ -238,6 +239,98 @@ pub async fn published_tables(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Checks that publication `name` sends the rules everything they react
+/// to and read; see [`withheld`]. Refuses with the first problem. A missing
+/// publication passes: the publication checks report it.
+pub async fn check_sends(client: &Client, name: &str, rules: &RuleSet) -> Result<(), SourceError> {
+    let Some(publication) = crate::catalog::publication(client, name).await? else {
+        return Ok(());
+    };
+    match withheld(&publication, rules).into_iter().next() {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// What `publication` withholds from the rules, every problem once:
+///
+/// - operations the rules react to that it does not publish
+///   (`publish = 'insert'`): pgoutput drops them without a trace;
+/// - a row filter on a table the rules match: pgoutput sends only rows
+///   inside it, and turns an UPDATE that crosses its edge into a DELETE of
+///   the old row or an INSERT of the new one, so one side's values are
+///   never seen;
+/// - a column list that leaves out a column the rules read.
+///
+/// Tables it does not publish are not its business (see [`prepare`]).
+pub fn withheld(publication: &Publication, rules: &RuleSet) -> Vec<SourceError> {
+    let mut problems = Vec::new();
+    let mut missing: Vec<Op> = Vec::new();
+    let mut tables: Vec<String> = Vec::new();
+    for table in &publication.tables {
+        let lacking: Vec<Op> = rules
+            .ops_for(&table.schema, &table.name)
+            .into_iter()
+            .filter(|op| !publication.ops.contains(op))
+            .collect();
+        if lacking.is_empty() {
+            continue;
+        }
+        missing.extend(lacking);
+        tables.push(format!("table {table}"));
+    }
+    if !missing.is_empty() {
+        // Each operation once, in the order Postgres documents them.
+        let names = |wanted: &dyn Fn(&Op) -> bool| -> Vec<&'static str> {
+            Op::ALL
+                .into_iter()
+                .filter(|op| wanted(op))
+                .map(Op::as_str)
+                .collect()
+        };
+        problems.push(SourceError::OperationsNotPublished {
+            publication: publication.name.clone(),
+            missing: names(&|op| missing.contains(op)),
+            published: names(&|op| publication.ops.contains(op)).join(", "),
+            fix: names(&|op| publication.ops.contains(op) || missing.contains(op)).join(", "),
+            tables,
+        });
+    }
+    for filter in &publication.filters {
+        let table = &filter.table;
+        if rules.ops_for(&table.schema, &table.name).is_empty() {
+            continue;
+        }
+        if let Some(row_filter) = &filter.row_filter {
+            problems.push(SourceError::RowFilter {
+                publication: publication.name.clone(),
+                table: table.to_string(),
+                filter: row_filter.clone(),
+            });
+        }
+        let Some(list) = &filter.column_list else {
+            continue;
+        };
+        // A column the table lacks altogether is a different problem,
+        // reported where the rules are bound to the table.
+        let left_out: Vec<String> = rules
+            .columns_read(&table.schema, &table.name)
+            .into_iter()
+            .filter(|c| !list.iter().any(|l| l == c) && filter.columns.iter().any(|t| t == c))
+            .map(str::to_owned)
+            .collect();
+        if !left_out.is_empty() {
+            problems.push(SourceError::ColumnList {
+                publication: publication.name.clone(),
+                table: table.to_string(),
+                list: list.clone(),
+                missing: left_out,
+            });
+        }
+    }
+    problems
+}
+
 async fn check_table_exists(client: &Client, table: &TableName) -> Result<(), SourceError> {
     let found = client
         .query_opt(
@@ -255,6 +348,32 @@ async fn check_table_exists(client: &Client, table: &TableName) -> Result<(), So
             table: table.to_string(),
         })
     }
+}
+
+/// Whether replication slot `slot` exists.
+pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, SourceError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(|e| SourceError::query("look up the replication slot", e))?
+        .is_some())
+}
+
+/// Drops `spec.slot` if it exists. While the walsender that streamed it is
+/// still exiting this fails with SQLSTATE 55006, which is transient.
+pub async fn drop_slot(client: &Client, spec: &SourceSpec) -> Result<(), SourceError> {
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot($1) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&spec.slot],
+        )
+        .await
+        .map_err(|e| SourceError::query("drop the replication slot", e))?;
+    tracing::warn!(slot = %spec.slot, "dropped replication slot");
+    Ok(())
 }
 
 async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, SourceError> {
@@ -371,6 +490,77 @@ mod tests {
         assert_eq!(p.password, "s3cret");
         assert_eq!(p.database, "shop");
         assert!(!format!("{p:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn what_a_publication_withholds_from_the_rules_is_named() {
+        let rules = RuleSet::from_yaml(
+            "version: 1\nrules:\n  - table: public.items\n    on: [insert, update]\n    keys: [\"item:{id}\"]\n    tags: [\"category:{new.category}\"]\n",
+            "rules.yaml",
+        )
+        .unwrap();
+        let items = TableName::new("public", "items");
+        let other = TableName::new("public", "other");
+        let filter = |table: &TableName, row_filter: Option<&str>, list: &[&str]| {
+            crate::catalog::TableFilter {
+                table: table.clone(),
+                row_filter: row_filter.map(str::to_owned),
+                column_list: (!list.is_empty())
+                    .then(|| list.iter().map(|c| c.to_string()).collect()),
+                columns: ["id", "category", "secret"].map(String::from).to_vec(),
+            }
+        };
+        let mut publication = Publication {
+            name: "p".into(),
+            all_tables: false,
+            via_root: false,
+            generated_columns: false,
+            tables: [items.clone(), other.clone()].into(),
+            ops: vec![Op::Insert, Op::Delete],
+            filters: Vec::new(),
+        };
+        let text = |p: &Publication| -> Vec<String> {
+            withheld(p, &rules).iter().map(|e| e.to_string()).collect()
+        };
+
+        let found = text(&publication);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("publication \"p\" does not publish update (publish = 'insert, delete'), but rules react to them on table public.items,"),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[0].ends_with("ALTER PUBLICATION p SET (publish = 'insert, update, delete')"),
+            "{}",
+            found[0]
+        );
+
+        publication.ops = Op::ALL.to_vec();
+        assert!(text(&publication).is_empty());
+
+        // Filters on a table no rule names are its own business.
+        publication.filters = vec![filter(&other, Some("(id > 1)"), &["id"])];
+        assert!(text(&publication).is_empty());
+
+        publication.filters = vec![filter(&items, Some("(id > 10)"), &["id", "secret"])];
+        let found = text(&publication);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains("with a row filter (WHERE (id > 10))"),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[1].contains(
+                "sends only columns id, secret of table public.items, but the rules read category"
+            ),
+            "{}",
+            found[1]
+        );
+
+        publication.filters = vec![filter(&items, None, &["id", "category"])];
+        assert!(text(&publication).is_empty());
     }
 
     #[test]

@@ -504,6 +504,40 @@ impl RuleSet {
             .collect()
     }
 
+    /// The operations the rules matching table `schema.table` (exactly or
+    /// by glob) react to, in [`Op::ALL`] order; empty when no rule matches.
+    /// What a publication must publish for the table, asked without binding.
+    pub fn ops_for(&self, schema: &str, table: &str) -> Vec<Op> {
+        let mut ops = OpSet::default();
+        for rule in self.rules.iter().filter(|r| r.table.matches(schema, table)) {
+            for op in rule.ops.to_vec() {
+                ops.insert(op);
+            }
+        }
+        ops.to_vec()
+    }
+
+    /// The columns the rules matching table `schema.table` read on any
+    /// operation: placeholders in keys, tags and patterns, and every column
+    /// a `when` condition names. Each once, in order of first appearance.
+    /// What a publication's column list must keep, asked without binding.
+    pub fn columns_read(&self, schema: &str, table: &str) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.table.matches(schema, table)) {
+            let holes = rule.templates.iter().flat_map(|t| t.template.holes());
+            let mut read: Vec<&str> = holes.map(|h| h.column.as_str()).collect();
+            if let Some(when) = &rule.when {
+                when.columns(&mut |n: &Named| read.push(n.name.as_str()));
+            }
+            for column in read {
+                if !out.contains(&column) {
+                    out.push(column);
+                }
+            }
+        }
+        out
+    }
+
     /// Binds the matching rules; `lenient` (the replica identity's
     /// `old_sent`) degrades what [`RuleSet::bind`] refuses.
     fn bind_where(

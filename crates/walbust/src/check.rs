@@ -12,6 +12,7 @@
 //! | `error:` | a table the rules name does not exist |
 //! | `error:` | it is not in the publication, or its changes arrive under another name (partitions and `publish_via_partition_root`) |
 //! | `error:` | a rule reads a column the table does not have or the stream does not send (bound with [`walbust_rules::RuleSet::bind`] against the catalog's columns) |
+//! | `error:` | the publication withholds what the rules need: an operation they react to (`publish`), a row filter on their table, a column they read left out of its column list ([`walbust_cdc::source::withheld`], what `run` refuses) |
 //! | `error:` | a rule reads old values ([`walbust_rules::BoundTable::needs_old_values`]) the replica identity does not send (for a partitioned table, each leaf partition's identity counts) |
 //! | `warning:` | a TOAST-able column is used in a template of a rule that reacts to updates, without `REPLICA IDENTITY FULL`: an UPDATE that does not touch it sends it as unchanged TOAST and the template is skipped |
 //! | `warning:` | a table glob matches no table, or a table outside the publication |
@@ -77,6 +78,14 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         }
     };
     let publication = source_checks(&client, &cfg, &mut report).await;
+    // What the publication withholds from the rules, in the words `run`
+    // refuses with.
+    for problem in publication
+        .iter()
+        .flat_map(|p| walbust_cdc::source::withheld(p, &rules))
+    {
+        report.error(Chain(&problem).to_string());
+    }
     if cfg.source.binary && publication.is_some() {
         match walbust_cdc::relations::check_binary(&client, &cfg.source.publication, &rules).await {
             Ok(_) => {
@@ -89,7 +98,6 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         client: &client,
         rules: &rules,
         publication: publication.as_ref(),
-        publication_name: &cfg.source.publication,
         create: cfg.source.create,
     };
     if let Err(e) = cx.check_tables(&mut report).await {
@@ -172,7 +180,6 @@ struct TableCx<'a> {
     client: &'a Client,
     rules: &'a RuleSet,
     publication: Option<&'a Publication>,
-    publication_name: &'a str,
     create: bool,
 }
 
@@ -263,8 +270,9 @@ impl TableCx<'_> {
     ) -> Result<(), walbust_cdc::SourceError> {
         let rules = self.rules_for(table);
         let by = self.rule_list(&rules);
-        let Some(info) = catalog::table(self.client, table, Some(self.publication_name)).await?
-        else {
+        // Without the publication's column list: columns it leaves out are
+        // reported with the publication's other problems, once.
+        let Some(info) = catalog::table(self.client, table, None).await? else {
             report.error(format!("table {table} ({by}) does not exist"));
             return Ok(());
         };
@@ -437,8 +445,7 @@ impl TableCx<'_> {
                         Some(c) if c.generated => {
                             " (it is a generated column, which the publication does not send)"
                         }
-                        Some(_) => " (it is not in the publication's column list)",
-                        None => "",
+                        _ => "",
                     };
                     report.error(format!("{e}{why}"));
                     unknown.push(name.clone());

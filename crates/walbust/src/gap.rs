@@ -82,14 +82,7 @@ pub async fn guard(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Re
         .with_context(|| format!("the gap marker in Redis key {key} is not walbust's"))?;
     let system = system_identifier(cfg).await?;
     let control = walbust_cdc::source::connect(&cfg.source.url).await?;
-    let slot_exists = control
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&cfg.source.slot],
-        )
-        .await
-        .context("looking up the replication slot")?
-        .is_some();
+    let slot_exists = walbust_cdc::source::slot_exists(&control, &cfg.source.slot).await?;
     let verdict = judge(&marker, &system, slot_exists);
     let Verdict::Gap(why) = verdict else {
         return Ok(());
@@ -156,7 +149,7 @@ fn judge(marker: &Marker, system: &str, slot_exists: bool) -> Verdict {
 
 /// Purges the rules' coverage from Redis and sends a flush-all record to
 /// Kafka, retrying each sink until it confirms.
-async fn purge(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Result<()> {
+pub(crate) async fn purge(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Result<()> {
     let coverage = rules.coverage();
     let extra = &cfg.source.gap_purge;
     let mut redis_batch = empty_batch();

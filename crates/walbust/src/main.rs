@@ -30,8 +30,9 @@ const EXIT_CONFIG: u8 = 2;
 /// Exit status for any other failure.
 const EXIT_FAILURE: u8 = 1;
 /// Exit status for a definite source error: the slot is lost or gone, the
-/// publication or a table is missing, wal_level changed, authentication
-/// refused, WAL could not be decoded. Restarting will not help; a human must.
+/// publication or a table is missing, the publication withholds what the
+/// rules need or was dropped while the slot needed it, wal_level changed,
+/// authentication refused, WAL could not be decoded. Restarting will not help; a human must.
 const EXIT_DEFINITE: u8 = 3;
 
 #[derive(Parser)]
@@ -70,8 +71,11 @@ enum Command {
     /// database (wal_level, slot, publication) and the sinks.
     ///
     /// With --db every problem is reported on its own line: tables missing or
-    /// not in the publication (partitions included), columns the rules read
-    /// that the tables lack, old values the replica identity does not send,
+    /// not in the publication (partitions included), a publication that
+    /// withholds what the rules need (an operation they react to, rows
+    /// behind a row filter, columns outside its column list), columns the
+    /// rules read that the tables lack, old values the replica identity
+    /// does not send,
     /// and TOAST-able columns used in templates without REPLICA IDENTITY
     /// FULL (a warning). Exits 1 if there is any error.
     Check {

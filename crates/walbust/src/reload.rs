@@ -234,6 +234,9 @@ async fn database_refusal(
             missing.join(", ")
         )));
     }
+    if let Some(problem) = walbust_cdc::source::withheld(&publication, set).first() {
+        return Ok(Some(walbust_flow::Chain(problem).to_string()));
+    }
     for table in &tables {
         let Some(info) =
             walbust_cdc::catalog::table(&client, table, Some(&check.publication)).await?

@@ -74,22 +74,112 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     // Before the slot may be created: a new slot must not paper over a gap.
     crate::gap::guard(&cfg, &rules, &sinks).await?;
 
+    // A publication dropped under the slot (see `restart_after_dropped_publication`)
+    // sends walbust round this loop once more, on a new slot.
+    let mut purge_first = false;
+    loop {
+        let rules = rules_rx.borrow().clone();
+        let Some(slot) = prepare_source(&cfg, &spec, &rules, &shutdown).await? else {
+            return Ok(());
+        };
+        if purge_first {
+            // After the new slot exists: every change it does not hold was
+            // committed before the purge, so nothing can be re-cached stale.
+            crate::gap::purge(&cfg, &rules, &sinks).await?;
+        }
+        crate::gap::mark(&cfg).await?;
+        tracing::info!(
+            slot = %cfg.source.slot,
+            confirmed_flush_lsn = %walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
+            wal_status = %slot.wal_status,
+            created = slot.created,
+            "slot ready"
+        );
+
+        let PipelineHandle {
+            feed,
+            task: pipeline,
+        } = Pipeline::spawn_with_observer(
+            cfg.publish.pipeline(),
+            sinks.clone(),
+            hooks.observer.clone(),
+        );
+
+        let stream = walbust_cdc::StreamSpec {
+            conn: walbust_cdc::ConnParams::from_url(&cfg.source.url)?,
+            slot: cfg.source.slot.clone(),
+            publication: cfg.source.publication.clone(),
+            status_interval: cfg.status_interval(),
+            application_name: cfg.source.application_name.clone(),
+            temporary_slot: false,
+            binary: cfg.source.binary,
+        };
+        let mut reader =
+            walbust_cdc::Reader::new(stream, rules_rx.clone()).with_checks(spec.clone());
+        if cfg.source.heartbeat_interval_ms > 0 {
+            reader = reader.with_heartbeat(Duration::from_millis(cfg.source.heartbeat_interval_ms));
+        }
+        if let Some(tap) = hooks.tap.clone() {
+            reader = reader.with_tap(tap);
+        }
+        if let Some(started) = &hooks.started {
+            started.notify_one();
+        }
+        let outcome = reader.run(feed, shutdown.clone()).await;
+        let stopped = match outcome {
+            Ok(stopped) => stopped,
+            // The pipeline ended first: its error is the one to report.
+            Err(walbust_cdc::StreamError::PipelineClosed) => {
+                pipeline_outcome(pipeline.await)?;
+                anyhow::bail!("publishing pipeline stopped");
+            }
+            // Nothing unconfirmed was acknowledged, so the pipeline's work can be
+            // dropped: the server sends it again on the next start.
+            Err(e) => {
+                pipeline.abort();
+                if restart_after_dropped_publication(&cfg, &spec, &shutdown, &e).await? {
+                    purge_first = true;
+                    continue;
+                }
+                return Err(e.into());
+            }
+        };
+        // The reader closed the pipeline's input and waited for its last
+        // confirmation; collect the task's result.
+        pipeline_outcome(pipeline.await)?;
+        let walbust_cdc::Stopped::Shutdown { confirmed_lsn } = stopped;
+        tracing::info!(confirmed_lsn = %walbust_pgoutput::format_lsn(confirmed_lsn), "stopped");
+        return Ok(());
+    }
+}
+
+/// Checks the database, creating the publication and the slot when asked;
+/// `None` when shutdown was requested meanwhile.
+async fn prepare_source(
+    cfg: &Config,
+    spec: &walbust_cdc::SourceSpec,
+    rules: &RuleSet,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<walbust_cdc::SlotState>> {
     let tables = rules.tables();
-    let prepared = until_ready(&shutdown, "postgres", || async {
+    until_ready(shutdown, "postgres", || async {
         let checked = async {
             let source = walbust_cdc::StreamError::Source;
             let control = walbust_cdc::source::connect(&spec.url)
                 .await
                 .map_err(source)?;
-            walbust_cdc::source::prepare_publication(&control, &spec, &tables)
+            walbust_cdc::source::prepare_publication(&control, spec, &tables)
                 .await
                 .map_err(source)?;
             // Before the slot is created: a refused start must not leave a
             // new slot behind, holding WAL.
+            walbust_cdc::source::check_sends(&control, &spec.publication, rules)
+                .await
+                .map_err(source)?;
             if cfg.source.binary {
-                walbust_cdc::relations::check_binary(&control, &spec.publication, &rules).await?;
+                walbust_cdc::relations::check_binary(&control, &spec.publication, rules).await?;
             }
-            walbust_cdc::source::prepare_slot(&control, &spec)
+            walbust_cdc::source::prepare_slot(&control, spec)
                 .await
                 .map_err(source)
         };
@@ -101,64 +191,46 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             }
         })
     })
+    .await
+}
+
+/// A publication dropped while the slot needed it leaves the slot stuck for
+/// good: Postgres decodes each change with the catalog of its time, so the
+/// slot fails on the first change made while the publication was missing,
+/// however often walbust reconnects. Only a new slot helps, and the changes
+/// the old one held are lost, so that is a gap: with `source.create: true`
+/// and `source.on_gap: purge` the old slot is dropped here (true: start
+/// over, purging once the new slot exists); otherwise the error stands.
+async fn restart_after_dropped_publication(
+    cfg: &Config,
+    spec: &walbust_cdc::SourceSpec,
+    shutdown: &watch::Receiver<bool>,
+    error: &walbust_cdc::StreamError,
+) -> Result<bool> {
+    let walbust_cdc::StreamError::Source(walbust_cdc::SourceError::PublicationDropped { .. }) =
+        error
+    else {
+        return Ok(false);
+    };
+    if !cfg.source.create || cfg.source.on_gap != crate::config::OnGap::Purge {
+        return Ok(false);
+    }
+    tracing::warn!(slot = %spec.slot, publication = %spec.publication, error = %Chain(error), "gap in the change stream: replacing the slot and purging everything the rules cover");
+    let dropped = until_ready(shutdown, "postgres", || async {
+        let dropped = async {
+            let control = walbust_cdc::source::connect(&spec.url).await?;
+            walbust_cdc::source::drop_slot(&control, spec).await
+        };
+        dropped.await.map_err(|e| {
+            if e.is_definite() {
+                Attempt::Fail(e.into())
+            } else {
+                Attempt::Retry(e.into())
+            }
+        })
+    })
     .await?;
-    let Some(slot) = prepared else {
-        return Ok(());
-    };
-    crate::gap::mark(&cfg).await?;
-    tracing::info!(
-        slot = %cfg.source.slot,
-        confirmed_flush_lsn = %walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
-        wal_status = %slot.wal_status,
-        created = slot.created,
-        "slot ready"
-    );
-
-    let PipelineHandle {
-        feed,
-        task: pipeline,
-    } = Pipeline::spawn_with_observer(cfg.publish.pipeline(), sinks, hooks.observer.clone());
-
-    let stream = walbust_cdc::StreamSpec {
-        conn: walbust_cdc::ConnParams::from_url(&cfg.source.url)?,
-        slot: cfg.source.slot.clone(),
-        publication: cfg.source.publication.clone(),
-        status_interval: cfg.status_interval(),
-        application_name: cfg.source.application_name.clone(),
-        temporary_slot: false,
-        binary: cfg.source.binary,
-    };
-    let mut reader = walbust_cdc::Reader::new(stream, rules_rx).with_checks(spec);
-    if cfg.source.heartbeat_interval_ms > 0 {
-        reader = reader.with_heartbeat(Duration::from_millis(cfg.source.heartbeat_interval_ms));
-    }
-    if let Some(tap) = hooks.tap.clone() {
-        reader = reader.with_tap(tap);
-    }
-    if let Some(started) = &hooks.started {
-        started.notify_one();
-    }
-    let outcome = reader.run(feed, shutdown).await;
-    let stopped = match outcome {
-        Ok(stopped) => stopped,
-        // The pipeline ended first: its error is the one to report.
-        Err(walbust_cdc::StreamError::PipelineClosed) => {
-            pipeline_outcome(pipeline.await)?;
-            anyhow::bail!("publishing pipeline stopped");
-        }
-        // Nothing unconfirmed was acknowledged, so the pipeline's work can be
-        // dropped: the server sends it again on the next start.
-        Err(e) => {
-            pipeline.abort();
-            return Err(e.into());
-        }
-    };
-    // The reader closed the pipeline's input and waited for its last
-    // confirmation; collect the task's result.
-    pipeline_outcome(pipeline.await)?;
-    let walbust_cdc::Stopped::Shutdown { confirmed_lsn } = stopped;
-    tracing::info!(confirmed_lsn = %walbust_pgoutput::format_lsn(confirmed_lsn), "stopped");
-    Ok(())
+    Ok(dropped.is_some())
 }
 
 /// One attempt of a start-up step: retry later, or give up.

@@ -545,3 +545,19 @@ fn messages_stay_on_one_line() {
     let e = set.bind("s\nx", "t", &[]).expect_err("no x");
     assert!(!e.to_string().contains('\n'), "{e}");
 }
+
+#[test]
+fn operations_and_columns_a_table_needs_are_known_without_binding() {
+    let set = ok("version: 1\nrules:\n  - table: public.orders\n    on: [insert]\n    keys: [\"order:{id}\"]\n  - table: public.order*\n    on: [delete, update]\n    when: { changed: [status] }\n    tags: [\"user:{old.user_id}\", \"order:{id}\"]\n  - table: public.users\n    keys: [\"user:{id}\"]\n");
+    assert_eq!(
+        set.ops_for("public", "orders"),
+        vec![Op::Insert, Op::Update, Op::Delete]
+    );
+    assert_eq!(set.ops_for("public", "users"), Op::ALL.to_vec());
+    assert!(set.ops_for("public", "other").is_empty());
+    assert_eq!(
+        set.columns_read("public", "orders"),
+        vec!["id", "user_id", "status"]
+    );
+    assert!(set.columns_read("public", "other").is_empty());
+}
