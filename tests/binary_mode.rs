@@ -191,3 +191,52 @@ rules:
     let seen = kafka_invalidations(&svc.kafka, "text_mode");
     assert!(seen.contains("key:place:1:(1.5,-2)"), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_column_changed_to_a_new_enum_renders_without_a_restart() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE moods (id int PRIMARY KEY, feeling text);
+         CREATE PUBLICATION walbust FOR TABLE moods;",
+    )
+    .await
+    .unwrap();
+    let rules = r#"
+version: 1
+rules:
+  - table: public.moods
+    keys: ["m:{id}:{feeling}"]
+"#;
+    let config = write_named_config(&svc, "binary_mode", rules, "  binary: true\n");
+    let mut binary = Walbust::start(&config);
+    wait_slot_active(&db, &mut binary, "binary_mode").await;
+    commit(&mut db, "INSERT INTO moods VALUES (1, 'ok')").await;
+
+    // The type did not exist when walbust read the catalog.
+    db.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         ALTER TABLE moods ALTER COLUMN feeling TYPE mood USING feeling::mood;",
+    )
+    .await
+    .unwrap();
+    commit(&mut db, "INSERT INTO moods VALUES (2, 'happy')").await;
+    commit(&mut db, "UPDATE moods SET feeling = 'sad' WHERE id = 1").await;
+    confirmed(&db, "binary_mode").await;
+    assert!(binary.is_running(), "{}", binary.log());
+    let seen = kafka_invalidations(&svc.kafka, "binary_mode");
+    for key in ["key:m:1:ok", "key:m:2:happy", "key:m:1:sad"] {
+        assert!(seen.contains(key), "{key} missing: {seen:?}");
+    }
+}
+
+/// Waits until `slot` confirmed everything written so far.
+async fn confirmed(db: &tokio_postgres::Client, slot: &str) {
+    let end = current_wal_lsn(db).await;
+    eventually(
+        Duration::from_secs(60),
+        "every write to be confirmed",
+        || async { confirmed_flush_lsn(db, slot).await.filter(|c| *c >= end) },
+    )
+    .await;
+}

@@ -823,6 +823,44 @@ async fn tail_prints_committed_transactions_and_publishes_nothing() {
     assert_eq!(redis_keys(&mut redis).await.len(), seeded.len() + 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_in_binary_mode_renders_enum_and_domain_columns() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE DOMAIN quantity AS int CHECK (VALUE > 0);
+         CREATE TABLE stock (id int PRIMARY KEY, feeling mood, amount quantity);
+         CREATE PUBLICATION walbust FOR TABLE stock;",
+    )
+    .await
+    .unwrap();
+    let rules = r#"
+version: 1
+rules:
+  - table: public.stock
+    keys: ["stock:{id}:{feeling}:{amount}"]
+"#;
+    let config = write_named_config(&svc, "binary_tail", rules, "  binary: true\n");
+    let tail = Tail::start(&config);
+    eventually(PATIENCE, "tail's temporary slot", || async {
+        temporary_slots(&db)
+            .await
+            .into_iter()
+            .any(|(name, temporary, active)| {
+                name.starts_with("walbust_tail_") && temporary && active
+            })
+            .then_some(())
+    })
+    .await;
+    let (xid, _, _) = commit(&mut db, "INSERT INTO stock VALUES (1, 'happy', 5)").await;
+    let printed = eventually(PATIENCE, "tail to print the insert", || async {
+        tail.transactions().into_iter().find(|t| t["xid"] == xid)
+    })
+    .await;
+    assert_eq!(printed["keys"], serde_json::json!(["stock:1:happy:5"]));
+}
+
 // ---------------------------------------------------------------------------
 // Hot reload
 

@@ -74,6 +74,8 @@ pub struct Reader {
     rules: watch::Receiver<Arc<RuleSet>>,
     tap: Option<ChangeTap>,
     checks: Option<SourceSpec>,
+    /// `source.url`, for catalog look-ups without the slot checks.
+    catalog: Option<String>,
     heartbeat: Option<Duration>,
 }
 
@@ -86,6 +88,7 @@ impl Reader {
             rules,
             tap: None,
             checks: None,
+            catalog: None,
             heartbeat: None,
         }
     }
@@ -105,6 +108,15 @@ impl Reader {
             create: false,
             ..spec
         });
+        self
+    }
+
+    /// Binary mode without [`with_checks`](Self::with_checks): look up the
+    /// renderings of enums and domains in the catalog at `url` (`source.url`)
+    /// the way checked sessions do, before streaming and whenever a table
+    /// is described with a type not seen before.
+    pub fn with_catalog(mut self, url: String) -> Self {
+        self.catalog = Some(url);
         self
     }
 
@@ -132,9 +144,11 @@ impl Reader {
         let rules = rules_rx.borrow_and_update().clone();
         let rules_for_monitor = rules.clone();
         let asm = Assembler::new(rules, self.spec.binary).with_tap(self.tap);
+        let catalog = self.checks.as_ref().map(|c| c.url.clone()).or(self.catalog);
         let mut session = Session {
             spec: self.spec,
             checks: self.checks,
+            catalog,
             client: None,
             rules_rx,
             asm,
@@ -165,6 +179,8 @@ const RECONNECT_RESET_AFTER: Duration = Duration::from_secs(30);
 struct Session {
     spec: StreamSpec,
     checks: Option<SourceSpec>,
+    /// Where the catalog is read (the checks' URL, or [`Reader::with_catalog`]).
+    catalog: Option<String>,
     /// The current replication connection, if any.
     client: Option<ReplicationClient>,
     rules_rx: watch::Receiver<Arc<RuleSet>>,
@@ -258,23 +274,26 @@ impl Session {
     /// Checks the source (when configured) and opens a replication
     /// connection that resumes at the slot's confirmed position.
     async fn connect(&mut self) -> Result<(), StreamError> {
-        if let Some(checks) = &self.checks {
-            let control = source::connect(&checks.url)
-                .await
-                .map_err(StreamError::Source)?;
-            let tables = self.asm.rules().tables();
-            source::prepare(&control, checks, &tables)
-                .await
-                .map_err(StreamError::Source)?;
-            source::check_sends(&control, &checks.publication, self.asm.rules())
-                .await
-                .map_err(StreamError::Source)?;
-            if self.spec.binary {
-                let types =
-                    crate::relations::check_binary(&control, &checks.publication, self.asm.rules())
-                        .await?;
-                self.asm.relations_mut().set_type_renderings(types);
+        let control = match &self.catalog {
+            Some(url) if self.checks.is_some() || self.spec.binary => {
+                Some(source::connect(url).await.map_err(StreamError::Source)?)
             }
+            _ => None,
+        };
+        if let (Some(checks), Some(control)) = (&self.checks, &control) {
+            let tables = self.asm.rules().tables();
+            source::prepare(control, checks, &tables)
+                .await
+                .map_err(StreamError::Source)?;
+            source::check_sends(control, &checks.publication, self.asm.rules())
+                .await
+                .map_err(StreamError::Source)?;
+        }
+        if let (true, Some(control)) = (self.spec.binary, &control) {
+            let types =
+                crate::relations::check_binary(control, &self.spec.publication, self.asm.rules())
+                    .await?;
+            self.asm.relations_mut().set_type_renderings(types);
         }
         let cfg = ReplicationConfig::new(
             self.spec.conn.host.clone(),
@@ -377,7 +396,12 @@ impl Session {
             ReplicationEvent::XLogData { wal_end, data, .. } => {
                 self.note_server_end(wal_end.as_u64());
                 self.metrics.wal_bytes.increment(data.len() as u64);
-                self.asm.data(wal_end.as_u64(), &data)?;
+                match self.asm.data(wal_end.as_u64(), &data) {
+                    Err(StreamError::BinaryValue { .. }) if self.learn_types(&data).await? => {
+                        self.asm.data(wal_end.as_u64(), &data)?;
+                    }
+                    other => other?,
+                }
             }
             ReplicationEvent::Message {
                 lsn,
@@ -409,6 +433,37 @@ impl Session {
                 return Ok(false);
             }
         }
+        Ok(true)
+    }
+
+    /// Binary mode: a Relation message named a type whose rendering is
+    /// unknown, such as an enum created after the session read the
+    /// catalog. Reads the renderings of its unknown types again; `true`
+    /// when some were found, so that the message is worth another try
+    /// (nothing was bound: a refused description leaves the cache as it
+    /// was). Only a type that truly has no rendering is refused then.
+    async fn learn_types(&mut self, data: &bytes::Bytes) -> Result<bool, StreamError> {
+        let Some(url) = &self.catalog else {
+            return Ok(false);
+        };
+        let Ok(walbust_pgoutput::Message::Relation(rel)) = walbust_pgoutput::decode(data) else {
+            return Ok(false);
+        };
+        let unknown = self.asm.relations_mut().unrendered_types(&rel);
+        if unknown.is_empty() {
+            return Ok(false);
+        }
+        let control = source::connect(url).await.map_err(StreamError::Source)?;
+        let types = crate::relations::resolve_types(&control, &unknown).await?;
+        if types.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(
+            table = %format_args!("{}.{}", rel.namespace, rel.name),
+            types = types.len(),
+            "read the renderings of types the session did not know yet"
+        );
+        self.asm.relations_mut().add_type_renderings(types);
         Ok(true)
     }
 

@@ -115,7 +115,10 @@ pub async fn tail(args: TailArgs) -> ExitCode {
         slot = %slot,
         "tailing through a temporary slot; nothing is published (Ctrl-C to stop)"
     );
+    // The catalog tells binary mode how enums and domains render, as it
+    // does for `run`.
     let outcome = walbust_cdc::Reader::new(spec, rules_rx)
+        .with_catalog(cfg.source.url.clone())
         .with_tap(tap)
         .run(Feed::new(to_printer, confirmed), shutdown)
         .await;
