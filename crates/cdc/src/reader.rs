@@ -77,6 +77,7 @@ pub struct Reader {
     /// `source.url`, for catalog look-ups without the slot checks.
     catalog: Option<String>,
     heartbeat: Option<Duration>,
+    in_effect: Option<watch::Sender<Arc<RuleSet>>>,
 }
 
 impl Reader {
@@ -90,6 +91,7 @@ impl Reader {
             checks: None,
             catalog: None,
             heartbeat: None,
+            in_effect: None,
         }
     }
 
@@ -120,6 +122,16 @@ impl Reader {
         self
     }
 
+    /// Reports on `in_effect` the rules the reader evaluates with: the
+    /// first ones, then each new set once it was bound to the streamed
+    /// tables. A set offered on the rules watch may be refused (or wait for
+    /// a table's new description), so the watch's value is not necessarily
+    /// in effect; this is.
+    pub fn with_in_effect(mut self, in_effect: watch::Sender<Arc<RuleSet>>) -> Self {
+        self.in_effect = Some(in_effect);
+        self
+    }
+
     /// Writes a heartbeat into the WAL this often (needs [`with_checks`](Self::with_checks)).
     pub fn with_heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = Some(every);
@@ -142,7 +154,13 @@ impl Reader {
     ) -> Result<Stopped, StreamError> {
         let mut rules_rx = self.rules;
         let rules = rules_rx.borrow_and_update().clone();
-        let rules_for_monitor = rules.clone();
+        let in_effect = match self.in_effect {
+            Some(tx) => {
+                tx.send_replace(rules.clone());
+                tx
+            }
+            None => watch::channel(rules.clone()).0,
+        };
         let asm = Assembler::new(rules, self.spec.binary).with_tap(self.tap);
         let catalog = self.checks.as_ref().map(|c| c.url.clone()).or(self.catalog);
         let mut session = Session {
@@ -157,7 +175,9 @@ impl Reader {
             acked: 0,
             server_wal_end: 0,
             monitor: None,
-            in_effect: watch::channel(rules_for_monitor).0,
+            in_effect,
+            refused: None,
+            described: false,
             metrics: m::EventMetrics::register(),
         };
         if let Some(checks) = session.checks.clone() {
@@ -194,8 +214,15 @@ struct Session {
     server_wal_end: u64,
     /// Definite problems found by the slot and publication monitor.
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
-    /// The rules in effect, for the monitor.
+    /// The rules in effect, for the monitor and the rules file watcher.
     in_effect: watch::Sender<Arc<RuleSet>>,
+    /// The last rule set offered and refused because it does not fit a
+    /// table's description as streamed so far (a column added since): it
+    /// is tried again once a table was described anew.
+    refused: Option<Arc<RuleSet>>,
+    /// A table was described (Relation message, or a new session) since
+    /// `refused` was last tried.
+    described: bool,
     metrics: m::EventMetrics,
 }
 
@@ -351,6 +378,7 @@ impl Session {
             client.abort();
         }
         self.asm.reset();
+        self.described = true;
     }
 
     async fn stream(&mut self) -> Result<Stopped, StreamError> {
@@ -396,6 +424,9 @@ impl Session {
             ReplicationEvent::XLogData { wal_end, data, .. } => {
                 self.note_server_end(wal_end.as_u64());
                 self.metrics.wal_bytes.increment(data.len() as u64);
+                if data.first() == Some(&walbust_pgoutput::tag::RELATION) {
+                    self.described = true;
+                }
                 match self.asm.data(wal_end.as_u64(), &data) {
                     Err(StreamError::BinaryValue { .. }) if self.learn_types(&data).await? => {
                         self.asm.data(wal_end.as_u64(), &data)?;
@@ -501,24 +532,49 @@ impl Session {
 
     /// Takes a new rule set if one was published, between transactions so
     /// that a transaction is evaluated under one rule set. A rule set that
-    /// does not fit the tables seen so far is refused and the old one kept.
+    /// does not fit the tables seen so far is refused and the rules in
+    /// effect kept; it is tried again at the first transaction after a
+    /// table was described anew, since the description it did not fit may
+    /// have been an old one (a column added after the table was cached).
     fn reload_rules(&mut self) {
-        if !self.rules_rx.has_changed().unwrap_or(false) {
-            return;
+        if self.rules_rx.has_changed().unwrap_or(false) {
+            let new = self.rules_rx.borrow_and_update().clone();
+            // Whatever was waiting is superseded by the file as it is now.
+            self.refused = None;
+            if Arc::ptr_eq(&new, self.asm.rules()) {
+                // The rules in effect offered again (the file went back to
+                // them): nothing to bind.
+                return;
+            }
+            self.try_rules(new, false);
+        } else if self.described {
+            if let Some(waiting) = self.refused.take() {
+                self.try_rules(waiting, true);
+            }
         }
-        let new = self.rules_rx.borrow_and_update().clone();
-        match self.asm.set_rules(new) {
+    }
+
+    /// Binds `new` to every streamed table and puts it in effect, or keeps
+    /// the rules in effect; `retry` for a set refused before, which is
+    /// counted and reported once, when refused first.
+    fn try_rules(&mut self, new: Arc<RuleSet>, retry: bool) {
+        self.described = false;
+        match self.asm.set_rules(new.clone()) {
             Ok(()) => {
-                self.in_effect.send_replace(self.asm.rules().clone());
+                self.in_effect.send_replace(new);
                 metrics::counter!(m::RULE_RELOADS, "result" => "applied").increment(1);
                 tracing::info!(
                     rules = self.asm.rules().rules().len(),
+                    retried = retry,
                     "new rules in effect"
                 );
             }
             Err(e) => {
-                metrics::counter!(m::RULE_RELOADS, "result" => "refused").increment(1);
-                tracing::error!(error = %Chain(&e), "new rules do not fit the streamed tables; keeping the previous rules");
+                if !retry {
+                    metrics::counter!(m::RULE_RELOADS, "result" => "refused").increment(1);
+                    tracing::error!(error = %Chain(&e), "new rules do not fit the streamed tables; the rules in effect stay, and the new ones are tried again when a table is described anew");
+                }
+                self.refused = Some(new);
             }
         }
     }
