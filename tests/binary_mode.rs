@@ -191,3 +191,116 @@ rules:
     let seen = kafka_invalidations(&svc.kafka, "text_mode");
     assert!(seen.contains("key:place:1:(1.5,-2)"), "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_column_changed_to_a_new_enum_renders_without_a_restart() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE moods (id int PRIMARY KEY, feeling text);
+         CREATE PUBLICATION walbust FOR TABLE moods;",
+    )
+    .await
+    .unwrap();
+    let rules = r#"
+version: 1
+rules:
+  - table: public.moods
+    keys: ["m:{id}:{feeling}"]
+"#;
+    let config = write_named_config(&svc, "binary_mode", rules, "  binary: true\n");
+    let mut binary = Walbust::start(&config);
+    wait_slot_active(&db, &mut binary, "binary_mode").await;
+    commit(&mut db, "INSERT INTO moods VALUES (1, 'ok')").await;
+
+    // The type did not exist when walbust read the catalog.
+    db.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         ALTER TABLE moods ALTER COLUMN feeling TYPE mood USING feeling::mood;",
+    )
+    .await
+    .unwrap();
+    commit(&mut db, "INSERT INTO moods VALUES (2, 'happy')").await;
+    commit(&mut db, "UPDATE moods SET feeling = 'sad' WHERE id = 1").await;
+    confirmed(&db, "binary_mode").await;
+    assert!(binary.is_running(), "{}", binary.log());
+    let seen = kafka_invalidations(&svc.kafka, "binary_mode");
+    for key in ["key:m:1:ok", "key:m:2:happy", "key:m:1:sad"] {
+        assert!(seen.contains(key), "{key} missing: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_refused_by_the_reader_keeps_the_last_rules_in_effect() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE places (id int PRIMARY KEY, spot point);
+         CREATE PUBLICATION walbust FOR TABLE places;",
+    )
+    .await
+    .unwrap();
+    let version = |key: &str| {
+        format!("version: 1\nrules:\n  - table: public.places\n    keys: [\"{key}\"]\n")
+    };
+    let config = write_named_config(&svc, "binary_mode", &version("v1:{id}"), "  binary: true\n");
+    let rules_file = config.with_file_name("binary_mode.rules.yaml");
+    let mut walbust = Walbust::start(&config);
+    wait_slot_active(&db, &mut walbust, "binary_mode").await;
+    commit(&mut db, "INSERT INTO places VALUES (1, point(0, 0))").await;
+    confirmed(&db, "binary_mode").await;
+
+    std::fs::write(&rules_file, version("v2:{id}")).unwrap();
+    walbust.wait_log("rules reloaded").await;
+    commit(&mut db, "INSERT INTO places VALUES (2, point(0, 0))").await;
+    walbust.wait_log("new rules in effect").await;
+    confirmed(&db, "binary_mode").await;
+
+    // Valid against the catalog, refused by the reader: binary mode cannot
+    // render a point.
+    std::fs::write(&rules_file, version("v3:{id}:{spot}")).unwrap();
+    walbust
+        .wait_log_lines(2, "the second reload", |l| l.contains("rules reloaded"))
+        .await;
+    commit(&mut db, "INSERT INTO places VALUES (3, point(0, 0))").await;
+    walbust.wait_log("new rules do not fit").await;
+    // SIGHUP offers the file again: it is not the rules in effect.
+    walbust.signal("HUP");
+    walbust
+        .wait_log_lines(3, "SIGHUP to offer the file again", |l| {
+            l.contains("rules reloaded")
+        })
+        .await;
+    commit(&mut db, "INSERT INTO places VALUES (4, point(0, 0))").await;
+    confirmed(&db, "binary_mode").await;
+
+    // Back to the rules in effect: withdrawn at the reader, v2 goes on.
+    std::fs::write(&rules_file, version("v2:{id}")).unwrap();
+    commit(&mut db, "INSERT INTO places VALUES (5, point(0, 0))").await;
+    confirmed(&db, "binary_mode").await;
+    assert!(walbust.is_running(), "{}", walbust.log());
+    assert!(
+        !walbust.log().contains("rules file unchanged"),
+        "{}",
+        walbust.log()
+    );
+    let seen = kafka_invalidations(&svc.kafka, "binary_mode");
+    for key in ["key:v1:1", "key:v2:2", "key:v2:3", "key:v2:4", "key:v2:5"] {
+        assert!(seen.contains(key), "{key} missing: {seen:?}");
+    }
+    assert!(
+        !seen.iter().any(|k| k.starts_with("key:v3:")),
+        "the refused rules fired: {seen:?}"
+    );
+}
+
+/// Waits until `slot` confirmed everything written so far.
+async fn confirmed(db: &tokio_postgres::Client, slot: &str) {
+    let end = current_wal_lsn(db).await;
+    eventually(
+        Duration::from_secs(60),
+        "every write to be confirmed",
+        || async { confirmed_flush_lsn(db, slot).await.filter(|c| *c >= end) },
+    )
+    .await;
+}

@@ -823,6 +823,44 @@ async fn tail_prints_committed_transactions_and_publishes_nothing() {
     assert_eq!(redis_keys(&mut redis).await.len(), seeded.len() + 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_in_binary_mode_renders_enum_and_domain_columns() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE DOMAIN quantity AS int CHECK (VALUE > 0);
+         CREATE TABLE stock (id int PRIMARY KEY, feeling mood, amount quantity);
+         CREATE PUBLICATION walbust FOR TABLE stock;",
+    )
+    .await
+    .unwrap();
+    let rules = r#"
+version: 1
+rules:
+  - table: public.stock
+    keys: ["stock:{id}:{feeling}:{amount}"]
+"#;
+    let config = write_named_config(&svc, "binary_tail", rules, "  binary: true\n");
+    let tail = Tail::start(&config);
+    eventually(PATIENCE, "tail's temporary slot", || async {
+        temporary_slots(&db)
+            .await
+            .into_iter()
+            .any(|(name, temporary, active)| {
+                name.starts_with("walbust_tail_") && temporary && active
+            })
+            .then_some(())
+    })
+    .await;
+    let (xid, _, _) = commit(&mut db, "INSERT INTO stock VALUES (1, 'happy', 5)").await;
+    let printed = eventually(PATIENCE, "tail to print the insert", || async {
+        tail.transactions().into_iter().find(|t| t["xid"] == xid)
+    })
+    .await;
+    assert_eq!(printed["keys"], serde_json::json!(["stock:1:happy:5"]));
+}
+
 // ---------------------------------------------------------------------------
 // Hot reload
 
@@ -948,6 +986,58 @@ async fn rules_reload_without_dropping_the_replication_connection() {
         metric(port, "walbust_rule_reloads_total{result=\"applied\"}"),
         2.0
     );
+}
+
+const RELOAD_SKU: &str =
+    "version: 1\nrules:\n  - table: public.products\n    on: [insert]\n    keys: [\"sku:{sku}\"]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_waiting_for_a_new_column_applies_once_the_table_is_described_again() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE products (id int PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let mut redis = svc.redis.connection().await.unwrap();
+    let port = walbust_testkit::free_port();
+    let config = svc.write_config_with(RELOAD_V1, false, &metrics_on(port));
+    let rules_file = config.with_file_name("rules.yaml");
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    // walbust caches the table as it is now.
+    set_keys(&mut redis, &["product:1"]).await;
+    commit(&mut db, "INSERT INTO products VALUES (1, 'a')").await;
+    assert_invalidated(&mut redis, &["product:1"], &[], "rules v1").await;
+
+    // The catalog has the column, walbust's description of the table not
+    // yet: the reader refuses the rules at the next transaction, which
+    // itself describes the table anew.
+    db.batch_execute("ALTER TABLE products ADD COLUMN sku text")
+        .await
+        .unwrap();
+    std::fs::write(&rules_file, RELOAD_SKU).unwrap();
+    walbust.wait_log("rules reloaded").await;
+    set_keys(&mut redis, &["product:2", "sku:s2"]).await;
+    commit(&mut db, "INSERT INTO products VALUES (2, 'b', 's2')").await;
+    walbust.wait_log("new rules do not fit").await;
+    assert_invalidated(&mut redis, &["product:2"], &["sku:s2"], "still rules v1").await;
+
+    // That change described the table with the column: the rules are
+    // tried again at the next transaction, without any signal or edit.
+    set_keys(&mut redis, &["product:3", "sku:s3"]).await;
+    let (_, before, _) = commit(&mut db, "INSERT INTO products VALUES (3, 'c', 's3')").await;
+    assert_invalidated(&mut redis, &["sku:s3"], &[], "rules with sku").await;
+    wait_confirmed_past(&db, before).await;
+    assert!(
+        exists(&mut redis, "product:3").await,
+        "rules v1 still fired"
+    );
+    assert!(walbust.log().contains("new rules in effect"));
+    assert_eq!(
+        metric(port, "walbust_rule_reloads_total{result=\"applied\"}"),
+        1.0
+    );
+    assert!(metric(port, "walbust_rule_reloads_total{result=\"refused\"}") >= 1.0);
 }
 
 // ---------------------------------------------------------------------------

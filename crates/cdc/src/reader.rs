@@ -74,7 +74,10 @@ pub struct Reader {
     rules: watch::Receiver<Arc<RuleSet>>,
     tap: Option<ChangeTap>,
     checks: Option<SourceSpec>,
+    /// `source.url`, for catalog look-ups without the slot checks.
+    catalog: Option<String>,
     heartbeat: Option<Duration>,
+    in_effect: Option<watch::Sender<Arc<RuleSet>>>,
 }
 
 impl Reader {
@@ -86,7 +89,9 @@ impl Reader {
             rules,
             tap: None,
             checks: None,
+            catalog: None,
             heartbeat: None,
+            in_effect: None,
         }
     }
 
@@ -105,6 +110,25 @@ impl Reader {
             create: false,
             ..spec
         });
+        self
+    }
+
+    /// Binary mode without [`with_checks`](Self::with_checks): look up the
+    /// renderings of enums and domains in the catalog at `url` (`source.url`)
+    /// the way checked sessions do, before streaming and whenever a table
+    /// is described with a type not seen before.
+    pub fn with_catalog(mut self, url: String) -> Self {
+        self.catalog = Some(url);
+        self
+    }
+
+    /// Reports on `in_effect` the rules the reader evaluates with: the
+    /// first ones, then each new set once it was bound to the streamed
+    /// tables. A set offered on the rules watch may be refused (or wait for
+    /// a table's new description), so the watch's value is not necessarily
+    /// in effect; this is.
+    pub fn with_in_effect(mut self, in_effect: watch::Sender<Arc<RuleSet>>) -> Self {
+        self.in_effect = Some(in_effect);
         self
     }
 
@@ -130,11 +154,19 @@ impl Reader {
     ) -> Result<Stopped, StreamError> {
         let mut rules_rx = self.rules;
         let rules = rules_rx.borrow_and_update().clone();
-        let rules_for_monitor = rules.clone();
+        let in_effect = match self.in_effect {
+            Some(tx) => {
+                tx.send_replace(rules.clone());
+                tx
+            }
+            None => watch::channel(rules.clone()).0,
+        };
         let asm = Assembler::new(rules, self.spec.binary).with_tap(self.tap);
+        let catalog = self.checks.as_ref().map(|c| c.url.clone()).or(self.catalog);
         let mut session = Session {
             spec: self.spec,
             checks: self.checks,
+            catalog,
             client: None,
             rules_rx,
             asm,
@@ -143,7 +175,9 @@ impl Reader {
             acked: 0,
             server_wal_end: 0,
             monitor: None,
-            in_effect: watch::channel(rules_for_monitor).0,
+            in_effect,
+            refused: None,
+            described: false,
             metrics: m::EventMetrics::register(),
         };
         if let Some(checks) = session.checks.clone() {
@@ -165,6 +199,8 @@ const RECONNECT_RESET_AFTER: Duration = Duration::from_secs(30);
 struct Session {
     spec: StreamSpec,
     checks: Option<SourceSpec>,
+    /// Where the catalog is read (the checks' URL, or [`Reader::with_catalog`]).
+    catalog: Option<String>,
     /// The current replication connection, if any.
     client: Option<ReplicationClient>,
     rules_rx: watch::Receiver<Arc<RuleSet>>,
@@ -178,8 +214,15 @@ struct Session {
     server_wal_end: u64,
     /// Definite problems found by the slot and publication monitor.
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
-    /// The rules in effect, for the monitor.
+    /// The rules in effect, for the monitor and the rules file watcher.
     in_effect: watch::Sender<Arc<RuleSet>>,
+    /// The last rule set offered and refused because it does not fit a
+    /// table's description as streamed so far (a column added since): it
+    /// is tried again once a table was described anew.
+    refused: Option<Arc<RuleSet>>,
+    /// A table was described (Relation message, or a new session) since
+    /// `refused` was last tried.
+    described: bool,
     metrics: m::EventMetrics,
 }
 
@@ -258,23 +301,26 @@ impl Session {
     /// Checks the source (when configured) and opens a replication
     /// connection that resumes at the slot's confirmed position.
     async fn connect(&mut self) -> Result<(), StreamError> {
-        if let Some(checks) = &self.checks {
-            let control = source::connect(&checks.url)
-                .await
-                .map_err(StreamError::Source)?;
-            let tables = self.asm.rules().tables();
-            source::prepare(&control, checks, &tables)
-                .await
-                .map_err(StreamError::Source)?;
-            source::check_sends(&control, &checks.publication, self.asm.rules())
-                .await
-                .map_err(StreamError::Source)?;
-            if self.spec.binary {
-                let types =
-                    crate::relations::check_binary(&control, &checks.publication, self.asm.rules())
-                        .await?;
-                self.asm.relations_mut().set_type_renderings(types);
+        let control = match &self.catalog {
+            Some(url) if self.checks.is_some() || self.spec.binary => {
+                Some(source::connect(url).await.map_err(StreamError::Source)?)
             }
+            _ => None,
+        };
+        if let (Some(checks), Some(control)) = (&self.checks, &control) {
+            let tables = self.asm.rules().tables();
+            source::prepare(control, checks, &tables)
+                .await
+                .map_err(StreamError::Source)?;
+            source::check_sends(control, &checks.publication, self.asm.rules())
+                .await
+                .map_err(StreamError::Source)?;
+        }
+        if let (true, Some(control)) = (self.spec.binary, &control) {
+            let types =
+                crate::relations::check_binary(control, &self.spec.publication, self.asm.rules())
+                    .await?;
+            self.asm.relations_mut().set_type_renderings(types);
         }
         let cfg = ReplicationConfig::new(
             self.spec.conn.host.clone(),
@@ -332,6 +378,7 @@ impl Session {
             client.abort();
         }
         self.asm.reset();
+        self.described = true;
     }
 
     async fn stream(&mut self) -> Result<Stopped, StreamError> {
@@ -377,7 +424,15 @@ impl Session {
             ReplicationEvent::XLogData { wal_end, data, .. } => {
                 self.note_server_end(wal_end.as_u64());
                 self.metrics.wal_bytes.increment(data.len() as u64);
-                self.asm.data(wal_end.as_u64(), &data)?;
+                if data.first() == Some(&walbust_pgoutput::tag::RELATION) {
+                    self.described = true;
+                }
+                match self.asm.data(wal_end.as_u64(), &data) {
+                    Err(StreamError::BinaryValue { .. }) if self.learn_types(&data).await? => {
+                        self.asm.data(wal_end.as_u64(), &data)?;
+                    }
+                    other => other?,
+                }
             }
             ReplicationEvent::Message {
                 lsn,
@@ -409,6 +464,37 @@ impl Session {
                 return Ok(false);
             }
         }
+        Ok(true)
+    }
+
+    /// Binary mode: a Relation message named a type whose rendering is
+    /// unknown, such as an enum created after the session read the
+    /// catalog. Reads the renderings of its unknown types again; `true`
+    /// when some were found, so that the message is worth another try
+    /// (nothing was bound: a refused description leaves the cache as it
+    /// was). Only a type that truly has no rendering is refused then.
+    async fn learn_types(&mut self, data: &bytes::Bytes) -> Result<bool, StreamError> {
+        let Some(url) = &self.catalog else {
+            return Ok(false);
+        };
+        let Ok(walbust_pgoutput::Message::Relation(rel)) = walbust_pgoutput::decode(data) else {
+            return Ok(false);
+        };
+        let unknown = self.asm.relations_mut().unrendered_types(&rel);
+        if unknown.is_empty() {
+            return Ok(false);
+        }
+        let control = source::connect(url).await.map_err(StreamError::Source)?;
+        let types = crate::relations::resolve_types(&control, &unknown).await?;
+        if types.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(
+            table = %format_args!("{}.{}", rel.namespace, rel.name),
+            types = types.len(),
+            "read the renderings of types the session did not know yet"
+        );
+        self.asm.relations_mut().add_type_renderings(types);
         Ok(true)
     }
 
@@ -446,24 +532,49 @@ impl Session {
 
     /// Takes a new rule set if one was published, between transactions so
     /// that a transaction is evaluated under one rule set. A rule set that
-    /// does not fit the tables seen so far is refused and the old one kept.
+    /// does not fit the tables seen so far is refused and the rules in
+    /// effect kept; it is tried again at the first transaction after a
+    /// table was described anew, since the description it did not fit may
+    /// have been an old one (a column added after the table was cached).
     fn reload_rules(&mut self) {
-        if !self.rules_rx.has_changed().unwrap_or(false) {
-            return;
+        if self.rules_rx.has_changed().unwrap_or(false) {
+            let new = self.rules_rx.borrow_and_update().clone();
+            // Whatever was waiting is superseded by the file as it is now.
+            self.refused = None;
+            if Arc::ptr_eq(&new, self.asm.rules()) {
+                // The rules in effect offered again (the file went back to
+                // them): nothing to bind.
+                return;
+            }
+            self.try_rules(new, false);
+        } else if self.described {
+            if let Some(waiting) = self.refused.take() {
+                self.try_rules(waiting, true);
+            }
         }
-        let new = self.rules_rx.borrow_and_update().clone();
-        match self.asm.set_rules(new) {
+    }
+
+    /// Binds `new` to every streamed table and puts it in effect, or keeps
+    /// the rules in effect; `retry` for a set refused before, which is
+    /// counted and reported once, when refused first.
+    fn try_rules(&mut self, new: Arc<RuleSet>, retry: bool) {
+        self.described = false;
+        match self.asm.set_rules(new.clone()) {
             Ok(()) => {
-                self.in_effect.send_replace(self.asm.rules().clone());
+                self.in_effect.send_replace(new);
                 metrics::counter!(m::RULE_RELOADS, "result" => "applied").increment(1);
                 tracing::info!(
                     rules = self.asm.rules().rules().len(),
+                    retried = retry,
                     "new rules in effect"
                 );
             }
             Err(e) => {
-                metrics::counter!(m::RULE_RELOADS, "result" => "refused").increment(1);
-                tracing::error!(error = %Chain(&e), "new rules do not fit the streamed tables; keeping the previous rules");
+                if !retry {
+                    metrics::counter!(m::RULE_RELOADS, "result" => "refused").increment(1);
+                    tracing::error!(error = %Chain(&e), "new rules do not fit the streamed tables; the rules in effect stay, and the new ones are tried again when a table is described anew");
+                }
+                self.refused = Some(new);
             }
         }
     }

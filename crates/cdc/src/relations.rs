@@ -88,6 +88,30 @@ impl RelationCache {
         self.types = types;
     }
 
+    /// Adds renderings of types created since [`check_binary`] ran (a
+    /// column changed to a new enum); they apply to tables described from
+    /// now on.
+    pub fn add_type_renderings(&mut self, types: TypeRenderings) {
+        self.types.extend(types);
+    }
+
+    /// Binary mode: the type OIDs of `rel`'s columns that have no known
+    /// rendering, each once. Empty in text mode.
+    pub fn unrendered_types(&self, rel: &walbust_pgoutput::Relation) -> Vec<u32> {
+        if !self.binary {
+            return Vec::new();
+        }
+        let mut oids: Vec<u32> = rel
+            .columns
+            .iter()
+            .map(|c| c.type_oid)
+            .filter(|oid| rendering_of(*oid, &self.types).is_none())
+            .collect();
+        oids.sort_unstable();
+        oids.dedup();
+        oids
+    }
+
     /// Forgets every table (a new session describes them again); the mode
     /// and the type renderings stay.
     pub fn clear(&mut self) {
@@ -441,7 +465,16 @@ pub async fn check_binary(
         .collect();
     others.sort_unstable();
     others.dedup();
-    // Each type followed through its domains to the type underneath.
+    let types = resolve_types(client, &others).await?;
+    check_tables(&tables, &types, rules)?;
+    Ok(types)
+}
+
+/// Renderings of the non-built-in types `oids` from the catalog, each type
+/// followed through its domains to the type underneath. Types without a
+/// rendering (or unknown to the catalog) are left out.
+pub async fn resolve_types(client: &Client, oids: &[u32]) -> Result<TypeRenderings, StreamError> {
+    let query = |what| move |e| StreamError::Source(SourceError::query(what, e));
     let rows = client
         .query(
             "WITH RECURSIVE chain(start, cur) AS ( \
@@ -452,7 +485,7 @@ pub async fn check_binary(
              ) \
              SELECT c.start, c.cur, t.typtype::text FROM chain c JOIN pg_type t ON t.oid = c.cur \
              WHERE t.typtype <> 'd'",
-            &[&others],
+            &[&oids],
         )
         .await
         .map_err(query("resolve column types"))?;
@@ -460,9 +493,7 @@ pub async fn check_binary(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let types = type_renderings(&resolved);
-    check_tables(&tables, &types, rules)?;
-    Ok(types)
+    Ok(type_renderings(&resolved))
 }
 
 /// Renderings of non-built-in types from `(type, underlying type, its
@@ -695,6 +726,24 @@ mod tests {
             )
             .expect_err("refused");
         assert!(err.to_string().contains("of type public.mood,"), "{err}");
+    }
+
+    #[test]
+    fn a_type_learned_later_renders_the_next_description() {
+        let set = rules("  - table: t\n    keys: [\"k:{id}:{mood}\"]\n");
+        let mut cache = RelationCache::new(true);
+        let rel = relation(&[("id", oid::INT4), ("mood", MOOD), ("where", POINT)]);
+        assert!(cache.update(&rel, &set).is_err());
+        // Every column type without a rendering, whether a rule reads it
+        // or not: the catalog is asked once for all of them.
+        assert_eq!(cache.unrendered_types(&rel), [POINT, MOOD]);
+        cache.add_type_renderings(TypeRenderings::from([(MOOD, Rendering::Text)]));
+        assert_eq!(cache.unrendered_types(&rel), [POINT]);
+        cache.update(&rel, &set).unwrap();
+        let row = tuple(&[(b'b', &3i32.to_be_bytes()), (b'b', b"ok"), (b'n', b"")]);
+        assert_eq!(eval(&mut cache, &row), ["k:3:ok"]);
+        // Text mode has nothing to learn.
+        assert!(RelationCache::new(false).unrendered_types(&rel).is_empty());
     }
 
     #[test]

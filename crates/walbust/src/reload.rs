@@ -22,7 +22,10 @@
 //! invalidate nothing for that table), or when a rule names a column its
 //! table does not send (checked against the catalog, so the error points at
 //! the rule). The reader checks binding again against the tables it streams
-//! (`walbust_rule_reloads_total{result="refused"}`).
+//! (`walbust_rule_reloads_total{result="refused"}`) and reports the rules it
+//! actually put in effect: those are the fallback and what the file is
+//! compared with, so a set the reader refused (or keeps waiting until a
+//! table is described with a new column) is offered again on SIGHUP.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,6 +58,13 @@ pub struct Reloader {
     check: Option<PublicationCheck>,
     /// Hash of the content whose rules are in effect.
     applied: Option<u64>,
+    /// What the reader evaluates with ([`walbust_cdc::Reader::with_in_effect`]).
+    /// Without it, a set sent counts as in effect.
+    in_effect: Option<watch::Receiver<Arc<RuleSet>>>,
+    /// The set sent last and its content's hash, while the reader has not
+    /// put it in effect (it may refuse it, or wait for a table's new
+    /// description).
+    offered: Option<(Arc<RuleSet>, u64)>,
     /// Hash of the content tried last (valid or not), so that a broken file
     /// is reported once, not every second.
     seen: Option<u64>,
@@ -79,8 +89,28 @@ impl Reloader {
             path,
             check,
             applied: current,
+            in_effect: None,
+            offered: None,
             seen: current,
             last_error: None,
+        }
+    }
+
+    /// Takes the reader's rules in effect as the ones to fall back on and
+    /// to compare the file with, rather than the last set sent.
+    pub fn with_in_effect(mut self, in_effect: watch::Receiver<Arc<RuleSet>>) -> Reloader {
+        self.in_effect = Some(in_effect);
+        self
+    }
+
+    /// Notes whether the set offered last is in effect now.
+    fn follow_reader(&mut self) {
+        let (Some(rx), Some((set, hash))) = (&self.in_effect, &self.offered) else {
+            return;
+        };
+        if Arc::ptr_eq(&rx.borrow(), set) {
+            self.applied = Some(*hash);
+            self.offered = None;
         }
     }
 
@@ -136,7 +166,13 @@ impl Reloader {
             }
         };
         let hash = fingerprint(&text);
+        self.follow_reader();
         if self.applied == Some(hash) {
+            if let (Some(rx), Some(_)) = (&self.in_effect, self.offered.take()) {
+                // The file went back to the rules in effect while another
+                // set waits at the reader: offering these again withdraws it.
+                rules.send_replace(rx.borrow().clone());
+            }
             // The rules in effect (perhaps again, after a broken save): a
             // later error is news again.
             self.seen = Some(hash);
@@ -146,6 +182,8 @@ impl Reloader {
             }
             return Attempt::Unchanged;
         }
+        // Unless asked (SIGHUP), a set sent and not yet in effect is left to
+        // the reader, which tries it again when a table is described anew.
         if !forced && self.seen == Some(hash) {
             return Attempt::Unchanged;
         }
@@ -180,8 +218,13 @@ impl Reloader {
             }
         }
         let count = set.rules().len();
-        rules.send_replace(Arc::new(set));
-        self.applied = Some(hash);
+        let set = Arc::new(set);
+        rules.send_replace(set.clone());
+        if self.in_effect.is_some() {
+            self.offered = Some((set, hash));
+        } else {
+            self.applied = Some(hash);
+        }
         self.last_error = None;
         tracing::info!(
             file = %self.path.display(),
@@ -352,6 +395,36 @@ mod tests {
         std::fs::write(&path, V2).unwrap();
         assert_eq!(r.attempt(false, &tx).await, Attempt::Applied);
         assert_eq!(first_key(&rx.borrow()), ["t2:1"]);
+    }
+
+    #[tokio::test]
+    async fn the_rules_in_effect_at_the_reader_are_the_fallback() {
+        let (_dir, path, r, tx) = setup(V1);
+        let (reader, in_effect) = watch::channel(tx.borrow().clone());
+        let mut r = r.with_in_effect(in_effect);
+        let rx = tx.subscribe();
+        std::fs::write(&path, V2).unwrap();
+        assert_eq!(r.attempt(false, &tx).await, Attempt::Applied);
+        // The reader refused V2 (V1 stays in effect): polling leaves it to
+        // the reader, SIGHUP offers it again instead of calling it unchanged.
+        assert_eq!(r.attempt(false, &tx).await, Attempt::Unchanged);
+        assert_eq!(r.attempt(true, &tx).await, Attempt::Applied);
+        // The reader took it: V2 is the fallback from now on.
+        reader.send_replace(rx.borrow().clone());
+        assert_eq!(r.attempt(true, &tx).await, Attempt::Unchanged);
+        std::fs::write(&path, BROKEN).unwrap();
+        assert_eq!(r.attempt(false, &tx).await, Attempt::Refused);
+        std::fs::write(&path, V2).unwrap();
+        assert_eq!(r.attempt(false, &tx).await, Attempt::Unchanged);
+        assert_eq!(first_key(&rx.borrow()), ["t2:1"]);
+        // V1 offered and not taken, then the file goes back to V2: V2 is
+        // offered again, which withdraws V1 at the reader.
+        std::fs::write(&path, V1).unwrap();
+        assert_eq!(r.attempt(false, &tx).await, Attempt::Applied);
+        assert_eq!(first_key(&rx.borrow()), ["t:1"]);
+        std::fs::write(&path, V2).unwrap();
+        assert_eq!(r.attempt(false, &tx).await, Attempt::Unchanged);
+        assert!(Arc::ptr_eq(&rx.borrow(), &reader.borrow()));
     }
 
     #[tokio::test]

@@ -38,6 +38,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     // no edit falls between the two; the reader takes a new set at its next
     // transaction boundary. The guard stops the watcher however run returns.
     let (rules_tx, rules_rx) = watch::channel(rules.clone());
+    // What the reader actually took: a refused reload falls back to it.
+    let (in_effect_tx, in_effect_rx) = watch::channel(rules.clone());
     let _reloader = crate::reload::WatcherGuard(
         crate::reload::Reloader::new(
             cfg.rules.clone(),
@@ -46,6 +48,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
                 publication: cfg.source.publication.clone(),
             }),
         )
+        .with_in_effect(in_effect_rx)
         .spawn(rules_tx, shutdown.clone()),
     );
 
@@ -114,8 +117,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             temporary_slot: false,
             binary: cfg.source.binary,
         };
-        let mut reader =
-            walbust_cdc::Reader::new(stream, rules_rx.clone()).with_checks(spec.clone());
+        let mut reader = walbust_cdc::Reader::new(stream, rules_rx.clone())
+            .with_checks(spec.clone())
+            .with_in_effect(in_effect_tx.clone());
         if cfg.source.heartbeat_interval_ms > 0 {
             reader = reader.with_heartbeat(Duration::from_millis(cfg.source.heartbeat_interval_ms));
         }

@@ -71,7 +71,8 @@ pub async fn tail(args: TailArgs) -> ExitCode {
     let slot = format!("walbust_tail_{}", std::process::id());
     let shutdown = crate::shutdown_signal();
 
-    let (rules_tx, rules_rx) = watch::channel(rules);
+    let (rules_tx, rules_rx) = watch::channel(rules.clone());
+    let (in_effect_tx, in_effect_rx) = watch::channel(rules);
     let _reloader = WatcherGuard(
         Reloader::new(
             cfg.rules.clone(),
@@ -80,6 +81,7 @@ pub async fn tail(args: TailArgs) -> ExitCode {
                 publication: cfg.source.publication.clone(),
             }),
         )
+        .with_in_effect(in_effect_rx)
         .spawn(rules_tx, shutdown.clone()),
     );
 
@@ -115,7 +117,11 @@ pub async fn tail(args: TailArgs) -> ExitCode {
         slot = %slot,
         "tailing through a temporary slot; nothing is published (Ctrl-C to stop)"
     );
+    // The catalog tells binary mode how enums and domains render, as it
+    // does for `run`.
     let outcome = walbust_cdc::Reader::new(spec, rules_rx)
+        .with_catalog(cfg.source.url.clone())
+        .with_in_effect(in_effect_tx)
         .with_tap(tap)
         .run(Feed::new(to_printer, confirmed), shutdown)
         .await;
