@@ -61,6 +61,21 @@ pub struct StreamSpec {
     pub binary: bool,
 }
 
+/// Awaited each time the reader starts streaming the slot, before it
+/// acknowledges anything on the new session (the gap marker is written
+/// there). An error ends that session like a lost connection, so the reader
+/// retries with backoff and acknowledges nothing meanwhile.
+pub type OnStream = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<(), Box<dyn std::error::Error + Send + Sync>>,
+                    > + Send,
+            >,
+        > + Send
+        + Sync,
+>;
+
 /// Why the reader returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -75,6 +90,7 @@ pub struct Reader {
     tap: Option<ChangeTap>,
     checks: Option<SourceSpec>,
     heartbeat: Option<Duration>,
+    on_stream: Option<OnStream>,
 }
 
 impl Reader {
@@ -87,6 +103,7 @@ impl Reader {
             tap: None,
             checks: None,
             heartbeat: None,
+            on_stream: None,
         }
     }
 
@@ -105,6 +122,13 @@ impl Reader {
             create: false,
             ..spec
         });
+        self
+    }
+
+    /// Awaits `hook` each time streaming starts, before acknowledging
+    /// anything on that session.
+    pub fn with_on_stream(mut self, hook: OnStream) -> Self {
+        self.on_stream = Some(hook);
         self
     }
 
@@ -135,12 +159,14 @@ impl Reader {
         let mut session = Session {
             spec: self.spec,
             checks: self.checks,
+            on_stream: self.on_stream,
             client: None,
             rules_rx,
             asm,
             feed,
             shutdown,
             acked: 0,
+            streamed_from: None,
             server_wal_end: 0,
             monitor: None,
             in_effect: watch::channel(rules_for_monitor).0,
@@ -165,6 +191,7 @@ const RECONNECT_RESET_AFTER: Duration = Duration::from_secs(30);
 struct Session {
     spec: StreamSpec,
     checks: Option<SourceSpec>,
+    on_stream: Option<OnStream>,
     /// The current replication connection, if any.
     client: Option<ReplicationClient>,
     rules_rx: watch::Receiver<Arc<RuleSet>>,
@@ -175,6 +202,10 @@ struct Session {
     shutdown: watch::Receiver<bool>,
     /// Highest LSN reported to the transport as flushed.
     acked: u64,
+    /// Where the slot stood when streaming last started on it with no other
+    /// consumer in between (see [`slot_moved_behind_our_back`]); `None`
+    /// before the first stream and after another consumer held the slot.
+    streamed_from: Option<u64>,
     server_wal_end: u64,
     /// Definite problems found by the slot and publication monitor.
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
@@ -258,14 +289,26 @@ impl Session {
     /// Checks the source (when configured) and opens a replication
     /// connection that resumes at the slot's confirmed position.
     async fn connect(&mut self) -> Result<(), StreamError> {
+        let mut resumes_at = None;
         if let Some(checks) = &self.checks {
             let control = source::connect(&checks.url)
                 .await
                 .map_err(StreamError::Source)?;
             let tables = self.asm.rules().tables();
-            source::prepare(&control, checks, &tables)
+            let slot = source::prepare(&control, checks, &tables)
                 .await
                 .map_err(StreamError::Source)?;
+            if let Some(streamed_from) = self.streamed_from {
+                let ours = streamed_from.max(self.acked);
+                if slot_moved_behind_our_back(ours, slot.confirmed_flush_lsn) {
+                    return Err(StreamError::Source(crate::SourceError::SlotAhead {
+                        slot: checks.slot.clone(),
+                        confirmed: walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
+                        acknowledged: walbust_pgoutput::format_lsn(ours),
+                    }));
+                }
+            }
+            resumes_at = Some(slot.confirmed_flush_lsn);
             source::check_sends(&control, &checks.publication, self.asm.rules())
                 .await
                 .map_err(StreamError::Source)?;
@@ -301,7 +344,7 @@ impl Session {
             metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
         }));
         let replication = |source| StreamError::Replication { source };
-        let client = if self.spec.temporary_slot {
+        let mut client = if self.spec.temporary_slot {
             let mut client = ReplicationClient::connect_gated(cfg)
                 .await
                 .map_err(replication)?;
@@ -315,6 +358,27 @@ impl Session {
         } else {
             ReplicationClient::connect(cfg).await.map_err(replication)?
         };
+        // From here on the slot is this session's: nobody else can move it.
+        if let Err(source) = client.wait_started().await {
+            // Another consumer holds the slot (a standby walbust took
+            // over): its acknowledgements move the slot legitimately, so
+            // where it stands next time says nothing about a gap.
+            if crate::error::replication_sqlstate(&source)
+                == Some(tokio_postgres::error::SqlState::OBJECT_IN_USE)
+            {
+                self.streamed_from = None;
+            }
+            return Err(replication(source));
+        }
+        if let Some(hook) = &self.on_stream {
+            if let Err(source) = hook().await {
+                client.abort();
+                return Err(StreamError::OnStream { source });
+            }
+        }
+        if self.streamed_from.is_none() {
+            self.streamed_from = resumes_at;
+        }
         // A new session reports nothing until told: carry over what the
         // previous one acknowledged.
         if self.acked > 0 {
@@ -530,6 +594,18 @@ impl Session {
     }
 }
 
+/// Whether a slot found at `confirmed` on reconnection was moved by someone
+/// else. While walbust streams a slot, only its acknowledgements move
+/// `confirmed_flush_lsn`, and never beyond `ours` (the slot's position when
+/// streaming started, or the highest LSN walbust acknowledged since). A
+/// slot past that was advanced by hand or, typically, dropped and created
+/// again under the same name while the walsender was gone: a new slot
+/// starts at the server's current position, so whatever was committed in
+/// between was never decoded.
+fn slot_moved_behind_our_back(ours: u64, confirmed: u64) -> bool {
+    confirmed > ours
+}
+
 /// The monitor's next finding; pends forever without a monitor.
 async fn recv_problem(
     monitor: &mut Option<mpsc::Receiver<crate::SourceError>>,
@@ -555,5 +631,19 @@ async fn recv(
 async fn wait_true(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|v| *v).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_slot_past_what_walbust_acknowledged_was_moved_by_someone_else() {
+        // The server may lag behind the acknowledgement (it was not heard
+        // yet) or hold it exactly; both are walbust's own doing.
+        assert!(!slot_moved_behind_our_back(0x3000, 0x2000));
+        assert!(!slot_moved_behind_our_back(0x3000, 0x3000));
+        assert!(slot_moved_behind_our_back(0x3000, 0x3001));
     }
 }
