@@ -35,6 +35,32 @@ async fn first_run() -> (Services, tokio_postgres::Client, PathBuf) {
     (svc, db, config)
 }
 
+/// Sets `source.on_gap: purge` in a configuration from [`first_run`].
+fn purge_on_gap(config: &std::path::Path) {
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("  create: true\n", "  create: true\n  on_gap: purge\n");
+    std::fs::write(config, text).unwrap();
+}
+
+/// Checks that walbust logged `logged` about the gap and, past its purge,
+/// invalidates a new change (leaving `other:1` alone), then stops it.
+async fn streams_on(
+    db: &tokio_postgres::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+    mut walbust: Walbust,
+    logged: &str,
+) {
+    assert!(walbust.log().contains(logged), "{}", walbust.log());
+    set_keys(redis, &["item:3"]).await;
+    db.execute("INSERT INTO items VALUES (3)", &[])
+        .await
+        .unwrap();
+    assert_invalidated(redis, &["item:3"], &["other:1"], "after the purge").await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_slot_is_refused_then_purged_on_request() {
     let (svc, db, config) = first_run().await;
@@ -91,13 +117,7 @@ async fn a_dropped_slot_is_refused_then_purged_on_request() {
     assert!(walbust.log().contains("gap in the change stream"));
 
     // And streaming resumes on the new slot.
-    set_keys(&mut redis, &["item:3"]).await;
-    db.execute("INSERT INTO items VALUES (3)", &[])
-        .await
-        .unwrap();
-    assert_invalidated(&mut redis, &["item:3"], &["other:1"], "after the purge").await;
-    walbust.signal("TERM");
-    assert!(walbust.wait(Duration::from_secs(30)).success());
+    streams_on(&db, &mut redis, walbust, "gap in the change stream").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,25 +144,113 @@ async fn a_publication_dropped_under_the_slot_is_refused_then_purged_on_request(
     assert!(err.contains("source.on_gap: purge"), "{err}");
 
     // With on_gap: purge walbust replaces the slot, purges and goes on.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("  create: true\n", "  create: true\n  on_gap: purge\n");
-    std::fs::write(&config, text).unwrap();
+    purge_on_gap(&config);
     let mut redis = svc.redis.connection().await.unwrap();
     set_keys(&mut redis, &["item:1", "item:2", "other:1"]).await;
     let mut walbust = Walbust::start(&config);
     assert_invalidated(&mut redis, &["item:1", "item:2"], &["other:1"], "the purge").await;
     wait_streaming(&db, &mut walbust).await;
-    assert!(
-        walbust.log().contains("replacing the slot"),
-        "{}",
-        walbust.log()
-    );
-    set_keys(&mut redis, &["item:3"]).await;
-    db.execute("INSERT INTO items VALUES (3)", &[])
+    streams_on(&db, &mut redis, walbust, "replacing the slot").await;
+}
+
+/// Terminates walbust's walsender and, before walbust reconnects, drops the
+/// slot and creates it again under the same name, after a change committed
+/// while nothing streamed: the new slot starts past that change.
+async fn replace_slot_under_walbust(db: &tokio_postgres::Client, lost_insert: &str) {
+    db.batch_execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'walbust'")
         .await
         .unwrap();
-    assert_invalidated(&mut redis, &["item:3"], &["other:1"], "on the new slot").await;
+    db.execute(lost_insert, &[]).await.unwrap();
+    // One statement, so that walbust never finds the slot missing; retried
+    // while the walsender is still exiting or walbust got back in first.
+    eventually(Duration::from_secs(30), "the slot replaced", || async {
+        db.batch_execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'walbust' AND active_pid IS NOT NULL",
+        )
+        .await
+        .unwrap();
+        db.batch_execute(
+            "SELECT pg_drop_replication_slot('walbust'), pg_create_logical_replication_slot('walbust', 'pgoutput')",
+        )
+        .await
+        .ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_replaced_while_streaming_is_refused_then_purged_on_request() {
+    let (svc, db, config) = first_run().await;
+
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    replace_slot_under_walbust(&db, "INSERT INTO items VALUES (1)").await;
+    let status = walbust.wait(Duration::from_secs(60));
+    let log = walbust.log();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("replication slot \"walbust\" resumes at")
+            && log.contains("the last position walbust acknowledged on it"),
+        "{log}"
+    );
+    assert!(log.contains("source.on_gap: purge"), "{log}");
+
+    // With on_gap: purge walbust purges what the rules cover and resumes
+    // on the new slot.
+    purge_on_gap(&config);
+    let mut redis = svc.redis.connection().await.unwrap();
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    set_keys(&mut redis, &["item:2", "item:9", "other:1"]).await;
+    replace_slot_under_walbust(&db, "INSERT INTO items VALUES (2)").await;
+    assert_invalidated(&mut redis, &["item:2", "item:9"], &["other:1"], "the purge").await;
+    wait_streaming(&db, &mut walbust).await;
+    streams_on(&db, &mut redis, walbust, "then resuming on the slot").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_replaced_while_walbust_was_stopped_is_a_gap() {
+    let (svc, db, config) = first_run().await;
+    let mut redis = svc.redis.connection().await.unwrap();
+
+    // A clean restart finds the slot where walbust stopped: no gap.
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    set_keys(&mut redis, &["item:1"]).await;
+    db.execute("INSERT INTO items VALUES (1)", &[])
+        .await
+        .unwrap();
+    assert_invalidated(&mut redis, &["item:1"], &[], "the restart").await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+    let marker: String = redis::cmd("GET")
+        .arg("walbust:marker:walbust")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(marker.contains("stopped_at"), "{marker}");
+
+    // Made again under the same name after a change: the new slot starts
+    // past it.
+    db.execute("INSERT INTO items VALUES (2)", &[])
+        .await
+        .unwrap();
+    db.batch_execute(
+        "SELECT pg_drop_replication_slot('walbust'), pg_create_logical_replication_slot('walbust', 'pgoutput')",
+    )
+    .await
+    .unwrap();
+    let out = run_to_exit(&config).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("where walbust stopped"), "{err}");
+
+    purge_on_gap(&config);
+    set_keys(&mut redis, &["item:2", "other:1"]).await;
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    assert_invalidated(&mut redis, &["item:2"], &["other:1"], "the purge").await;
+    assert!(walbust.log().contains("gap in the change stream"));
     walbust.signal("TERM");
     assert!(walbust.wait(Duration::from_secs(30)).success());
 }

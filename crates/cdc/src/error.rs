@@ -83,6 +83,16 @@ pub enum SourceError {
         #[source]
         source: pgwire_replication::PgWireError,
     },
+    #[error(
+        "replication slot \"{slot}\" resumes at {confirmed}, past {acknowledged}, the last position walbust acknowledged on it: the slot was dropped and created again (or advanced) while walbust was disconnected, so the changes in between were never seen and caches may be stale; purge the caches the rules cover and start again, or set source.on_gap: purge"
+    )]
+    SlotAhead {
+        slot: String,
+        /// The slot's `confirmed_flush_lsn` as found.
+        confirmed: String,
+        /// The highest position walbust knows to be its own on this slot.
+        acknowledged: String,
+    },
     #[error("table {table} named by the rules does not exist")]
     TableMissing { table: String },
     #[error(
@@ -129,6 +139,7 @@ impl SourceError {
             SourceError::SlotMissing { .. } => "slot_missing",
             SourceError::SlotWrongKind { .. } => "slot_wrong_kind",
             SourceError::SlotLost { .. } => "slot_lost",
+            SourceError::SlotAhead { .. } => "slot_ahead",
         }
     }
 }
@@ -224,6 +235,13 @@ pub enum StreamError {
     },
     #[error("the publishing pipeline stopped")]
     PipelineClosed,
+    /// The [`OnStream`](crate::reader::OnStream) hook failed; the session is
+    /// retried like a lost connection.
+    #[error("could not record the start of streaming")]
+    OnStream {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Source(SourceError),
     #[error("replication stream ended unexpectedly")]
@@ -237,7 +255,7 @@ impl StreamError {
         match self {
             StreamError::Replication { source } => pgwire_is_transient(source),
             StreamError::Source(e) => !e.is_definite(),
-            StreamError::Ended => true,
+            StreamError::Ended | StreamError::OnStream { .. } => true,
             _ => false,
         }
     }
@@ -263,6 +281,7 @@ impl StreamError {
             }
             StreamError::Bind { .. } | StreamError::BinaryValue { .. } => "rules",
             StreamError::PipelineClosed => "pipeline",
+            StreamError::OnStream { .. } => "on_stream",
             StreamError::Source(e) => e.reason(),
             StreamError::Ended => "ended",
         }

@@ -33,5 +33,5 @@ pub mod source;
 
 pub use assemble::{ChangeEvent, ChangeTap};
 pub use error::{SourceError, StreamError};
-pub use reader::{Reader, Stopped, StreamSpec};
+pub use reader::{OnStream, Reader, Stopped, StreamSpec};
 pub use source::{ConnParams, SlotState, SourceSpec};

@@ -61,6 +61,21 @@ pub struct StreamSpec {
     pub binary: bool,
 }
 
+/// Awaited each time the reader starts streaming the slot, before it
+/// acknowledges anything on the new session (the gap marker is written
+/// there). An error ends that session like a lost connection, so the reader
+/// retries with backoff and acknowledges nothing meanwhile.
+pub type OnStream = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<(), Box<dyn std::error::Error + Send + Sync>>,
+                    > + Send,
+            >,
+        > + Send
+        + Sync,
+>;
+
 /// Why the reader returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -78,6 +93,7 @@ pub struct Reader {
     catalog: Option<String>,
     heartbeat: Option<Duration>,
     in_effect: Option<watch::Sender<Arc<RuleSet>>>,
+    on_stream: Option<OnStream>,
 }
 
 impl Reader {
@@ -92,6 +108,7 @@ impl Reader {
             catalog: None,
             heartbeat: None,
             in_effect: None,
+            on_stream: None,
         }
     }
 
@@ -132,6 +149,13 @@ impl Reader {
         self
     }
 
+    /// Awaits `hook` each time streaming starts, before acknowledging
+    /// anything on that session.
+    pub fn with_on_stream(mut self, hook: OnStream) -> Self {
+        self.on_stream = Some(hook);
+        self
+    }
+
     /// Writes a heartbeat into the WAL this often (needs [`with_checks`](Self::with_checks)).
     pub fn with_heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = Some(every);
@@ -167,12 +191,14 @@ impl Reader {
             spec: self.spec,
             checks: self.checks,
             catalog,
+            on_stream: self.on_stream,
             client: None,
             rules_rx,
             asm,
             feed,
             shutdown,
             acked: 0,
+            streamed_from: None,
             server_wal_end: 0,
             monitor: None,
             in_effect,
@@ -201,6 +227,7 @@ struct Session {
     checks: Option<SourceSpec>,
     /// Where the catalog is read (the checks' URL, or [`Reader::with_catalog`]).
     catalog: Option<String>,
+    on_stream: Option<OnStream>,
     /// The current replication connection, if any.
     client: Option<ReplicationClient>,
     rules_rx: watch::Receiver<Arc<RuleSet>>,
@@ -211,6 +238,10 @@ struct Session {
     shutdown: watch::Receiver<bool>,
     /// Highest LSN reported to the transport as flushed.
     acked: u64,
+    /// Where the slot stood when streaming last started on it with no other
+    /// consumer in between (see [`slot_moved_behind_our_back`]); `None`
+    /// before the first stream and after another consumer held the slot.
+    streamed_from: Option<u64>,
     server_wal_end: u64,
     /// Definite problems found by the slot and publication monitor.
     monitor: Option<mpsc::Receiver<crate::SourceError>>,
@@ -307,11 +338,23 @@ impl Session {
             }
             _ => None,
         };
+        let mut resumes_at = None;
         if let (Some(checks), Some(control)) = (&self.checks, &control) {
             let tables = self.asm.rules().tables();
-            source::prepare(control, checks, &tables)
+            let slot = source::prepare(control, checks, &tables)
                 .await
                 .map_err(StreamError::Source)?;
+            if let Some(streamed_from) = self.streamed_from {
+                let ours = streamed_from.max(self.acked);
+                if slot_moved_behind_our_back(ours, slot.confirmed_flush_lsn) {
+                    return Err(StreamError::Source(crate::SourceError::SlotAhead {
+                        slot: checks.slot.clone(),
+                        confirmed: walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
+                        acknowledged: walbust_pgoutput::format_lsn(ours),
+                    }));
+                }
+            }
+            resumes_at = Some(slot.confirmed_flush_lsn);
             source::check_sends(control, &checks.publication, self.asm.rules())
                 .await
                 .map_err(StreamError::Source)?;
@@ -347,7 +390,7 @@ impl Session {
             metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
         }));
         let replication = |source| StreamError::Replication { source };
-        let client = if self.spec.temporary_slot {
+        let mut client = if self.spec.temporary_slot {
             let mut client = ReplicationClient::connect_gated(cfg)
                 .await
                 .map_err(replication)?;
@@ -361,6 +404,27 @@ impl Session {
         } else {
             ReplicationClient::connect(cfg).await.map_err(replication)?
         };
+        // From here on the slot is this session's: nobody else can move it.
+        if let Err(source) = client.wait_started().await {
+            // Another consumer holds the slot (a standby walbust took
+            // over): its acknowledgements move the slot legitimately, so
+            // where it stands next time says nothing about a gap.
+            if crate::error::replication_sqlstate(&source)
+                == Some(tokio_postgres::error::SqlState::OBJECT_IN_USE)
+            {
+                self.streamed_from = None;
+            }
+            return Err(replication(source));
+        }
+        if let Some(hook) = &self.on_stream {
+            if let Err(source) = hook().await {
+                client.abort();
+                return Err(StreamError::OnStream { source });
+            }
+        }
+        if self.streamed_from.is_none() {
+            self.streamed_from = resumes_at;
+        }
         // A new session reports nothing until told: carry over what the
         // previous one acknowledged.
         if self.acked > 0 {
@@ -641,6 +705,18 @@ impl Session {
     }
 }
 
+/// Whether a slot found at `confirmed` on reconnection was moved by someone
+/// else. While walbust streams a slot, only its acknowledgements move
+/// `confirmed_flush_lsn`, and never beyond `ours` (the slot's position when
+/// streaming started, or the highest LSN walbust acknowledged since). A
+/// slot past that was advanced by hand or, typically, dropped and created
+/// again under the same name while the walsender was gone: a new slot
+/// starts at the server's current position, so whatever was committed in
+/// between was never decoded.
+fn slot_moved_behind_our_back(ours: u64, confirmed: u64) -> bool {
+    confirmed > ours
+}
+
 /// The monitor's next finding; pends forever without a monitor.
 async fn recv_problem(
     monitor: &mut Option<mpsc::Receiver<crate::SourceError>>,
@@ -666,5 +742,19 @@ async fn recv(
 async fn wait_true(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|v| *v).await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_slot_past_what_walbust_acknowledged_was_moved_by_someone_else() {
+        // The server may lag behind the acknowledgement (it was not heard
+        // yet) or hold it exactly; both are walbust's own doing.
+        assert!(!slot_moved_behind_our_back(0x3000, 0x2000));
+        assert!(!slot_moved_behind_our_back(0x3000, 0x3000));
+        assert!(slot_moved_behind_our_back(0x3000, 0x3001));
     }
 }

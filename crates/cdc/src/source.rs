@@ -352,14 +352,20 @@ async fn check_table_exists(client: &Client, table: &TableName) -> Result<(), So
 
 /// Whether replication slot `slot` exists.
 pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, SourceError> {
-    Ok(client
+    Ok(slot_position(client, slot).await?.is_some())
+}
+
+/// The `confirmed_flush_lsn` of replication slot `slot` (0 for a physical
+/// slot, which has none); `None` when the slot does not exist.
+pub async fn slot_position(client: &Client, slot: &str) -> Result<Option<u64>, SourceError> {
+    let row = client
         .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT coalesce(confirmed_flush_lsn::text, '0/0') FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
-        .map_err(|e| SourceError::query("look up the replication slot", e))?
-        .is_some())
+        .map_err(|e| SourceError::query("look up the replication slot", e))?;
+    Ok(row.map(|r| walbust_pgoutput::parse_lsn(r.get(0)).unwrap_or(0)))
 }
 
 /// Drops `spec.slot` if it exists. While the walsender that streamed it is

@@ -13,6 +13,16 @@
 //! | same system, slot present | present | carry on |
 //! | present | missing | gap: the slot was dropped or lost |
 //! | other system identifier | any | gap: a different server (failover, restore) |
+//! | stopped at an LSN | ahead of that LSN | gap: the slot was dropped and made again (or advanced) |
+//!
+//! The last row needs to know how far walbust moved the slot. Only a clean
+//! stop records that (see [`MarkerHandle::record_stop`]): a walbust that
+//! stops acknowledging records its final position, and a slot can only be
+//! past it if someone else moved it. A crash records nothing, and the
+//! marker then says nothing about the position (the rows above still hold).
+//! Writing a position while running would need every acknowledgement to
+//! wait for Redis first, or the slot could legitimately be ahead of the
+//! marker; a stopped walbust has nothing left to acknowledge.
 //!
 //! On a gap walbust refuses to start (`source.on_gap: refuse`, the default)
 //! or, with `source.on_gap: purge`, purges everything the rules cover plus
@@ -40,6 +50,18 @@ struct Marker {
     system_identifier: String,
     slot: String,
     database: String,
+    /// Which walbust wrote the marker last, renewed each time a walbust
+    /// starts streaming the slot: a walbust records its stop only over
+    /// its own marker, so it never overrules one that took the slot over
+    /// since (a standby, which may acknowledge beyond that stop). Absent in
+    /// markers of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<String>,
+    /// The slot position walbust acknowledged last before a clean stop
+    /// (`X/Y`); absent while walbust runs, after a crash, and in markers
+    /// of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stopped_at: Option<String>,
 }
 
 /// A gap was found and the configuration says to refuse.
@@ -82,8 +104,8 @@ pub async fn guard(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Re
         .with_context(|| format!("the gap marker in Redis key {key} is not walbust's"))?;
     let system = system_identifier(cfg).await?;
     let control = walbust_cdc::source::connect(&cfg.source.url).await?;
-    let slot_exists = walbust_cdc::source::slot_exists(&control, &cfg.source.slot).await?;
-    let verdict = judge(&marker, &system, slot_exists);
+    let slot = walbust_cdc::source::slot_position(&control, &cfg.source.slot).await?;
+    let verdict = judge(&marker, &system, slot);
     let Verdict::Gap(why) = verdict else {
         return Ok(());
     };
@@ -108,10 +130,10 @@ pub async fn guard(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Re
 }
 
 /// Records that walbust streams this slot of this server. Runs once the
-/// slot exists.
-pub async fn mark(cfg: &Config) -> Result<()> {
+/// slot exists; `None` without the Redis sink.
+pub async fn mark(cfg: &Config) -> Result<Option<MarkerHandle>> {
     let Some(redis_cfg) = &cfg.sinks.redis else {
-        return Ok(());
+        return Ok(None);
     };
     let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url)?;
     let marker = Marker {
@@ -119,30 +141,160 @@ pub async fn mark(cfg: &Config) -> Result<()> {
         system_identifier: system_identifier(cfg).await?,
         slot: cfg.source.slot.clone(),
         database: conn.database,
+        run: None,
+        stopped_at: None,
     };
-    let mut redis = redis_connection(redis_cfg).await?;
-    let _: () = redis::cmd("SET")
-        .arg(marker_key(&cfg.source.slot))
-        .arg(serde_json::to_string(&marker)?)
-        .query_async(&mut redis)
-        .await
-        .context("writing the gap marker to Redis")?;
-    Ok(())
+    let handle = MarkerHandle(Arc::new(tokio::sync::Mutex::new(Marked {
+        key: marker_key(&cfg.source.slot),
+        redis: redis_cfg.clone(),
+        marker,
+        written: String::new(),
+    })));
+    handle.renew().await?;
+    Ok(Some(handle))
+}
+
+/// This walbust's marker, as last written to Redis.
+#[derive(Clone)]
+pub struct MarkerHandle(Arc<tokio::sync::Mutex<Marked>>);
+
+struct Marked {
+    key: String,
+    redis: walbust_publish::redis_sink::RedisSinkConfig,
+    marker: Marker,
+    /// The exact text last written, which [`MarkerHandle::record_stop`]
+    /// expects to find.
+    written: String,
+}
+
+/// Replaces the marker only if it still is the given text: `KEYS[1]`,
+/// expected text, new text. Atomic in Redis, so a walbust that took the slot
+/// over in the meantime is never overwritten.
+const REPLACE_IF_UNCHANGED: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2]) end return false";
+
+impl MarkerHandle {
+    /// Writes the marker under a new run id and without a stop position.
+    /// Runs before walbust acknowledges anything on a new replication
+    /// session, so that a stop position recorded by another walbust (which
+    /// streamed the slot before this one took it over) is gone before this
+    /// one moves the slot past it.
+    pub async fn renew(&self) -> Result<()> {
+        let mut marked = self.0.lock().await;
+        marked.marker.run = Some(run_id());
+        marked.marker.stopped_at = None;
+        let text = serde_json::to_string(&marked.marker)?;
+        let mut redis = redis_connection(&marked.redis).await?;
+        let _: () = redis::cmd("SET")
+            .arg(&marked.key)
+            .arg(&text)
+            .query_async(&mut redis)
+            .await
+            .context("writing the gap marker to Redis")?;
+        marked.written = text;
+        Ok(())
+    }
+
+    /// Records `confirmed_lsn`, the last position acknowledged before a
+    /// clean stop, unless another walbust renewed the marker since (it may
+    /// move the slot further). True when recorded. Nothing is recorded for
+    /// a run that acknowledged nothing: the slot then stands where it was
+    /// found, which this run never learnt.
+    pub async fn record_stop(&self, confirmed_lsn: u64) -> Result<bool> {
+        if confirmed_lsn == 0 {
+            return Ok(false);
+        }
+        let marked = self.0.lock().await;
+        let mut stopped = marked.marker.clone();
+        stopped.stopped_at = Some(walbust_pgoutput::format_lsn(confirmed_lsn));
+        let mut redis = redis_connection(&marked.redis).await?;
+        let replaced: Option<String> = redis::cmd("EVAL")
+            .arg(REPLACE_IF_UNCHANGED)
+            .arg(1)
+            .arg(&marked.key)
+            .arg(&marked.written)
+            .arg(serde_json::to_string(&stopped)?)
+            .query_async(&mut redis)
+            .await
+            .context("recording the stop position in the gap marker")?;
+        Ok(replaced.is_some())
+    }
+}
+
+/// How long a marker write may take before walbust goes on without it.
+const MARKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl MarkerHandle {
+    /// [`renew`](Self::renew) as the reader's hook for each new replication
+    /// session. A write that fails or hangs fails the session like a lost
+    /// connection: the reader retries with backoff and acknowledges
+    /// nothing meanwhile.
+    pub fn on_stream(&self) -> walbust_cdc::OnStream {
+        let handle = self.clone();
+        Arc::new(move || {
+            let handle = handle.clone();
+            Box::pin(async move {
+                match tokio::time::timeout(MARKER_TIMEOUT, handle.renew()).await {
+                    Ok(renewed) => renewed.map_err(Into::into),
+                    Err(elapsed) => Err(elapsed.into()),
+                }
+            })
+        })
+    }
+}
+
+/// Records the stop position after a clean stop, if there is a marker. A
+/// failure only costs the check at the next start (the marker then has no
+/// position, as after a crash), so it is logged, not fatal.
+pub async fn record_stop(marker: Option<&MarkerHandle>, confirmed_lsn: u64) {
+    let Some(marker) = marker else {
+        return;
+    };
+    let error = match tokio::time::timeout(MARKER_TIMEOUT, marker.record_stop(confirmed_lsn)).await
+    {
+        Ok(Ok(recorded)) => {
+            tracing::debug!(recorded, "stop position in the gap marker");
+            return;
+        }
+        Ok(Err(e)) => e,
+        Err(elapsed) => anyhow::Error::new(elapsed).context("recording the stop position"),
+    };
+    tracing::warn!(error = %walbust_flow::Chain(error.as_ref()), "the gap marker holds no stop position: a slot dropped and made again before the next start will not be noticed");
+}
+
+/// Tells this walbust's marker writes from another's (a standby's).
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{}-{nanos}", std::process::id())
 }
 
 pub fn marker_key(slot: &str) -> String {
     format!("{MARKER_PREFIX}{slot}")
 }
 
-fn judge(marker: &Marker, system: &str, slot_exists: bool) -> Verdict {
+/// `slot`: the slot's `confirmed_flush_lsn`, `None` when it is missing.
+fn judge(marker: &Marker, system: &str, slot: Option<u64>) -> Verdict {
     if marker.system_identifier != system {
         return Verdict::Gap(format!(
             "the server's system identifier is now {system}, it was {}",
             marker.system_identifier
         ));
     }
-    if !slot_exists {
+    let Some(confirmed) = slot else {
         return Verdict::Gap("the slot no longer exists".to_string());
+    };
+    let stopped = marker
+        .stopped_at
+        .as_deref()
+        .and_then(walbust_pgoutput::parse_lsn);
+    if let Some(stopped) = stopped.filter(|&s| s < confirmed) {
+        return Verdict::Gap(format!(
+            "the slot resumes at {}, past {} where walbust stopped: it was dropped and created again, or advanced, meanwhile",
+            walbust_pgoutput::format_lsn(confirmed),
+            walbust_pgoutput::format_lsn(stopped)
+        ));
     }
     Verdict::Continuous
 }
@@ -247,13 +399,15 @@ mod tests {
             system_identifier: "7300000000000000001".into(),
             slot: "walbust".into(),
             database: "shop".into(),
+            run: None,
+            stopped_at: None,
         }
     }
 
     #[test]
     fn same_server_with_its_slot_is_continuous() {
         assert_eq!(
-            judge(&marker(), "7300000000000000001", true),
+            judge(&marker(), "7300000000000000001", Some(0x3000)),
             Verdict::Continuous
         );
     }
@@ -261,7 +415,7 @@ mod tests {
     #[test]
     fn a_missing_slot_is_a_gap() {
         assert!(matches!(
-            judge(&marker(), "7300000000000000001", false),
+            judge(&marker(), "7300000000000000001", None),
             Verdict::Gap(why) if why.contains("no longer exists")
         ));
     }
@@ -269,9 +423,32 @@ mod tests {
     #[test]
     fn another_server_is_a_gap_even_with_a_slot_of_that_name() {
         assert!(matches!(
-            judge(&marker(), "7300000000000000002", true),
+            judge(&marker(), "7300000000000000002", Some(0x3000)),
             Verdict::Gap(why) if why.contains("system identifier")
         ));
+    }
+
+    #[test]
+    fn a_slot_past_where_walbust_stopped_is_a_gap_and_at_or_behind_it_is_not() {
+        let stopped = Marker {
+            stopped_at: Some("0/3000".into()),
+            ..marker()
+        };
+        let system = "7300000000000000001";
+        assert_eq!(judge(&stopped, system, Some(0x3000)), Verdict::Continuous);
+        // The last acknowledgement may not have reached the server.
+        assert_eq!(judge(&stopped, system, Some(0x2000)), Verdict::Continuous);
+        assert!(matches!(
+            judge(&stopped, system, Some(0x3001)),
+            Verdict::Gap(why) if why.contains("resumes at 0/3001, past 0/3000")
+        ));
+    }
+
+    #[test]
+    fn markers_of_older_versions_are_read_as_before() {
+        let old = r#"{"v":1,"system_identifier":"7300000000000000001","slot":"walbust","database":"shop"}"#;
+        assert_eq!(serde_json::from_str::<Marker>(old).unwrap(), marker());
+        assert_eq!(serde_json::to_string(&marker()).unwrap(), old);
     }
 
     #[test]

@@ -31,7 +31,8 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 /// Exit status for a definite source error: the slot is lost or gone, the
 /// publication or a table is missing, the publication withholds what the
-/// rules need or was dropped while the slot needed it, wal_level changed,
+/// rules need or was dropped while the slot needed it, the slot was dropped
+/// and made again under the same name (a gap), wal_level changed,
 /// authentication refused, WAL could not be decoded. Restarting will not help; a human must.
 const EXIT_DEFINITE: u8 = 3;
 

@@ -77,8 +77,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     // Before the slot may be created: a new slot must not paper over a gap.
     crate::gap::guard(&cfg, &rules, &sinks).await?;
 
-    // A publication dropped under the slot (see `restart_after_dropped_publication`)
-    // sends walbust round this loop once more, on a new slot.
+    // A gap found while streaming (see `restart_after_gap`) sends walbust
+    // round this loop once more, purging once the slot it resumes on exists.
     let mut purge_first = false;
     loop {
         let rules = rules_rx.borrow().clone();
@@ -90,7 +90,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             // committed before the purge, so nothing can be re-cached stale.
             crate::gap::purge(&cfg, &rules, &sinks).await?;
         }
-        crate::gap::mark(&cfg).await?;
+        let marker = crate::gap::mark(&cfg).await?;
         tracing::info!(
             slot = %cfg.source.slot,
             confirmed_flush_lsn = %walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
@@ -123,6 +123,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         if cfg.source.heartbeat_interval_ms > 0 {
             reader = reader.with_heartbeat(Duration::from_millis(cfg.source.heartbeat_interval_ms));
         }
+        if let Some(marker) = &marker {
+            reader = reader.with_on_stream(marker.on_stream());
+        }
         if let Some(tap) = hooks.tap.clone() {
             reader = reader.with_tap(tap);
         }
@@ -141,7 +144,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             // dropped: the server sends it again on the next start.
             Err(e) => {
                 pipeline.abort();
-                if restart_after_dropped_publication(&cfg, &spec, &shutdown, &e).await? {
+                if restart_after_gap(&cfg, &spec, &shutdown, &e).await? {
                     purge_first = true;
                     continue;
                 }
@@ -152,6 +155,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         // confirmation; collect the task's result.
         pipeline_outcome(pipeline.await)?;
         let walbust_cdc::Stopped::Shutdown { confirmed_lsn } = stopped;
+        crate::gap::record_stop(marker.as_ref(), confirmed_lsn).await;
         tracing::info!(confirmed_lsn = %walbust_pgoutput::format_lsn(confirmed_lsn), "stopped");
         return Ok(());
     }
@@ -198,25 +202,38 @@ async fn prepare_source(
     .await
 }
 
-/// A publication dropped while the slot needed it leaves the slot stuck for
-/// good: Postgres decodes each change with the catalog of its time, so the
-/// slot fails on the first change made while the publication was missing,
-/// however often walbust reconnects. Only a new slot helps, and the changes
-/// the old one held are lost, so that is a gap: with `source.create: true`
-/// and `source.on_gap: purge` the old slot is dropped here (true: start
-/// over, purging once the new slot exists); otherwise the error stands.
-async fn restart_after_dropped_publication(
+/// Gaps found while streaming, repaired with `source.on_gap: purge` (true:
+/// start over, purging once the slot exists); otherwise the error stands.
+///
+/// - A slot found ahead of what walbust acknowledged was dropped and made
+///   again (or advanced) behind its back: the changes in between are lost,
+///   the slot itself is fine to resume on.
+/// - A publication dropped while the slot needed it leaves the slot stuck
+///   for good: Postgres decodes each change with the catalog of its time,
+///   so the slot fails on the first change made while the publication was
+///   missing, however often walbust reconnects. Only a new slot helps, and
+///   the changes the old one held are lost; with `source.create: true` the
+///   old slot is dropped here.
+async fn restart_after_gap(
     cfg: &Config,
     spec: &walbust_cdc::SourceSpec,
     shutdown: &watch::Receiver<bool>,
     error: &walbust_cdc::StreamError,
 ) -> Result<bool> {
-    let walbust_cdc::StreamError::Source(walbust_cdc::SourceError::PublicationDropped { .. }) =
+    use walbust_cdc::SourceError::{PublicationDropped, SlotAhead};
+    let walbust_cdc::StreamError::Source(gap @ (PublicationDropped { .. } | SlotAhead { .. })) =
         error
     else {
         return Ok(false);
     };
-    if !cfg.source.create || cfg.source.on_gap != crate::config::OnGap::Purge {
+    if cfg.source.on_gap != crate::config::OnGap::Purge {
+        return Ok(false);
+    }
+    if let SlotAhead { .. } = gap {
+        tracing::warn!(slot = %spec.slot, error = %Chain(error), "gap in the change stream: purging everything the rules cover, then resuming on the slot");
+        return Ok(true);
+    }
+    if !cfg.source.create {
         return Ok(false);
     }
     tracing::warn!(slot = %spec.slot, publication = %spec.publication, error = %Chain(error), "gap in the change stream: replacing the slot and purging everything the rules cover");
