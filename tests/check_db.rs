@@ -99,10 +99,15 @@ fn find<'a>(list: &'a [String], needles: &[&str]) -> &'a str {
     found[0]
 }
 
+/// The schema, a slot and the DDL guard (as deploy/postgres-setup.sql
+/// installs it).
 async fn setup() -> Services {
     let svc = Services::start();
     let db = svc.pg.connect().await.unwrap();
     db.batch_execute(SCHEMA).await.unwrap();
+    db.batch_execute(walbust_cdc::window::GUARD_SQL)
+        .await
+        .unwrap();
     db.batch_execute("SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')")
         .await
         .unwrap();
@@ -112,6 +117,10 @@ async fn setup() -> Services {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_db_reports_every_problem_on_its_own_line() {
     let svc = setup().await;
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("DROP EVENT TRIGGER walbust_ddl_guard")
+        .await
+        .unwrap();
     let out = check_db(write(&svc, "all", "walbust", RULES)).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
@@ -199,8 +208,16 @@ async fn check_db_reports_every_problem_on_its_own_line() {
             "ALTER TABLE public.events_2 REPLICA IDENTITY FULL",
         ],
     );
-    assert_eq!(warnings.len(), 2, "{stdout}");
-    assert!(stdout.contains("6 error(s), 2 warning(s)"), "{stdout}");
+    // Without the DDL guard a brief window goes unseen.
+    find(
+        &warnings,
+        &[
+            "DDL guard not installed (event trigger walbust_ddl_guard)",
+            "deploy/postgres-setup.sql",
+        ],
+    );
+    assert_eq!(warnings.len(), 3, "{stdout}");
+    assert!(stdout.contains("6 error(s), 3 warning(s)"), "{stdout}");
     // Clean tables are not mentioned.
     assert!(
         !errors
@@ -327,6 +344,7 @@ async fn accepted_by_check_and_run(svc: &Services, name: &str, publication: &str
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("0 error(s), 0 warning(s)"), "{stdout}");
+    assert!(stdout.contains("ok: DDL guard installed"), "{stdout}");
 
     let db = svc.pg.connect().await.unwrap();
     let mut walbust = Walbust::start(&config);

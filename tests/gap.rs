@@ -35,14 +35,6 @@ async fn first_run() -> (Services, tokio_postgres::Client, PathBuf) {
     (svc, db, config)
 }
 
-/// Sets `source.on_gap: purge` in a configuration from [`first_run`].
-fn purge_on_gap(config: &std::path::Path) {
-    let text = std::fs::read_to_string(config)
-        .unwrap()
-        .replace("  create: true\n", "  create: true\n  on_gap: purge\n");
-    std::fs::write(config, text).unwrap();
-}
-
 /// Checks that walbust logged `logged` about the gap and, past its purge,
 /// invalidates a new change (leaving `other:1` alone), then stops it.
 async fn streams_on(

@@ -574,3 +574,12 @@ pub fn metric(port: u16, series: &str) -> f64 {
 pub fn scrape_metrics(port: u16) -> String {
     try_scrape_metrics(port).unwrap_or_else(|| panic!("no metrics endpoint on port {port}"))
 }
+
+/// Sets `source.on_gap: purge` in a configuration written with
+/// `source.create: true`.
+pub fn purge_on_gap(config: &Path) {
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("  create: true\n", "  create: true\n  on_gap: purge\n");
+    std::fs::write(config, text).unwrap();
+}

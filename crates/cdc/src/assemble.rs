@@ -24,6 +24,7 @@ use walbust_rules::{Invalidations, Op, RuleSet, TxBudget};
 use crate::error::StreamError;
 use crate::metrics as m;
 use crate::relations::{RelationCache, RelationEntry, TupleRow};
+use crate::window::{Verdict, WindowGuard, DDL_PREFIX};
 
 /// Prefix of the logical messages that carry explicit invalidations
 /// (`pg_logical_emit_message(true, 'walbust', '{"keys":[...]}')`).
@@ -119,6 +120,9 @@ pub struct Assembler {
     /// End LSN of the last transaction emitted.
     last_sent_end: u64,
     out: VecDeque<Item>,
+    /// Windows the publication withheld rule tables in (DDL guard); none
+    /// for views that acknowledge nothing (`tail`).
+    guard: Option<WindowGuard>,
 }
 
 impl Assembler {
@@ -134,6 +138,22 @@ impl Assembler {
             },
             last_sent_end: 0,
             out: VecDeque::new(),
+            guard: None,
+        }
+    }
+
+    /// Tracks the DDL guard's messages with `guard`: see [`crate::window`].
+    pub fn with_guard(mut self, guard: WindowGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// How far an acknowledgement of `confirmed` may go (not past a window
+    /// the publication withheld rule tables in, until it was purged).
+    pub fn ack_limit(&mut self, confirmed: u64) -> u64 {
+        match &mut self.guard {
+            Some(guard) => guard.ack_limit(confirmed),
+            None => confirmed,
         }
     }
 
@@ -200,10 +220,13 @@ impl Assembler {
     }
 
     pub fn commit(&mut self, end_lsn: u64) {
-        if self.tx.open.take().is_none() {
+        let Some(open) = self.tx.open.take() else {
             // A Commit without a Begin carries nothing to publish; emitting
             // it would break the pipeline's sequence.
             return;
+        };
+        if let Some(guard) = &mut self.guard {
+            guard.commit(open.commit_lsn, end_lsn);
         }
         self.flush_pending();
         self.last_sent_end = self.last_sent_end.max(end_lsn);
@@ -219,13 +242,18 @@ impl Assembler {
         Ok(())
     }
 
-    /// A logical decoding message; only those with [`EXPLICIT_PREFIX`] matter.
+    /// A logical decoding message; only those with [`EXPLICIT_PREFIX`] and
+    /// [`DDL_PREFIX`] matter. An error is a window the configuration says
+    /// to refuse.
     ///
     /// Transactional or not, a message joins the open transaction if there
     /// is one, and otherwise stands alone at its own position.
-    pub fn message(&mut self, lsn: u64, prefix: &str, content: &[u8]) {
+    pub fn message(&mut self, lsn: u64, prefix: &str, content: &[u8]) -> Result<(), StreamError> {
+        if prefix == DDL_PREFIX {
+            return self.ddl_message(lsn, content);
+        }
         if prefix != EXPLICIT_PREFIX {
-            return;
+            return Ok(());
         }
         let inv = match self.rules.explicit(content) {
             Ok(inv) => inv,
@@ -233,10 +261,42 @@ impl Assembler {
                 // The content may hold application data: log the reason only.
                 metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "malformed").increment(1);
                 tracing::warn!(lsn = %walbust_pgoutput::format_lsn(lsn), reason = %e, "ignored a malformed explicit invalidation message");
-                return;
+                return Ok(());
             }
         };
         metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "ok").increment(1);
+        self.join_or_stand_alone(lsn, inv);
+        Ok(())
+    }
+
+    /// A DDL guard message: may open a window, or close one with a purge.
+    fn ddl_message(&mut self, lsn: u64, content: &[u8]) -> Result<(), StreamError> {
+        let Some(guard) = &mut self.guard else {
+            return Ok(());
+        };
+        // The guard emits its message inside the DDL's transaction; one
+        // outside any stands at its own position.
+        let at = self.tx.open.as_ref().map_or(lsn, |tx| tx.commit_lsn);
+        match guard.message(&self.rules, at, content) {
+            Ok(Verdict::Nothing) => Ok(()),
+            Ok(Verdict::Purge(inv)) => {
+                if self.tx.open.is_none() {
+                    // Stands alone: its own Begin/Commit, which the guard
+                    // must see commit to release acknowledgements.
+                    if let Some(guard) = &mut self.guard {
+                        guard.commit(lsn, lsn);
+                    }
+                }
+                self.join_or_stand_alone(lsn, inv);
+                Ok(())
+            }
+            Err(e) => Err(StreamError::Source(e)),
+        }
+    }
+
+    /// Adds `inv` to the open transaction, or emits it as a transaction of
+    /// its own at `lsn`.
+    fn join_or_stand_alone(&mut self, lsn: u64, inv: Invalidations) {
         if self.tx.open.is_some() {
             // A transactional message belongs here. A non-transactional one
             // cannot arrive inside a transaction under protocol 1 (the server
@@ -489,14 +549,16 @@ rules:
     fn explicit_messages_join_their_transaction_or_stand_alone() {
         let mut a = assembler();
         a.begin(1, 10, 0);
-        a.message(11, EXPLICIT_PREFIX, br#"{"keys":["cart:1"]}"#);
-        a.message(11, "other", br#"{"keys":["nope"]}"#);
-        a.message(11, EXPLICIT_PREFIX, b"not json");
+        a.message(11, EXPLICIT_PREFIX, br#"{"keys":["cart:1"]}"#)
+            .unwrap();
+        a.message(11, "other", br#"{"keys":["nope"]}"#).unwrap();
+        a.message(11, EXPLICIT_PREFIX, b"not json").unwrap();
         a.commit(12);
         let items = drain(&mut a);
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[1], Item::Changes(inv) if inv.keys == ["cart:1"]));
-        a.message(30, EXPLICIT_PREFIX, br#"{"tags":["t"]}"#);
+        a.message(30, EXPLICIT_PREFIX, br#"{"tags":["t"]}"#)
+            .unwrap();
         let items = drain(&mut a);
         assert!(matches!(items[0], Item::Begin { commit_lsn: 30, .. }));
         assert!(matches!(items[2], Item::Commit { end_lsn: 30 }));
@@ -550,7 +612,8 @@ rules:
         a.begin(1, 10, 0);
         a.data(0, &relation()).unwrap();
         a.data(0, &insert("1")).unwrap();
-        a.message(11, EXPLICIT_PREFIX, br#"{"keys":["cart:1"]}"#);
+        a.message(11, EXPLICIT_PREFIX, br#"{"keys":["cart:1"]}"#)
+            .unwrap();
         assert!(a.in_transaction(), "the transaction stays open");
         a.data(0, &insert("2")).unwrap();
         a.commit(20);

@@ -93,6 +93,8 @@ pub enum SourceError {
         /// The highest position walbust knows to be its own on this slot.
         acknowledged: String,
     },
+    #[error("{0}")]
+    UnseenWindow(Box<UnseenWindow>),
     #[error("table {table} named by the rules does not exist")]
     TableMissing { table: String },
     #[error(
@@ -140,6 +142,7 @@ impl SourceError {
             SourceError::SlotWrongKind { .. } => "slot_wrong_kind",
             SourceError::SlotLost { .. } => "slot_lost",
             SourceError::SlotAhead { .. } => "slot_ahead",
+            SourceError::UnseenWindow(_) => "unseen_window",
         }
     }
 }
@@ -358,4 +361,21 @@ mod tests {
             None
         );
     }
+}
+
+/// A window in which the publication withheld rule tables, refused
+/// (`source.on_gap: refuse`); see [`crate::window`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "publication \"{publication}\" withheld {} from {from} to {to} (seen in WAL order through the DDL guard), so their changes in between were never sent and caches may be stale; source.on_gap: refuse keeps the slot before the window. Purge the caches the rules cover, then move the slot past it (SELECT pg_replication_slot_advance('{slot}', '{to}')), or set source.on_gap: purge to purge what those tables' rules cover and go on",
+    tables.join(", ")
+)]
+pub struct UnseenWindow {
+    pub publication: String,
+    pub slot: String,
+    pub tables: Vec<String>,
+    /// Commit LSN of the transaction that opened the window.
+    pub from: String,
+    /// Commit LSN of the transaction that closed it.
+    pub to: String,
 }

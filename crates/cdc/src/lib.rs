@@ -17,6 +17,9 @@
 //! - [`binary`]: binary-mode values rendered as Postgres's text output.
 //! - [`catalog`]: read-only catalog queries (tables, columns, replica
 //!   identities, partitions, the publication) for `walbust check --db`.
+//! - [`window`]: the DDL guard's messages; windows in which the
+//!   publication withheld rule tables, held back from acknowledgement
+//!   until purged.
 //! - [`metrics`]: metric names of this side.
 //! - [`error`]: [`SourceError`] (checks before streaming) and
 //!   [`StreamError`] (while streaming), each knowing whether it is transient.
@@ -30,6 +33,7 @@ pub mod monitor;
 pub mod reader;
 pub mod relations;
 pub mod source;
+pub mod window;
 
 pub use assemble::{ChangeEvent, ChangeTap};
 pub use error::{SourceError, StreamError};

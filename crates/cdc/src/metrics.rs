@@ -37,6 +37,18 @@ pub const NULL_VALUES: &str = "walbust_rule_null_values_total";
 pub const ESCALATIONS: &str = "walbust_rule_escalations_total";
 /// Explicit invalidation messages (prefix `walbust`), label `result` (ok, malformed).
 pub const EXPLICIT_MESSAGES: &str = "walbust_explicit_messages_total";
+/// DDL guard messages (prefix `walbust.ddl`), label `result` (ok,
+/// malformed, unknown_version).
+pub const DDL_MESSAGES: &str = "walbust_ddl_messages_total";
+/// Windows in which the publication withheld rule tables, label `result`
+/// (purged, refused).
+pub const DDL_WINDOWS: &str = "walbust_ddl_windows_total";
+/// 1 while such a window is open or its purge unconfirmed: acknowledgements
+/// wait at its start.
+pub const DDL_WINDOW_OPEN: &str = "walbust_ddl_window_open";
+/// 1 when the DDL guard's event trigger is installed and enabled (checked
+/// at start).
+pub const DDL_GUARD_INSTALLED: &str = "walbust_ddl_guard_installed";
 
 /// Rule sets handed to the reader, label `result` (applied, refused).
 pub const RULE_RELOADS: &str = "walbust_rule_reloads_total";
@@ -127,6 +139,19 @@ pub fn describe() {
     describe_counter!(
         EXPLICIT_MESSAGES,
         "Explicit invalidation messages received, by result"
+    );
+    describe_counter!(DDL_MESSAGES, "DDL guard messages received, by result");
+    describe_counter!(
+        DDL_WINDOWS,
+        "Windows in which the publication withheld rule tables, by how they were closed"
+    );
+    describe_gauge!(
+        DDL_WINDOW_OPEN,
+        "1 while a window the publication withheld rule tables in is open or its purge unconfirmed"
+    );
+    describe_gauge!(
+        DDL_GUARD_INSTALLED,
+        "1 when the DDL guard event trigger is installed and enabled"
     );
     describe_counter!(
         RULE_RELOADS,

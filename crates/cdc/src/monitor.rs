@@ -10,7 +10,9 @@
 //! The monitor looks every [`INTERVAL`] over its own SQL connection,
 //! exports the slot's state as metrics, warns on `unreserved`, and reports
 //! `lost` and publication drift as definite errors to the reader, which
-//! stops (after acknowledging only what was delivered).
+//! stops (after acknowledging only what was delivered). Publication drift
+//! must be found at two checks in a row: DDL undone within a moment is the
+//! DDL guard's business (see [`crate::window`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,14 +67,26 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A publication problem found at the previous check.
+        let mut suspected = false;
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
                 _ = ticker.tick() => {}
             }
             let wanted = rules.borrow().clone();
-            match check(&spec, &wanted).await {
+            let outcome = check(&spec, &wanted).await;
+            let publication_problem =
+                matches!(&outcome, Err(e) if e.is_definite() && is_publication_drift(e));
+            match outcome {
                 Ok(()) => {}
+                // Publication DDL undone within a moment (the DDL guard
+                // handles such a window in WAL order, and acknowledgements
+                // wait at its start meanwhile) is not worth stopping for;
+                // drift still there at the next check is.
+                Err(e) if publication_problem && !suspected => {
+                    tracing::warn!(error = %Chain(&e), "the publication withholds what the rules need; checking again before stopping");
+                }
                 Err(e) if e.is_definite() => {
                     let _ = tx.send(e).await;
                     return;
@@ -81,9 +95,22 @@ pub fn spawn(
                 // reconnects); the monitor tries again next tick.
                 Err(e) => tracing::debug!(error = %Chain(&e), "slot check skipped"),
             }
+            suspected = publication_problem;
         }
     });
     rx
+}
+
+/// Problems of the publication's current definition, which DDL may undo
+/// a moment later (unlike a lost or missing slot).
+fn is_publication_drift(e: &SourceError) -> bool {
+    matches!(
+        e,
+        SourceError::TablesNotPublished { .. }
+            | SourceError::OperationsNotPublished { .. }
+            | SourceError::RowFilter { .. }
+            | SourceError::ColumnList { .. }
+    )
 }
 
 async fn heartbeat_once(spec: &SourceSpec) -> Result<(), SourceError> {

@@ -92,6 +92,8 @@ pub struct Reader {
     /// `source.url`, for catalog look-ups without the slot checks.
     catalog: Option<String>,
     heartbeat: Option<Duration>,
+    /// Follows the DDL guard's messages (see [`crate::window`]).
+    window_guard: Option<crate::window::WindowGuard>,
     in_effect: Option<watch::Sender<Arc<RuleSet>>>,
     on_stream: Option<OnStream>,
 }
@@ -107,6 +109,7 @@ impl Reader {
             checks: None,
             catalog: None,
             heartbeat: None,
+            window_guard: None,
             in_effect: None,
             on_stream: None,
         }
@@ -156,6 +159,22 @@ impl Reader {
         self
     }
 
+    /// Follows the DDL guard's messages: nothing is acknowledged past a
+    /// window in which the publication withheld rule tables until it was
+    /// closed and (`purge`) what their rules cover purged with `extra`, or
+    /// (`!purge`) the stream stops with [`crate::SourceError::UnseenWindow`].
+    pub fn with_window_guard(mut self, purge: bool, extra: walbust_rules::Invalidations) -> Self {
+        self.window_guard = Some(
+            crate::window::WindowGuard::new(
+                self.spec.publication.clone(),
+                self.spec.slot.clone(),
+                purge,
+            )
+            .with_extra(extra),
+        );
+        self
+    }
+
     /// Writes a heartbeat into the WAL this often (needs [`with_checks`](Self::with_checks)).
     pub fn with_heartbeat(mut self, every: Duration) -> Self {
         self.heartbeat = Some(every);
@@ -185,7 +204,10 @@ impl Reader {
             }
             None => watch::channel(rules.clone()).0,
         };
-        let asm = Assembler::new(rules, self.spec.binary).with_tap(self.tap);
+        let mut asm = Assembler::new(rules, self.spec.binary).with_tap(self.tap);
+        if let Some(guard) = self.window_guard {
+            asm = asm.with_guard(guard);
+        }
         let catalog = self.checks.as_ref().map(|c| c.url.clone()).or(self.catalog);
         let mut session = Session {
             spec: self.spec,
@@ -503,7 +525,7 @@ impl Session {
                 prefix,
                 content,
                 ..
-            } => self.asm.message(lsn.as_u64(), &prefix, &content),
+            } => self.asm.message(lsn.as_u64(), &prefix, &content)?,
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 let end = wal_end.as_u64();
                 self.note_server_end(end);
@@ -649,6 +671,7 @@ impl Session {
     }
 
     fn ack(&mut self, lsn: u64) {
+        let lsn = self.asm.ack_limit(lsn);
         if lsn <= self.acked {
             return;
         }

@@ -350,6 +350,27 @@ async fn check_table_exists(client: &Client, table: &TableName) -> Result<(), So
     }
 }
 
+/// Whether the DDL guard's event trigger ([`crate::window`]) is installed
+/// and enabled in this database.
+pub async fn ddl_guard_installed(client: &Client) -> Result<bool, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1 AND evtenabled <> 'D')",
+            &[&crate::window::GUARD_TRIGGER],
+        )
+        .await
+        .map_err(|e| SourceError::query("look up the DDL guard event trigger", e))?;
+    Ok(row.get(0))
+}
+
+/// Installs (or replaces) the DDL guard; needs a superuser.
+pub async fn install_ddl_guard(client: &Client) -> Result<(), SourceError> {
+    client
+        .batch_execute(crate::window::GUARD_SQL)
+        .await
+        .map_err(|e| SourceError::query("install the DDL guard", e))
+}
+
 /// Whether replication slot `slot` exists.
 pub async fn slot_exists(client: &Client, slot: &str) -> Result<bool, SourceError> {
     Ok(slot_position(client, slot).await?.is_some())

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use walbust_cdc::assemble::{Assembler, EXPLICIT_PREFIX};
+use walbust_cdc::window::{WindowGuard, DDL_PREFIX};
 use walbust_flow::Item;
 use walbust_pgoutput::{encode::encode, Message, OldTuple, Tuple};
 
@@ -163,7 +164,8 @@ fn take<'a>(data: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
 pub fn assemble(input: &[u8]) {
     let rules =
         Arc::new(walbust_rules::RuleSet::from_yaml(RULES, "rules.yaml").expect("rules load"));
-    let mut asm = Assembler::new(rules, false);
+    let mut asm =
+        Assembler::new(rules, false).with_guard(WindowGuard::new("p".into(), "s".into(), true));
     let mut data = input;
     let mut open = false;
     let mut last_end = 0u64;
@@ -196,7 +198,15 @@ pub fn assemble(input: &[u8]) {
                 let Some(content) = take(&mut data, n) else {
                     break;
                 };
-                asm.message(1, EXPLICIT_PREFIX, content);
+                // The low bit of the first byte picks the DDL guard's prefix;
+                // with `on_gap: purge` neither may fail.
+                let prefix = if f[0] & 1 == 1 {
+                    DDL_PREFIX
+                } else {
+                    EXPLICIT_PREFIX
+                };
+                asm.message(1, prefix, content)
+                    .expect("a message never fails with on_gap: purge");
             }
             _ => break,
         }

@@ -737,13 +737,23 @@ impl RuleSet {
     /// [`Coverage::tag_globs`] for a sink that can enumerate tags. Hashed
     /// long keys are covered by `<prefix>#*`.
     pub fn coverage(&self) -> Coverage {
+        self.coverage_where(|_| true)
+    }
+
+    /// What the rules naming one of `tables` cover (see [`Self::coverage`]):
+    /// the purge for changes of those tables that were never seen.
+    pub fn coverage_of(&self, tables: &[TableName]) -> Coverage {
+        self.coverage_where(|rule| tables.contains(&rule.table))
+    }
+
+    fn coverage_where(&self, wanted: impl Fn(&CompiledRule) -> bool) -> Coverage {
         let mut c = Coverage::default();
         let push = |list: &mut Vec<String>, s: String| {
             if !list.contains(&s) {
                 list.push(s);
             }
         };
-        for rule in &self.rules {
+        for rule in self.rules.iter().filter(|r| wanted(r)) {
             for k in &rule.const_keys {
                 push(&mut c.keys, k.clone());
             }

@@ -167,6 +167,21 @@ async fn source_checks(client: &Client, cfg: &Config, report: &mut Report) -> Op
         }
         Err(e) => report.error(Chain(&e).to_string()),
     }
+    match walbust_cdc::source::ddl_guard_installed(client).await {
+        Ok(true) => report.ok(format!(
+            "DDL guard installed: a table withheld from the publication even for a moment is seen in WAL order (event trigger {})",
+            walbust_cdc::window::GUARD_TRIGGER
+        )),
+        Ok(false) if cfg.source.create => report.warning(format!(
+            "DDL guard not installed: `walbust run` installs event trigger {} if its role is a superuser; otherwise a superuser runs deploy/postgres-setup.sql. Without it, a table taken out of the publication (or renamed) and put back between two publication checks goes unseen",
+            walbust_cdc::window::GUARD_TRIGGER
+        )),
+        Ok(false) => report.warning(format!(
+            "DDL guard not installed (event trigger {}): a table taken out of the publication (or renamed) and put back between two publication checks goes unseen; a superuser installs it with deploy/postgres-setup.sql",
+            walbust_cdc::window::GUARD_TRIGGER
+        )),
+        Err(e) => report.error(Chain(&e).to_string()),
+    }
     match catalog::publication(client, &cfg.source.publication).await {
         Ok(p) => p,
         Err(e) => {
