@@ -606,6 +606,65 @@ rules:
         assert_well_formed(&before);
     }
 
+    fn guard_state(published: bool) -> Vec<u8> {
+        let tables: &[[&str; 2]] = if published {
+            &[["public", "products"]]
+        } else {
+            &[]
+        };
+        serde_json::json!({
+            "v": 1,
+            "command": "ALTER PUBLICATION",
+            "publications": [{"name": "p", "tables": tables,
+                "insert": true, "update": true, "delete": true, "truncate": true}]
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_withheld_window_holds_acknowledgements_and_its_close_carries_the_purge() {
+        let mut a = assembler().with_guard(WindowGuard::new("p".into(), "s".into(), true));
+        a.begin(1, 100, 0);
+        a.message(100, DDL_PREFIX, &guard_state(false)).unwrap();
+        a.commit(110);
+        // Changes of other transactions go on, but are not acknowledged.
+        a.begin(2, 150, 0);
+        a.data(0, &relation()).unwrap();
+        a.data(0, &insert("1")).unwrap();
+        a.commit(160);
+        assert_eq!(a.ack_limit(160), 100);
+        a.begin(3, 200, 0);
+        a.message(200, DDL_PREFIX, &guard_state(true)).unwrap();
+        a.commit(220);
+        let items = drain(&mut a);
+        assert_well_formed(&items);
+        let purge = items
+            .iter()
+            .rev()
+            .find_map(|i| match i {
+                Item::Changes(inv) => Some(inv),
+                _ => None,
+            })
+            .expect("the closing transaction carries the purge");
+        assert!(
+            purge.patterns.contains(&"product:*".to_string()),
+            "{purge:?}"
+        );
+        assert!(matches!(items.last(), Some(Item::Commit { end_lsn: 220 })));
+        assert_eq!(a.ack_limit(219), 100);
+        assert_eq!(a.ack_limit(220), 220);
+    }
+
+    #[test]
+    fn without_a_guard_ddl_messages_are_ignored() {
+        let mut a = assembler();
+        a.begin(1, 100, 0);
+        a.message(100, DDL_PREFIX, &guard_state(false)).unwrap();
+        a.commit(110);
+        assert_eq!(a.ack_limit(110), 110);
+    }
+
     #[test]
     fn a_non_transactional_message_inside_a_transaction_joins_it() {
         let mut a = assembler();
