@@ -181,13 +181,7 @@ rules:
     db.batch_execute("INSERT INTO places VALUES (1, point(1.5, -2), 'a')")
         .await
         .unwrap();
-    let end = current_wal_lsn(&db).await;
-    eventually(Duration::from_secs(60), "text mode to confirm", || async {
-        confirmed_flush_lsn(&db, "text_mode")
-            .await
-            .filter(|c| *c >= end)
-    })
-    .await;
+    confirmed(&db, "text_mode").await;
     let seen = kafka_invalidations(&svc.kafka, "text_mode");
     assert!(seen.contains("key:place:1:(1.5,-2)"), "{seen:?}");
 }

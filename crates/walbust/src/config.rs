@@ -102,6 +102,17 @@ pub struct GapPurge {
     pub patterns: Vec<String>,
 }
 
+impl GapPurge {
+    /// The extra entries as invalidations, purged with every gap.
+    pub fn invalidations(&self) -> walbust_rules::Invalidations {
+        walbust_rules::Invalidations {
+            keys: self.keys.clone(),
+            tags: self.tags.clone(),
+            patterns: self.patterns.clone(),
+        }
+    }
+}
+
 fn default_status_interval_ms() -> u64 {
     DEFAULT_STATUS_INTERVAL_MS
 }

@@ -167,6 +167,9 @@ struct Marked {
     written: String,
 }
 
+/// How long a marker write may take before walbust goes on without it.
+const MARKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Replaces the marker only if it still is the given text: `KEYS[1]`,
 /// expected text, new text. Atomic in Redis, so a walbust that took the slot
 /// over in the meantime is never overwritten.
@@ -218,12 +221,7 @@ impl MarkerHandle {
             .context("recording the stop position in the gap marker")?;
         Ok(replaced.is_some())
     }
-}
 
-/// How long a marker write may take before walbust goes on without it.
-const MARKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl MarkerHandle {
     /// [`renew`](Self::renew) as the reader's hook for each new replication
     /// session. A write that fails or hangs fails the session like a lost
     /// connection: the reader retries with backoff and acknowledges

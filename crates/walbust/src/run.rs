@@ -80,7 +80,6 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     // A gap found while streaming (see `restart_after_gap`) sends walbust
     // round this loop once more, purging once the slot it resumes on exists.
     let mut purge_first = false;
-    let mut guard_checked = false;
     loop {
         let rules = rules_rx.borrow().clone();
         let Some(slot) = prepare_source(&cfg, &spec, &rules, &shutdown).await? else {
@@ -90,10 +89,6 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             // After the new slot exists: every change it does not hold was
             // committed before the purge, so nothing can be re-cached stale.
             crate::gap::purge(&cfg, &rules, &sinks).await?;
-        }
-        if !guard_checked {
-            guard_checked = true;
-            ensure_ddl_guard(&cfg).await;
         }
         let marker = crate::gap::mark(&cfg).await?;
         tracing::info!(
@@ -127,11 +122,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             .with_in_effect(in_effect_tx.clone())
             .with_window_guard(
                 cfg.source.on_gap == crate::config::OnGap::Purge,
-                walbust_rules::Invalidations {
-                    keys: cfg.source.gap_purge.keys.clone(),
-                    tags: cfg.source.gap_purge.tags.clone(),
-                    patterns: cfg.source.gap_purge.patterns.clone(),
-                },
+                cfg.source.gap_purge.invalidations(),
             );
         if cfg.source.heartbeat_interval_ms > 0 {
             reader = reader.with_heartbeat(Duration::from_millis(cfg.source.heartbeat_interval_ms));
@@ -189,6 +180,9 @@ async fn prepare_source(
             let control = walbust_cdc::source::connect(&spec.url)
                 .await
                 .map_err(source)?;
+            // Before walbust's own publication changes, so that they are
+            // in the WAL for the guard's judgement too.
+            ensure_ddl_guard(&control, cfg.source.create).await;
             walbust_cdc::source::prepare_publication(&control, spec, &tables)
                 .await
                 .map_err(source)?;
@@ -268,30 +262,24 @@ async fn restart_after_gap(
 }
 
 /// Looks for the DDL guard (see `walbust_cdc::window`), installing it with
-/// `source.create: true` where the role may; warns without it, since a
-/// table withheld from the publication and restored between two checks
-/// then goes unseen.
-async fn ensure_ddl_guard(cfg: &Config) {
-    let found = async {
-        let control = walbust_cdc::source::connect(&cfg.source.url).await?;
-        let mut installed = walbust_cdc::source::ddl_guard_installed(&control).await?;
-        if !installed && cfg.source.create {
-            match walbust_cdc::source::install_ddl_guard(&control).await {
-                Ok(()) => {
-                    tracing::info!(
-                        trigger = walbust_cdc::window::GUARD_TRIGGER,
-                        "installed the DDL guard"
-                    );
-                    installed = true;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %Chain(&e), "could not install the DDL guard");
-                }
+/// `create` (`source.create: true`) where the role may; warns without it,
+/// since a table withheld from the publication and restored between two
+/// checks then goes unseen.
+async fn ensure_ddl_guard(control: &tokio_postgres::Client, create: bool) {
+    let installed = match walbust_cdc::source::ddl_guard_installed(control).await {
+        Ok(false) if create => match walbust_cdc::source::install_ddl_guard(control).await {
+            Ok(()) => {
+                tracing::info!(
+                    trigger = walbust_cdc::window::GUARD_TRIGGER,
+                    "installed the DDL guard"
+                );
+                true
             }
-        }
-        Ok::<_, walbust_cdc::SourceError>(installed)
-    };
-    let installed = match found.await {
+            Err(e) => {
+                tracing::debug!(error = %Chain(&e), "could not install the DDL guard");
+                false
+            }
+        },
         Ok(installed) => installed,
         Err(e) => {
             tracing::warn!(error = %Chain(&e), "could not look up the DDL guard");
