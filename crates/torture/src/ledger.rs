@@ -127,12 +127,27 @@ pub struct Change {
     pub kafka_records: u32,
     /// Its Redis counter at the final count.
     pub redis_count: i64,
+    /// When a purge (or, for a change decoded without a rule column, its
+    /// key) covering it was consumed from Kafka: a change the fault of its
+    /// cycle hid from the stream (see [`Ledger::hidden_until`]).
+    pub covered_ms: Option<u32>,
 }
 
 impl Change {
     fn delivered_redis(&self) -> bool {
         self.redis_ms.is_some() || self.redis_count > 0
     }
+}
+
+/// The key walbust's rules give row `id` (`seq:{id}`).
+fn row_of_key(key: &str) -> Option<i64> {
+    parse_number(key.strip_prefix("seq:")?)
+}
+
+/// Whether a pattern purges every key of the rules (`seq:*`, or a
+/// flush-all `*`).
+fn purges_every_row(pattern: &str) -> bool {
+    pattern == "*" || pattern == "seq:*"
 }
 
 /// Every change of a run, and what is still awaited.
@@ -160,6 +175,10 @@ pub struct Ledger {
     current_cycle: u32,
     /// Per cycle: Kafka records that carried a change again.
     redelivered: Vec<u64>,
+    /// Per cycle whose fault hides changes from the stream: when the fault
+    /// was over (milliseconds since the epoch). Changes of that cycle
+    /// committed by then may be covered by a purge instead of their tags.
+    hidden_until: HashMap<u32, u32>,
 }
 
 impl Ledger {
@@ -178,7 +197,18 @@ impl Ledger {
             kafka_records: 0,
             current_cycle: 0,
             redelivered: Vec::new(),
+            hidden_until: HashMap::new(),
         }
+    }
+
+    /// The fault of the current cycle, over at `at`, hid changes from the
+    /// stream: walbust covers them with a purge of the rules' keys (a
+    /// record with pattern `seq:*` or `*`) or, for a change decoded
+    /// without a rule column, with its key. Only changes of this cycle
+    /// committed by `at`, and only records consumed after `at`, count.
+    pub fn hidden_until(&mut self, at: Instant) {
+        let ms = self.ms(at);
+        self.hidden_until.insert(self.current_cycle, ms);
     }
 
     /// Redeliveries seen from now on happened in cycle `cycle`.
@@ -207,6 +237,7 @@ impl Ledger {
             kafka_ms: None,
             kafka_records: 0,
             redis_count: 0,
+            covered_ms: None,
         });
         self.redis_missing.insert(ix);
         self.kafka_missing.insert(ix);
@@ -291,8 +322,14 @@ impl Ledger {
         }
     }
 
-    /// Records one Kafka record carrying `tags`.
-    pub fn seen_in_kafka<'a>(&mut self, tags: impl IntoIterator<Item = &'a str>, at: Instant) {
+    /// Records one Kafka record carrying `tags`, `keys` and `patterns`.
+    pub fn seen_in_kafka<'a>(
+        &mut self,
+        tags: impl IntoIterator<Item = &'a str>,
+        keys: &[String],
+        patterns: &[String],
+        at: Instant,
+    ) {
         let ms = self.ms(at);
         self.kafka_records += 1;
         for tag in tags {
@@ -311,6 +348,49 @@ impl Ledger {
                     self.kafka_missing.remove(&ix);
                 }
                 None => self.unexpected(tag),
+            }
+        }
+        // After the tags: a change this record delivers is not covered.
+        self.cover(keys, patterns, ms);
+    }
+
+    /// Covers the current cycle's hidden changes that a record consumed at
+    /// `ms` invalidates by key or pattern (see [`Ledger::hidden_until`]):
+    /// changes committed before the fault was over and not delivered to
+    /// either sink. A change of such a cycle that walbust did send but had
+    /// not delivered yet when the purge arrived is covered too: the purge
+    /// did invalidate its key after its commit, but its own tag then goes
+    /// unchecked. Other fault kinds are checked by tag only.
+    fn cover(&mut self, keys: &[String], patterns: &[String], ms: u32) {
+        let Some(&until) = self.hidden_until.get(&self.current_cycle) else {
+            return;
+        };
+        if ms < until {
+            return;
+        }
+        let every_row = patterns.iter().any(|p| purges_every_row(p));
+        let rows: Vec<i64> = keys.iter().filter_map(|k| row_of_key(k)).collect();
+        if !every_row && rows.is_empty() {
+            return;
+        }
+        // Missing from both sinks: a change one sink showed was delivered,
+        // and the other must show it too.
+        let missing: Vec<ChangeIx> = self
+            .redis_missing
+            .intersection(&self.kafka_missing)
+            .copied()
+            .collect();
+        for ix in missing {
+            let Some(c) = self.changes.get_mut(ix as usize) else {
+                continue;
+            };
+            let hidden = c.cycle == self.current_cycle
+                && c.status == Status::Committed
+                && c.committed_ms.is_some_and(|t| t <= until);
+            if hidden && (every_row || rows.contains(&c.id.row())) {
+                c.covered_ms.get_or_insert(ms);
+                self.redis_missing.remove(&ix);
+                self.kafka_missing.remove(&ix);
             }
         }
     }
@@ -381,10 +461,14 @@ impl Ledger {
             match c.status {
                 Status::Committed => {
                     t.committed += 1;
-                    if !c.delivered_redis() {
+                    let covered = c.covered_ms.is_some();
+                    if covered {
+                        t.covered += 1;
+                    }
+                    if !c.delivered_redis() && !covered {
                         t.lost_redis += 1;
                     }
-                    if c.kafka_records == 0 {
+                    if c.kafka_records == 0 && !covered {
                         t.lost_kafka += 1;
                     }
                     if c.redis_count > 1 {
@@ -487,6 +571,9 @@ pub struct Tally {
     /// Rolled back, or not committed because of a crash: must never be
     /// invalidated.
     pub not_committed: u64,
+    /// Of those, changes the fault hid from the stream that a purge (or
+    /// their key) covered instead of their own tags.
+    pub covered: u64,
     pub lost_redis: u64,
     pub lost_kafka: u64,
     /// Kafka records, consumed during these cycles, that carried a change
@@ -511,6 +598,7 @@ impl Tally {
         self.committed += o.committed;
         self.resolved_committed += o.resolved_committed;
         self.not_committed += o.not_committed;
+        self.covered += o.covered;
         self.lost_redis += o.lost_redis;
         self.lost_kafka += o.lost_kafka;
         self.redelivered_kafka += o.redelivered_kafka;
@@ -574,6 +662,56 @@ mod tests {
         assert!(!delete.visible_in(Some(0)));
     }
 
+    /// A purge covers only the hidden changes of its own cycle, committed
+    /// before the fault was over, and only once consumed after it; a key
+    /// covers only its row. Anything else stays lost.
+    #[test]
+    fn a_purge_covers_only_what_its_fault_hid() {
+        let epoch = Instant::now();
+        let mut l = Ledger::new(epoch);
+        let earlier = l.register(ChangeId::Upsert { id: 1, n: 0 }, 0);
+        l.committed(earlier, Some(at(epoch, 5)));
+        l.set_cycle(1);
+        let hidden = l.register(ChangeId::Upsert { id: 2, n: 0 }, 1);
+        let by_key = l.register(ChangeId::Upsert { id: 3, n: 0 }, 1);
+        let after = l.register(ChangeId::Upsert { id: 4, n: 0 }, 1);
+        l.committed(hidden, Some(at(epoch, 10)));
+        l.committed(by_key, Some(at(epoch, 10)));
+        l.hidden_until(at(epoch, 20));
+        l.committed(after, Some(at(epoch, 30)));
+        let every = ["seq:*".to_owned()];
+        // Consumed before the fault was over: proves nothing.
+        l.seen_in_kafka([], &[], &every, at(epoch, 15));
+        assert!(l.change(hidden).unwrap().covered_ms.is_none());
+        l.seen_in_kafka([], &["seq:3".to_owned()], &[], at(epoch, 40));
+        assert!(l.change(by_key).unwrap().covered_ms.is_some());
+        assert!(l.change(hidden).unwrap().covered_ms.is_none());
+        // A record that delivers a change's own tag does not cover it.
+        let sent = l.register(ChangeId::Upsert { id: 5, n: 0 }, 1);
+        l.committed(sent, Some(at(epoch, 10)));
+        l.seen_in_kafka(["seq:5:0"], &["seq:5".to_owned()], &[], at(epoch, 45));
+        l.seen_in_redis(&[sent], at(epoch, 46));
+        assert!(l.change(sent).unwrap().covered_ms.is_none());
+        l.seen_in_kafka([], &[], &every, at(epoch, 50));
+        assert!(l.change(hidden).unwrap().covered_ms.is_some());
+        assert!(l.change(after).unwrap().covered_ms.is_none());
+        assert!(l.change(earlier).unwrap().covered_ms.is_none());
+
+        let (rows, total) = l.tally(&[Fault::WalbustKill, Fault::PublicationBlink]);
+        let (_, t) = rows
+            .iter()
+            .find(|r| r.0 == Fault::PublicationBlink)
+            .unwrap();
+        assert_eq!(t.committed, 4);
+        assert_eq!(t.covered, 2);
+        assert_eq!(
+            (t.lost_redis, t.lost_kafka),
+            (1, 1),
+            "the change after the fault"
+        );
+        assert_eq!(total.lost(), 4, "and the earlier cycle's change");
+    }
+
     /// The checker itself must catch a loss: a committed change that no
     /// sink ever showed is counted lost, per sink.
     #[test]
@@ -585,7 +723,7 @@ mod tests {
         l.committed(a, Some(at(epoch, 10)));
         l.committed(b, Some(at(epoch, 10)));
         l.seen_in_redis(&[a], at(epoch, 30));
-        l.seen_in_kafka(["seq:1:0"], at(epoch, 40));
+        l.seen_in_kafka(["seq:1:0"], &[], &[], at(epoch, 40));
         l.set_redis_count(a, 1);
         assert_eq!(
             l.awaited(),
@@ -626,9 +764,9 @@ mod tests {
         let rolled_back = l.register(ChangeId::Upsert { id: 2, n: 0 }, 0);
         l.committed(twice, Some(epoch));
         l.not_committed(rolled_back);
-        l.seen_in_kafka(["seq:1:0", "seq:2:0", "seq:99:0"], at(epoch, 5));
+        l.seen_in_kafka(["seq:1:0", "seq:2:0", "seq:99:0"], &[], &[], at(epoch, 5));
         l.set_cycle(1);
-        l.seen_in_kafka(["seq:1:0"], at(epoch, 6));
+        l.seen_in_kafka(["seq:1:0"], &[], &[], at(epoch, 6));
         l.set_redis_count(twice, 2);
         l.set_redis_count(rolled_back, 1);
         assert_eq!(l.unexpected_tags, ["seq:99:0"]);
@@ -669,7 +807,7 @@ mod tests {
             }
         );
         l.seen_in_redis(&[a], at(epoch, 1));
-        l.seen_in_kafka(["del:4"], at(epoch, 1));
+        l.seen_in_kafka(["del:4"], &[], &[], at(epoch, 1));
         assert!(l.awaited().nothing());
         let (rows, _) = l.tally(&[Fault::PostgresCrash]);
         let (_, t) = rows.iter().find(|r| r.0 == Fault::PostgresCrash).unwrap();

@@ -126,6 +126,10 @@ struct Record {
     v: u32,
     #[serde(default)]
     tags: Vec<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
 }
 
 /// A running Kafka observer.
@@ -259,7 +263,9 @@ fn consume(
             let payload = message.payload().unwrap_or_default();
             let mut l = lock(ledger);
             match serde_json::from_slice::<Record>(payload) {
-                Ok(r) if r.v == 1 => l.seen_in_kafka(r.tags.iter().map(String::as_str), at),
+                Ok(r) if r.v == 1 => {
+                    l.seen_in_kafka(r.tags.iter().map(String::as_str), &r.keys, &r.patterns, at)
+                }
                 _ => l.malformed_records += 1,
             }
             drop(l);

@@ -29,11 +29,23 @@ pub enum Fault {
     RedisOutage,
     /// Every Kafka broker down, then up again after an outage.
     KafkaOutage,
+    /// The table taken out of the publication, written to, and put back
+    /// within a second: a window walbust must purge (DDL guard).
+    PublicationBlink,
+    /// The table renamed, written to under its new name, and renamed back.
+    TableRename,
+    /// walbust's walsender terminated and the slot dropped and created
+    /// again under the same name while the writer goes on: a gap.
+    SlotReplace,
+    /// A rule column renamed and renamed back inside a transaction that
+    /// writes in between: the change in between is decoded without the
+    /// column.
+    ColumnRenameMidTx,
 }
 
 impl Fault {
     /// Every kind, in the order of the report's rows.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 12] = [
         Fault::WalbustKill,
         Fault::WalbustTerm,
         Fault::PostgresCrash,
@@ -42,6 +54,10 @@ impl Fault {
         Fault::WalsenderKillLargeTx,
         Fault::RedisOutage,
         Fault::KafkaOutage,
+        Fault::PublicationBlink,
+        Fault::TableRename,
+        Fault::SlotReplace,
+        Fault::ColumnRenameMidTx,
     ];
 
     /// How the report names it.
@@ -55,6 +71,10 @@ impl Fault {
             Fault::WalsenderKillLargeTx => "walsender terminated while streaming a large UPDATE",
             Fault::RedisOutage => "Redis outage (SIGKILL, restart)",
             Fault::KafkaOutage => "Kafka broker outage",
+            Fault::PublicationBlink => "table out of the publication and back within a second",
+            Fault::TableRename => "table renamed and renamed back",
+            Fault::SlotReplace => "slot dropped and created again while streaming",
+            Fault::ColumnRenameMidTx => "rule column renamed and back inside a transaction",
         }
     }
 
@@ -74,6 +94,10 @@ impl Fault {
             Fault::WalsenderKillLargeTx => "walsender-kill-large-tx",
             Fault::RedisOutage => "redis-outage",
             Fault::KafkaOutage => "kafka-outage",
+            Fault::PublicationBlink => "publication-blink",
+            Fault::TableRename => "table-rename",
+            Fault::SlotReplace => "slot-replace",
+            Fault::ColumnRenameMidTx => "column-rename-mid-tx",
         }
     }
 
@@ -144,7 +168,7 @@ pub enum Mode {
 }
 
 /// Cycles per fault kind in the full run.
-pub const FULL_COUNTS: [(Fault, usize); 8] = [
+pub const FULL_COUNTS: [(Fault, usize); 12] = [
     (Fault::WalbustKill, 200),
     (Fault::WalbustTerm, 20),
     (Fault::PostgresCrash, 35),
@@ -153,12 +177,16 @@ pub const FULL_COUNTS: [(Fault, usize); 8] = [
     (Fault::WalsenderKillLargeTx, 10),
     (Fault::RedisOutage, 10),
     (Fault::KafkaOutage, 10),
+    (Fault::PublicationBlink, 10),
+    (Fault::TableRename, 10),
+    (Fault::SlotReplace, 10),
+    (Fault::ColumnRenameMidTx, 10),
 ];
 
 /// Sink outages of the full run are spread evenly over this range.
 pub const FULL_OUTAGE: Span = Span::millis(15_000, 300_000);
 
-/// The quick run: each kind once, the cheap ones twice, 12 cycles.
+/// The quick run: each kind once, the cheap ones twice, 16 cycles.
 const QUICK_EXTRA: [Fault; 4] = [
     Fault::WalbustKill,
     Fault::PostgresCrash,
@@ -399,8 +427,8 @@ mod tests {
     #[test]
     fn cycles_mode_mixes_every_kind_in_each_block() {
         let mut rng = Rng::new(3);
-        let plan = Mode::Cycles(20).plan(Span::millis(1, 2), &[], &mut rng);
-        assert_eq!(plan.len(), 20);
+        let plan = Mode::Cycles(24).plan(Span::millis(1, 2), &[], &mut rng);
+        assert_eq!(plan.len(), 24);
         for block in plan.chunks(Fault::ALL.len()).take(2) {
             for fault in Fault::ALL {
                 assert_eq!(block.iter().filter(|c| c.fault == fault).count(), 1);

@@ -274,7 +274,7 @@ impl Report {
             }
         ));
         s.push_str(&format!(
-            "walbust at its default settings{}; Postgres with `wal_sender_timeout = 10s`; Redis \
+            "walbust at its default settings but `source.on_gap: purge`{}; Postgres with `wal_sender_timeout = 10s`; Redis \
              with an append-only file fsynced on every write.\n\n",
             if self.kafka_properties.is_empty() {
                 String::new()
@@ -286,14 +286,15 @@ impl Report {
             }
         ));
         s.push_str(
-            "| fault | cycles | committed changes | lost (Redis / Kafka) | duplicates | max lag (Redis / Kafka) |\n\
-             |---|---:|---:|---:|---:|---:|\n",
+            "| fault | cycles | committed changes | covered by a purge | lost (Redis / Kafka) | duplicates | max lag (Redis / Kafka) |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
         );
         let line = |label: &str, t: &Tally| {
             format!(
-                "| {label} | {} | {} | {} / {} | {} | {} / {} |\n",
+                "| {label} | {} | {} | {} | {} / {} | {} | {} / {} |\n",
                 t.cycles,
                 thousands(t.committed),
+                thousands(t.covered),
                 t.lost_redis,
                 t.lost_kafka,
                 thousands(t.redelivered_kafka),

@@ -31,7 +31,7 @@ use crate::plan::{Cycle, Fault, Mode, Rng, Span, Timing};
 use crate::report::{
     CycleRecord, Finding, Report, LARGE_ABORTED, LARGE_ACKNOWLEDGED, LARGE_ACK_LOST,
 };
-use crate::services::{self, Services, TOPIC};
+use crate::services::{self, Services, SLOT, TOPIC};
 use crate::walbust::{log_tail, Terminated, Walbust};
 use crate::workload::{self, Connect, LargeTx, Model, Workload};
 
@@ -94,6 +94,9 @@ struct Run<'a> {
     cut_at: Option<u64>,
     /// The large UPDATE a crash struck in the cycle being run.
     crashed_large: Option<LargeTx>,
+    /// Held by the writer for each transaction: a fault that writes
+    /// around DDL itself holds it to pause the writer.
+    gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub async fn run(opts: &Options) -> Result<Report> {
@@ -129,6 +132,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
         transactions: Default::default(),
     });
     let walbust = Walbust::new(&opts.walbust, &config, &opts.scratch, &opts.log_filter);
+    // The writer starts paused: each cycle opens the gate.
+    let gate = Arc::new(tokio::sync::Mutex::new(()));
     let mut run = Run {
         opts,
         svc,
@@ -144,12 +149,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
         large_took: Duration::from_secs(2),
         cut_at: None,
         crashed_large: None,
+        gate: Arc::clone(&gate),
     };
     run.walbust.start()?;
     run.wait_streaming().await?;
 
-    // The writer starts paused: each cycle opens the gate.
-    let gate = Arc::new(tokio::sync::Mutex::new(()));
     let mut paused: Option<OwnedMutexGuard<()>> = Some(Arc::clone(&gate).lock_owned().await);
     let connect: Connect = {
         let pg = Arc::clone(&run.svc.pg);
@@ -426,6 +430,46 @@ impl Run<'_> {
                 blocking(move || redis.restart()).await?;
                 format!("outage {}", secs(cycle.outage))
             }
+            Fault::PublicationBlink => {
+                let out = format!("ALTER PUBLICATION {SLOT} DROP TABLE seq");
+                let back = format!("ALTER PUBLICATION {SLOT} ADD TABLE seq");
+                self.write_in_window(&out, "seq", &back).await?
+            }
+            Fault::TableRename => {
+                self.write_in_window(
+                    "ALTER TABLE seq RENAME TO seq_tmp",
+                    "seq_tmp",
+                    "ALTER TABLE seq_tmp RENAME TO seq",
+                )
+                .await?
+            }
+            Fault::SlotReplace => {
+                let db = self.svc.db(Duration::from_secs(30)).await?;
+                let note = self.replace_slot(&db).await?;
+                lock(&self.ledger).hidden_until(Instant::now());
+                note
+            }
+            Fault::ColumnRenameMidTx => {
+                let db = self.svc.db(Duration::from_secs(30)).await?;
+                let _paused = self.gate.lock().await;
+                let ids = workload::fresh_ids(&self.work, 2);
+                let sql = format!(
+                    "BEGIN; INSERT INTO seq (id, n) VALUES ({a}, 0); \
+                     ALTER TABLE seq RENAME COLUMN n TO n_tmp; \
+                     INSERT INTO seq (id, n_tmp) VALUES ({b}, 0); \
+                     ALTER TABLE seq RENAME COLUMN n_tmp TO n; COMMIT;",
+                    a = ids[0],
+                    b = ids[1]
+                );
+                let answered = workload::scripted(&self.work, &db, &ids, &sql).await?;
+                lock(&self.ledger).hidden_until(Instant::now());
+                format!(
+                    "rows {} and {} written around the rename{}",
+                    ids[0],
+                    ids[1],
+                    if answered { "" } else { " (answer lost)" }
+                )
+            }
             Fault::KafkaOutage => {
                 let kafka = Arc::clone(&self.svc.kafka);
                 blocking(move || kafka.broker_down()).await?;
@@ -436,6 +480,65 @@ impl Run<'_> {
                 format!("outage {}", secs(cycle.outage))
             }
         })
+    }
+
+    /// With the writer paused: `open` (DDL that hides table `seq` from the
+    /// stream), a few single-row inserts into `table` (its name meanwhile),
+    /// a pause of up to a second, and `close` (DDL that shows it again).
+    async fn write_in_window(&mut self, open: &str, table: &str, close: &str) -> Result<String> {
+        let db = self.svc.db(Duration::from_secs(30)).await?;
+        let _paused = Arc::clone(&self.gate).lock_owned().await;
+        db.batch_execute(open)
+            .await
+            .with_context(|| format!("cannot run {open}"))?;
+        let rows = 1 + self.rng.index(3);
+        for _ in 0..rows {
+            let ids = workload::fresh_ids(&self.work, 1);
+            let sql = format!("INSERT INTO {table} (id, n) VALUES ({}, 0)", ids[0]);
+            workload::scripted(&self.work, &db, &ids, &sql).await?;
+        }
+        let open_for = Span::millis(0, 1_000).pick(&mut self.rng);
+        sleep(open_for).await;
+        db.batch_execute(close)
+            .await
+            .with_context(|| format!("cannot run {close}"))?;
+        lock(&self.ledger).hidden_until(Instant::now());
+        Ok(format!(
+            "{rows} rows written in a window of {}",
+            secs(open_for)
+        ))
+    }
+
+    /// Terminates walbust's walsender and, before walbust reconnects,
+    /// drops the slot and creates it again under the same name, while the
+    /// writer goes on: the new slot starts past whatever walbust had not
+    /// acknowledged.
+    async fn replace_slot(&mut self, db: &Client) -> Result<String> {
+        let terminate = format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+             WHERE slot_name = '{SLOT}' AND active_pid IS NOT NULL"
+        );
+        let replace = format!(
+            "SELECT pg_drop_replication_slot('{SLOT}'), \
+             pg_create_logical_replication_slot('{SLOT}', 'pgoutput')"
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            db.batch_execute(&terminate)
+                .await
+                .context("cannot terminate the walsender")?;
+            // Fails while the walsender is still exiting, or once walbust
+            // got back in first: try again.
+            match db.batch_execute(&replace).await {
+                Ok(()) => return Ok(format!("slot replaced (attempt {attempts})")),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).context("cannot replace the slot");
+                }
+                Err(_) => sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     async fn crash_postgres(&self) -> Result<()> {

@@ -37,6 +37,9 @@ rules:
     tags: ["del:{id}"]
 "#;
 
+/// walbust's DDL guard (event trigger), as the setup script installs it.
+const DDL_GUARD: &str = include_str!("../../cdc/src/ddl_guard.sql");
+
 /// Field order is drop order: Kafka (the mock cluster) goes last, after
 /// anything that might still talk to it.
 pub struct Services {
@@ -80,6 +83,11 @@ impl Services {
         db.batch_execute(&format!("CREATE PUBLICATION {SLOT} FOR TABLE seq"))
             .await
             .context("cannot create the publication")?;
+        // As deploy/postgres-setup.sql installs it: the publication and
+        // table faults need it.
+        db.batch_execute(DDL_GUARD)
+            .await
+            .context("cannot install the DDL guard")?;
         // A statement of its own: a slot cannot be created in a transaction
         // that wrote.
         db.execute(
@@ -92,8 +100,10 @@ impl Services {
     }
 
     /// Writes the rules and walbust's configuration into `dir`. Everything
-    /// not needed to reach the services is left at walbust's defaults: the
-    /// run tests walbust as users run it.
+    /// not needed to reach the services is left at walbust's defaults (the
+    /// run tests walbust as users run it), but for `source.on_gap: purge`:
+    /// the slot and publication faults are gaps, which walbust otherwise
+    /// refuses (exit 3) by design.
     /// `kafka_properties` go to `sinks.kafka.properties`.
     pub fn write_config(
         &self,
@@ -102,7 +112,7 @@ impl Services {
     ) -> Result<PathBuf> {
         std::fs::write(dir.join("rules.yaml"), RULES).context("cannot write rules.yaml")?;
         let mut config = format!(
-            "source:\n  url: \"{pg}\"\n  publication: {SLOT}\n  slot: {SLOT}\n\
+            "source:\n  url: \"{pg}\"\n  publication: {SLOT}\n  slot: {SLOT}\n  on_gap: purge\n\
              rules: rules.yaml\n\
              sinks:\n  redis:\n    url: \"{redis}\"\n    tag_strategy: version\n\
              \x20 kafka:\n    brokers: \"{kafka}\"\n    topic: {TOPIC}\n",

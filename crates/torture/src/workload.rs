@@ -177,7 +177,8 @@ fn fresh_n(work: &Workload) -> i32 {
     n
 }
 
-fn fresh_ids(work: &Workload, n: usize) -> Vec<i64> {
+/// Ids never used before.
+pub fn fresh_ids(work: &Workload, n: usize) -> Vec<i64> {
     let mut m = work.model();
     let first = m.next_id;
     m.next_id += n as i64;
@@ -295,8 +296,33 @@ async fn rolled_back(work: &Workload, client: &Client, rng: &mut Rng) -> bool {
     }
 }
 
+/// New rows `ids` (each with `n = 0`) written by `sql`, for faults that
+/// write around DDL themselves (the writer paused): registered before,
+/// settled from the answer like the writer's own changes. `Ok(false)` when
+/// the answer was lost (the rows stay in doubt).
+pub async fn scripted(work: &Workload, client: &Client, ids: &[i64], sql: &str) -> Result<bool> {
+    let changes: Vec<ChangeId> = ids
+        .iter()
+        .map(|&id| ChangeId::Upsert { id, n: 0 })
+        .collect();
+    let ixs = work.register(&changes);
+    match tokio::time::timeout(STATEMENT_TIMEOUT, client.batch_execute(sql)).await {
+        Ok(Ok(())) => {
+            work.settle(&ixs, Outcome::Committed(Instant::now()));
+            work.model().live.extend(ids.iter().map(|&id| (id, 0)));
+            Ok(true)
+        }
+        // A statement Postgres refused changed nothing: the script is wrong.
+        Ok(Err(e)) if e.as_db_error().is_some() => {
+            work.settle(&ixs, Outcome::RolledBack);
+            Err(e).with_context(|| format!("the fault's script failed: {sql}"))
+        }
+        _ => Ok(doubt(work, &ixs, ids)),
+    }
+}
+
 /// `(id, 0), ...` for literal integers.
-fn values(ids: &[i64]) -> String {
+pub fn values(ids: &[i64]) -> String {
     ids.iter()
         .map(|id| format!("({id}, 0)"))
         .collect::<Vec<_>>()
