@@ -246,3 +246,105 @@ async fn a_slot_replaced_while_walbust_was_stopped_is_a_gap() {
     walbust.signal("TERM");
     assert!(walbust.wait(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_replaced_after_a_crash_is_a_gap() {
+    let (svc, db, config) = first_run().await;
+    let mut redis = svc.redis.connection().await.unwrap();
+
+    // walbust streams, acknowledges a change, and is killed: it records no
+    // stop position, only the ceiling it wrote before acknowledging.
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    let (_, before, _) = {
+        let mut db = svc.pg.connect().await.unwrap();
+        commit(&mut db, "INSERT INTO items VALUES (1)").await
+    };
+    wait_confirmed_past(&db, before).await;
+    walbust.kill();
+    let marker: String = redis::cmd("GET")
+        .arg("walbust:marker:walbust")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        marker.contains("acked_up_to") && !marker.contains("stopped_at"),
+        "{marker}"
+    );
+
+    // A crashed walbust restarted on the same slot carries on.
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    set_keys(&mut redis, &["item:2"]).await;
+    db.execute("INSERT INTO items VALUES (2)", &[])
+        .await
+        .unwrap();
+    assert_invalidated(&mut redis, &["item:2"], &[], "the restart").await;
+    walbust.kill();
+
+    // Made again under the same name after a change: the new slot starts
+    // past the ceiling.
+    db.execute("INSERT INTO items VALUES (4)", &[])
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the slot replaced", || async {
+        db.batch_execute(
+            "SELECT pg_drop_replication_slot('walbust'), pg_create_logical_replication_slot('walbust', 'pgoutput')",
+        )
+        .await
+        .ok()
+    })
+    .await;
+    let out = run_to_exit(&config).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the furthest walbust could have acknowledged"),
+        "{err}"
+    );
+
+    purge_on_gap(&config);
+    set_keys(&mut redis, &["item:4", "other:1"]).await;
+    let walbust = Walbust::start(&config);
+    assert_invalidated(&mut redis, &["item:4"], &["other:1"], "the purge").await;
+    streams_on(&db, &mut redis, walbust, "gap in the change stream").await;
+}
+
+/// A marker Redis lost while walbust runs (restarted without persistence,
+/// evicted, flushed) is written again before the next acknowledgement, so
+/// a crash after it is still judged against a ceiling.
+#[tokio::test]
+async fn a_marker_lost_while_running_is_written_again() {
+    let (svc, db, config) = first_run().await;
+    let mut redis = svc.redis.connection().await.unwrap();
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+
+    let _: () = redis::cmd("DEL")
+        .arg("walbust:marker:walbust")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // The change commits past any ceiling written before the marker went:
+    // acknowledging it needs a new one.
+    let (_, before, _) = {
+        let mut db = svc.pg.connect().await.unwrap();
+        commit(&mut db, "INSERT INTO items VALUES (1)").await
+    };
+    wait_confirmed_past(&db, before).await;
+    let marker: Option<String> = redis::cmd("GET")
+        .arg("walbust:marker:walbust")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let marker = marker.expect("the marker written again before the acknowledgement");
+    assert!(
+        marker.contains("system_identifier") && marker.contains("acked_up_to"),
+        "{marker}"
+    );
+    assert!(
+        walbust.log().contains("the gap marker was gone from Redis"),
+        "{}",
+        walbust.log()
+    );
+}

@@ -20,6 +20,9 @@
 //! - [`window`]: the DDL guard's messages; windows in which the
 //!   publication withheld rule tables, held back from acknowledgement
 //!   until purged.
+//! - [`fence`]: acknowledgements behind a ceiling written to the gap
+//!   marker first, so that a slot moved by someone else is told after a
+//!   crash too.
 //! - [`metrics`]: metric names of this side.
 //! - [`error`]: [`SourceError`] (checks before streaming) and
 //!   [`StreamError`] (while streaming), each knowing whether it is transient.
@@ -28,6 +31,7 @@ pub mod assemble;
 pub mod binary;
 pub mod catalog;
 pub mod error;
+pub mod fence;
 pub mod metrics;
 pub mod monitor;
 pub mod reader;
@@ -37,5 +41,6 @@ pub mod window;
 
 pub use assemble::{ChangeEvent, ChangeTap};
 pub use error::{SourceError, StreamError};
+pub use fence::OnAck;
 pub use reader::{OnStream, Reader, Stopped, StreamSpec};
 pub use source::{ConnParams, SlotState, SourceSpec};

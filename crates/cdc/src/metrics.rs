@@ -50,6 +50,10 @@ pub const DDL_WINDOW_OPEN: &str = "walbust_ddl_window_open";
 /// at start).
 pub const DDL_GUARD_INSTALLED: &str = "walbust_ddl_guard_installed";
 
+/// Writes of the acknowledgement ceiling (the gap marker) that failed and
+/// are retried: acknowledgements wait meanwhile (see [`crate::fence`]).
+pub const ACK_CEILING_FAILURES: &str = "walbust_ack_ceiling_failures_total";
+
 /// Rule sets handed to the reader, label `result` (applied, refused).
 pub const RULE_RELOADS: &str = "walbust_rule_reloads_total";
 
@@ -144,6 +148,10 @@ pub fn describe() {
     describe_counter!(
         DDL_WINDOWS,
         "Windows in which the publication withheld rule tables, by how they were closed"
+    );
+    describe_counter!(
+        ACK_CEILING_FAILURES,
+        "Failed writes of the acknowledgement ceiling to the gap marker (retried; acknowledgements wait)"
     );
     describe_gauge!(
         DDL_WINDOW_OPEN,

@@ -96,6 +96,7 @@ pub struct Reader {
     window_guard: Option<crate::window::WindowGuard>,
     in_effect: Option<watch::Sender<Arc<RuleSet>>>,
     on_stream: Option<OnStream>,
+    on_ack: Option<crate::fence::OnAck>,
 }
 
 impl Reader {
@@ -112,6 +113,7 @@ impl Reader {
             window_guard: None,
             in_effect: None,
             on_stream: None,
+            on_ack: None,
         }
     }
 
@@ -156,6 +158,13 @@ impl Reader {
     /// anything on that session.
     pub fn with_on_stream(mut self, hook: OnStream) -> Self {
         self.on_stream = Some(hook);
+        self
+    }
+
+    /// Acknowledges nothing past a ceiling `hook` has not written first
+    /// (see [`crate::fence`]); a new session starts without one.
+    pub fn with_ack_fence(mut self, hook: crate::fence::OnAck) -> Self {
+        self.on_ack = Some(hook);
         self
     }
 
@@ -214,6 +223,7 @@ impl Reader {
             checks: self.checks,
             catalog,
             on_stream: self.on_stream,
+            fence: self.on_ack.map(crate::fence::AckFence::new),
             client: None,
             rules_rx,
             asm,
@@ -250,6 +260,8 @@ struct Session {
     /// Where the catalog is read (the checks' URL, or [`Reader::with_catalog`]).
     catalog: Option<String>,
     on_stream: Option<OnStream>,
+    /// The acknowledgement ceiling, with [`Reader::with_ack_fence`].
+    fence: Option<crate::fence::AckFence>,
     /// The current replication connection, if any.
     client: Option<ReplicationClient>,
     rules_rx: watch::Receiver<Arc<RuleSet>>,
@@ -444,6 +456,9 @@ impl Session {
                 return Err(StreamError::OnStream { source });
             }
         }
+        if let Some(fence) = &mut self.fence {
+            fence.reset();
+        }
         if self.streamed_from.is_none() {
             self.streamed_from = resumes_at;
         }
@@ -478,6 +493,14 @@ impl Session {
                 }
                 ev = recv(&mut self.client) => Next::Event(ev.map_err(|source| StreamError::Replication { source })?),
                 Some(problem) = recv_problem(&mut self.monitor) => return Err(StreamError::Source(problem)),
+                raised = raised(&mut self.fence) => match raised {
+                    Ok(()) => Next::Confirmed,
+                    Err(e) => {
+                        metrics::counter!(m::ACK_CEILING_FAILURES).increment(1);
+                        tracing::warn!(error = %Chain(e.as_ref()), "could not record the acknowledgement ceiling in the gap marker; acknowledgements wait until it is written (retrying)");
+                        continue;
+                    }
+                }
             };
             match next {
                 Next::Shutdown => return self.finish().await,
@@ -671,7 +694,10 @@ impl Session {
     }
 
     fn ack(&mut self, lsn: u64) {
-        let lsn = self.asm.ack_limit(lsn);
+        let mut lsn = self.asm.ack_limit(lsn);
+        if let Some(fence) = &mut self.fence {
+            lsn = fence.admit(lsn, self.server_wal_end);
+        }
         if lsn <= self.acked {
             return;
         }
@@ -710,6 +736,15 @@ impl Session {
             }
         }
         self.apply_confirmed();
+        // The last acknowledgement may wait for its ceiling.
+        while let Some(fence) = self.fence.as_mut().filter(|f| f.raising()) {
+            if let Err(e) = fence.raised().await {
+                fence.abandon();
+                tracing::warn!(error = %Chain(e.as_ref()), "could not record the acknowledgement ceiling; the last confirmed changes are sent again at the next start");
+                break;
+            }
+            self.apply_confirmed();
+        }
         if let Some(mut client) = self.client.take() {
             let deadline = Instant::now() + FINAL_FEEDBACK_TIMEOUT;
             while client.feedback_pending_since().is_some() && Instant::now() < deadline {
@@ -756,6 +791,15 @@ async fn recv(
 ) -> pgwire_replication::Result<Option<ReplicationEvent>> {
     match client {
         Some(c) => c.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the acknowledgement ceiling's raise in flight finished
+/// (never without a fence or a raise).
+async fn raised(fence: &mut Option<crate::fence::AckFence>) -> Result<(), crate::fence::BoxError> {
+    match fence {
+        Some(fence) => fence.raised().await,
         None => std::future::pending().await,
     }
 }

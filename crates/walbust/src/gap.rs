@@ -14,15 +14,16 @@
 //! | present | missing | gap: the slot was dropped or lost |
 //! | other system identifier | any | gap: a different server (failover, restore) |
 //! | stopped at an LSN | ahead of that LSN | gap: the slot was dropped and made again (or advanced) |
+//! | a ceiling, no stop (a crash) | ahead of the ceiling | the same |
 //!
-//! The last row needs to know how far walbust moved the slot. Only a clean
-//! stop records that (see [`MarkerHandle::record_stop`]): a walbust that
-//! stops acknowledging records its final position, and a slot can only be
-//! past it if someone else moved it. A crash records nothing, and the
-//! marker then says nothing about the position (the rows above still hold).
-//! Writing a position while running would need every acknowledgement to
-//! wait for Redis first, or the slot could legitimately be ahead of the
-//! marker; a stopped walbust has nothing left to acknowledge.
+//! The last rows need to know how far walbust moved the slot; a slot can
+//! only be past that if someone else moved it. A clean stop records its
+//! final position (see [`MarkerHandle::record_stop`]). While running,
+//! walbust acknowledges nothing past a ceiling it wrote into the marker
+//! first ([`MarkerHandle::raise`], the reader's [`walbust_cdc::fence`]): the
+//! server's WAL end as last reported, raised at most every 200 ms, so one
+//! write serves many acknowledgements and only the slot's position waits,
+//! never an invalidation. After a crash the ceiling is what is left.
 //!
 //! On a gap walbust refuses to start (`source.on_gap: refuse`, the default)
 //! or, with `source.on_gap: purge`, purges everything the rules cover plus
@@ -62,6 +63,13 @@ struct Marker {
     /// of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stopped_at: Option<String>,
+    /// While walbust runs: it acknowledges nothing past this position
+    /// (`X/Y`) before writing a higher one here (see
+    /// [`walbust_cdc::fence`]), so a slot past it after a crash was moved by
+    /// someone else. Absent until a run's first acknowledgement, and in
+    /// markers of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acked_up_to: Option<String>,
 }
 
 /// A gap was found and the configuration says to refuse.
@@ -143,6 +151,7 @@ pub async fn mark(cfg: &Config) -> Result<Option<MarkerHandle>> {
         database: conn.database,
         run: None,
         stopped_at: None,
+        acked_up_to: None,
     };
     let handle = MarkerHandle(Arc::new(tokio::sync::Mutex::new(Marked {
         key: marker_key(&cfg.source.slot),
@@ -173,7 +182,35 @@ const MARKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Replaces the marker only if it still is the given text: `KEYS[1]`,
 /// expected text, new text. Atomic in Redis, so a walbust that took the slot
 /// over in the meantime is never overwritten.
-const REPLACE_IF_UNCHANGED: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('SET', KEYS[1], ARGV[2]) end return false";
+/// Replaces the marker if it still holds what this walbust wrote (1), or
+/// writes it again if it is gone (2: Redis restarted without persistence,
+/// evicted or flushed it); leaves a marker another walbust renewed (0).
+const REPLACE_IF_UNCHANGED: &str = "local cur = redis.call('GET', KEYS[1]) \
+if cur == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end \
+if cur == false then redis.call('SET', KEYS[1], ARGV[2]) return 2 end \
+return 0";
+
+/// Writes `text` over the marker this walbust wrote last (see
+/// [`REPLACE_IF_UNCHANGED`]); false if another walbust renewed it.
+async fn replace(marked: &Marked, text: &str, what: &str) -> Result<bool> {
+    let mut redis = redis_connection(&marked.redis).await?;
+    let outcome: i64 = redis::cmd("EVAL")
+        .arg(REPLACE_IF_UNCHANGED)
+        .arg(1)
+        .arg(&marked.key)
+        .arg(&marked.written)
+        .arg(text)
+        .query_async(&mut redis)
+        .await
+        .with_context(|| format!("{what} in the gap marker"))?;
+    if outcome == 2 {
+        tracing::warn!(
+            key = %marked.key,
+            "the gap marker was gone from Redis (restarted without persistence, evicted or flushed); written again"
+        );
+    }
+    Ok(outcome != 0)
+}
 
 impl MarkerHandle {
     /// Writes the marker under a new run id and without a stop position.
@@ -185,6 +222,7 @@ impl MarkerHandle {
         let mut marked = self.0.lock().await;
         marked.marker.run = Some(run_id());
         marked.marker.stopped_at = None;
+        marked.marker.acked_up_to = None;
         let text = serde_json::to_string(&marked.marker)?;
         let mut redis = redis_connection(&marked.redis).await?;
         let _: () = redis::cmd("SET")
@@ -209,17 +247,44 @@ impl MarkerHandle {
         let marked = self.0.lock().await;
         let mut stopped = marked.marker.clone();
         stopped.stopped_at = Some(walbust_pgoutput::format_lsn(confirmed_lsn));
-        let mut redis = redis_connection(&marked.redis).await?;
-        let replaced: Option<String> = redis::cmd("EVAL")
-            .arg(REPLACE_IF_UNCHANGED)
-            .arg(1)
-            .arg(&marked.key)
-            .arg(&marked.written)
-            .arg(serde_json::to_string(&stopped)?)
-            .query_async(&mut redis)
-            .await
-            .context("recording the stop position in the gap marker")?;
-        Ok(replaced.is_some())
+        replace(
+            &marked,
+            &serde_json::to_string(&stopped)?,
+            "recording the stop position",
+        )
+        .await
+    }
+
+    /// Raises the acknowledgement ceiling to `lsn`, unless another walbust
+    /// renewed the marker since (an error: this one no longer streams the
+    /// slot it thought it did).
+    pub async fn raise(&self, lsn: u64) -> Result<()> {
+        let mut marked = self.0.lock().await;
+        let mut raised = marked.marker.clone();
+        raised.acked_up_to = Some(walbust_pgoutput::format_lsn(lsn));
+        let text = serde_json::to_string(&raised)?;
+        anyhow::ensure!(
+            replace(&marked, &text, "raising the acknowledgement ceiling").await?,
+            "the gap marker {} was renewed by another walbust",
+            marked.key
+        );
+        marked.marker = raised;
+        marked.written = text;
+        Ok(())
+    }
+
+    /// [`raise`](Self::raise) as the reader's acknowledgement fence.
+    pub fn on_ack(&self) -> walbust_cdc::OnAck {
+        let handle = self.clone();
+        Arc::new(move |lsn| {
+            let handle = handle.clone();
+            Box::pin(async move {
+                match tokio::time::timeout(MARKER_TIMEOUT, handle.raise(lsn)).await {
+                    Ok(raised) => raised.map_err(Into::into),
+                    Err(elapsed) => Err(elapsed.into()),
+                }
+            })
+        })
     }
 
     /// [`renew`](Self::renew) as the reader's hook for each new replication
@@ -283,15 +348,20 @@ fn judge(marker: &Marker, system: &str, slot: Option<u64>) -> Verdict {
     let Some(confirmed) = slot else {
         return Verdict::Gap("the slot no longer exists".to_string());
     };
-    let stopped = marker
-        .stopped_at
-        .as_deref()
-        .and_then(walbust_pgoutput::parse_lsn);
-    if let Some(stopped) = stopped.filter(|&s| s < confirmed) {
+    let lsn = |text: &Option<String>| text.as_deref().and_then(walbust_pgoutput::parse_lsn);
+    let ceiling = match (lsn(&marker.stopped_at), lsn(&marker.acked_up_to)) {
+        (Some(stopped), _) => Some((stopped, "where walbust stopped")),
+        (None, Some(ceiling)) => Some((
+            ceiling,
+            "the furthest walbust could have acknowledged before it ended",
+        )),
+        (None, None) => None,
+    };
+    if let Some((ceiling, what)) = ceiling.filter(|&(c, _)| c < confirmed) {
         return Verdict::Gap(format!(
-            "the slot resumes at {}, past {} where walbust stopped: it was dropped and created again, or advanced, meanwhile",
+            "the slot resumes at {}, past {} {what}: it was dropped and created again, or advanced, meanwhile",
             walbust_pgoutput::format_lsn(confirmed),
-            walbust_pgoutput::format_lsn(stopped)
+            walbust_pgoutput::format_lsn(ceiling)
         ));
     }
     Verdict::Continuous
@@ -399,6 +469,7 @@ mod tests {
             database: "shop".into(),
             run: None,
             stopped_at: None,
+            acked_up_to: None,
         }
     }
 
@@ -439,6 +510,30 @@ mod tests {
         assert!(matches!(
             judge(&stopped, system, Some(0x3001)),
             Verdict::Gap(why) if why.contains("resumes at 0/3001, past 0/3000")
+        ));
+    }
+
+    #[test]
+    fn a_slot_past_the_ceiling_of_a_crashed_run_is_a_gap() {
+        let crashed = Marker {
+            acked_up_to: Some("0/5000".into()),
+            ..marker()
+        };
+        let system = "7300000000000000001";
+        assert_eq!(judge(&crashed, system, Some(0x5000)), Verdict::Continuous);
+        assert_eq!(judge(&crashed, system, Some(0x4000)), Verdict::Continuous);
+        assert!(matches!(
+            judge(&crashed, system, Some(0x5001)),
+            Verdict::Gap(why) if why.contains("past 0/5000 the furthest walbust could have acknowledged")
+        ));
+        // A clean stop's exact position wins over the ceiling.
+        let stopped = Marker {
+            stopped_at: Some("0/3000".into()),
+            ..crashed
+        };
+        assert!(matches!(
+            judge(&stopped, system, Some(0x4000)),
+            Verdict::Gap(why) if why.contains("past 0/3000 where walbust stopped")
         ));
     }
 

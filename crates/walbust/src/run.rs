@@ -128,7 +128,9 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             reader = reader.with_heartbeat(Duration::from_millis(cfg.source.heartbeat_interval_ms));
         }
         if let Some(marker) = &marker {
-            reader = reader.with_on_stream(marker.on_stream());
+            reader = reader
+                .with_on_stream(marker.on_stream())
+                .with_ack_fence(marker.on_ack());
         }
         if let Some(tap) = hooks.tap.clone() {
             reader = reader.with_tap(tap);
