@@ -178,6 +178,34 @@ async fn refuses_a_missing_slot_without_create() {
     );
 }
 
+/// A rule reading a column the table does not have stops start-up, as a
+/// reload naming it is refused, before the slot is created (nothing left
+/// behind holding WAL), with the rule's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_rule_column_the_table_does_not_have_before_creating_anything() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let config = svc.write_config(
+        "version: 1\nrules:\n  - table: public.t\n    keys: [\"t:{id}:{idd}\"]\n",
+        false,
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        walbust(&["run", "--config", config.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("table public.t") && err.contains("\"idd\"") && err.contains("rules.yaml:4:"),
+        "{err}"
+    );
+    assert!(!slot_exists(&db, "walbust").await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_lost_slot() {
     // A tiny WAL retention limit and a few WAL segments of writes make the

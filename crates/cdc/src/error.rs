@@ -97,6 +97,12 @@ pub enum SourceError {
     UnseenWindow(Box<UnseenWindow>),
     #[error("table {table} named by the rules does not exist")]
     TableMissing { table: String },
+    #[error("the rules do not fit table {table} as the publication sends it now")]
+    RulesDoNotFit {
+        table: String,
+        #[source]
+        source: walbust_rules::BindError,
+    },
     #[error(
         "replication slot \"{slot}\" does not exist: create it with SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput') or set source.create: true"
     )]
@@ -142,6 +148,7 @@ impl SourceError {
             SourceError::SlotWrongKind { .. } => "slot_wrong_kind",
             SourceError::SlotLost { .. } => "slot_lost",
             SourceError::SlotAhead { .. } => "slot_ahead",
+            SourceError::RulesDoNotFit { .. } => "rules",
             SourceError::UnseenWindow(_) => "unseen_window",
         }
     }

@@ -252,6 +252,34 @@ pub async fn check_sends(client: &Client, name: &str, rules: &RuleSet) -> Result
     }
 }
 
+/// Binds the rules to the columns publication `publication` sends of each
+/// table they name, as the reader will once the table is described: a rule
+/// reading a column the table does not have (or the publication leaves
+/// out) is refused before anything streams. Only the catalog as it is now
+/// counts; a column missing from an older description in the stream falls
+/// back instead (see [`crate::relations`]). Tables missing from the catalog
+/// pass: the publication checks report them.
+pub async fn check_columns(
+    client: &Client,
+    publication: &Publication,
+    rules: &RuleSet,
+) -> Result<(), SourceError> {
+    for table in rules.tables() {
+        let Some(info) = crate::catalog::table(client, &table, Some(&publication.name)).await?
+        else {
+            continue;
+        };
+        let columns = info.sent_columns(publication.generated_columns);
+        rules
+            .bind(&table.schema, &table.name, &columns)
+            .map_err(|source| SourceError::RulesDoNotFit {
+                table: table.to_string(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
 /// What `publication` withholds from the rules, every problem once:
 ///
 /// - operations the rules react to that it does not publish

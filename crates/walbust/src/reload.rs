@@ -280,18 +280,11 @@ async fn database_refusal(
     if let Some(problem) = walbust_cdc::source::withheld(&publication, set).first() {
         return Ok(Some(walbust_flow::Chain(problem).to_string()));
     }
-    for table in &tables {
-        let Some(info) =
-            walbust_cdc::catalog::table(&client, table, Some(&check.publication)).await?
-        else {
-            continue;
-        };
-        let columns = info.sent_columns(publication.generated_columns);
-        if let Err(e) = set.bind(&table.schema, &table.name, &columns) {
-            return Ok(Some(e.to_string()));
-        }
+    match walbust_cdc::source::check_columns(&client, &publication, set).await {
+        Err(walbust_cdc::SourceError::RulesDoNotFit { source, .. }) => Ok(Some(source.to_string())),
+        Err(e) => Err(e),
+        Ok(()) => Ok(None),
     }
-    Ok(None)
 }
 
 fn read(path: &Path) -> Result<String, String> {

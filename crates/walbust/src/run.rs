@@ -193,6 +193,15 @@ async fn prepare_source(
             walbust_cdc::source::check_sends(&control, &spec.publication, rules)
                 .await
                 .map_err(source)?;
+            if let Some(publication) =
+                walbust_cdc::catalog::publication(&control, &spec.publication)
+                    .await
+                    .map_err(source)?
+            {
+                walbust_cdc::source::check_columns(&control, &publication, rules)
+                    .await
+                    .map_err(source)?;
+            }
             if cfg.source.binary {
                 walbust_cdc::relations::check_binary(&control, &spec.publication, rules).await?;
             }
