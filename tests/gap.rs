@@ -348,3 +348,46 @@ async fn a_marker_lost_while_running_is_written_again() {
         walbust.log()
     );
 }
+
+/// With nothing to acknowledge, a marker Redis lost is written again by
+/// the periodic check (every 10 s).
+#[tokio::test]
+async fn a_marker_lost_while_quiet_is_written_again() {
+    let (svc, db, config) = first_run().await;
+    let mut redis = svc.redis.connection().await.unwrap();
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    let written: String = redis::cmd("GET")
+        .arg("walbust:marker:walbust")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("walbust:marker:walbust")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let again = eventually(Duration::from_secs(30), "the marker written again", || {
+        let mut redis = redis.clone();
+        async move {
+            redis::cmd("GET")
+                .arg("walbust:marker:walbust")
+                .query_async::<Option<String>>(&mut redis)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    // The same run's marker (a ceiling may have been raised meanwhile).
+    let field = |text: &str, name: &str| {
+        serde_json::from_str::<serde_json::Value>(text).unwrap()[name].clone()
+    };
+    for name in ["system_identifier", "slot", "run"] {
+        assert_eq!(field(&again, name), field(&written, name), "{again}");
+    }
+    assert!(
+        walbust.log().contains("the gap marker was gone from Redis"),
+        "{}",
+        walbust.log()
+    );
+}

@@ -179,14 +179,14 @@ struct Marked {
 /// How long a marker write may take before walbust goes on without it.
 const MARKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Replaces the marker only if it still is the given text: `KEYS[1]`,
-/// expected text, new text. Atomic in Redis, so a walbust that took the slot
-/// over in the meantime is never overwritten.
 /// Replaces the marker if it still holds what this walbust wrote (1), or
 /// writes it again if it is gone (2: Redis restarted without persistence,
 /// evicted or flushed it); leaves a marker another walbust renewed (0).
+/// `KEYS[1]`, expected text, new text. Atomic in Redis, so a walbust that
+/// took the slot over in the meantime is never overwritten.
 const REPLACE_IF_UNCHANGED: &str = "local cur = redis.call('GET', KEYS[1]) \
-if cur == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end \
+if cur == ARGV[1] then \
+  if ARGV[1] ~= ARGV[2] then redis.call('SET', KEYS[1], ARGV[2]) end return 1 end \
 if cur == false then redis.call('SET', KEYS[1], ARGV[2]) return 2 end \
 return 0";
 
@@ -212,7 +212,47 @@ async fn replace(marked: &Marked, text: &str, what: &str) -> Result<bool> {
     Ok(outcome != 0)
 }
 
+/// How often a running walbust makes sure its marker is still in Redis.
+const KEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Stops [`MarkerHandle::keep_present`]'s task when dropped.
+pub struct KeepGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl MarkerHandle {
+    /// Every [`KEEP_INTERVAL`], writes the marker again if Redis lost it
+    /// (restarted without persistence, evicted, flushed): without it, a
+    /// slot dropped later would look like a first run. Acknowledgements
+    /// restore it too ([`raise`](Self::raise)); this covers a quiet
+    /// stream. A failed check is retried at the next interval.
+    pub fn keep_present(&self) -> KeepGuard {
+        let handle = self.clone();
+        KeepGuard(tokio::spawn(async move {
+            let mut every = tokio::time::interval(KEEP_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let kept = async {
+                    let marked = handle.0.lock().await;
+                    replace(&marked, &marked.written, "checking the marker").await
+                };
+                match tokio::time::timeout(MARKER_TIMEOUT, kept).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %walbust_flow::Chain(e.as_ref()), "could not check the gap marker; retrying")
+                    }
+                    Err(_) => tracing::debug!("checking the gap marker timed out; retrying"),
+                }
+            }
+        }))
+    }
+
     /// Writes the marker under a new run id and without a stop position.
     /// Runs before walbust acknowledges anything on a new replication
     /// session, so that a stop position recorded by another walbust (which

@@ -91,6 +91,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             crate::gap::purge(&cfg, &rules, &sinks).await?;
         }
         let marker = crate::gap::mark(&cfg).await?;
+        let _keeper = marker.as_ref().map(crate::gap::MarkerHandle::keep_present);
         tracing::info!(
             slot = %cfg.source.slot,
             confirmed_flush_lsn = %walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
