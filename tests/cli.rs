@@ -178,6 +178,19 @@ async fn refuses_a_missing_slot_without_create() {
     );
 }
 
+/// Runs `walbust run` with `config`, expects exit status 3 and returns
+/// its stderr.
+async fn run_refused(config: std::path::PathBuf) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        walbust(&["run", "--config", config.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    err
+}
+
 /// A rule reading a column the table does not have stops start-up, as a
 /// reload naming it is refused, before the slot is created (nothing left
 /// behind holding WAL), with the rule's position.
@@ -192,17 +205,84 @@ async fn refuses_a_rule_column_the_table_does_not_have_before_creating_anything(
         "version: 1\nrules:\n  - table: public.t\n    keys: [\"t:{id}:{idd}\"]\n",
         false,
     );
-    let out = tokio::task::spawn_blocking(move || {
-        walbust(&["run", "--config", config.to_str().unwrap()])
-    })
-    .await
-    .unwrap();
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    let err = run_refused(config).await;
     assert!(
         err.contains("table public.t") && err.contains("\"idd\"") && err.contains("rules.yaml:4:"),
         "{err}"
     );
+    assert!(!slot_exists(&db, "walbust").await);
+}
+
+/// A rule naming a partition whose changes arrive under its root's name,
+/// and a publication that publishes a partitioned table's changes under
+/// its partitions' names: each refused with the cause, with and without
+/// `create`, before a slot (or a publication) is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_partition_mismatches_before_creating_anything() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE parts (id int, region int, PRIMARY KEY (id, region)) PARTITION BY LIST (region); \
+         CREATE TABLE parts_1 PARTITION OF parts FOR VALUES IN (1);",
+    )
+    .await
+    .unwrap();
+    let refused = |rules: &'static str, create: bool, needles: &'static [&'static str]| {
+        let config = svc.write_config(rules, false);
+        if !create {
+            let text = std::fs::read_to_string(&config)
+                .unwrap()
+                .replace("create: true", "create: false");
+            std::fs::write(&config, text).unwrap();
+        }
+        async move {
+            let err = run_refused(config).await;
+            for needle in needles {
+                assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+            }
+        }
+    };
+    const BOTH: &str = "version: 1\nrules:\n  - table: public.parts\n    keys: [\"p:{id}\"]\n  - table: public.parts_1\n    keys: [\"p1:{id}\"]\n";
+    const PARTITION: &str =
+        "version: 1\nrules:\n  - table: public.parts_1\n    keys: [\"p1:{id}\"]\n";
+    const ROOT: &str = "version: 1\nrules:\n  - table: public.parts\n    keys: [\"p:{id}\"]\n";
+    let arrives_as_root = &[
+        "table public.parts_1 is a partition",
+        "arrive as public.parts",
+    ][..];
+
+    // No publication yet: walbust would create it via the root.
+    refused(BOTH, true, arrives_as_root).await;
+    assert!(
+        db.query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = 'walbust'",
+            &[]
+        )
+        .await
+        .unwrap()
+        .is_none(),
+        "a refused start created the publication"
+    );
+
+    // Published via the root: the partition is not added.
+    db.batch_execute(
+        "CREATE PUBLICATION walbust FOR TABLE parts WITH (publish_via_partition_root = true)",
+    )
+    .await
+    .unwrap();
+    refused(PARTITION, true, arrives_as_root).await;
+    refused(PARTITION, false, arrives_as_root).await;
+
+    // Published through the partitions: a rule on the root never matches.
+    db.batch_execute("ALTER PUBLICATION walbust SET (publish_via_partition_root = false)")
+        .await
+        .unwrap();
+    let own_names = &[
+        "table public.parts is partitioned",
+        "ALTER PUBLICATION walbust SET (publish_via_partition_root = true)",
+    ][..];
+    refused(ROOT, true, own_names).await;
+    refused(ROOT, false, own_names).await;
     assert!(!slot_exists(&db, "walbust").await);
 }
 

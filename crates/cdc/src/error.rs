@@ -97,6 +97,18 @@ pub enum SourceError {
     UnseenWindow(Box<UnseenWindow>),
     #[error("table {table} named by the rules does not exist")]
     TableMissing { table: String },
+    #[error(
+        "table {table} is partitioned and publication {publication} publishes its partitions under their own names (publish_via_partition_root is off), which rules naming {table} do not match: ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)"
+    )]
+    PartitionsUnderOwnNames { publication: String, table: String },
+    #[error(
+        "table {table} is a partition: publication {publication} publishes via the partition root, so its changes arrive as {root}; name {root} in the rules"
+    )]
+    PartitionUnderRoot {
+        publication: String,
+        table: String,
+        root: String,
+    },
     #[error("the rules do not fit table {table} as the publication sends it now")]
     RulesDoNotFit {
         table: String,
@@ -139,7 +151,9 @@ impl SourceError {
             SourceError::WalLevel { .. } => "wal_level",
             SourceError::PublicationMissing { .. }
             | SourceError::TablesNotPublished { .. }
-            | SourceError::TableMissing { .. } => "publication",
+            | SourceError::TableMissing { .. }
+            | SourceError::PartitionsUnderOwnNames { .. }
+            | SourceError::PartitionUnderRoot { .. } => "publication",
             SourceError::OperationsNotPublished { .. }
             | SourceError::RowFilter { .. }
             | SourceError::ColumnList { .. } => "publication_filter",

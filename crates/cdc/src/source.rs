@@ -17,7 +17,7 @@ use std::str::FromStr;
 use tokio_postgres::{Client, NoTls};
 use walbust_rules::{Op, RuleSet, TableName};
 
-use crate::catalog::Publication;
+use crate::catalog::{Publication, TableInfo, TableKind};
 use crate::error::SourceError;
 
 /// Where and what to stream: the `source` section of the configuration.
@@ -175,6 +175,20 @@ async fn ensure_publication(
         for table in tables {
             check_table_exists(client, table).await?;
         }
+        // Created via the root: a named partition whose ancestor is named
+        // too would arrive as the ancestor.
+        for table in tables {
+            let Some(info) = crate::catalog::table(client, table, None).await? else {
+                continue;
+            };
+            if let Some(root) = info.ancestors.iter().find(|a| tables.contains(a)) {
+                return Err(SourceError::PartitionUnderRoot {
+                    publication: spec.publication.clone(),
+                    table: table.to_string(),
+                    root: root.to_string(),
+                });
+            }
+        }
         let sql = if tables.is_empty() {
             format!("CREATE PUBLICATION {}", quote_ident(&spec.publication))
         } else {
@@ -200,6 +214,11 @@ async fn ensure_publication(
     if missing.is_empty() {
         return Ok(());
     }
+    // A partition mismatch is the cause to name, and adding the table would
+    // not help.
+    if let Some(publication) = crate::catalog::publication(client, &spec.publication).await? {
+        check_partitions(client, &publication, &missing).await?;
+    }
     if !spec.create {
         return Err(SourceError::TablesNotPublished {
             publication: spec.publication.clone(),
@@ -219,6 +238,24 @@ async fn ensure_publication(
         .await
         .map_err(|e| SourceError::query("ALTER PUBLICATION ADD TABLE", e))?;
     tracing::info!(publication = %spec.publication, added = missing.len(), "added tables to publication");
+    Ok(())
+}
+
+/// Refuses the first of `tables` whose changes `publication` would send
+/// under another name (see [`partition_mismatch`]).
+async fn check_partitions(
+    client: &Client,
+    publication: &Publication,
+    tables: &[&TableName],
+) -> Result<(), SourceError> {
+    for &table in tables {
+        let Some(info) = crate::catalog::table(client, table, None).await? else {
+            continue;
+        };
+        if let Some(problem) = partition_mismatch(publication, &info) {
+            return Err(problem);
+        }
+    }
     Ok(())
 }
 
@@ -250,6 +287,37 @@ pub async fn check_sends(client: &Client, name: &str, rules: &RuleSet) -> Result
         Some(problem) => Err(problem),
         None => Ok(()),
     }
+}
+
+/// Why `publication` would not send `table`'s changes under the name the
+/// rules use for it, if so: a partitioned table whose partitions are
+/// published under their own names, or a partition whose changes arrive as
+/// a published ancestor's.
+pub fn partition_mismatch(publication: &Publication, table: &TableInfo) -> Option<SourceError> {
+    if publication.tables.contains(&table.name) {
+        return None;
+    }
+    let leaf_published = table
+        .leaves
+        .iter()
+        .any(|l| publication.tables.contains(&l.table));
+    if table.kind == TableKind::Partitioned && !publication.via_root && leaf_published {
+        return Some(SourceError::PartitionsUnderOwnNames {
+            publication: publication.name.clone(),
+            table: table.name.to_string(),
+        });
+    }
+    let root = table
+        .ancestors
+        .iter()
+        .find(|a| publication.tables.contains(a))?;
+    publication
+        .via_root
+        .then(|| SourceError::PartitionUnderRoot {
+            publication: publication.name.clone(),
+            table: table.name.to_string(),
+            root: root.to_string(),
+        })
 }
 
 /// Binds the rules to the columns publication `publication` sends of each

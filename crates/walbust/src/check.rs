@@ -397,26 +397,9 @@ impl TableCx<'_> {
         if publication.tables.contains(table) {
             return;
         }
-        let leaf_published = info
-            .leaves
-            .iter()
-            .any(|l| publication.tables.contains(&l.table));
-        let root_published = info
-            .ancestors
-            .iter()
-            .find(|a| publication.tables.contains(a));
-        let line = if info.kind == TableKind::Partitioned && !publication.via_root && leaf_published
+        let line = if let Some(problem) = walbust_cdc::source::partition_mismatch(publication, info)
         {
-            format!(
-                "table {table} ({by}) is partitioned and publication {pub_name} publishes its partitions \
-                 under their own names (publish_via_partition_root is off), which the rule does not match: \
-                 ALTER PUBLICATION {pub_name} SET (publish_via_partition_root = true)"
-            )
-        } else if let (true, Some(root)) = (publication.via_root, root_published) {
-            format!(
-                "table {table} ({by}) is a partition: publication {pub_name} publishes via the partition \
-                 root, so its changes arrive as {root}; name {root} in the rule"
-            )
+            format!("{problem} ({by})")
         } else if self.create && named == Named::Exactly {
             report.note(format!(
                 "table {table} ({by}) is not in publication {pub_name}: `walbust run` will add it"
