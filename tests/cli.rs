@@ -286,6 +286,41 @@ async fn refuses_partition_mismatches_before_creating_anything() {
     assert!(!slot_exists(&db, "walbust").await);
 }
 
+/// `source.create: true` with a role that may not create the publication
+/// (no CREATE on the database, not the tables' owner): refused with the
+/// statement for an owner to run, before a slot is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_may_not_create_the_publication_is_told_what_to_run() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY); \
+         CREATE ROLE limited LOGIN REPLICATION PASSWORD 'limited-pw';",
+    )
+    .await
+    .unwrap();
+    let config = svc.write_config(GOOD_RULES, false);
+    let url = svc.pg.url();
+    let limited = format!(
+        "postgres://limited:limited-pw@{}",
+        url.split_once('@').unwrap().1
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&url, &limited);
+    std::fs::write(&config, text).unwrap();
+    let err = run_refused(config).await;
+    assert!(
+        err.contains("may not create publication \"walbust\"")
+            && err.contains(
+                "run CREATE PUBLICATION \"walbust\" FOR TABLE \"public\".\"t\" WITH (publish_via_partition_root = true), then"
+            ),
+        "{err}"
+    );
+    assert!(!err.contains("limited-pw"), "{err}");
+    assert!(!slot_exists(&db, "walbust").await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_lost_slot() {
     // A tiny WAL retention limit and a few WAL segments of writes make the

@@ -98,6 +98,18 @@ pub enum SourceError {
     #[error("table {table} named by the rules does not exist")]
     TableMissing { table: String },
     #[error(
+        "walbust's role may not {what} publication \"{publication}\" (source.create: true needs CREATE on the database and ownership of every table it adds): have a table owner run {sql}, then start walbust again"
+    )]
+    PublicationNotPermitted {
+        /// `create` or `alter`.
+        what: &'static str,
+        publication: String,
+        /// The statement to run instead.
+        sql: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
         "table {table} is partitioned and publication {publication} publishes its partitions under their own names (publish_via_partition_root is off), which rules naming {table} do not match: ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)"
     )]
     PartitionsUnderOwnNames { publication: String, table: String },
@@ -152,6 +164,7 @@ impl SourceError {
             SourceError::PublicationMissing { .. }
             | SourceError::TablesNotPublished { .. }
             | SourceError::TableMissing { .. }
+            | SourceError::PublicationNotPermitted { .. }
             | SourceError::PartitionsUnderOwnNames { .. }
             | SourceError::PartitionUnderRoot { .. } => "publication",
             SourceError::OperationsNotPublished { .. }

@@ -201,7 +201,7 @@ async fn ensure_publication(
         client
             .batch_execute(&sql)
             .await
-            .map_err(|e| SourceError::query("CREATE PUBLICATION", e))?;
+            .map_err(|e| publication_error(e, "create", spec, &sql))?;
         tracing::info!(publication = %spec.publication, tables = tables.len(), "created publication");
         return Ok(());
     }
@@ -236,9 +236,35 @@ async fn ensure_publication(
     client
         .batch_execute(&sql)
         .await
-        .map_err(|e| SourceError::query("ALTER PUBLICATION ADD TABLE", e))?;
+        .map_err(|e| publication_error(e, "alter", spec, &sql))?;
     tracing::info!(publication = %spec.publication, added = missing.len(), "added tables to publication");
     Ok(())
+}
+
+/// A failed CREATE or ALTER PUBLICATION: a refused privilege says what to
+/// run instead.
+fn publication_error(
+    e: tokio_postgres::Error,
+    what: &'static str,
+    spec: &SourceSpec,
+    sql: &str,
+) -> SourceError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        return SourceError::PublicationNotPermitted {
+            what,
+            publication: spec.publication.clone(),
+            sql: sql.to_string(),
+            source: e,
+        };
+    }
+    SourceError::query(
+        if what == "create" {
+            "CREATE PUBLICATION"
+        } else {
+            "ALTER PUBLICATION ADD TABLE"
+        },
+        e,
+    )
 }
 
 /// Refuses the first of `tables` whose changes `publication` would send
