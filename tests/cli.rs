@@ -318,6 +318,9 @@ async fn a_role_that_may_not_create_the_publication_is_told_what_to_run() {
         "{err}"
     );
     assert!(!err.contains("limited-pw"), "{err}");
+    // A warning was logged (the DDL guard), without colour codes in a pipe.
+    assert!(err.contains("WARN"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe:\n{err}");
     assert!(!slot_exists(&db, "walbust").await);
 }
 

@@ -127,16 +127,29 @@ pub enum SourceError {
         #[source]
         source: walbust_rules::BindError,
     },
-    #[error(
-        "replication slot \"{slot}\" does not exist: create it with SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput') or set source.create: true"
-    )]
-    SlotMissing { slot: String },
+    #[error("replication slot \"{slot}\" does not exist: {}", slot_missing_hint(slot, *create))]
+    SlotMissing {
+        slot: String,
+        /// `source.create` is set: walbust would have created it at start.
+        create: bool,
+    },
     #[error("replication slot \"{slot}\" cannot be used: {detail}")]
     SlotWrongKind { slot: String, detail: String },
     #[error(
         "replication slot \"{slot}\" is lost (wal_status = lost): the server removed WAL it needed, so changes were missed; drop the slot and purge the caches it protects before starting again"
     )]
     SlotLost { slot: String },
+}
+
+/// What to do about a missing slot, depending on `source.create`.
+fn slot_missing_hint(slot: &str, create: bool) -> String {
+    if create {
+        "it was dropped while walbust used it, so the changes since were never seen; start walbust again: it creates the slot and handles the gap as source.on_gap says".to_string()
+    } else {
+        format!(
+            "create it with SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput') or set source.create: true"
+        )
+    }
 }
 
 impl SourceError {
@@ -394,6 +407,22 @@ mod tests {
             replication_sqlstate(&PgWireError::Protocol("x (SQLSTATE 42704)".into())),
             None
         );
+    }
+
+    #[test]
+    fn a_missing_slot_suggests_create_only_when_it_is_off() {
+        let missing = |create| {
+            SourceError::SlotMissing {
+                slot: "s".into(),
+                create,
+            }
+            .to_string()
+        };
+        assert!(missing(false).contains(
+            "pg_create_logical_replication_slot('s', 'pgoutput') or set source.create: true"
+        ));
+        assert!(!missing(true).contains("set source.create"));
+        assert!(missing(true).contains("dropped while walbust used it"));
     }
 }
 

@@ -141,6 +141,7 @@ async fn check(spec: &SourceSpec, rules: &RuleSet) -> Result<(), SourceError> {
     let Some(row) = row else {
         return Err(SourceError::SlotMissing {
             slot: spec.slot.clone(),
+            create: spec.create,
         });
     };
     let status: String = row.get(0);

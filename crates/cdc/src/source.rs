@@ -542,6 +542,7 @@ async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, So
         if !spec.create {
             return Err(SourceError::SlotMissing {
                 slot: spec.slot.clone(),
+                create: false,
             });
         }
         let row = client

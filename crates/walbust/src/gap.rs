@@ -488,6 +488,7 @@ async fn system_identifier(cfg: &Config) -> Result<String> {
         cfg.source.publication.clone(),
     )
     .with_port(conn.port)
+    .with_application_name(cfg.source.application_name.clone())
     .with_tls(TlsConfig::disabled());
     let mut client = ReplicationClient::connect_gated(rc)
         .await
