@@ -80,10 +80,30 @@ fn bad_configuration_exits_with_one_clear_line() {
     );
     assert!(line.contains("missing-rules.yaml"), "{line}");
 
+    // A YAML syntax error: the file, line and column, without the parser's
+    // snippet (it would quote the password).
+    let line = config_error(
+        dir.path(),
+        &VALID.replace("  publication: p\n", "  publication: [p\n"),
+    );
+    let path = dir.path().join("walbust.yaml");
+    assert!(
+        line.starts_with(&format!("walbust: {}:3:", path.display())),
+        "{line}"
+    );
+    assert!(
+        !line.contains("<input>") && !line.contains("u:p@"),
+        "{line}"
+    );
+
     let missing = dir.path().join("nope.yaml");
     let out = walbust(&["run", "--config", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("nope.yaml"), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("nope.yaml") && err.contains("No such file or directory"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -248,8 +248,8 @@ pub use explicit::parse_explicit;
 pub use hash::{fnv1a64, hash_value};
 pub use row::{Datum, Op, RowValues};
 pub use ruleset::{
-    Coverage, Degraded, LongKeyPolicy, RuleInfo, RuleSet, TableName, DEFAULT_MAX_KEYS_PER_TX,
-    DEFAULT_MAX_KEY_BYTES, SUPPORTED_VERSION,
+    yaml_error_line, Coverage, Degraded, LongKeyPolicy, RuleInfo, RuleSet, TableName,
+    DEFAULT_MAX_KEYS_PER_TX, DEFAULT_MAX_KEY_BYTES, SUPPORTED_VERSION,
 };
 pub use template::Side;
 

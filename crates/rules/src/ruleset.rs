@@ -277,19 +277,28 @@ fn top_err(origin: &str, at: Position, message: impl Into<String>) -> RulesError
     }
 }
 
+/// A YAML parse error as its position (0:0 when unknown) and a one-line
+/// message without the parser's snippet: the snippet spans several lines
+/// and may quote a value substituted from the environment (a password).
+pub fn yaml_error_line(e: &serde_saphyr::Error) -> (Position, String) {
+    let at = e.location().map(Position::at).unwrap_or_default();
+    // The parser's renderer would neutralise control characters, its bare
+    // message does not.
+    let message =
+        escape_controls(&UserMessageFormatter.format_message(e.without_snippet())).into_owned();
+    (at, message)
+}
+
 impl RuleSet {
     /// Parses, validates and compiles rules from YAML text. `origin` names the
     /// text in messages (usually the file name).
     pub fn from_yaml(src: &str, origin: &str) -> Result<RuleSet, RulesError> {
         let doc: FileDoc = serde_saphyr::from_str(src).map_err(|e| {
-            let at = e.location().map(Position::at).unwrap_or_default();
+            let (at, message) = yaml_error_line(&e);
             RulesError::Yaml {
                 origin: origin.to_owned(),
                 at,
-                // The parser's renderer would neutralise control characters,
-                // its bare message does not.
-                message: escape_controls(&UserMessageFormatter.format_message(e.without_snippet()))
-                    .into_owned(),
+                message,
                 yaml_error: Box::new(e),
             }
         })?;

@@ -249,9 +249,16 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let text = interpolate(raw, origin, env)?;
-        let cfg: Config = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: origin.to_string(),
-            message: one_line(&e.to_string()),
+        let cfg: Config = serde_saphyr::from_str(&text).map_err(|e| {
+            let (at, message) = walbust_rules::yaml_error_line(&e);
+            ConfigError::Parse {
+                path: if at.line > 0 {
+                    format!("{origin}:{}:{}", at.line, at.column)
+                } else {
+                    origin.to_string()
+                },
+                message,
+            }
         })?;
         cfg.validate(origin)?;
         Ok(cfg)
@@ -356,10 +363,6 @@ pub fn interpolate(
         out.push_str(rest);
     }
     Ok(out)
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn strip_field(s: &str) -> String {
@@ -504,8 +507,8 @@ metrics:
     fn a_missing_field_is_named() {
         let text = GOOD.replace("  slot: walbust\n", "");
         let msg = error_of(&text);
-        assert!(msg.starts_with("walbust.yaml: "), "{msg}");
-        assert!(msg.contains("slot"), "{msg}");
+        assert!(msg.starts_with("walbust.yaml:"), "{msg}");
+        assert!(msg.contains("missing field `slot`"), "{msg}");
         assert!(!msg.contains('\n'));
     }
 
