@@ -145,7 +145,7 @@ pub struct SinksConfig {
 }
 
 /// `publish`: batching and retries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublishConfig {
     pub max_keys: usize,
@@ -564,6 +564,60 @@ sinks: { discard: {} }
     fn metrics_listen_must_be_an_address() {
         let text = GOOD.replace("127.0.0.1:9187", "localhost");
         assert!(error_of(&text).starts_with("walbust.yaml: metrics.listen: "));
+    }
+
+    /// The YAML block of the README's "Configuration" section.
+    fn readme_configuration() -> String {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split_once("\n## Configuration\n")
+            .expect("a Configuration section")
+            .1;
+        let block = section.split_once("```yaml\n").expect("a yaml block").1;
+        block
+            .split_once("```")
+            .expect("the block's end")
+            .0
+            .to_owned()
+    }
+
+    #[test]
+    fn the_readme_configuration_states_the_defaults() {
+        let readme = Config::parse(&readme_configuration(), "README.md", |v| Some(v.into()))
+            .expect("the README's configuration loads");
+        // The same file with nothing but what is required: every default.
+        let minimal = Config::parse(
+            "source: {url: \"postgres://walbust@db/shop\", publication: walbust, slot: walbust}\n\
+             rules: rules.yaml\n\
+             sinks: {redis: {url: \"redis://cache\"}, kafka: {brokers: k, topic: t}}\n",
+            "minimal.yaml",
+            |_| None,
+        )
+        .unwrap();
+
+        let (s, d) = (&readme.source, &minimal.source);
+        assert_eq!(s.create, d.create, "source.create");
+        assert_eq!(s.status_interval_ms, d.status_interval_ms);
+        assert_eq!(s.application_name, d.application_name);
+        assert_eq!(s.binary, d.binary, "source.binary");
+        assert_eq!(s.heartbeat_interval_ms, d.heartbeat_interval_ms);
+        assert_eq!(s.on_gap, d.on_gap, "source.on_gap");
+
+        let redis = readme.sinks.redis.as_ref().unwrap();
+        let default = RedisSinkConfig::new(redis.url.clone());
+        assert_eq!(redis.tag_prefix(), default.tag_prefix(), "tag_prefix");
+        let without_prefix = RedisSinkConfig {
+            tag_prefix: None,
+            ..redis.clone()
+        };
+        assert_eq!(without_prefix, default, "sinks.redis defaults");
+
+        let kafka = readme.sinks.kafka.as_ref().unwrap();
+        let default = minimal.sinks.kafka.as_ref().unwrap();
+        assert_eq!(kafka.max_record_bytes, default.max_record_bytes);
+        assert_eq!(kafka.key, default.key);
+
+        assert_eq!(readme.publish, minimal.publish, "publish defaults");
     }
 
     #[test]
