@@ -106,6 +106,12 @@ pub struct Walbust {
 
 impl Walbust {
     pub fn start(config: &Path) -> Walbust {
+        Walbust::start_with_env(config, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables (the
+    /// `${VAR}`s of a configuration).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Walbust {
         let log = config.with_extension(format!("{}.log", unique()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_walbust"))
