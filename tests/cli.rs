@@ -274,3 +274,84 @@ fn demo_runs_a_bounded_number_of_writes() {
         .unwrap();
     assert!(changes >= 12, "{done}");
 }
+
+/// `walbust ARGS` with `vars` removed from the environment.
+fn walbust_without(vars: &[&str], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walbust"));
+    for var in vars {
+        cmd.env_remove(var);
+    }
+    cmd.args(args)
+        .env("WALBUST_LOG", "warn")
+        .output()
+        .expect("run walbust")
+}
+
+#[test]
+fn offline_checks_read_unset_variables_as_placeholders() {
+    const SECRETS: [&str; 2] = ["WALBUST_TEST_UNSET_PG", "WALBUST_TEST_UNSET_REDIS"];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), GOOD_RULES).unwrap();
+    let path = dir.path().join("walbust.yaml");
+    let config = VALID
+        .replace("u:p@", "u:${WALBUST_TEST_UNSET_PG}@")
+        .replace("redis://", "redis://:${WALBUST_TEST_UNSET_REDIS}@");
+    std::fs::write(&path, config).unwrap();
+    let config = path.to_str().unwrap();
+
+    // Offline: the structure is checked, each unset variable is a note.
+    let out = walbust_without(&SECRETS, &["check", "--config", config]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    for (line, var) in [(2, SECRETS[0]), (8, SECRETS[1])] {
+        let note =
+            format!("note: {config}:{line}: ${{{var}}} is not set; checked with a placeholder");
+        assert!(stdout.contains(&note), "no {note:?} in:\n{stdout}");
+    }
+    let out = walbust_without(
+        &SECRETS,
+        &[
+            "explain",
+            "--config",
+            config,
+            "--table",
+            "t",
+            "--op",
+            "insert",
+            "--new",
+            r#"{"id":"7"}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("t:7"));
+
+    // Still a structural error with a placeholder in place.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("redis://", "http://"),
+    )
+    .unwrap();
+    let out = walbust_without(&SECRETS, &["check", "--config", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sinks.redis.url"), "{}", stderr(&out));
+
+    // With the database, and for run, an unset variable is an error.
+    for args in [
+        &["check", "--db", "--config", config][..],
+        &["run", "--config", config][..],
+    ] {
+        let out = walbust_without(&SECRETS, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "{config}:2: ${{{}}} is not set in the environment",
+                SECRETS[0]
+            )),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -225,15 +225,73 @@ pub enum ConfigError {
     },
 }
 
+/// A `${VAR}` that was not set, read as a placeholder by
+/// [`Config::load_offline`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unset {
+    pub path: String,
+    /// The first line naming it.
+    pub line: usize,
+    pub var: String,
+}
+
+impl fmt::Display for Unset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: ${{{}}} is not set; checked with a placeholder (`walbust run` and `check --db` need it set)",
+            self.path, self.line, self.var
+        )
+    }
+}
+
 impl Config {
     /// Reads, interpolates, parses and validates a configuration file.
+    /// Every `${VAR}` must be set.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
+        let raw = read(path)?;
+        Config::from_file_text(path, &raw, |v| std::env::var(v).ok())
+    }
+
+    /// Like [`load`](Self::load) for checks that connect to nothing (`walbust
+    /// check` without `--db`, `walbust explain --config`), so that CI can
+    /// validate a file without production secrets: an unset `${VAR}` reads
+    /// as its own name and is returned instead of refused.
+    pub fn load_offline(path: &Path) -> Result<(Config, Vec<Unset>), ConfigError> {
+        let raw = read(path)?;
+        let unset = std::cell::RefCell::new(Vec::<String>::new());
+        let cfg = Config::from_file_text(path, &raw, |v| {
+            std::env::var(v).ok().or_else(|| {
+                let mut unset = unset.borrow_mut();
+                if !unset.iter().any(|u| u == v) {
+                    unset.push(v.to_owned());
+                }
+                Some(v.to_owned())
+            })
         })?;
-        let mut cfg = Config::parse(&raw, &shown, |v| std::env::var(v).ok())?;
+        let unset = unset
+            .into_inner()
+            .into_iter()
+            .map(|var| Unset {
+                path: path.display().to_string(),
+                line: raw
+                    .lines()
+                    .position(|l| l.contains(&format!("${{{var}}}")))
+                    .map_or(0, |i| i + 1),
+                var,
+            })
+            .collect();
+        Ok((cfg, unset))
+    }
+
+    /// The file's text parsed and validated; relative rules paths resolved
+    /// against the file's folder.
+    fn from_file_text(
+        path: &Path,
+        raw: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::parse(raw, &path.display().to_string(), env)?;
         if cfg.rules.is_relative() {
             if let Some(dir) = path.parent() {
                 cfg.rules = dir.join(&cfg.rules);
@@ -356,6 +414,13 @@ pub fn interpolate(
         out.push_str(rest);
     }
     Ok(out)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn one_line(s: &str) -> String {

@@ -79,6 +79,10 @@ enum Command {
     /// does not send,
     /// and TOAST-able columns used in templates without REPLICA IDENTITY
     /// FULL (a warning). Exits 1 if there is any error.
+    ///
+    /// Without --db an unset ${VAR} is only a note (the file is checked with
+    /// a placeholder, so CI needs no secrets); with --db it is an error, as
+    /// for run.
     Check {
         #[arg(long, short, env = "WALBUST_CONFIG", default_value = "walbust.yaml")]
         config: PathBuf,
