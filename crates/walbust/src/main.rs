@@ -158,6 +158,7 @@ async fn cmd_run(path: &std::path::Path) -> ExitCode {
             return fail(e);
         }
         metrics::describe();
+        metrics::register_counters();
     }
     let shutdown = shutdown_signal();
     match run::run(cfg, shutdown, run::Hooks::default()).await {
