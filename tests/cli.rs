@@ -182,12 +182,7 @@ async fn refuses_a_missing_slot_without_create() {
 async fn refuses_a_lost_slot() {
     // A tiny WAL retention limit and a few WAL segments of writes make the
     // server drop WAL the slot still needs.
-    let pg = walbust_testkit::Postgres::start_with(&[
-        ("max_slot_wal_keep_size", "1MB"),
-        ("max_wal_size", "32MB"),
-        ("min_wal_size", "32MB"),
-    ])
-    .unwrap();
+    let pg = walbust_testkit::Postgres::start_with(&LOSABLE_SLOTS).unwrap();
     let svc = Services {
         pg,
         redis: walbust_testkit::Redis::start().unwrap(),
@@ -203,30 +198,7 @@ async fn refuses_a_lost_slot() {
     db.batch_execute("SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')")
         .await
         .unwrap();
-    let mut status = String::new();
-    for _ in 0..10 {
-        for sql in [
-            "CREATE TABLE IF NOT EXISTS filler (x text)",
-            "INSERT INTO filler SELECT md5(g::text) || repeat('x', 1000) FROM generate_series(1, 5000) g",
-            "SELECT pg_switch_wal()",
-            "CHECKPOINT",
-        ] {
-            db.batch_execute(sql).await.unwrap();
-        }
-        status = db
-            .query_one(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walbust'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, Option<String>>(0)
-            .unwrap_or_default();
-        if status == "lost" {
-            break;
-        }
-    }
-    assert_eq!(status, "lost", "could not make the slot lose WAL");
+    lose_slot(&db, "walbust").await;
     let code = refused(&svc, "is lost").await;
     assert_eq!(code, Some(3), "a lost slot is a definite error");
 }

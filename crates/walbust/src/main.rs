@@ -90,6 +90,19 @@ enum Command {
         #[arg(long)]
         db: bool,
     },
+    /// After a gap (a lost or dropped slot, a publication dropped under it):
+    /// purge everything the rules cover and remove the gap marker, so that
+    /// the next run starts afresh.
+    ///
+    /// Does once what `source.on_gap: purge` does: makes sure the slot
+    /// exists (creating it with `source.create: true`), then purges every
+    /// key and pattern template as a glob, every constant tag and
+    /// `source.gap_purge` in Redis, sends a flush-all record (pattern `*`)
+    /// to Kafka, and deletes the marker. Drop a lost slot first.
+    ResetGap {
+        #[arg(long, short, env = "WALBUST_CONFIG", default_value = "walbust.yaml")]
+        config: PathBuf,
+    },
     /// Run walbust end to end on throwaway Postgres, Redis and Kafka, with a
     /// small shop schema and a write generator, and show what it invalidates.
     ///
@@ -138,6 +151,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => cmd_run(&config).await,
             Command::Check { config, db } => check::check(&config, db).await,
+            Command::ResetGap { config } => gap::reset_gap(&config).await,
             Command::Demo(args) => demo::demo(args).await,
             Command::Explain(args) => explain::explain(args),
             Command::Tail(args) => tail::tail(args).await,

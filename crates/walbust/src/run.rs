@@ -171,7 +171,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
 
 /// Checks the database, creating the publication and the slot when asked;
 /// `None` when shutdown was requested meanwhile.
-async fn prepare_source(
+pub(crate) async fn prepare_source(
     cfg: &Config,
     spec: &walbust_cdc::SourceSpec,
     rules: &RuleSet,
