@@ -26,7 +26,7 @@ fn help_explains_every_command() {
     assert!(top.status.success());
     let text = String::from_utf8_lossy(&top.stdout);
     assert!(text.contains("invalidations"), "{text}");
-    for sub in ["run", "check", "demo"] {
+    for sub in ["run", "check", "reset-gap", "demo"] {
         assert!(text.contains(sub), "--help does not list {sub}");
         let o = walbust(&[sub, "--help"]);
         assert!(o.status.success(), "{sub} --help failed");
