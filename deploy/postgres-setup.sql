@@ -1,29 +1,39 @@
--- Postgres setup for walbust. Run as a superuser on the primary.
+-- Postgres setup for walbust. Run as a superuser on the primary, in the
+-- database walbust reads (here `shop`, with the tables of
+-- deploy/shop-schema.sql): it fits the rules in rules.yaml, which
+-- deploy/compose.yaml mounts, and `walbust check --db` passes after it.
 --
 -- 1. postgresql.conf (needs a restart):
 --      wal_level = logical
 --      max_replication_slots = 10        -- at least one free for walbust
 --      max_wal_senders = 10
 --      max_slot_wal_keep_size = 10GB     -- cap WAL a stopped walbust can pin
--- 2. pg_hba.conf: allow the role both a normal and a replication connection:
---      host  shop         walbust  10.0.0.0/8  scram-sha-256
---      host  replication  walbust  10.0.0.0/8  scram-sha-256
+-- 2. pg_hba.conf: one line for the database. A logical replication
+--    connection is matched by its database name like a normal one; the
+--    `replication` keyword matches only physical replication.
+--      host  shop  walbust  10.0.0.0/8  scram-sha-256
 
--- A least-privilege role: REPLICATION to stream, SELECT only for
--- `walbust check --db` (catalog checks of columns and replica identity).
+-- A least-privilege role: REPLICATION to stream. No privilege on the
+-- tables: walbust reads their changes from the slot and their columns,
+-- replica identities and publication from the system catalogs, never the
+-- tables themselves (`walbust check --db` included).
 CREATE ROLE walbust WITH LOGIN REPLICATION PASSWORD 'change-me';
-GRANT USAGE ON SCHEMA public TO walbust;
-GRANT SELECT ON public.products, public.categories, public.orders TO walbust;
 
 -- The publication names the tables the rules read. Publishing via the
 -- partition root lets a rule on a partitioned table see every partition.
 CREATE PUBLICATION walbust
-    FOR TABLE public.products, public.categories, public.orders
+    FOR TABLE public.products, public.categories, public.orders, public.users
     WITH (publish_via_partition_root = true);
 
--- Rules that read old values on update (a row moving between categories,
--- `when: { changed: [...] }`) need the whole old row:
+-- Rules that read old values on update or delete need the whole old row:
+-- on update, {col} invalidates both the old and the new value (a product
+-- moved between categories, a renamed slug, a changed e-mail address), and
+-- `when: { changed: [...] }` and `old:` conditions compare with the old row.
+-- Every table of rules.yaml does so.
 ALTER TABLE public.products REPLICA IDENTITY FULL;
+ALTER TABLE public.categories REPLICA IDENTITY FULL;
+ALTER TABLE public.orders REPLICA IDENTITY FULL;
+ALTER TABLE public.users REPLICA IDENTITY FULL;
 
 -- BEGIN DDL guard (the same text as `walbust_cdc::window::GUARD_SQL`)
 -- walbust's DDL guard: after every statement that can change what a

@@ -26,7 +26,7 @@ fn help_explains_every_command() {
     assert!(top.status.success());
     let text = String::from_utf8_lossy(&top.stdout);
     assert!(text.contains("invalidations"), "{text}");
-    for sub in ["run", "check", "demo"] {
+    for sub in ["run", "check", "reset-gap", "demo"] {
         assert!(text.contains(sub), "--help does not list {sub}");
         let o = walbust(&[sub, "--help"]);
         assert!(o.status.success(), "{sub} --help failed");
@@ -348,12 +348,7 @@ async fn a_role_that_may_not_create_the_publication_is_told_what_to_run() {
 async fn refuses_a_lost_slot() {
     // A tiny WAL retention limit and a few WAL segments of writes make the
     // server drop WAL the slot still needs.
-    let pg = walbust_testkit::Postgres::start_with(&[
-        ("max_slot_wal_keep_size", "1MB"),
-        ("max_wal_size", "32MB"),
-        ("min_wal_size", "32MB"),
-    ])
-    .unwrap();
+    let pg = walbust_testkit::Postgres::start_with(&LOSABLE_SLOTS).unwrap();
     let svc = Services {
         pg,
         redis: walbust_testkit::Redis::start().unwrap(),
@@ -369,30 +364,7 @@ async fn refuses_a_lost_slot() {
     db.batch_execute("SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')")
         .await
         .unwrap();
-    let mut status = String::new();
-    for _ in 0..10 {
-        for sql in [
-            "CREATE TABLE IF NOT EXISTS filler (x text)",
-            "INSERT INTO filler SELECT md5(g::text) || repeat('x', 1000) FROM generate_series(1, 5000) g",
-            "SELECT pg_switch_wal()",
-            "CHECKPOINT",
-        ] {
-            db.batch_execute(sql).await.unwrap();
-        }
-        status = db
-            .query_one(
-                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walbust'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, Option<String>>(0)
-            .unwrap_or_default();
-        if status == "lost" {
-            break;
-        }
-    }
-    assert_eq!(status, "lost", "could not make the slot lose WAL");
+    lose_slot(&db, "walbust").await;
     let code = refused(&svc, "is lost").await;
     assert_eq!(code, Some(3), "a lost slot is a definite error");
 }
@@ -439,4 +411,85 @@ fn demo_runs_a_bounded_number_of_writes() {
         .parse()
         .unwrap();
     assert!(changes >= 12, "{done}");
+}
+
+/// `walbust ARGS` with `vars` removed from the environment.
+fn walbust_without(vars: &[&str], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walbust"));
+    for var in vars {
+        cmd.env_remove(var);
+    }
+    cmd.args(args)
+        .env("WALBUST_LOG", "warn")
+        .output()
+        .expect("run walbust")
+}
+
+#[test]
+fn offline_checks_read_unset_variables_as_placeholders() {
+    const SECRETS: [&str; 2] = ["WALBUST_TEST_UNSET_PG", "WALBUST_TEST_UNSET_REDIS"];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), GOOD_RULES).unwrap();
+    let path = dir.path().join("walbust.yaml");
+    let config = VALID
+        .replace("u:p@", "u:${WALBUST_TEST_UNSET_PG}@")
+        .replace("redis://", "redis://:${WALBUST_TEST_UNSET_REDIS}@");
+    std::fs::write(&path, config).unwrap();
+    let config = path.to_str().unwrap();
+
+    // Offline: the structure is checked, each unset variable is a note.
+    let out = walbust_without(&SECRETS, &["check", "--config", config]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    for (line, var) in [(2, SECRETS[0]), (8, SECRETS[1])] {
+        let note =
+            format!("note: {config}:{line}: ${{{var}}} is not set; checked with a placeholder");
+        assert!(stdout.contains(&note), "no {note:?} in:\n{stdout}");
+    }
+    let out = walbust_without(
+        &SECRETS,
+        &[
+            "explain",
+            "--config",
+            config,
+            "--table",
+            "t",
+            "--op",
+            "insert",
+            "--new",
+            r#"{"id":"7"}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("t:7"));
+
+    // Still a structural error with a placeholder in place.
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("redis://", "http://"),
+    )
+    .unwrap();
+    let out = walbust_without(&SECRETS, &["check", "--config", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sinks.redis.url"), "{}", stderr(&out));
+
+    // With the database, and for run, an unset variable is an error.
+    for args in [
+        &["check", "--db", "--config", config][..],
+        &["run", "--config", config][..],
+    ] {
+        let out = walbust_without(&SECRETS, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "{config}:2: ${{{}}} is not set in the environment",
+                SECRETS[0]
+            )),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
 }

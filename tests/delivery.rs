@@ -96,8 +96,10 @@ async fn confirmed_lsn_waits_for_redis_and_nothing_is_lost() {
     assert!(status.success(), "{status:?}\n{}", walbust.log());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_prometheus_endpoint_reports_the_pipeline() {
+/// Services with table `items`, and walbust streaming it with both sinks
+/// and its metrics endpoint on the returned port (`extra` appended to its
+/// configuration).
+async fn streaming_with_metrics(extra: &str) -> (Services, tokio_postgres::Client, u16, Walbust) {
     let svc = Services::start();
     let db = svc.pg.connect().await.unwrap();
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
@@ -107,10 +109,17 @@ async fn the_prometheus_endpoint_reports_the_pipeline() {
     let config = svc.write_config_with(
         RULES,
         true,
-        &format!("publish:\n  retry_max_ms: 300\nmetrics:\n  listen: 127.0.0.1:{port}\n"),
+        &format!("{extra}metrics:\n  listen: 127.0.0.1:{port}\n"),
     );
     let mut walbust = Walbust::start(&config);
     wait_streaming(&db, &mut walbust).await;
+    (svc, db, port, walbust)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_endpoint_reports_the_pipeline() {
+    let (svc, db, port, mut walbust) =
+        streaming_with_metrics("publish:\n  retry_max_ms: 300\n").await;
     let mut redis = svc.redis.connection().await.unwrap();
     set_keys(&mut redis, &["item:1"]).await;
     db.batch_execute("INSERT INTO items VALUES (1, 0)")
@@ -125,7 +134,8 @@ async fn the_prometheus_endpoint_reports_the_pipeline() {
         .unwrap();
     let text = eventually(Duration::from_secs(30), "a counted sink error", || async {
         let t = scrape_metrics(port);
-        t.contains("walbust_sink_errors_total").then_some(t)
+        let errors = metric_value(&t, "walbust_sink_errors_total{sink=\"redis\"");
+        (errors > Some(0.0)).then_some(t)
     })
     .await;
     svc.redis.restart().unwrap();
@@ -143,6 +153,70 @@ async fn the_prometheus_endpoint_reports_the_pipeline() {
     }
     let before = current_wal_lsn(&db).await;
     wait_confirmed_past(&db, before - 1).await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+}
+
+/// Every counter is exported from the start, at 0 and with each label
+/// value it can take: Prometheus's `increase()` and `rate()` (and the alerts
+/// in deploy/prometheus-alerts.yaml) miss the first event of a series that
+/// first appears at 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_counter_is_exported_at_zero_from_the_start() {
+    use walbust_cdc::metrics as cdc;
+    use walbust_publish::metrics as publish;
+    let (_svc, _db, port, mut walbust) = streaming_with_metrics("").await;
+    let text = scrape_metrics(port);
+
+    let mut series: Vec<String> = [
+        cdc::RECONNECTS,
+        cdc::MISSING_VALUES,
+        cdc::NULL_VALUES,
+        cdc::ESCALATIONS,
+        cdc::ACK_CEILING_FAILURES,
+        cdc::HEARTBEATS,
+        "walbust_rules_reload_errors_total",
+        publish::REDIS_WRONGTYPE_KEYS,
+        publish::REDIS_PATTERN_KEYS_REMOVED,
+        publish::KAFKA_RECORDS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (name, label, values) in [
+        (cdc::RULE_RELOADS, "result", &["applied", "refused"][..]),
+        (cdc::EXPLICIT_MESSAGES, "result", &["ok", "malformed"][..]),
+        (cdc::DDL_WINDOWS, "result", &["purged", "refused"][..]),
+        (
+            cdc::DEGRADED_BINDINGS,
+            "reason",
+            &["missing_column", "old_value_not_sent"][..],
+        ),
+    ] {
+        for value in values {
+            series.push(format!("{name}{{{label}=\"{value}\"}}"));
+        }
+    }
+    for sink in ["redis", "kafka"] {
+        for name in [publish::SINK_RETRIES, publish::SINK_BATCHES] {
+            series.push(format!("{name}{{sink=\"{sink}\"}}"));
+        }
+        for kind in walbust_publish::SinkErrorKind::ALL {
+            series.push(format!(
+                "{}{{sink=\"{sink}\",kind=\"{}\"}}",
+                publish::SINK_ERRORS,
+                kind.as_str()
+            ));
+        }
+    }
+    let missing: Vec<&String> = series
+        .iter()
+        .filter(|s| metric_value(&text, s) != Some(0.0))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not exported at 0 after start: {missing:?}\n{text}"
+    );
     walbust.signal("TERM");
     assert!(walbust.wait(Duration::from_secs(30)).success());
 }

@@ -22,7 +22,11 @@ rules:
 /// publication created by walbust), after a first run that streamed and
 /// left the marker.
 async fn first_run() -> (Services, tokio_postgres::Client, PathBuf) {
-    let svc = Services::start();
+    first_run_on(Services::start()).await
+}
+
+/// [`first_run`] on the given services.
+async fn first_run_on(svc: Services) -> (Services, tokio_postgres::Client, PathBuf) {
     let db = svc.pg.connect().await.unwrap();
     db.batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
         .await
@@ -84,21 +88,52 @@ async fn a_dropped_slot_is_refused_then_purged_on_request() {
         "  create: true\n  on_gap: purge\n  gap_purge:\n    patterns: [\"page:*\"]\n",
     );
     std::fs::write(&config, text).unwrap();
-    set_keys(&mut redis, &["item:1", "item:2", "page:home", "other:1"]).await;
+    let before = cache(&svc, &mut redis, &["item:1", "item:2", "page:home"]).await;
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    assert_purged(
+        &svc,
+        &mut redis,
+        &["item:1", "item:2", "page:home", "list:items"],
+        before,
+    )
+    .await;
+    assert!(walbust.log().contains("gap in the change stream"));
+
+    // And streaming resumes on the new slot.
+    streams_on(&db, &mut redis, walbust, "gap in the change stream").await;
+}
+
+/// Caches `keys`, `other:1` (which no rule covers) and `list:items` under
+/// tag `items`; returns how many records Kafka holds so far.
+async fn cache(
+    svc: &Services,
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &[&str],
+) -> usize {
+    set_keys(redis, keys).await;
+    set_keys(redis, &["other:1", "list:items"]).await;
     let _: () = redis::cmd("SADD")
         .arg("tag:items")
         .arg("list:items")
-        .query_async(&mut redis)
+        .query_async(redis)
         .await
         .unwrap();
-    set_keys(&mut redis, &["list:items"]).await;
-    let before = kafka_records(&svc.kafka, 0).len();
-    let mut walbust = Walbust::start(&config);
-    wait_streaming(&db, &mut walbust).await;
-    for k in ["item:1", "item:2", "page:home", "list:items"] {
-        assert!(!exists(&mut redis, k).await, "{k} survived the gap purge");
+    kafka_records(&svc.kafka, 0).len()
+}
+
+/// Checks a gap purge: every key of `gone` removed, `other:1` kept, and a
+/// flush-all record on Kafka after the first `before` records.
+async fn assert_purged(
+    svc: &Services,
+    redis: &mut redis::aio::MultiplexedConnection,
+    gone: &[&str],
+    before: usize,
+) {
+    for k in gone {
+        assert!(!exists(redis, k).await, "{k} survived the gap purge");
     }
-    assert!(exists(&mut redis, "other:1").await);
+    assert!(exists(redis, "other:1").await);
     let records = kafka_records(&svc.kafka, before + 1);
     assert!(
         records[before..]
@@ -106,10 +141,63 @@ async fn a_dropped_slot_is_refused_then_purged_on_request() {
             .any(|r| r["patterns"] == serde_json::json!(["*"])),
         "no flush-all record on Kafka: {records:?}"
     );
-    assert!(walbust.log().contains("gap in the change stream"));
+}
 
-    // And streaming resumes on the new slot.
-    streams_on(&db, &mut redis, walbust, "gap in the change stream").await;
+/// The lost-slot procedure the error message gives, followed to the letter:
+/// drop the slot, `walbust reset-gap`, start again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_is_recovered_with_reset_gap() {
+    let svc = Services::start_with(
+        walbust_testkit::Postgres::start_with(&LOSABLE_SLOTS).expect("start Postgres"),
+        walbust_testkit::Kafka::start().expect("start Kafka"),
+    );
+    let (svc, db, config) = first_run_on(svc).await;
+    let mut redis = svc.redis.connection().await.unwrap();
+    lose_slot(&db, "walbust").await;
+
+    let out = run_to_exit(&config).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("is lost"), "{err}");
+    let drop = "SELECT pg_drop_replication_slot('walbust')";
+    assert!(err.contains(drop), "{err}");
+    assert!(err.contains("run `walbust reset-gap`"), "{err}");
+
+    // Dropping the slot alone is not enough: the marker refuses the start.
+    db.batch_execute(drop).await.unwrap();
+    let out = run_to_exit(&config).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("the slot no longer exists"), "{err}");
+    assert!(err.contains("Run `walbust reset-gap`"), "{err}");
+
+    let before = cache(&svc, &mut redis, &["item:1"]).await;
+    let out = command_to_exit("reset-gap", &config).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("removed the gap marker walbust:marker:walbust"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("slot walbust created at "), "{stdout}");
+    // What the rules cover is gone, the rest stays.
+    assert_purged(
+        &svc,
+        &mut redis,
+        &["item:1", "list:items", "walbust:marker:walbust"],
+        before,
+    )
+    .await;
+    assert!(slot_exists(&db, "walbust").await);
+
+    // And walbust starts again, on the new slot.
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    streams_on(&db, &mut redis, walbust, "slot ready").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,11 +106,18 @@ pub struct Walbust {
 
 impl Walbust {
     pub fn start(config: &Path) -> Walbust {
+        Walbust::start_with_env(config, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables (the
+    /// `${VAR}`s of a configuration).
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Walbust {
         let log = config.with_extension(format!("{}.log", unique()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_walbust"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("WALBUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
@@ -242,10 +249,15 @@ fn unique() -> u128 {
 /// Runs `walbust run --config config` to its end, for starts that are
 /// refused; stderr holds the reason.
 pub async fn run_to_exit(config: &Path) -> std::process::Output {
+    command_to_exit("run", config).await
+}
+
+/// Runs `walbust <command> --config config` to its end.
+pub async fn command_to_exit(command: &'static str, config: &Path) -> std::process::Output {
     let config = config.to_owned();
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_walbust"))
-            .args(["run", "--config"])
+            .args([command, "--config"])
             .arg(&config)
             .env("WALBUST_LOG", "warn")
             .output()
@@ -582,4 +594,42 @@ pub fn purge_on_gap(config: &Path) {
         .unwrap()
         .replace("  create: true\n", "  create: true\n  on_gap: purge\n");
     std::fs::write(config, text).unwrap();
+}
+
+/// Settings under which [`lose_slot`] can make the server drop WAL a slot
+/// still needs.
+pub const LOSABLE_SLOTS: [(&str, &str); 3] = [
+    ("max_slot_wal_keep_size", "1MB"),
+    ("max_wal_size", "32MB"),
+    ("min_wal_size", "32MB"),
+];
+
+/// Writes WAL segments and checkpoints until the server drops WAL that
+/// slot `slot` (not streamed meanwhile) still needs: `wal_status = lost`.
+/// Needs a server started with [`LOSABLE_SLOTS`].
+pub async fn lose_slot(db: &tokio_postgres::Client, slot: &str) {
+    let mut status = String::new();
+    for _ in 0..10 {
+        for sql in [
+            "CREATE TABLE IF NOT EXISTS filler (x text)",
+            "INSERT INTO filler SELECT md5(g::text) || repeat('x', 1000) FROM generate_series(1, 5000) g",
+            "SELECT pg_switch_wal()",
+            "CHECKPOINT",
+        ] {
+            db.batch_execute(sql).await.unwrap();
+        }
+        status = db
+            .query_one(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .unwrap_or_default();
+        if status == "lost" {
+            return;
+        }
+    }
+    panic!("could not make slot {slot} lose WAL (wal_status {status:?})");
 }

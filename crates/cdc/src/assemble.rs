@@ -259,12 +259,13 @@ impl Assembler {
             Ok(inv) => inv,
             Err(e) => {
                 // The content may hold application data: log the reason only.
-                metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "malformed").increment(1);
+                metrics::counter!(m::EXPLICIT_MESSAGES, m::LABEL_RESULT => m::RESULT_MALFORMED)
+                    .increment(1);
                 tracing::warn!(lsn = %walbust_pgoutput::format_lsn(lsn), reason = %e, "ignored a malformed explicit invalidation message");
                 return Ok(());
             }
         };
-        metrics::counter!(m::EXPLICIT_MESSAGES, "result" => "ok").increment(1);
+        metrics::counter!(m::EXPLICIT_MESSAGES, m::LABEL_RESULT => m::RESULT_OK).increment(1);
         self.join_or_stand_alone(lsn, inv);
         Ok(())
     }

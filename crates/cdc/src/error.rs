@@ -74,7 +74,7 @@ pub enum SourceError {
         missing: Vec<String>,
     },
     #[error(
-        "publication \"{publication}\" was dropped while replication slot \"{slot}\" still needed it: Postgres decodes each change with the catalog as of that change, so this slot can never read past the changes made while the publication was missing; drop the slot (SELECT pg_drop_replication_slot('{slot}')), purge the caches the rules cover (or set source.on_gap: purge with source.create: true) and start again"
+        "publication \"{publication}\" was dropped while replication slot \"{slot}\" still needed it: Postgres decodes each change with the catalog as of that change, so this slot can never read past the changes made while the publication was missing; drop the slot (SELECT pg_drop_replication_slot('{slot}')), run `walbust reset-gap` with this configuration (it purges what the rules cover and clears the gap marker) and start again, or set source.on_gap: purge with source.create: true"
     )]
     PublicationDropped {
         publication: String,
@@ -84,7 +84,7 @@ pub enum SourceError {
         source: pgwire_replication::PgWireError,
     },
     #[error(
-        "replication slot \"{slot}\" resumes at {confirmed}, past {acknowledged}, the last position walbust acknowledged on it: the slot was dropped and created again (or advanced) while walbust was disconnected, so the changes in between were never seen and caches may be stale; purge the caches the rules cover and start again, or set source.on_gap: purge"
+        "replication slot \"{slot}\" resumes at {confirmed}, past {acknowledged}, the last position walbust acknowledged on it: the slot was dropped and created again (or advanced) while walbust was disconnected, so the changes in between were never seen and caches may be stale; run `walbust reset-gap` with this configuration (it purges what the rules cover and clears the gap marker) and start again, or set source.on_gap: purge"
     )]
     SlotAhead {
         slot: String,
@@ -136,7 +136,7 @@ pub enum SourceError {
     #[error("replication slot \"{slot}\" cannot be used: {detail}")]
     SlotWrongKind { slot: String, detail: String },
     #[error(
-        "replication slot \"{slot}\" is lost (wal_status = lost): the server removed WAL it needed, so changes were missed; drop the slot and purge the caches it protects before starting again"
+        "replication slot \"{slot}\" is lost (wal_status = lost): the server removed WAL it needed, so changes were missed; drop the slot (SELECT pg_drop_replication_slot('{slot}')), run `walbust reset-gap` with this configuration (it purges what the rules cover, clears the gap marker and, with source.create: true, creates the slot again) and start again"
     )]
     SlotLost { slot: String },
 }

@@ -57,6 +57,78 @@ pub const ACK_CEILING_FAILURES: &str = "walbust_ack_ceiling_failures_total";
 /// Rule sets handed to the reader, label `result` (applied, refused).
 pub const RULE_RELOADS: &str = "walbust_rule_reloads_total";
 
+/// Label of counters that count outcomes.
+pub const LABEL_RESULT: &str = "result";
+/// Label of [`DEGRADED_BINDINGS`].
+pub const LABEL_REASON: &str = "reason";
+/// `result` values: [`EXPLICIT_MESSAGES`] and [`DDL_MESSAGES`].
+pub const RESULT_OK: &str = "ok";
+/// `result` values: [`EXPLICIT_MESSAGES`] and [`DDL_MESSAGES`].
+pub const RESULT_MALFORMED: &str = "malformed";
+/// `result` value of [`DDL_MESSAGES`].
+pub const RESULT_UNKNOWN_VERSION: &str = "unknown_version";
+/// `result` value of [`DDL_WINDOWS`].
+pub const RESULT_PURGED: &str = "purged";
+/// `result` values: [`DDL_WINDOWS`] and [`RULE_RELOADS`].
+pub const RESULT_REFUSED: &str = "refused";
+/// `result` value of [`RULE_RELOADS`].
+pub const RESULT_APPLIED: &str = "applied";
+
+/// Every counter with a label, and each value the label takes.
+const LABELLED_COUNTERS: [(&str, &str, &[&str]); 5] = [
+    (
+        DEGRADED_BINDINGS,
+        LABEL_REASON,
+        &[DEGRADED_MISSING_COLUMN, DEGRADED_OLD_NOT_SENT],
+    ),
+    (
+        EXPLICIT_MESSAGES,
+        LABEL_RESULT,
+        &[RESULT_OK, RESULT_MALFORMED],
+    ),
+    (
+        DDL_MESSAGES,
+        LABEL_RESULT,
+        &[RESULT_OK, RESULT_MALFORMED, RESULT_UNKNOWN_VERSION],
+    ),
+    (DDL_WINDOWS, LABEL_RESULT, &[RESULT_PURGED, RESULT_REFUSED]),
+    (
+        RULE_RELOADS,
+        LABEL_RESULT,
+        &[RESULT_APPLIED, RESULT_REFUSED],
+    ),
+];
+
+/// Every counter without a label.
+const PLAIN_COUNTERS: [&str; 8] = [
+    TRANSACTIONS,
+    WAL_BYTES,
+    MISSING_VALUES,
+    NULL_VALUES,
+    ESCALATIONS,
+    ACK_CEILING_FAILURES,
+    RECONNECTS,
+    HEARTBEATS,
+];
+
+/// Registers every counter of the replication side at 0, with each value
+/// of its label, with the installed recorder. A series that first appears
+/// at 1 has no earlier sample, so Prometheus's `increase()` and `rate()`
+/// (and the alerts built on them) miss its first event.
+pub fn register_counters() {
+    for name in PLAIN_COUNTERS {
+        metrics::counter!(name).increment(0);
+    }
+    for op in [Op::Insert, Op::Update, Op::Delete, Op::Truncate] {
+        metrics::counter!(CHANGES, "op" => op_label(op)).increment(0);
+    }
+    for (name, label, values) in LABELLED_COUNTERS {
+        for &value in values {
+            metrics::counter!(name, label => value).increment(0);
+        }
+    }
+}
+
 /// Handles of the metrics recorded for every event, looked up once. Looking
 /// a metric up by name on each event (the `counter!` macro) cost about 5% of
 /// walbust's CPU in a backlog drain, more than decoding. Register after the

@@ -671,7 +671,8 @@ impl Session {
         match self.asm.set_rules(new.clone()) {
             Ok(()) => {
                 self.in_effect.send_replace(new);
-                metrics::counter!(m::RULE_RELOADS, "result" => "applied").increment(1);
+                metrics::counter!(m::RULE_RELOADS, m::LABEL_RESULT => m::RESULT_APPLIED)
+                    .increment(1);
                 tracing::info!(
                     rules = self.asm.rules().rules().len(),
                     retried = retry,
@@ -680,7 +681,8 @@ impl Session {
             }
             Err(e) => {
                 if !retry {
-                    metrics::counter!(m::RULE_RELOADS, "result" => "refused").increment(1);
+                    metrics::counter!(m::RULE_RELOADS, m::LABEL_RESULT => m::RESULT_REFUSED)
+                        .increment(1);
                     tracing::error!(error = %Chain(&e), "new rules do not fit the streamed tables; the rules in effect stay, and the new ones are tried again when a table is described anew");
                 }
                 self.refused = Some(new);

@@ -287,7 +287,7 @@ fn report_degraded(table: &str, bound: Option<&BoundTable>) {
             if columns.is_empty() {
                 continue;
             }
-            metrics::counter!(m::DEGRADED_BINDINGS, "reason" => reason).increment(1);
+            metrics::counter!(m::DEGRADED_BINDINGS, m::LABEL_REASON => reason).increment(1);
             tracing::warn!(
                 table,
                 rule = d.rule + 1,

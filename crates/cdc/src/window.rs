@@ -141,17 +141,19 @@ impl WindowGuard {
         let msg: GuardMessage = match serde_json::from_slice::<GuardMessage>(content) {
             Ok(msg) if msg.v == 1 => msg,
             Ok(msg) => {
-                metrics::counter!(m::DDL_MESSAGES, "result" => "unknown_version").increment(1);
+                metrics::counter!(m::DDL_MESSAGES, m::LABEL_RESULT => m::RESULT_UNKNOWN_VERSION)
+                    .increment(1);
                 tracing::warn!(lsn = %format_lsn(commit_lsn), version = msg.v, "ignored a DDL guard message of an unknown version (walbust older than the installed guard?)");
                 return Ok(Verdict::Nothing);
             }
             Err(e) => {
-                metrics::counter!(m::DDL_MESSAGES, "result" => "malformed").increment(1);
+                metrics::counter!(m::DDL_MESSAGES, m::LABEL_RESULT => m::RESULT_MALFORMED)
+                    .increment(1);
                 tracing::warn!(lsn = %format_lsn(commit_lsn), reason = %e, "ignored a malformed DDL guard message");
                 return Ok(Verdict::Nothing);
             }
         };
-        metrics::counter!(m::DDL_MESSAGES, "result" => "ok").increment(1);
+        metrics::counter!(m::DDL_MESSAGES, m::LABEL_RESULT => m::RESULT_OK).increment(1);
         let withheld = self.withheld(rules, &msg);
         if !withheld.is_empty() {
             match &mut self.window {
@@ -186,7 +188,7 @@ impl WindowGuard {
             return Ok(Verdict::Nothing);
         };
         if !self.purge {
-            metrics::counter!(m::DDL_WINDOWS, "result" => "refused").increment(1);
+            metrics::counter!(m::DDL_WINDOWS, m::LABEL_RESULT => m::RESULT_REFUSED).increment(1);
             return Err(SourceError::UnseenWindow(Box::new(
                 crate::error::UnseenWindow {
                     publication: self.publication.clone(),
@@ -209,7 +211,7 @@ impl WindowGuard {
             tables = %list(&w.tables),
             "the publication sends the rule tables again: purging what their rules cover, for the changes it withheld meanwhile"
         );
-        metrics::counter!(m::DDL_WINDOWS, "result" => "purged").increment(1);
+        metrics::counter!(m::DDL_WINDOWS, m::LABEL_RESULT => m::RESULT_PURGED).increment(1);
         let mut purge = Invalidations {
             keys: coverage.keys,
             tags: coverage.tags,

@@ -55,6 +55,49 @@ pub const KAFKA_RECORDS: &str = "walbust_kafka_records_total";
 /// Payload bytes of Kafka records acknowledged by the broker.
 pub const KAFKA_RECORD_BYTES: &str = "walbust_kafka_record_bytes_total";
 
+/// Registers every counter of the publishing side at 0 with the installed
+/// recorder, for each of the sinks named (their [`Sink::name`](crate::Sink::name)) and each
+/// error kind. A series that first appears at 1 has no earlier sample, so
+/// Prometheus's `increase()` and `rate()` (and the alerts built on them)
+/// miss its first event.
+pub fn register_counters(sinks: &[&'static str]) {
+    metrics::counter!(PIPELINE_BATCHES).increment(0);
+    for &sink in sinks {
+        for name in [
+            SINK_BATCHES,
+            SINK_KEYS,
+            SINK_TAGS,
+            SINK_PATTERNS,
+            SINK_RETRIES,
+        ] {
+            metrics::counter!(name, LABEL_SINK => sink).increment(0);
+        }
+        for kind in crate::SinkErrorKind::ALL {
+            metrics::counter!(SINK_ERRORS, LABEL_SINK => sink, LABEL_KIND => kind.as_str())
+                .increment(0);
+        }
+    }
+    let redis = [
+        REDIS_KEYS_REMOVED,
+        REDIS_TAG_MEMBERS_REMOVED,
+        REDIS_WRONGTYPE_KEYS,
+        REDIS_SCAN_CALLS,
+        REDIS_PATTERN_KEYS_MATCHED,
+        REDIS_PATTERN_KEYS_REMOVED,
+    ];
+    let kafka = [KAFKA_RECORDS, KAFKA_RECORD_BYTES];
+    for (sink, names) in [
+        (crate::redis_sink::NAME, &redis[..]),
+        (crate::kafka_sink::NAME, &kafka[..]),
+    ] {
+        if sinks.contains(&sink) {
+            for &name in names {
+                metrics::counter!(name).increment(0);
+            }
+        }
+    }
+}
+
 /// Registers descriptions and units with the installed recorder. Call once after installing it.
 pub fn describe() {
     describe_counter!(SINK_BATCHES, Unit::Count, "Batches confirmed by a sink.");

@@ -64,6 +64,17 @@ pub enum SinkErrorKind {
 }
 
 impl SinkErrorKind {
+    /// Every kind, for metrics registered before their first error.
+    pub const ALL: [SinkErrorKind; 7] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Unavailable,
+        Self::Protocol,
+        Self::Rejected,
+        Self::Config,
+        Self::TooLarge,
+    ];
+
     /// Whether an error of this kind may succeed if the same request is sent again later.
     pub fn retriable(self) -> bool {
         matches!(self, Self::Connect | Self::Timeout | Self::Unavailable)

@@ -32,7 +32,7 @@ or set WALBUST_PG_BINDIR to the directory holding initdb and pg_ctl";
 /// Overrides where the server programs are looked up.
 pub const BINDIR_ENV: &str = "WALBUST_PG_BINDIR";
 
-/// The superuser created by initdb.
+/// The superuser created by initdb, unless the test names another.
 const USER: &str = "walbust";
 /// The database `url()` and `connect()` point at.
 const DATABASE: &str = "postgres";
@@ -59,6 +59,7 @@ pub struct Postgres {
     log_file: PathBuf,
     socket_dir: PathBuf,
     port: u16,
+    superuser: String,
     password: String,
     run_as: Option<RunAs>,
     dir: TempDir,
@@ -83,6 +84,13 @@ impl Postgres {
     /// Starts a server with extra `postgresql.conf` settings, which override
     /// the defaults, e.g. `[("wal_sender_timeout", "5s")]`.
     pub fn start_with(settings: &[(&str, &str)]) -> Result<Postgres, Error> {
+        Self::start_as(USER, settings)
+    }
+
+    /// Like [`start_with`](Self::start_with), with the superuser named
+    /// `superuser` instead of `walbust`: for tests of setup scripts that
+    /// create a role called `walbust` themselves.
+    pub fn start_as(superuser: &str, settings: &[(&str, &str)]) -> Result<Postgres, Error> {
         let extra = render_settings(settings)?;
         let bindir = resolve_bindir()?;
         for program in ["initdb", "pg_ctl", "postgres"] {
@@ -119,6 +127,7 @@ impl Postgres {
             log_file: dir.path().join("server.log"),
             socket_dir: dir.path().to_owned(),
             port: 0,
+            superuser: superuser.to_owned(),
             password: format!(
                 "{:016x}{:016x}",
                 process::random_u64(),
@@ -161,9 +170,9 @@ impl Postgres {
         HOST
     }
 
-    /// The superuser, `walbust`.
+    /// The superuser, `walbust` unless started with [`start_as`](Self::start_as).
     pub fn user(&self) -> &str {
-        USER
+        &self.superuser
     }
 
     /// The superuser's password (random per instance; hex, so it needs no
@@ -180,8 +189,8 @@ impl Postgres {
     /// `postgres://USER:PASSWORD@127.0.0.1:PORT/DB`.
     pub fn url(&self) -> String {
         format!(
-            "postgres://{USER}:{}@{HOST}:{}/{DATABASE}",
-            self.password, self.port
+            "postgres://{}:{}@{HOST}:{}/{DATABASE}",
+            self.superuser, self.password, self.port
         )
     }
 
@@ -191,7 +200,7 @@ impl Postgres {
         let (client, connection) = tokio_postgres::Config::new()
             .host(HOST)
             .port(self.port)
-            .user(USER)
+            .user(&self.superuser)
             .password(&self.password)
             .dbname(DATABASE)
             .connect_timeout(Duration::from_secs(10))
@@ -216,8 +225,8 @@ impl Postgres {
             None => self.bindir.join("psql").display().to_string(),
         };
         format!(
-            "PGPASSWORD={} {psql} -h {HOST} -p {} -U {USER} -d {DATABASE}",
-            self.password, self.port
+            "PGPASSWORD={} {psql} -h {HOST} -p {} -U {} -d {DATABASE}",
+            self.password, self.port, self.superuser
         )
     }
 
@@ -301,7 +310,7 @@ impl Postgres {
         let mut cmd = self.command("initdb");
         cmd.arg("-D")
             .arg(&self.data_dir)
-            .args(["-U", USER])
+            .args(["-U", &self.superuser])
             .arg(format!("--pwfile={}", pwfile.display()))
             .args([
                 "--auth-host=scram-sha-256",

@@ -145,7 +145,7 @@ pub struct SinksConfig {
 }
 
 /// `publish`: batching and retries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PublishConfig {
     pub max_keys: usize,
@@ -225,15 +225,73 @@ pub enum ConfigError {
     },
 }
 
+/// A `${VAR}` that was not set, read as a placeholder by
+/// [`Config::load_offline`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unset {
+    pub path: String,
+    /// The first line naming it.
+    pub line: usize,
+    pub var: String,
+}
+
+impl fmt::Display for Unset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: ${{{}}} is not set; checked with a placeholder (`walbust run` and `check --db` need it set)",
+            self.path, self.line, self.var
+        )
+    }
+}
+
 impl Config {
     /// Reads, interpolates, parses and validates a configuration file.
+    /// Every `${VAR}` must be set.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
+        let raw = read(path)?;
+        Config::from_file_text(path, &raw, |v| std::env::var(v).ok())
+    }
+
+    /// Like [`load`](Self::load) for checks that connect to nothing (`walbust
+    /// check` without `--db`, `walbust explain --config`), so that CI can
+    /// validate a file without production secrets: an unset `${VAR}` reads
+    /// as its own name and is returned instead of refused.
+    pub fn load_offline(path: &Path) -> Result<(Config, Vec<Unset>), ConfigError> {
+        let raw = read(path)?;
+        let unset = std::cell::RefCell::new(Vec::<String>::new());
+        let cfg = Config::from_file_text(path, &raw, |v| {
+            std::env::var(v).ok().or_else(|| {
+                let mut unset = unset.borrow_mut();
+                if !unset.iter().any(|u| u == v) {
+                    unset.push(v.to_owned());
+                }
+                Some(v.to_owned())
+            })
         })?;
-        let mut cfg = Config::parse(&raw, &shown, |v| std::env::var(v).ok())?;
+        let unset = unset
+            .into_inner()
+            .into_iter()
+            .map(|var| Unset {
+                path: path.display().to_string(),
+                line: raw
+                    .lines()
+                    .position(|l| l.contains(&format!("${{{var}}}")))
+                    .map_or(0, |i| i + 1),
+                var,
+            })
+            .collect();
+        Ok((cfg, unset))
+    }
+
+    /// The file's text parsed and validated; relative rules paths resolved
+    /// against the file's folder.
+    fn from_file_text(
+        path: &Path,
+        raw: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::parse(raw, &path.display().to_string(), env)?;
         if cfg.rules.is_relative() {
             if let Some(dir) = path.parent() {
                 cfg.rules = dir.join(&cfg.rules);
@@ -363,6 +421,13 @@ pub fn interpolate(
         out.push_str(rest);
     }
     Ok(out)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn strip_field(s: &str) -> String {
@@ -567,6 +632,60 @@ sinks: { discard: {} }
     fn metrics_listen_must_be_an_address() {
         let text = GOOD.replace("127.0.0.1:9187", "localhost");
         assert!(error_of(&text).starts_with("walbust.yaml: metrics.listen: "));
+    }
+
+    /// The YAML block of the README's "Configuration" section.
+    fn readme_configuration() -> String {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split_once("\n## Configuration\n")
+            .expect("a Configuration section")
+            .1;
+        let block = section.split_once("```yaml\n").expect("a yaml block").1;
+        block
+            .split_once("```")
+            .expect("the block's end")
+            .0
+            .to_owned()
+    }
+
+    #[test]
+    fn the_readme_configuration_states_the_defaults() {
+        let readme = Config::parse(&readme_configuration(), "README.md", |v| Some(v.into()))
+            .expect("the README's configuration loads");
+        // The same file with nothing but what is required: every default.
+        let minimal = Config::parse(
+            "source: {url: \"postgres://walbust@db/shop\", publication: walbust, slot: walbust}\n\
+             rules: rules.yaml\n\
+             sinks: {redis: {url: \"redis://cache\"}, kafka: {brokers: k, topic: t}}\n",
+            "minimal.yaml",
+            |_| None,
+        )
+        .unwrap();
+
+        let (s, d) = (&readme.source, &minimal.source);
+        assert_eq!(s.create, d.create, "source.create");
+        assert_eq!(s.status_interval_ms, d.status_interval_ms);
+        assert_eq!(s.application_name, d.application_name);
+        assert_eq!(s.binary, d.binary, "source.binary");
+        assert_eq!(s.heartbeat_interval_ms, d.heartbeat_interval_ms);
+        assert_eq!(s.on_gap, d.on_gap, "source.on_gap");
+
+        let redis = readme.sinks.redis.as_ref().unwrap();
+        let default = RedisSinkConfig::new(redis.url.clone());
+        assert_eq!(redis.tag_prefix(), default.tag_prefix(), "tag_prefix");
+        let without_prefix = RedisSinkConfig {
+            tag_prefix: None,
+            ..redis.clone()
+        };
+        assert_eq!(without_prefix, default, "sinks.redis defaults");
+
+        let kafka = readme.sinks.kafka.as_ref().unwrap();
+        let default = minimal.sinks.kafka.as_ref().unwrap();
+        assert_eq!(kafka.max_record_bytes, default.max_record_bytes);
+        assert_eq!(kafka.key, default.key);
+
+        assert_eq!(readme.publish, minimal.publish, "publish defaults");
     }
 
     #[test]

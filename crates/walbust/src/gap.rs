@@ -75,7 +75,7 @@ struct Marker {
 /// A gap was found and the configuration says to refuse.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "walbust ran before on slot \"{slot}\" ({why}; marker in Redis key {key}): changes since then are unknowable and caches may be stale. Purge the caches and delete the marker, or set source.on_gap: purge"
+    "walbust ran before on slot \"{slot}\" ({why}; marker in Redis key {key}): changes since then are unknowable and caches may be stale. Run `walbust reset-gap` with this configuration (it purges what the rules cover and removes the marker) and start again, or set source.on_gap: purge"
 )]
 pub struct GapError {
     pub slot: String,
@@ -127,14 +127,90 @@ pub async fn guard(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Re
         OnGap::Purge => {
             tracing::warn!(slot = %cfg.source.slot, reason = %why, "gap in the change stream: purging everything the rules cover before streaming");
             purge(cfg, rules, sinks).await?;
-            let _: () = redis::cmd("DEL")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await
-                .context("removing the old gap marker")?;
-            Ok(())
+            remove_marker(cfg).await
         }
     }
+}
+
+/// Removes the gap marker (after a purge stood in for the changes it
+/// guarded): the next start is a first start on whatever slot it finds.
+async fn remove_marker(cfg: &Config) -> Result<()> {
+    let Some(redis_cfg) = &cfg.sinks.redis else {
+        return Ok(());
+    };
+    let mut redis = redis_connection(redis_cfg).await?;
+    let _: () = redis::cmd("DEL")
+        .arg(marker_key(&cfg.source.slot))
+        .query_async(&mut redis)
+        .await
+        .context("removing the old gap marker")?;
+    Ok(())
+}
+
+/// `walbust reset-gap`: what `source.on_gap: purge` does, once, by hand.
+/// Makes sure the slot exists (creating it with `source.create: true`, with
+/// the checks of `run`), then purges everything the rules cover and removes
+/// the marker, so that the next `run` starts on the slot. The purge comes
+/// after the slot exists: a change the slot does not hold was committed
+/// before the purge, so no cache can keep a value from before it.
+pub async fn reset_gap(path: &std::path::Path) -> std::process::ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => return crate::fail_config(e),
+    };
+    let rules = match RuleSet::load(&cfg.rules) {
+        Ok(rules) => rules,
+        Err(e) => return crate::fail_config(e),
+    };
+    match reset(&cfg, &rules).await {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => crate::fail(e),
+    }
+}
+
+async fn reset(cfg: &Config, rules: &RuleSet) -> Result<Vec<String>> {
+    let sinks = crate::run::build_sinks(cfg).await?;
+    for sink in &sinks {
+        sink.health()
+            .await
+            .with_context(|| format!("sink {} is not healthy", sink.name()))?;
+    }
+    let spec = walbust_cdc::SourceSpec {
+        url: cfg.source.url.clone(),
+        publication: cfg.source.publication.clone(),
+        slot: cfg.source.slot.clone(),
+        create: cfg.source.create,
+    };
+    // Nothing signals a shutdown: the command ends when its work does.
+    let (_never, shutdown) = tokio::sync::watch::channel(false);
+    let slot = crate::run::prepare_source(cfg, &spec, rules, &shutdown)
+        .await?
+        .context("stopped before the slot was ready")?;
+    purge(cfg, rules, &sinks).await?;
+    remove_marker(cfg).await?;
+    let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    Ok(vec![
+        format!(
+            "purged what the rules cover on {} (Kafka: a flush-all record)",
+            names.join(", ")
+        ),
+        if cfg.sinks.redis.is_some() {
+            format!("removed the gap marker {}", marker_key(&cfg.source.slot))
+        } else {
+            "no gap marker (it lives in Redis, which is not configured)".to_owned()
+        },
+        format!(
+            "slot {} {} at {}: `walbust run` starts there",
+            cfg.source.slot,
+            if slot.created { "created" } else { "found" },
+            walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn)
+        ),
+    ])
 }
 
 /// Records that walbust streams this slot of this server. Runs once the

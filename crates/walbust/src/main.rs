@@ -79,12 +79,29 @@ enum Command {
     /// does not send,
     /// and TOAST-able columns used in templates without REPLICA IDENTITY
     /// FULL (a warning). Exits 1 if there is any error.
+    ///
+    /// Without --db an unset ${VAR} is only a note (the file is checked with
+    /// a placeholder, so CI needs no secrets); with --db it is an error, as
+    /// for run.
     Check {
         #[arg(long, short, env = "WALBUST_CONFIG", default_value = "walbust.yaml")]
         config: PathBuf,
         /// Also connect to the database and the sinks and check them.
         #[arg(long)]
         db: bool,
+    },
+    /// After a gap (a lost or dropped slot, a publication dropped under it):
+    /// purge everything the rules cover and remove the gap marker, so that
+    /// the next run starts afresh.
+    ///
+    /// Does once what `source.on_gap: purge` does: makes sure the slot
+    /// exists (creating it with `source.create: true`), then purges every
+    /// key and pattern template as a glob, every constant tag and
+    /// `source.gap_purge` in Redis, sends a flush-all record (pattern `*`)
+    /// to Kafka, and deletes the marker. Drop a lost slot first.
+    ResetGap {
+        #[arg(long, short, env = "WALBUST_CONFIG", default_value = "walbust.yaml")]
+        config: PathBuf,
     },
     /// Run walbust end to end on throwaway Postgres, Redis and Kafka, with a
     /// small shop schema and a write generator, and show what it invalidates.
@@ -134,6 +151,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => cmd_run(&config).await,
             Command::Check { config, db } => check::check(&config, db).await,
+            Command::ResetGap { config } => gap::reset_gap(&config).await,
             Command::Demo(args) => demo::demo(args).await,
             Command::Explain(args) => explain::explain(args),
             Command::Tail(args) => tail::tail(args).await,
@@ -154,6 +172,7 @@ async fn cmd_run(path: &std::path::Path) -> ExitCode {
             return fail(e);
         }
         metrics::describe();
+        metrics::register_counters();
     }
     let shutdown = shutdown_signal();
     match run::run(cfg, shutdown, run::Hooks::default()).await {

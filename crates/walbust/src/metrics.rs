@@ -18,3 +18,11 @@ pub fn describe() {
         "Rules reloads refused (invalid file or tables not published); the previous rules keep running"
     );
 }
+
+/// Registers every counter of the binary and of the replication side at 0
+/// (see [`walbust_cdc::metrics::register_counters`]); the publishing side's
+/// are registered once the sinks are known.
+pub fn register_counters() {
+    walbust_cdc::metrics::register_counters();
+    metrics::counter!(RULES_RELOAD_ERRORS).increment(0);
+}

@@ -53,6 +53,8 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     );
 
     let sinks = build_sinks(&cfg).await?;
+    let names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
+    walbust_publish::metrics::register_counters(&names);
     for sink in &sinks {
         let healthy = until_ready(&shutdown, sink.name(), || async {
             match sink.health().await {
@@ -170,7 +172,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
 
 /// Checks the database, creating the publication and the slot when asked;
 /// `None` when shutdown was requested meanwhile.
-async fn prepare_source(
+pub(crate) async fn prepare_source(
     cfg: &Config,
     spec: &walbust_cdc::SourceSpec,
     rules: &RuleSet,

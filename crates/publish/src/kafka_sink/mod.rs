@@ -17,4 +17,4 @@ pub use config::{
     KafkaSinkConfig, CONFIG_PATH, DEFAULT_MAX_RECORD_BYTES, DEFAULT_METADATA_TIMEOUT_MS,
     MIN_MAX_RECORD_BYTES,
 };
-pub use sink::KafkaSink;
+pub use sink::{KafkaSink, NAME};

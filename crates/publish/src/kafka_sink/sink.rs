@@ -19,7 +19,8 @@ use crate::batch::Batch;
 use crate::metrics as m;
 use crate::sink::{Sink, SinkError, SinkErrorKind};
 
-const NAME: &str = "kafka";
+/// The sink's name ([`Sink::name`](crate::Sink::name)), its `sink` metric label.
+pub const NAME: &str = "kafka";
 
 /// How long a send waits for room in librdkafka's local queue before giving up (retriably).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -18,7 +18,8 @@ use crate::metrics as m;
 use crate::record;
 use crate::sink::{Sink, SinkError, SinkErrorKind};
 
-const NAME: &str = "redis";
+/// The sink's name ([`Sink::name`](crate::Sink::name)), its `sink` metric label.
+pub const NAME: &str = "redis";
 
 /// Patterns purged at the same time within one batch; each is its own `SCAN` walk.
 const PATTERN_CONCURRENCY: usize = 4;

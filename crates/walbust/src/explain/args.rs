@@ -87,8 +87,9 @@ impl ExplainArgs {
 fn rules_path(args: &ExplainArgs) -> Result<PathBuf, String> {
     match (&args.rules, &args.config) {
         (Some(rules), _) => Ok(rules.clone()),
-        (None, Some(config)) => Config::load(config)
-            .map(|c| c.rules)
+        // Only the rules path is used: secrets need not be set.
+        (None, Some(config)) => Config::load_offline(config)
+            .map(|(c, _)| c.rules)
             .map_err(|e| walbust_flow::Chain(&e).to_string()),
         (None, None) => Err("give --config or --rules".to_owned()),
     }

@@ -300,7 +300,10 @@ impl Report {
                         .collect::<Vec<_>>()
                         .join(", ");
                     let word = if by.len() == 1 { "rule" } else { "rules" };
-                    let _ = writeln!(s, "  {v:<width$}  <- {word} {list}");
+                    // Padded by hand: `{v:<width$}` panics on a width
+                    // above 65,535, and a rendered value can be longer.
+                    let pad = " ".repeat(width - v.chars().count());
+                    let _ = writeln!(s, "  {v}{pad}  <- {word} {list}");
                 }
             }
         }
@@ -474,6 +477,26 @@ rules:
             .outcome_notes()
             .iter()
             .any(|n| n.starts_with("rule 1: 1 template(s) skipped")));
+    }
+
+    #[test]
+    fn values_longer_than_a_format_width_are_aligned() {
+        // 70,000 characters: more than `{:<width$}` takes (65,535).
+        let long = "x".repeat(70_000);
+        let r = report(&change(
+            Op::Insert,
+            None,
+            Some(&format!(r#"{{"id":"1","category_id":"{long}"}}"#)),
+        ));
+        let text = r.to_text();
+        let tag = format!("category:{long}");
+        assert!(
+            text.contains(&format!("\n  {tag}  <- rule 1 (line 5)\n")),
+            "the long tag is not listed"
+        );
+        // The other tags are padded to the long one's width.
+        let pad = " ".repeat(tag.len() - "products".len());
+        assert!(text.contains(&format!("\n  products{pad}  <- rule 1 (line 5)\n")));
     }
 
     #[test]

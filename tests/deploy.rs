@@ -1,0 +1,214 @@
+//! The deploy folder as a DBA uses it: deploy/shop-schema.sql and
+//! deploy/postgres-setup.sql applied to a fresh database, pg_hba.conf with
+//! the one line the setup script asks for, and walbust run with
+//! deploy/walbust.yaml and the rules deploy/compose.yaml mounts, as the
+//! script's least-privileged role.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+
+/// The password deploy/postgres-setup.sql gives the role.
+const PASSWORD: &str = "change-me";
+/// The role and database the setup script and walbust.yaml name.
+const ROLE: &str = "walbust";
+const DATABASE: &str = "shop";
+/// The Kafka topic deploy/walbust.yaml names.
+const DEPLOY_TOPIC: &str = "cache-invalidations";
+/// The superuser of the test server: the script creates `walbust` itself.
+const SUPERUSER: &str = "postgres";
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `host ...` lines the setup script's comment asks for, on loopback.
+fn documented_hba_lines(setup: &str) -> Vec<String> {
+    let lines: Vec<String> = setup
+        .lines()
+        .filter_map(|l| l.strip_prefix("--"))
+        .map(str::trim)
+        .filter(|l| l.starts_with("host "))
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(fields.len(), 5, "pg_hba line {l:?}");
+            format!(
+                "{} {} {} 127.0.0.1/32 {}",
+                fields[0], fields[1], fields[2], fields[4]
+            )
+        })
+        .collect();
+    assert!(!lines.is_empty(), "the setup script names no pg_hba line");
+    lines
+}
+
+/// deploy/walbust.yaml pointed at the test's services: the files mounted
+/// by deploy/compose.yaml replaced by the files it mounts, the hosts by the
+/// test's.
+fn deploy_config(svc: &Services) -> PathBuf {
+    let mut config = read(&deploy("walbust.yaml"));
+    let compose = read(&deploy("compose.yaml"));
+    let mut mounted = 0;
+    for line in compose.lines().map(str::trim) {
+        let Some(volume) = line.strip_prefix("- ") else {
+            continue;
+        };
+        let parts: Vec<&str> = volume.split(':').collect();
+        if parts.len() < 2 || !parts[1].starts_with("/etc/walbust/") {
+            continue;
+        }
+        let source = deploy(parts[0]);
+        assert!(source.exists(), "compose mounts {} (missing)", parts[0]);
+        config = config.replace(parts[1], source.to_str().unwrap());
+        mounted += 1;
+    }
+    assert!(
+        mounted >= 2,
+        "compose.yaml mounts no configuration and rules"
+    );
+    for (from, to) in [
+        ("db.internal:5432", format!("127.0.0.1:{}", svc.pg.port())),
+        ("redis://cache.internal:6379/0", svc.redis.url()),
+        ("kafka-1.internal:9092", svc.kafka.bootstrap_servers()),
+        ("0.0.0.0:9187", "127.0.0.1:0".to_owned()),
+    ] {
+        assert!(config.contains(from), "deploy/walbust.yaml has no {from}");
+        config = config.replace(from, &to);
+    }
+    let path = svc.dir.path().join("walbust.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Applies an SQL file to the database as a DBA would: psql, statement by
+/// statement, stopping at the first error.
+async fn psql(svc: &Services, file: &Path) {
+    let mut cmd = Command::new(svc.pg.bindir().join("psql"));
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", svc.pg.host()])
+        .args(["-p", &svc.pg.port().to_string(), "-U", svc.pg.user()])
+        .args(["-d", DATABASE, "-f"])
+        .arg(file)
+        .env("PGPASSWORD", svc.pg.password());
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run psql"))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql -f {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn connect(svc: &Services, database: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(svc.pg.host())
+        .port(svc.pg.port())
+        .user(svc.pg.user())
+        .password(svc.pg.password())
+        .dbname(database)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect as the superuser");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_setup_script_fits_the_shipped_rules_and_configuration() {
+    let pg = walbust_testkit::Postgres::start_as(SUPERUSER, &[]).expect("start Postgres");
+    let svc = Services::start_with(pg, walbust_testkit::Kafka::start().expect("start Kafka"));
+    svc.kafka.create_topic(DEPLOY_TOPIC, 1).unwrap();
+    let admin = svc.pg.connect().await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+        .await
+        .unwrap();
+    psql(&svc, &deploy("shop-schema.sql")).await;
+    psql(&svc, &deploy("postgres-setup.sql")).await;
+    let setup = read(&deploy("postgres-setup.sql"));
+    let shop = connect(&svc, DATABASE).await;
+
+    // pg_hba.conf: the superuser's lines and the script's, nothing else (no
+    // `replication` line for walbust).
+    let mut hba = format!("local all all trust\nhost all {SUPERUSER} 127.0.0.1/32 scram-sha-256\n");
+    for line in documented_hba_lines(&setup) {
+        assert!(line.contains(&format!(" {DATABASE} {ROLE} ")), "{line}");
+        hba.push_str(&line);
+        hba.push('\n');
+    }
+    std::fs::write(svc.pg.data_dir().join("pg_hba.conf"), hba).unwrap();
+    let reloaded: bool = admin
+        .query_one("SELECT pg_reload_conf()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reloaded);
+    let config = deploy_config(&svc);
+
+    let out = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_walbust"))
+                .args(["check", "--db", "--config"])
+                .arg(&config)
+                .env("WALBUST_PG_PASSWORD", PASSWORD)
+                .env("WALBUST_LOG", "warn")
+                .output()
+                .expect("run walbust check")
+        })
+        .await
+        .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "check --db failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.lines().any(|l| l == "0 error(s), 0 warning(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ok: sink redis is healthy"), "{stdout}");
+    assert!(stdout.contains("ok: sink kafka is healthy"), "{stdout}");
+
+    // And walbust runs on it: streams as the role, invalidates a change.
+    let mut walbust = Walbust::start_with_env(&config, &[("WALBUST_PG_PASSWORD", PASSWORD)]);
+    wait_slot_active(&admin, &mut walbust, "walbust").await;
+    let mut redis = svc.redis.connection().await.unwrap();
+    set_keys(&mut redis, &["shop:product:1", "shop:product:2"]).await;
+    shop.batch_execute(
+        "INSERT INTO categories VALUES (1, NULL, 'tools', 'Tools');
+         INSERT INTO products (id, category_id, slug, name, price) VALUES (1, 1, 'saw', 'Saw', 12);",
+    )
+    .await
+    .unwrap();
+    assert_invalidated(
+        &mut redis,
+        &["shop:product:1"],
+        &["shop:product:2"],
+        "an insert into products",
+    )
+    .await;
+    let streaming_as: String = admin
+        .query_one(
+            "SELECT usename::text FROM pg_stat_replication WHERE application_name = 'walbust'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(streaming_as, ROLE);
+    walbust.signal("TERM");
+    assert!(walbust.wait(std::time::Duration::from_secs(30)).success());
+}
