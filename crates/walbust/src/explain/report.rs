@@ -60,10 +60,13 @@ pub(super) fn evaluate(set: &RuleSet, change: &Change) -> Result<Report, String>
             Ok(b) => break b,
             Err(e) if columns.len() < change.columns().len() + MAX_UNNAMED_COLUMNS => {
                 notes.push(format!(
-                    "column {:?} (read by {}) has no value in --old or --new: read as not sent \
-                     (in an update's new row: unchanged TOAST)",
+                    "column {:?} (read by {}) has no value in --old or --new: read as not sent{}",
                     e.column_name(),
-                    e.rule()
+                    e.rule(),
+                    match change.op {
+                        Op::Update => " (in an update's new row: unchanged TOAST)",
+                        _ => "",
+                    }
                 ));
                 columns.push(e.column_name().to_owned());
             }
@@ -219,8 +222,13 @@ impl Report {
         let mut add = |who: String, o: &Outcome| {
             if o.missing > 0 {
                 notes.push(format!(
-                    "{who}: {} template(s) skipped: a value did not arrive (unchanged TOAST, or an old value the replica identity does not send); counted in walbust_rule_missing_values_total",
-                    o.missing
+                    "{who}: {} template(s) skipped: a value did not arrive ({}); counted in walbust_rule_missing_values_total",
+                    o.missing,
+                    match self.op {
+                        Op::Insert => "not in --new",
+                        Op::Update => "unchanged TOAST, or an old value the replica identity does not send",
+                        _ => "an old value the replica identity does not send",
+                    }
                 ));
             }
             if o.null > 0 {
@@ -477,6 +485,19 @@ rules:
             .outcome_notes()
             .iter()
             .any(|n| n.starts_with("rule 1: 1 template(s) skipped")));
+    }
+
+    #[test]
+    fn an_insert_missing_a_value_does_not_speak_of_toast() {
+        let r = report(&change(Op::Insert, None, Some(r#"{"id":"1","price":"9"}"#)));
+        let notes = r.outcome_notes();
+        assert!(notes.iter().any(|n| n.contains("not sent")), "{notes:?}");
+        assert!(!notes.iter().any(|n| n.contains("TOAST")), "{notes:?}");
+        let r = report(&change(Op::Update, None, Some(r#"{"id":"1","price":"9"}"#)));
+        assert!(r
+            .outcome_notes()
+            .iter()
+            .any(|n| n.contains("unchanged TOAST")));
     }
 
     #[test]
