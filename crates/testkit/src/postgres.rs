@@ -188,10 +188,28 @@ impl Postgres {
 
     /// `postgres://USER:PASSWORD@127.0.0.1:PORT/DB`.
     pub fn url(&self) -> String {
+        self.url_as(&self.superuser, &self.password)
+    }
+
+    /// The URL of [`url`](Self::url) for another role (`user` and
+    /// `password` are put in as they are: keep them URL-safe).
+    pub fn url_as(&self, user: &str, password: &str) -> String {
         format!(
-            "postgres://{}:{}@{HOST}:{}/{DATABASE}",
-            self.superuser, self.password, self.port
+            "postgres://{user}:{password}@{HOST}:{}/{DATABASE}",
+            self.port
         )
+    }
+
+    /// Replaces `pg_hba.conf` with `rules` and restarts the server, so
+    /// that every connection from then on is judged by them. testkit's own
+    /// rules trust local socket connections and ask every TCP connection
+    /// for a scram-sha-256 password; the socket line stays needed for
+    /// `pg_ctl` to see the server start.
+    pub fn set_hba(&self, rules: &str) -> Result<(), Error> {
+        let hba = self.data_dir.join("pg_hba.conf");
+        fs::write(&hba, rules)
+            .map_err(|e| Error::io(format!("could not write {}", hba.display()), e))?;
+        self.restart()
     }
 
     /// Connects as the superuser over TCP (SCRAM). The connection task is

@@ -168,6 +168,38 @@ impl Redis {
             })
     }
 
+    /// Creates (or replaces) the ACL user `name` with `password` and the
+    /// ACL `rules` (`["~*", "+@all", "-get"]`), as `ACL SETUSER` takes them;
+    /// the user is switched on. Returns [`url_as`](Self::url_as) for it.
+    pub async fn acl_user(
+        &self,
+        name: &str,
+        password: &str,
+        rules: &[&str],
+    ) -> Result<String, Error> {
+        let mut conn = self.connection().await?;
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg(name)
+            .arg("reset")
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg(rules);
+        cmd.query_async::<()>(&mut conn)
+            .await
+            .map_err(|source| Error::Redis {
+                context: format!("could not create ACL user {name}"),
+                source,
+            })?;
+        Ok(self.url_as(name, password))
+    }
+
+    /// `redis://NAME:PASSWORD@127.0.0.1:PORT` (both put in as they are:
+    /// keep them URL-safe).
+    pub fn url_as(&self, name: &str, password: &str) -> String {
+        format!("redis://{name}:{password}@127.0.0.1:{}", self.port)
+    }
+
     /// `redis-cli -p PORT`, for a person to paste into a shell.
     pub fn cli_command(&self) -> String {
         format!("redis-cli -p {}", self.port)
