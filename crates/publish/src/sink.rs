@@ -54,11 +54,15 @@ pub enum SinkErrorKind {
     Unavailable,
     /// The server replied something the client did not understand. Not retriable.
     Protocol,
-    /// The server refused the request for a reason retrying cannot fix (wrong type, no
-    /// permission, record too large for the broker). Not retriable.
+    /// The server refused the request for a reason retrying cannot fix (wrong type, record too
+    /// large for the broker). Not retriable.
     Rejected,
     /// The sink is configured wrongly (bad URL, missing topic, invalid property). Not retriable.
     Config,
+    /// The server refused walbust's credentials (a wrong password) or its permissions (a Redis
+    /// ACL that does not allow a command, key or channel walbust needs). Not retriable: someone
+    /// must change the credentials or the ACL, so walbust stops as for any definite error.
+    Denied,
     /// A single entry cannot fit the sink's size limit. Not retriable.
     TooLarge,
 }
@@ -89,6 +93,7 @@ impl SinkErrorKind {
             Self::Protocol => "protocol",
             Self::Rejected => "rejected",
             Self::Config => "config",
+            Self::Denied => "denied",
             Self::TooLarge => "too_large",
         }
     }
@@ -162,6 +167,7 @@ mod tests {
             SinkErrorKind::Protocol,
             SinkErrorKind::Rejected,
             SinkErrorKind::Config,
+            SinkErrorKind::Denied,
             SinkErrorKind::TooLarge,
         ];
         for kind in retriable {

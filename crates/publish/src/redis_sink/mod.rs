@@ -30,4 +30,4 @@ pub use config::{
     DEFAULT_RESPONSE_TIMEOUT_MS, DEFAULT_SCAN_COUNT, DEFAULT_SET_TAG_PREFIX, DEFAULT_UNLINK_CHUNK,
     DEFAULT_VERSION_TAG_PREFIX,
 };
-pub use sink::{RedisConnection, RedisSink, NAME};
+pub use sink::{redis_error, RedisConnection, RedisSink, NAME};

@@ -543,9 +543,55 @@ where
         .await
 }
 
-/// Classifies a client error; the message says what was being done, the source says why.
-fn redis_error(context: &str, err: RedisError) -> SinkError {
-    SinkError::with_source(classify(&err), context, err)
+/// Classifies a client error; the message says what was being done, the source says why. A
+/// permission refused by the server's ACL also says which rule would allow it.
+pub fn redis_error(context: &str, err: RedisError) -> SinkError {
+    let kind = classify(&err);
+    match acl_rule(&err) {
+        Some(rule) => SinkError::with_source(
+            kind,
+            format!(
+                "{context}: the Redis user lacks a permission walbust needs; allow it with \
+                 ACL SETUSER <user> {rule} (README, \"Redis ACL\")"
+            ),
+            err,
+        ),
+        None => SinkError::with_source(kind, context, err),
+    }
+}
+
+/// The ACL rule that would have allowed what `err` (a `NOPERM` reply) refused: `+get` for a
+/// command (`+script|load` for a subcommand), `~<pattern>` for a key and `&<channel>` for a
+/// channel, which the server does not name, so the placeholder stays for the operator to fill in.
+fn acl_rule(err: &RedisError) -> Option<String> {
+    if err.kind() != ErrorKind::Server(ServerErrorKind::NoPerm) {
+        return None;
+    }
+    // A failed pipeline carries the refusal among its commands' errors.
+    let in_pipeline = err.clone().into_server_errors().and_then(|errors| {
+        errors
+            .iter()
+            .find(|(_, e)| e.kind() == Some(ServerErrorKind::NoPerm))
+            .and_then(|(_, e)| e.details().map(str::to_owned))
+    });
+    let detail = match &in_pipeline {
+        Some(detail) => detail.as_str(),
+        None => err.detail().unwrap_or_default(),
+    };
+    // "User walbust has no permissions to run the 'get' command" (Redis 7.2), "this user has
+    // no permissions to run the 'get' command" (7.0); likewise for keys and channels.
+    if let Some((_, rest)) = detail.split_once("to run the '") {
+        if let Some((command, _)) = rest.split_once('\'') {
+            return Some(format!("+{}", command.to_ascii_lowercase()));
+        }
+    }
+    if detail.contains(" key") {
+        return Some("~<key pattern>".to_owned());
+    }
+    if detail.contains(" channel") {
+        return Some("&<channel>".to_owned());
+    }
+    Some("(see the server's ACL LOG)".to_owned())
 }
 
 fn classify(err: &RedisError) -> SinkErrorKind {
@@ -556,7 +602,10 @@ fn classify(err: &RedisError) -> SinkErrorKind {
         return SinkErrorKind::Connect;
     }
     match err.kind() {
-        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig => SinkErrorKind::Config,
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+            SinkErrorKind::Denied
+        }
+        ErrorKind::InvalidClientConfig => SinkErrorKind::Config,
         ErrorKind::Server(
             ServerErrorKind::BusyLoading
             | ServerErrorKind::TryAgain
@@ -614,12 +663,37 @@ mod tests {
         let timeout = RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "slow"));
         assert_eq!(classify(&timeout), SinkErrorKind::Timeout);
         let auth = RedisError::from((ErrorKind::AuthenticationFailed, "bad password"));
-        assert_eq!(classify(&auth), SinkErrorKind::Config);
+        assert_eq!(classify(&auth), SinkErrorKind::Denied);
         let parse = RedisError::from((ErrorKind::UnexpectedReturnType, "not an int"));
         assert_eq!(classify(&parse), SinkErrorKind::Protocol);
         let oom = redis::make_extension_error("OOM".into(), Some("command not allowed".into()));
         assert_eq!(classify(&oom), SinkErrorKind::Unavailable);
         let wrong_type = redis::make_extension_error("WRONGTYPE".into(), None);
         assert_eq!(classify(&wrong_type), SinkErrorKind::Rejected);
+    }
+
+    #[test]
+    fn a_refused_permission_names_the_rule_that_allows_it() {
+        let noperm = |detail: &str| {
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::NoPerm),
+                "",
+                detail.to_owned(),
+            ))
+        };
+        let command = noperm("User walbust has no permissions to run the 'unlink' command");
+        assert_eq!(classify(&command), SinkErrorKind::Denied);
+        assert_eq!(acl_rule(&command).as_deref(), Some("+unlink"));
+        let sub = noperm("User walbust has no permissions to run the 'script|load' command");
+        assert_eq!(acl_rule(&sub).as_deref(), Some("+script|load"));
+        let key = noperm("No permissions to access a key");
+        assert_eq!(acl_rule(&key).as_deref(), Some("~<key pattern>"));
+        let keys =
+            noperm("this user has no permissions to access one of the keys used as arguments");
+        assert_eq!(acl_rule(&keys).as_deref(), Some("~<key pattern>"));
+        let message = redis_error("redis: UNLINK of keys failed", command).to_string();
+        assert!(message.contains("ACL SETUSER <user> +unlink"), "{message}");
+        let other = RedisError::from((ErrorKind::Io, "reset"));
+        assert_eq!(acl_rule(&other), None);
     }
 }
