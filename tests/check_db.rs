@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use support::*;
 
@@ -61,19 +61,6 @@ fn write(svc: &Services, name: &str, publication: &str, rules: &str) -> PathBuf 
     )
     .unwrap();
     config
-}
-
-async fn check_db(config: PathBuf) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_walbust"))
-            .args(["check", "--db", "--config"])
-            .arg(&config)
-            .env("WALBUST_LOG", "warn")
-            .output()
-            .expect("run walbust check")
-    })
-    .await
-    .unwrap()
 }
 
 fn lines(out: &Output, prefix: &str) -> Vec<String> {

@@ -21,12 +21,6 @@ const DEPLOY_TOPIC: &str = "cache-invalidations";
 /// The superuser of the test server: the script creates `walbust` itself.
 const SUPERUSER: &str = "postgres";
 
-fn deploy(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy")
-        .join(file)
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -55,8 +49,8 @@ fn documented_hba_lines(setup: &str) -> Vec<String> {
 /// by deploy/compose.yaml replaced by the files it mounts, the hosts by the
 /// test's.
 fn deploy_config(svc: &Services) -> PathBuf {
-    let mut config = read(&deploy("walbust.yaml"));
-    let compose = read(&deploy("compose.yaml"));
+    let mut config = read(&deploy_file("walbust.yaml"));
+    let compose = read(&deploy_file("compose.yaml"));
     let mut mounted = 0;
     for line in compose.lines().map(str::trim) {
         let Some(volume) = line.strip_prefix("- ") else {
@@ -66,7 +60,7 @@ fn deploy_config(svc: &Services) -> PathBuf {
         if parts.len() < 2 || !parts[1].starts_with("/etc/walbust/") {
             continue;
         }
-        let source = deploy(parts[0]);
+        let source = deploy_file(parts[0]);
         assert!(source.exists(), "compose mounts {} (missing)", parts[0]);
         config = config.replace(parts[1], source.to_str().unwrap());
         mounted += 1;
@@ -87,26 +81,6 @@ fn deploy_config(svc: &Services) -> PathBuf {
     let path = svc.dir.path().join("walbust.yaml");
     std::fs::write(&path, config).unwrap();
     path
-}
-
-/// Applies an SQL file to the database as a DBA would: psql, statement by
-/// statement, stopping at the first error.
-async fn psql(svc: &Services, file: &Path) {
-    let mut cmd = Command::new(svc.pg.bindir().join("psql"));
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", svc.pg.host()])
-        .args(["-p", &svc.pg.port().to_string(), "-U", svc.pg.user()])
-        .args(["-d", DATABASE, "-f"])
-        .arg(file)
-        .env("PGPASSWORD", svc.pg.password());
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run psql"))
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "psql -f {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn connect(svc: &Services, database: &str) -> tokio_postgres::Client {
@@ -133,9 +107,9 @@ async fn the_setup_script_fits_the_shipped_rules_and_configuration() {
         .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
         .await
         .unwrap();
-    psql(&svc, &deploy("shop-schema.sql")).await;
-    psql(&svc, &deploy("postgres-setup.sql")).await;
-    let setup = read(&deploy("postgres-setup.sql"));
+    psql(&svc.pg, DATABASE, &deploy_file("shop-schema.sql")).await;
+    psql(&svc.pg, DATABASE, &deploy_file("postgres-setup.sql")).await;
+    let setup = read(&deploy_file("postgres-setup.sql"));
     let shop = connect(&svc, DATABASE).await;
 
     // pg_hba.conf: the superuser's lines and the script's, nothing else (no

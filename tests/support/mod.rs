@@ -633,3 +633,80 @@ pub async fn lose_slot(db: &tokio_postgres::Client, slot: &str) {
     }
     panic!("could not make slot {slot} lose WAL (wal_status {status:?})");
 }
+
+/// A file of deploy/.
+pub fn deploy_file(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy")
+        .join(file)
+}
+
+/// The database deploy/postgres-setup.sql is run in.
+pub const DBA_DATABASE: &str = "shop";
+
+/// Applies an SQL file to `database` as a DBA would: psql as the
+/// superuser, statement by statement, stopping at the first error.
+pub async fn psql(pg: &walbust_testkit::Postgres, database: &str, file: &Path) {
+    let mut cmd = Command::new(pg.bindir().join("psql"));
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.host()])
+        .args(["-p", &pg.port().to_string(), "-U", pg.user()])
+        .args(["-d", database, "-f"])
+        .arg(file)
+        .env("PGPASSWORD", pg.password());
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run psql"))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql -f {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Postgres set up the way the README tells a DBA to: scram-sha-256
+/// over TCP, the superuser `postgres`, and deploy/shop-schema.sql and
+/// deploy/postgres-setup.sql run in [`DBA_DATABASE`] (the role `walbust`,
+/// not a superuser, the publication, the DDL guard, the slot), the role's
+/// password replaced by a fresh one, which is returned.
+pub async fn dba_postgres() -> (walbust_testkit::Postgres, String) {
+    let pg = walbust_testkit::Postgres::start_as("postgres", &[]).expect("start Postgres");
+    let admin = pg.connect().await.expect("connect as the superuser");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DBA_DATABASE}"))
+        .await
+        .unwrap();
+    psql(&pg, DBA_DATABASE, &deploy_file("shop-schema.sql")).await;
+    let password = format!("pw{}", unique());
+    let setup = std::fs::read_to_string(deploy_file("postgres-setup.sql"))
+        .unwrap()
+        .replace("'change-me'", &format!("'{password}'"));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), setup).unwrap();
+    psql(&pg, DBA_DATABASE, file.path()).await;
+    (pg, password)
+}
+
+/// The URL of the role `walbust` in [`DBA_DATABASE`] with `password`.
+pub fn dba_url(pg: &walbust_testkit::Postgres, password: &str) -> String {
+    format!(
+        "postgres://walbust:{password}@{}:{}/{DBA_DATABASE}",
+        pg.host(),
+        pg.port()
+    )
+}
+
+/// Runs `walbust check --db --config config` to its end.
+pub async fn check_db(config: impl AsRef<Path>) -> std::process::Output {
+    let config = config.as_ref().to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_walbust"))
+            .args(["check", "--db", "--config"])
+            .arg(&config)
+            .env("WALBUST_LOG", "warn")
+            .output()
+            .expect("run walbust check")
+    })
+    .await
+    .unwrap()
+}

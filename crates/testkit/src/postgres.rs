@@ -188,15 +188,9 @@ impl Postgres {
 
     /// `postgres://USER:PASSWORD@127.0.0.1:PORT/DB`.
     pub fn url(&self) -> String {
-        self.url_as(&self.superuser, &self.password)
-    }
-
-    /// The URL of [`url`](Self::url) for another role (`user` and
-    /// `password` are put in as they are: keep them URL-safe).
-    pub fn url_as(&self, user: &str, password: &str) -> String {
         format!(
-            "postgres://{user}:{password}@{HOST}:{}/{DATABASE}",
-            self.port
+            "postgres://{}:{}@{HOST}:{}/{DATABASE}",
+            self.superuser, self.password, self.port
         )
     }
 

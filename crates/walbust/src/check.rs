@@ -18,6 +18,8 @@
 //! | `error:` | a rule reads old values ([`walbust_rules::BoundTable::needs_old_values`]) the replica identity does not send (for a partitioned table, each leaf partition's identity counts) |
 //! | `warning:` | a TOAST-able column is used in a template of a rule that reacts to updates, without `REPLICA IDENTITY FULL`: an UPDATE that does not touch it sends it as unchanged TOAST and the template is skipped |
 //! | `warning:` | a table glob matches no table, or a table outside the publication |
+//! | `error:` | the role cannot open a replication connection (no `REPLICATION`, pg_hba.conf) |
+//! | `error:` | the gap marker in Redis says the slot is gone or the server is another one ([`crate::gap::find`]) and `source.on_gap` is `refuse` |
 //!
 //! The exit status is 1 when there was any error.
 
@@ -77,6 +79,9 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
                     Err(e) => report.error(format!("sink {}: {}", sink.name(), Chain(&e))),
                 }
             }
+            if let Some(redis) = cfg.sinks.redis.as_ref().filter(|_| !sinks.is_empty()) {
+                gap_marker(&cfg, redis, &mut report).await;
+            }
         }
         Err(e) => report.error(Chain(e.as_ref()).to_string()),
     }
@@ -88,6 +93,12 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
             return report.finish();
         }
     };
+    // `run` opens one before anything else; a role without REPLICATION, or
+    // a pg_hba.conf without a line for it, fails here.
+    match crate::gap::system_identifier(&cfg).await {
+        Ok(_) => report.ok("the role may open a replication connection"),
+        Err(e) => report.error(Chain(&e).to_string()),
+    }
     let publication = source_checks(&client, &cfg, &mut report).await;
     // What the publication withholds from the rules, in the words `run`
     // refuses with.
@@ -115,6 +126,36 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         report.error(Chain(&e).to_string());
     }
     report.finish()
+}
+
+/// What `run` will find in the gap marker: a gap is refused with
+/// `source.on_gap: refuse`, purged with `purge`.
+async fn gap_marker(
+    cfg: &Config,
+    redis: &walbust_publish::redis_sink::RedisSinkConfig,
+    report: &mut Report,
+) {
+    let found = match crate::gap::find(cfg, redis, None).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return,
+        Err(e) => return report.error(format!("gap marker: {}", Chain(e.as_ref()))),
+    };
+    let crate::gap::Verdict::Gap(why) = found.verdict else {
+        return;
+    };
+    match cfg.source.on_gap {
+        crate::config::OnGap::Refuse => report.error(
+            crate::gap::GapError {
+                slot: cfg.source.slot.clone(),
+                key: found.key,
+                why,
+            }
+            .to_string(),
+        ),
+        crate::config::OnGap::Purge => report.note(format!(
+            "gap in the change stream ({why}): `walbust run` will purge everything the rules cover first (source.on_gap: purge)"
+        )),
+    }
 }
 
 /// Problems found so far, printed as they are found.

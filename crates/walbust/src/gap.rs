@@ -40,6 +40,10 @@ use walbust_publish::{Batch, Sink};
 use walbust_rules::RuleSet;
 
 use crate::config::{Config, OnGap};
+use crate::run::{until_ready, Attempt};
+use tokio::sync::watch;
+use walbust_cdc::StreamError;
+use walbust_publish::redis_sink::redis_error;
 
 /// Prefix of the marker key in Redis; the slot name follows.
 pub const MARKER_PREFIX: &str = "walbust:marker:";
@@ -92,42 +96,37 @@ pub enum Verdict {
     Gap(String),
 }
 
-/// Checks for a gap and acts on it. Runs before the slot is created.
-pub async fn guard(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Result<()> {
+/// Checks for a gap and acts on it. Runs before the slot is created,
+/// waiting for Redis and Postgres while they come up; `None` when shutdown
+/// was requested meanwhile.
+pub async fn guard(
+    cfg: &Config,
+    rules: &RuleSet,
+    sinks: &[Arc<dyn Sink>],
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Option<()>> {
     let Some(redis_cfg) = &cfg.sinks.redis else {
         tracing::warn!("gap detection needs the Redis sink for its marker; without it a dropped or lost slot cannot be told from a first start");
-        return Ok(());
+        return Ok(Some(()));
     };
-    let key = marker_key(&cfg.source.slot);
-    let mut redis = redis_connection(redis_cfg).await?;
-    let marker: Option<String> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .context("reading the gap marker from Redis")?;
-    let Some(marker) = marker else {
-        return Ok(());
+    let Some(found) = find(cfg, redis_cfg, Some(shutdown)).await? else {
+        return Ok(None);
     };
-    let marker: Marker = serde_json::from_str(&marker)
-        .with_context(|| format!("the gap marker in Redis key {key} is not walbust's"))?;
-    let system = system_identifier(cfg).await?;
-    let control = walbust_cdc::source::connect(&cfg.source.url).await?;
-    let slot = walbust_cdc::source::slot_position(&control, &cfg.source.slot).await?;
-    let verdict = judge(&marker, &system, slot);
-    let Verdict::Gap(why) = verdict else {
-        return Ok(());
+    let Verdict::Gap(why) = found.verdict else {
+        return Ok(Some(()));
     };
     match cfg.source.on_gap {
         OnGap::Refuse => Err(GapError {
             slot: cfg.source.slot.clone(),
-            key,
+            key: found.key,
             why,
         }
         .into()),
         OnGap::Purge => {
             tracing::warn!(slot = %cfg.source.slot, reason = %why, "gap in the change stream: purging everything the rules cover before streaming");
             purge(cfg, rules, sinks).await?;
-            remove_marker(cfg).await
+            remove_marker(cfg).await?;
+            Ok(Some(()))
         }
     }
 }
@@ -143,7 +142,7 @@ async fn remove_marker(cfg: &Config) -> Result<()> {
         .arg(marker_key(&cfg.source.slot))
         .query_async(&mut redis)
         .await
-        .context("removing the old gap marker")?;
+        .map_err(|e| redis_error("redis: removing the old gap marker", e))?;
     Ok(())
 }
 
@@ -188,7 +187,7 @@ async fn reset(cfg: &Config, rules: &RuleSet) -> Result<Vec<String>> {
     };
     // Nothing signals a shutdown: the command ends when its work does.
     let (_never, shutdown) = tokio::sync::watch::channel(false);
-    let slot = crate::run::prepare_source(cfg, &spec, rules, &shutdown)
+    let (slot, _) = crate::run::prepare_source(cfg, &spec, rules, &shutdown)
         .await?
         .context("stopped before the slot was ready")?;
     purge(cfg, rules, &sinks).await?;
@@ -213,16 +212,76 @@ async fn reset(cfg: &Config, rules: &RuleSet) -> Result<Vec<String>> {
     ])
 }
 
-/// Records that walbust streams this slot of this server. Runs once the
-/// slot exists; `None` without the Redis sink.
-pub async fn mark(cfg: &Config) -> Result<Option<MarkerHandle>> {
+/// What [`find`] found: the marker's key and the verdict on it.
+pub struct Found {
+    pub key: String,
+    pub verdict: Verdict,
+}
+
+/// Reads the marker and, if there is one, judges the server and the slot
+/// against it, waiting for Redis and Postgres while they come up (`None`
+/// when shutdown was requested meanwhile). Changes nothing: `walbust check
+/// --db` asks it too, without `shutdown`, so without waiting.
+pub async fn find(
+    cfg: &Config,
+    redis_cfg: &walbust_publish::redis_sink::RedisSinkConfig,
+    shutdown: Option<&watch::Receiver<bool>>,
+) -> Result<Option<Found>> {
+    let key = marker_key(&cfg.source.slot);
+    let marker = until_ready(shutdown, "redis", || async {
+        let mut redis = redis_connection(redis_cfg).await.map_err(Attempt::sink)?;
+        redis::cmd("GET")
+            .arg(&key)
+            .query_async::<Option<String>>(&mut redis)
+            .await
+            .map_err(|e| Attempt::sink(redis_error("redis: reading the gap marker", e)))
+    })
+    .await?;
+    let Some(marker) = marker else {
+        return Ok(None);
+    };
+    let Some(marker) = marker else {
+        return Ok(Some(Found {
+            key,
+            verdict: Verdict::Continuous,
+        }));
+    };
+    let marker: Marker = serde_json::from_str(&marker)
+        .with_context(|| format!("the gap marker in Redis key {key} is not walbust's"))?;
+    let server = until_ready(shutdown, "postgres", || async {
+        let read = async {
+            let system = system_identifier(cfg).await?;
+            let control = walbust_cdc::source::connect(&cfg.source.url)
+                .await
+                .map_err(StreamError::Source)?;
+            let slot = walbust_cdc::source::slot_position(&control, &cfg.source.slot)
+                .await
+                .map_err(StreamError::Source)?;
+            Ok((system, slot))
+        };
+        read.await.map_err(Attempt::stream)
+    })
+    .await?;
+    let Some((system, slot)) = server else {
+        return Ok(None);
+    };
+    Ok(Some(Found {
+        verdict: judge(&marker, &system, slot),
+        key,
+    }))
+}
+
+/// Records that walbust streams this slot of the server whose system
+/// identifier is `system`. Runs once the slot exists; `None` without the
+/// Redis sink.
+pub async fn mark(cfg: &Config, system: String) -> Result<Option<MarkerHandle>> {
     let Some(redis_cfg) = &cfg.sinks.redis else {
         return Ok(None);
     };
     let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url)?;
     let marker = Marker {
         v: MARKER_VERSION,
-        system_identifier: system_identifier(cfg).await?,
+        system_identifier: system,
         slot: cfg.source.slot.clone(),
         database: conn.database,
         run: None,
@@ -278,7 +337,7 @@ async fn replace(marked: &Marked, text: &str, what: &str) -> Result<bool> {
         .arg(text)
         .query_async(&mut redis)
         .await
-        .with_context(|| format!("{what} in the gap marker"))?;
+        .map_err(|e| redis_error(&format!("redis: {what} in the gap marker"), e))?;
     if outcome == 2 {
         tracing::warn!(
             key = %marked.key,
@@ -346,7 +405,7 @@ impl MarkerHandle {
             .arg(&text)
             .query_async(&mut redis)
             .await
-            .context("writing the gap marker to Redis")?;
+            .map_err(|e| redis_error("redis: writing the gap marker", e))?;
         marked.written = text;
         Ok(())
     }
@@ -545,16 +604,16 @@ fn empty_batch() -> Batch {
 /// node of a Redis Cluster.
 async fn redis_connection(
     cfg: &walbust_publish::redis_sink::RedisSinkConfig,
-) -> Result<walbust_publish::redis_sink::RedisConnection> {
-    walbust_publish::redis_sink::RedisConnection::connect(cfg)
-        .await
-        .context("connecting to Redis for the gap marker")
+) -> Result<walbust_publish::redis_sink::RedisConnection, walbust_publish::SinkError> {
+    walbust_publish::redis_sink::RedisConnection::connect(cfg).await
 }
 
 /// The server's system identifier, from IDENTIFY_SYSTEM on a replication
 /// connection (allowed to a REPLICATION role, unlike pg_control_system()).
-async fn system_identifier(cfg: &Config) -> Result<String> {
-    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url)?;
+/// Opening it proves the role may replicate, so its failures are
+/// classified like the stream's own ([`StreamError::is_transient`]).
+pub async fn system_identifier(cfg: &Config) -> Result<String, StreamError> {
+    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url).map_err(StreamError::Source)?;
     let rc = ReplicationConfig::new(
         conn.host,
         conn.user,
@@ -566,10 +625,11 @@ async fn system_identifier(cfg: &Config) -> Result<String> {
     .with_port(conn.port)
     .with_application_name(cfg.source.application_name.clone())
     .with_tls(TlsConfig::disabled());
+    let replication = |source| StreamError::Replication { source };
     let mut client = ReplicationClient::connect_gated(rc)
         .await
-        .context("connecting to read the server's system identifier")?;
-    let system = client.identify_system().await.context("IDENTIFY_SYSTEM")?;
+        .map_err(replication)?;
+    let system = client.identify_system().await.map_err(replication)?;
     drop(client);
     Ok(system.system_id.to_string())
 }

@@ -33,7 +33,9 @@ const EXIT_FAILURE: u8 = 1;
 /// publication or a table is missing, the publication withholds what the
 /// rules need or was dropped while the slot needed it, the slot was dropped
 /// and made again under the same name (a gap), wal_level changed,
-/// authentication refused, WAL could not be decoded. Restarting will not help; a human must.
+/// authentication refused (by Postgres or a sink), a role without
+/// REPLICATION, a Redis ACL that denies a command walbust needs, WAL could
+/// not be decoded. Restarting will not help; a human must.
 const EXIT_DEFINITE: u8 = 3;
 
 #[derive(Parser)]
@@ -245,6 +247,9 @@ fn definite_reason(e: &anyhow::Error) -> Option<&'static str> {
         }
         if let Some(s) = cause.downcast_ref::<walbust_cdc::SourceError>() {
             return s.is_definite().then(|| s.reason());
+        }
+        if let Some(s) = cause.downcast_ref::<walbust_publish::SinkError>() {
+            return (s.kind() == walbust_publish::SinkErrorKind::Denied).then_some("sink_denied");
         }
         None
     })

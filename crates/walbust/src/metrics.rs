@@ -2,7 +2,7 @@
 //!
 //! The replication side and the publishing side keep theirs in
 //! `walbust_cdc::metrics` and `walbust_publish::metrics`; what is here belongs to neither:
-//! watching the rules file.
+//! watching the rules file, and waiting at start-up.
 
 use metrics::describe_counter;
 
@@ -11,8 +11,16 @@ use metrics::describe_counter;
 /// previous rules keep running.
 pub const RULES_RELOAD_ERRORS: &str = "walbust_rules_reload_errors_total";
 
+/// Start-up attempts that found a service not ready yet and will be made
+/// again, label `what` (`postgres`, `redis`, `kafka`).
+pub const STARTUP_WAITS: &str = "walbust_startup_waits_total";
+
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
+    describe_counter!(
+        STARTUP_WAITS,
+        "Start-up attempts that found Postgres or a sink not ready yet, by what is awaited; walbust waits with backoff"
+    );
     describe_counter!(
         RULES_RELOAD_ERRORS,
         "Rules reloads refused (invalid file or tables not published); the previous rules keep running"

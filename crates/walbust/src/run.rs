@@ -5,6 +5,12 @@
 //! check, then the database is checked (and the publication and slot created
 //! when asked; in binary mode the renderings are checked before the slot is
 //! created). Only then does streaming start.
+//!
+//! Each step that needs a service waits for it while it is still coming up
+//! ([`until_ready`]: backoff, a log line and `walbust_startup_waits_total`
+//! per attempt), and stops at once on a definite refusal, classified as
+//! everywhere else: [`walbust_cdc::StreamError::is_transient`] for
+//! Postgres, [`walbust_publish::SinkError::retriable`] for the sinks.
 
 use std::sync::Arc;
 
@@ -52,16 +58,14 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         .spawn(rules_tx, shutdown.clone()),
     );
 
-    let sinks = build_sinks(&cfg).await?;
+    let Some(sinks) = connect_sinks(&cfg, Some(&shutdown)).await? else {
+        return Ok(());
+    };
     let names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
     walbust_publish::metrics::register_counters(&names);
     for sink in &sinks {
-        let healthy = until_ready(&shutdown, sink.name(), || async {
-            match sink.health().await {
-                Ok(()) => Ok(()),
-                Err(e) if e.retriable() => Err(Attempt::Retry(e.into())),
-                Err(e) => Err(Attempt::Fail(e.into())),
-            }
+        let healthy = until_ready(Some(&shutdown), sink.name(), || async {
+            sink.health().await.map_err(Attempt::sink)
         })
         .await
         .with_context(|| format!("sink {} is not healthy", sink.name()))?;
@@ -77,14 +81,19 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         create: cfg.source.create,
     };
     // Before the slot may be created: a new slot must not paper over a gap.
-    crate::gap::guard(&cfg, &rules, &sinks).await?;
+    if crate::gap::guard(&cfg, &rules, &sinks, &shutdown)
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
 
     // A gap found while streaming (see `restart_after_gap`) sends walbust
     // round this loop once more, purging once the slot it resumes on exists.
     let mut purge_first = false;
     loop {
         let rules = rules_rx.borrow().clone();
-        let Some(slot) = prepare_source(&cfg, &spec, &rules, &shutdown).await? else {
+        let Some((slot, system)) = prepare_source(&cfg, &spec, &rules, &shutdown).await? else {
             return Ok(());
         };
         if purge_first {
@@ -92,7 +101,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             // committed before the purge, so nothing can be re-cached stale.
             crate::gap::purge(&cfg, &rules, &sinks).await?;
         }
-        let marker = crate::gap::mark(&cfg).await?;
+        let marker = crate::gap::mark(&cfg, system).await?;
         let _keeper = marker.as_ref().map(crate::gap::MarkerHandle::keep_present);
         tracing::info!(
             slot = %cfg.source.slot,
@@ -171,20 +180,25 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
 }
 
 /// Checks the database, creating the publication and the slot when asked;
-/// `None` when shutdown was requested meanwhile.
+/// returns the slot and the server's system identifier, `None` when
+/// shutdown was requested meanwhile.
 pub(crate) async fn prepare_source(
     cfg: &Config,
     spec: &walbust_cdc::SourceSpec,
     rules: &RuleSet,
     shutdown: &watch::Receiver<bool>,
-) -> Result<Option<walbust_cdc::SlotState>> {
+) -> Result<Option<(walbust_cdc::SlotState, String)>> {
     let tables = rules.tables();
-    until_ready(shutdown, "postgres", || async {
+    until_ready(Some(shutdown), "postgres", || async {
         let checked = async {
             let source = walbust_cdc::StreamError::Source;
             let control = walbust_cdc::source::connect(&spec.url)
                 .await
                 .map_err(source)?;
+            // A replication connection, as streaming will open, before
+            // anything is created: a role without REPLICATION (or a
+            // pg_hba.conf that refuses it) stops here.
+            let system = crate::gap::system_identifier(cfg).await?;
             // Before walbust's own publication changes, so that they are
             // in the WAL for the guard's judgement too.
             ensure_ddl_guard(&control, cfg.source.create).await;
@@ -208,17 +222,12 @@ pub(crate) async fn prepare_source(
             if cfg.source.binary {
                 walbust_cdc::relations::check_binary(&control, &spec.publication, rules).await?;
             }
-            walbust_cdc::source::prepare_slot(&control, spec)
+            let slot = walbust_cdc::source::prepare_slot(&control, spec)
                 .await
-                .map_err(source)
+                .map_err(source)?;
+            Ok((slot, system))
         };
-        checked.await.map_err(|e: walbust_cdc::StreamError| {
-            if e.is_transient() {
-                Attempt::Retry(e.into())
-            } else {
-                Attempt::Fail(e.into())
-            }
-        })
+        checked.await.map_err(Attempt::stream)
     })
     .await
 }
@@ -258,18 +267,14 @@ async fn restart_after_gap(
         return Ok(false);
     }
     tracing::warn!(slot = %spec.slot, publication = %spec.publication, error = %Chain(error), "gap in the change stream: replacing the slot and purging everything the rules cover");
-    let dropped = until_ready(shutdown, "postgres", || async {
+    let dropped = until_ready(Some(shutdown), "postgres", || async {
         let dropped = async {
             let control = walbust_cdc::source::connect(&spec.url).await?;
             walbust_cdc::source::drop_slot(&control, spec).await
         };
-        dropped.await.map_err(|e| {
-            if e.is_definite() {
-                Attempt::Fail(e.into())
-            } else {
-                Attempt::Retry(e.into())
-            }
-        })
+        dropped
+            .await
+            .map_err(|e| Attempt::stream(walbust_cdc::StreamError::Source(e)))
     })
     .await?;
     Ok(dropped.is_some())
@@ -319,12 +324,38 @@ pub enum Attempt {
     Fail(anyhow::Error),
 }
 
+impl Attempt {
+    /// A Postgres failure: retried while transient (the server starting,
+    /// a connection refused or cut), final when definite (authentication,
+    /// privileges, wal_level...), the classification `walbust tail` and a
+    /// running stream use too.
+    pub fn stream(e: walbust_cdc::StreamError) -> Attempt {
+        if e.is_transient() {
+            Attempt::Retry(e.into())
+        } else {
+            Attempt::Fail(e.into())
+        }
+    }
+
+    /// A sink failure: retried when retrying can help (see
+    /// [`walbust_publish::SinkErrorKind::retriable`]).
+    pub fn sink(e: walbust_publish::SinkError) -> Attempt {
+        if e.retriable() {
+            Attempt::Retry(e.into())
+        } else {
+            Attempt::Fail(e.into())
+        }
+    }
+}
+
 /// Repeats a start-up step with exponential backoff and jitter while it
-/// fails transiently (a database or sink still starting). `None` when
-/// shutdown was requested meanwhile.
+/// fails transiently (a database or sink still starting), logging what it
+/// waits for and counting each wait in `walbust_startup_waits_total{what}`.
+/// `None` when shutdown was requested meanwhile. Without `shutdown` the
+/// step is made once (`walbust check` reports rather than waits).
 pub async fn until_ready<T, F, Fut>(
-    shutdown: &watch::Receiver<bool>,
-    what: &str,
+    shutdown: Option<&watch::Receiver<bool>>,
+    what: &'static str,
     mut step: F,
 ) -> Result<Option<T>>
 where
@@ -332,18 +363,22 @@ where
     Fut: std::future::Future<Output = Result<T, Attempt>>,
 {
     let mut delays = Backoff::RECONNECT.delays();
-    let mut shutdown = shutdown.clone();
     loop {
         match step().await {
             Ok(v) => return Ok(Some(v)),
             Err(Attempt::Fail(e)) => return Err(e),
             Err(Attempt::Retry(e)) => {
+                let Some(shutdown) = shutdown else {
+                    return Err(e);
+                };
+                let mut shutdown = shutdown.clone();
                 let delay = delays.next().unwrap_or(Backoff::RECONNECT.max);
+                metrics::counter!(crate::metrics::STARTUP_WAITS, "what" => what).increment(1);
                 tracing::warn!(
-                    step = what,
+                    what,
                     error = %Chain(e.as_ref()),
                     retry_in_ms = delay.as_millis() as u64,
-                    "not ready; retrying"
+                    "waiting for {what}, which is not ready yet"
                 );
                 tokio::select! {
                     signalled = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
@@ -370,13 +405,31 @@ fn pipeline_outcome(
     }
 }
 
-/// Connects every configured sink (no publishing yet).
+/// Connects every configured sink (no publishing yet), once.
 pub async fn build_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
+    Ok(connect_sinks(cfg, None).await?.unwrap_or_default())
+}
+
+/// Connects every configured sink; with `shutdown`, waits for a sink that
+/// is still coming up ([`until_ready`]), `None` when shutdown was requested
+/// meanwhile.
+async fn connect_sinks(
+    cfg: &Config,
+    shutdown: Option<&watch::Receiver<bool>>,
+) -> Result<Option<Vec<Arc<dyn Sink>>>> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(redis) = &cfg.sinks.redis {
-        let sink = RedisSink::connect(redis.clone())
+        let connect = || async {
+            RedisSink::connect(redis.clone())
+                .await
+                .map_err(Attempt::sink)
+        };
+        let sink = until_ready(shutdown, "redis", connect)
             .await
             .context("sink redis")?;
+        let Some(sink) = sink else {
+            return Ok(None);
+        };
         sinks.push(Arc::new(sink));
     }
     if let Some(kafka) = &cfg.sinks.kafka {
@@ -386,5 +439,5 @@ pub async fn build_sinks(cfg: &Config) -> Result<Vec<Arc<dyn Sink>>> {
     if cfg.sinks.discard.is_some() {
         sinks.push(Arc::new(walbust_publish::discard_sink::DiscardSink));
     }
-    Ok(sinks)
+    Ok(Some(sinks))
 }
