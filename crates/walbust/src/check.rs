@@ -20,6 +20,7 @@
 //! | `warning:` | a table glob matches no table, or a table outside the publication |
 //! | `error:` | the role cannot open a replication connection (no `REPLICATION`, pg_hba.conf) |
 //! | `error:` | the gap marker in Redis says the slot is gone or the server is another one ([`crate::gap::find`]) and `source.on_gap` is `refuse` |
+//! | `error:` | the Redis user may not run a command walbust needs ([`crate::acl`]); `warning:` if one could not be verified |
 //!
 //! The exit status is 1 when there was any error.
 
@@ -80,6 +81,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
                 }
             }
             if let Some(redis) = cfg.sinks.redis.as_ref().filter(|_| !sinks.is_empty()) {
+                redis_acl(&cfg, redis, &rules, &mut report).await;
                 gap_marker(&cfg, redis, &mut report).await;
             }
         }
@@ -126,6 +128,65 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         report.error(Chain(&e).to_string());
     }
     report.finish()
+}
+
+/// Whether the Redis user may run every command walbust sends (see
+/// [`crate::acl`]).
+async fn redis_acl(
+    cfg: &Config,
+    redis: &walbust_publish::redis_sink::RedisSinkConfig,
+    rules: &RuleSet,
+    report: &mut Report,
+) {
+    let mut conn = match walbust_publish::redis_sink::RedisConnection::connect(redis).await {
+        Ok(conn) => conn,
+        Err(e) => return report.error(format!("sink redis: {}", Chain(&e))),
+    };
+    let user = crate::acl::user(&mut conn, redis).await;
+    let needs = crate::acl::needs(cfg, redis, rules);
+    let (method, verdicts) = match crate::acl::verify(&mut conn, &user, &needs).await {
+        Ok(found) => found,
+        Err(e) => return report.error(format!("sink redis: checking the ACL: {}", Chain(&e))),
+    };
+    let mut unverified: Vec<&str> = Vec::new();
+    let mut denied = false;
+    for (need, verdict) in needs.iter().zip(&verdicts) {
+        match verdict {
+            crate::acl::Verdict::Allowed => {}
+            crate::acl::Verdict::Denied { reason, rule } => {
+                denied = true;
+                report.error(format!(
+                    "sink redis: ACL user {user} may not run {} ({}): {reason}; allow it with ACL SETUSER {user} {rule} (README, \"Redis ACL\")",
+                    need.command.to_ascii_uppercase(),
+                    need.feature
+                ))
+            }
+            crate::acl::Verdict::Unverified => {
+                if !unverified.contains(&need.command) {
+                    unverified.push(need.command);
+                }
+            }
+        }
+    }
+    let how = match method {
+        crate::acl::Method::DryRun => "tested with ACL DRYRUN",
+        crate::acl::Method::Probes => {
+            "probed without changing anything, since ACL DRYRUN is not allowed to it"
+        }
+    };
+    if !denied {
+        report.ok(format!(
+            "sink redis: ACL user {user} may run the commands walbust needs ({how})"
+        ));
+    }
+    if !unverified.is_empty() {
+        let rules: Vec<String> = unverified.iter().map(|c| format!("+{c}")).collect();
+        report.warning(format!(
+            "sink redis: could not verify that ACL user {user} may run {} without ACL DRYRUN (which needs +acl|dryrun): make sure its ACL has {} (README, \"Redis ACL\")",
+            unverified.join(", ").to_ascii_uppercase(),
+            rules.join(" ")
+        ));
+    }
 }
 
 /// What `run` will find in the gap marker: a gap is refused with

@@ -5,6 +5,7 @@
 //! over to [`run`] (the product) or [`demo`] (the product on throwaway local
 //! services).
 
+mod acl;
 mod check;
 mod config;
 mod demo;
