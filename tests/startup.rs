@@ -222,6 +222,8 @@ async fn check_reports_the_gap_that_run_refuses() {
         line.contains("Purge the caches and delete the marker, or set source.on_gap: purge"),
         "{line}"
     );
+    // Nor does check promise a slot that run will not create.
+    assert!(!stdout.contains("will create what is missing"), "{stdout}");
 
     // With on_gap: purge, run purges and streams: check says so, no error.
     purge_on_gap(&config);

@@ -72,6 +72,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
     }
 
     let mut report = Report::default();
+    let mut gap_refused = false;
     match run::build_sinks(&cfg).await {
         Ok(sinks) => {
             for sink in &sinks {
@@ -82,7 +83,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
             }
             if let Some(redis) = cfg.sinks.redis.as_ref().filter(|_| !sinks.is_empty()) {
                 redis_acl(&cfg, redis, &rules, &mut report).await;
-                gap_marker(&cfg, redis, &mut report).await;
+                gap_refused = gap_marker(&cfg, redis, &mut report).await;
             }
         }
         Err(e) => report.error(Chain(e.as_ref()).to_string()),
@@ -101,7 +102,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         Ok(_) => report.ok("the role may open a replication connection"),
         Err(e) => report.error(Chain(&e).to_string()),
     }
-    let publication = source_checks(&client, &cfg, &mut report).await;
+    let publication = source_checks(&client, &cfg, gap_refused, &mut report).await;
     // What the publication withholds from the rules, in the words `run`
     // refuses with.
     for problem in publication
@@ -190,19 +191,22 @@ async fn redis_acl(
 }
 
 /// What `run` will find in the gap marker: a gap is refused with
-/// `source.on_gap: refuse`, purged with `purge`.
+/// `source.on_gap: refuse` (true), purged with `purge`.
 async fn gap_marker(
     cfg: &Config,
     redis: &walbust_publish::redis_sink::RedisSinkConfig,
     report: &mut Report,
-) {
+) -> bool {
     let found = match crate::gap::find(cfg, redis, None).await {
         Ok(Some(found)) => found,
-        Ok(None) => return,
-        Err(e) => return report.error(format!("gap marker: {}", Chain(e.as_ref()))),
+        Ok(None) => return false,
+        Err(e) => {
+            report.error(format!("gap marker: {}", Chain(e.as_ref())));
+            return false;
+        }
     };
     let crate::gap::Verdict::Gap(why) = found.verdict else {
-        return;
+        return false;
     };
     match cfg.source.on_gap {
         crate::config::OnGap::Refuse => report.error(
@@ -217,6 +221,7 @@ async fn gap_marker(
             "gap in the change stream ({why}): `walbust run` will purge everything the rules cover first (source.on_gap: purge)"
         )),
     }
+    cfg.source.on_gap == crate::config::OnGap::Refuse
 }
 
 /// Problems found so far, printed as they are found.
@@ -257,7 +262,14 @@ impl Report {
 
 /// `wal_level`, the publication and the slot, as `run` checks them at
 /// start-up (without creating anything). Returns the publication, if any.
-async fn source_checks(client: &Client, cfg: &Config, report: &mut Report) -> Option<Publication> {
+/// `gap_refused`: `run` stops on the gap marker before it would create a
+/// missing slot, so that is not promised.
+async fn source_checks(
+    client: &Client,
+    cfg: &Config,
+    gap_refused: bool,
+    report: &mut Report,
+) -> Option<Publication> {
     let spec = walbust_cdc::SourceSpec {
         url: cfg.source.url.clone(),
         publication: cfg.source.publication.clone(),
@@ -273,6 +285,7 @@ async fn source_checks(client: &Client, cfg: &Config, report: &mut Report) -> Op
             walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
             slot.wal_status
         )),
+        Err(walbust_cdc::SourceError::SlotMissing { .. }) if cfg.source.create && gap_refused => {}
         Err(
             e @ (walbust_cdc::SourceError::PublicationMissing { .. } | walbust_cdc::SourceError::SlotMissing { .. }),
         ) if cfg.source.create => {
