@@ -192,6 +192,11 @@ async fn every_counter_is_exported_at_zero_from_the_start() {
             "reason",
             &["missing_column", "old_value_not_sent"][..],
         ),
+        (
+            "walbust_startup_waits_total",
+            "what",
+            &["postgres", "redis", "kafka"][..],
+        ),
     ] {
         for value in values {
             series.push(format!("{name}{{{label}=\"{value}\"}}"));

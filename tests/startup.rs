@@ -219,7 +219,8 @@ async fn check_reports_the_gap_that_run_refuses() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().find(|l| l.contains(needle)).unwrap();
     assert!(
-        line.contains("Purge the caches and delete the marker, or set source.on_gap: purge"),
+        line.contains("Run `walbust reset-gap` with this configuration")
+            && line.contains("or set source.on_gap: purge"),
         "{line}"
     );
     // Nor does check promise a slot that run will not create.

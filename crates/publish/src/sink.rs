@@ -69,13 +69,14 @@ pub enum SinkErrorKind {
 
 impl SinkErrorKind {
     /// Every kind, for metrics registered before their first error.
-    pub const ALL: [SinkErrorKind; 7] = [
+    pub const ALL: [SinkErrorKind; 8] = [
         Self::Connect,
         Self::Timeout,
         Self::Unavailable,
         Self::Protocol,
         Self::Rejected,
         Self::Config,
+        Self::Denied,
         Self::TooLarge,
     ];
 

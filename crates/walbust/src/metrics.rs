@@ -33,4 +33,7 @@ pub fn describe() {
 pub fn register_counters() {
     walbust_cdc::metrics::register_counters();
     metrics::counter!(RULES_RELOAD_ERRORS).increment(0);
+    for what in ["postgres", "redis", "kafka"] {
+        metrics::counter!(STARTUP_WAITS, "what" => what).increment(0);
+    }
 }
