@@ -440,13 +440,31 @@ async fn a_marker_lost_while_running_is_written_again() {
 async fn a_marker_lost_while_quiet_is_written_again() {
     let (svc, db, config) = first_run().await;
     let mut redis = svc.redis.connection().await.unwrap();
-    let mut walbust = Walbust::start(&config);
-    wait_streaming(&db, &mut walbust).await;
-    let written: String = redis::cmd("GET")
+    let field = |text: &str, name: &str| {
+        serde_json::from_str::<serde_json::Value>(text).unwrap()[name].clone()
+    };
+    let first: String = redis::cmd("GET")
         .arg("walbust:marker:walbust")
         .query_async(&mut redis)
         .await
         .unwrap();
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    // The session renews the marker (a new run) once it streams: that is
+    // the marker to lose.
+    let written = eventually(Duration::from_secs(30), "the marker renewed", || {
+        let mut redis = redis.clone();
+        let first = first.clone();
+        async move {
+            redis::cmd("GET")
+                .arg("walbust:marker:walbust")
+                .query_async::<Option<String>>(&mut redis)
+                .await
+                .unwrap()
+                .filter(|m| field(m, "run") != field(&first, "run"))
+        }
+    })
+    .await;
     let _: () = redis::cmd("DEL")
         .arg("walbust:marker:walbust")
         .query_async(&mut redis)
@@ -464,9 +482,6 @@ async fn a_marker_lost_while_quiet_is_written_again() {
     })
     .await;
     // The same run's marker (a ceiling may have been raised meanwhile).
-    let field = |text: &str, name: &str| {
-        serde_json::from_str::<serde_json::Value>(text).unwrap()[name].clone()
-    };
     for name in ["system_identifier", "slot", "run"] {
         assert_eq!(field(&again, name), field(&written, name), "{again}");
     }
