@@ -434,6 +434,15 @@ async fn a_marker_lost_while_running_is_written_again() {
     walbust.wait_log("the gap marker was gone from Redis").await;
 }
 
+/// The gap marker as Redis holds it now.
+async fn get_marker(mut redis: redis::aio::MultiplexedConnection) -> Option<String> {
+    redis::cmd("GET")
+        .arg("walbust:marker:walbust")
+        .query_async(&mut redis)
+        .await
+        .unwrap()
+}
+
 /// With nothing to acknowledge, a marker Redis lost is written again by
 /// the periodic check (every 10 s).
 #[tokio::test]
@@ -453,14 +462,11 @@ async fn a_marker_lost_while_quiet_is_written_again() {
     // The session renews the marker (a new run) once it streams: that is
     // the marker to lose.
     let written = eventually(Duration::from_secs(30), "the marker renewed", || {
-        let mut redis = redis.clone();
         let first = first.clone();
+        let marker = get_marker(redis.clone());
         async move {
-            redis::cmd("GET")
-                .arg("walbust:marker:walbust")
-                .query_async::<Option<String>>(&mut redis)
+            marker
                 .await
-                .unwrap()
                 .filter(|m| field(m, "run") != field(&first, "run"))
         }
     })
@@ -471,14 +477,7 @@ async fn a_marker_lost_while_quiet_is_written_again() {
         .await
         .unwrap();
     let again = eventually(Duration::from_secs(30), "the marker written again", || {
-        let mut redis = redis.clone();
-        async move {
-            redis::cmd("GET")
-                .arg("walbust:marker:walbust")
-                .query_async::<Option<String>>(&mut redis)
-                .await
-                .unwrap()
-        }
+        get_marker(redis.clone())
     })
     .await;
     // The same run's marker (a ceiling may have been raised meanwhile).

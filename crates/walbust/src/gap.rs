@@ -613,18 +613,7 @@ async fn redis_connection(
 /// Opening it proves the role may replicate, so its failures are
 /// classified like the stream's own ([`StreamError::is_transient`]).
 pub async fn system_identifier(cfg: &Config) -> Result<String, StreamError> {
-    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url).map_err(StreamError::Source)?;
-    let rc = ReplicationConfig::new(
-        conn.host,
-        conn.user,
-        conn.password,
-        conn.database,
-        cfg.source.slot.clone(),
-        cfg.source.publication.clone(),
-    )
-    .with_port(conn.port)
-    .with_application_name(cfg.source.application_name.clone())
-    .with_tls(TlsConfig::disabled());
+    let rc = identify_config(cfg)?;
     let replication = |source| StreamError::Replication { source };
     let mut client = ReplicationClient::connect_gated(rc)
         .await
@@ -634,9 +623,38 @@ pub async fn system_identifier(cfg: &Config) -> Result<String, StreamError> {
     Ok(system.system_id.to_string())
 }
 
+/// The replication connection of [`system_identifier`], named like the
+/// stream's in `pg_stat_replication`.
+fn identify_config(cfg: &Config) -> Result<ReplicationConfig, StreamError> {
+    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url).map_err(StreamError::Source)?;
+    Ok(ReplicationConfig::new(
+        conn.host,
+        conn.user,
+        conn.password,
+        conn.database,
+        cfg.source.slot.clone(),
+        cfg.source.publication.clone(),
+    )
+    .with_port(conn.port)
+    .with_application_name(cfg.source.application_name.clone())
+    .with_tls(TlsConfig::disabled()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_identify_connection_carries_the_configured_application_name() {
+        let cfg = Config::parse(
+            "source:\n  url: postgres://u:p@127.0.0.1:5432/db\n  publication: p\n  slot: s\n  application_name: shop-walbust\nrules: rules.yaml\nsinks:\n  redis:\n    url: redis://127.0.0.1:6379\n",
+            "walbust.yaml",
+            |_| None,
+        )
+        .unwrap();
+        let rc = identify_config(&cfg).unwrap();
+        assert_eq!(rc.application_name.as_deref(), Some("shop-walbust"));
+    }
 
     fn marker() -> Marker {
         Marker {
