@@ -19,6 +19,8 @@ walbust_install_missing() {
     if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
         missing+=(libssl-dev)
     fi
+    # The suite checks deploy/walbust.service with systemd-analyze.
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     if [ ${#missing[@]} -eq 0 ]; then
         return 0
     fi

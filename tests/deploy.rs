@@ -186,3 +186,44 @@ async fn the_setup_script_fits_the_shipped_rules_and_configuration() {
     walbust.signal("TERM");
     assert!(walbust.wait(std::time::Duration::from_secs(30)).success());
 }
+
+/// deploy/walbust.service passes `systemd-analyze verify` without a single
+/// warning, and does not restart walbust on the exit statuses that only
+/// fail again (2: configuration, 3: needs a human).
+#[test]
+fn the_systemd_unit_verifies_and_does_not_restart_what_needs_a_human() {
+    let unit = read(&deploy_file("walbust.service"));
+    let prevent: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+        .collect();
+    assert_eq!(prevent, ["2 3"], "{unit}");
+    for hardening in [
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service\n",
+        "NoNewPrivileges=yes\n",
+        "ProtectKernelTunables=yes\n",
+        "RestrictAddressFamilies=",
+    ] {
+        assert!(unit.contains(hardening), "missing {hardening:?}");
+    }
+    // Verified as installed, with ExecStart pointing at the built binary
+    // (systemd-analyze checks that the command exists).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("walbust.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/walbust", env!("CARGO_BIN_EXE_walbust")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("systemd-analyze: {e}: install it with apt-get install systemd (scripts/test.sh does)")
+        });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.trim().is_empty(), "systemd-analyze warned:\n{err}");
+}
