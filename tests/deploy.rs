@@ -227,3 +227,117 @@ fn the_systemd_unit_verifies_and_does_not_restart_what_needs_a_human() {
     assert!(out.status.success(), "{err}");
     assert!(err.trim().is_empty(), "systemd-analyze warned:\n{err}");
 }
+
+/// The image's runtime stage installs every package that owns a library
+/// the binary links (beyond those of every Debian image), builds with the
+/// lock file, runs as a numeric user, and the build context leaves out
+/// `target/` and `.git/`.
+#[test]
+fn the_dockerfile_installs_what_the_binary_links() {
+    let dockerfile = read(&deploy_file("Dockerfile"));
+    assert!(
+        dockerfile.contains("cargo build --release --locked"),
+        "{dockerfile}"
+    );
+    let runtime = dockerfile
+        .rsplit_once("\nFROM ")
+        .expect("a runtime stage")
+        .1;
+    let installed: Vec<&str> = runtime
+        .split_once("apt-get install")
+        .expect("the runtime stage installs packages")
+        .1
+        .split("&&")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .filter(|w| !w.starts_with('-') && *w != "\\")
+        .collect();
+    assert!(installed.contains(&"ca-certificates"), "{installed:?}");
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER line");
+    assert!(
+        user.split(':')
+            .all(|id| id.parse::<u32>().is_ok_and(|n| n > 0)),
+        "USER {user} is not numeric and non-root"
+    );
+
+    // Priority "required" in Debian: present in debian:bookworm-slim.
+    const BASE: [&str; 3] = ["libc6", "libgcc-s1", "zlib1g"];
+    let ldd = Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_walbust"))
+        .output()
+        .expect("ldd (libc-bin)");
+    let ldd = String::from_utf8_lossy(&ldd.stdout).into_owned();
+    let mut owners = Vec::new();
+    for lib in ldd.lines().filter_map(|l| l.split(" => ").nth(1)) {
+        let lib = lib.split_whitespace().next().unwrap();
+        let canonical = std::fs::canonicalize(lib).unwrap();
+        let owner = [Path::new(lib), canonical.as_path()]
+            .iter()
+            .find_map(|p| {
+                let out = Command::new("dpkg").arg("-S").arg(p).output().ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                out.status
+                    .success()
+                    .then(|| text.split(':').next().unwrap().to_string())
+            })
+            .unwrap_or_else(|| panic!("no Debian package owns {lib}"));
+        owners.push((lib.to_string(), owner));
+    }
+    assert!(
+        owners.iter().any(|(_, o)| o == "libssl3"),
+        "expected OpenSSL among {owners:?}"
+    );
+    for (lib, owner) in &owners {
+        assert!(
+            BASE.contains(&owner.as_str()) || installed.contains(&owner.as_str()),
+            "{lib} belongs to {owner}, which the Dockerfile does not install ({installed:?})"
+        );
+    }
+
+    let ignore = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.dockerignore"));
+    for entry in ["target/", ".git/"] {
+        assert!(
+            ignore.lines().any(|l| l == entry),
+            "{entry} in .dockerignore"
+        );
+    }
+}
+
+/// The Kubernetes manifest runs the image's numeric user, non-root, with a
+/// read-only root filesystem, no privilege escalation and no capabilities,
+/// from a pinned image tag.
+#[test]
+fn the_kubernetes_manifest_runs_locked_down_from_a_pinned_image() {
+    let manifest = read(&deploy_file("kubernetes.yaml"));
+    let dockerfile = read(&deploy_file("Dockerfile"));
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .and_then(|u| u.split(':').next())
+        .expect("the Dockerfile's USER");
+    for line in [
+        "runAsNonRoot: true".to_string(),
+        format!("runAsUser: {user}"),
+        "allowPrivilegeEscalation: false".to_string(),
+        "readOnlyRootFilesystem: true".to_string(),
+        "capabilities: {drop: [\"ALL\"]}".to_string(),
+    ] {
+        assert!(
+            manifest.lines().any(|l| l.trim() == line),
+            "{line:?} missing from deploy/kubernetes.yaml"
+        );
+    }
+    let image = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .expect("an image");
+    let tag = image.rsplit_once(':').map(|(_, t)| t);
+    assert!(
+        tag.is_some_and(|t| t != "latest"),
+        "image {image} is not pinned"
+    );
+}
