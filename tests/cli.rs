@@ -123,18 +123,27 @@ fn broken_rules_name_file_and_line() {
     assert!(err.contains("rules.yaml:4:"), "{err}");
 }
 
-/// Starts walbust against a database and expects a refusal naming `needle`.
-async fn refused(svc: &Services, needle: &str) -> Option<i32> {
-    let config = svc.write_config(GOOD_RULES, false);
-    let out = tokio::task::spawn_blocking(move || {
+/// `walbust run --config config` with one more environment variable, to
+/// its exit.
+async fn run_with_env(
+    config: std::path::PathBuf,
+    (name, value): (&'static str, &'static str),
+) -> Output {
+    tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_walbust"))
             .args(["run", "--config", config.to_str().unwrap()])
-            .env("WALBUST_LOG", "warn")
+            .env(name, value)
             .output()
             .unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Starts walbust against a database and expects a refusal naming `needle`.
+async fn refused(svc: &Services, needle: &str) -> Option<i32> {
+    let config = svc.write_config(GOOD_RULES, false);
+    let out = run_with_env(config, ("WALBUST_LOG", "warn")).await;
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
@@ -211,11 +220,8 @@ async fn run_refused(config: std::path::PathBuf) -> String {
     err
 }
 
-/// A rule reading a column the table does not have stops start-up, as a
-/// reload naming it is refused, before the slot is created (nothing left
-/// behind holding WAL), with the rule's position.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refuses_a_rule_column_the_table_does_not_have_before_creating_anything() {
+/// Table `t` and a configuration whose rule reads `{idd}`, which `t` lacks.
+async fn unknown_column() -> (Services, tokio_postgres::Client, std::path::PathBuf) {
     let svc = Services::start();
     let db = svc.pg.connect().await.unwrap();
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
@@ -225,6 +231,15 @@ async fn refuses_a_rule_column_the_table_does_not_have_before_creating_anything(
         "version: 1\nrules:\n  - table: public.t\n    keys: [\"t:{id}:{idd}\"]\n",
         false,
     );
+    (svc, db, config)
+}
+
+/// A rule reading a column the table does not have stops start-up, as a
+/// reload naming it is refused, before the slot is created (nothing left
+/// behind holding WAL), with the rule's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_rule_column_the_table_does_not_have_before_creating_anything() {
+    let (_svc, db, config) = unknown_column().await;
     let err = run_refused(config).await;
     assert!(
         err.contains("table public.t") && err.contains("\"idd\"") && err.contains("rules.yaml:4:"),
@@ -342,6 +357,34 @@ async fn a_role_that_may_not_create_the_publication_is_told_what_to_run() {
     assert!(err.contains("WARN"), "{err}");
     assert!(!err.contains('\u{1b}'), "colour codes in a pipe:\n{err}");
     assert!(!slot_exists(&db, "walbust").await);
+}
+
+/// `WALBUST_LOG_FORMAT=json` (or `--log-format json`): every line on
+/// stderr is one JSON object with the event's fields at the top level, the
+/// error walbust exits with included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_up_to_the_exit() {
+    let (_svc, _db, config) = unknown_column().await;
+    let out = run_with_env(config, ("WALBUST_LOG_FORMAT", "json")).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let loaded = lines
+        .iter()
+        .find(|l| l["message"] == "rules loaded")
+        .unwrap_or_else(|| panic!("no rules loaded line in:\n{err}"));
+    assert_eq!(loaded["level"], "INFO");
+    assert_eq!(loaded["rules"], 1, "{loaded}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["exit_status"], 3, "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("\"idd\""),
+        "{last}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

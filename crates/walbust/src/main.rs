@@ -57,6 +57,16 @@ struct Cli {
     /// Default: `info`, and `warn` for the demo, whose live view is on stdout.
     #[arg(long, global = true, env = "WALBUST_LOG")]
     log: Option<String>,
+    /// Log lines as text (colour on a terminal only) or one JSON object per
+    /// line, for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        env = "WALBUST_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: telemetry::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -132,7 +142,7 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log));
+    telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_format);
     // One thread runs every task. The work is a chain of hand-offs
     // (replication socket, reader, pipeline, sinks), each cheap: on a
     // multi-threaded runtime every hand-off woke another thread, which cost
@@ -220,21 +230,24 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
 /// its causes once.
 pub fn fail_config(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ExitCode {
     let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-    eprintln!("walbust: {}", Chain(&*e));
+    telemetry::print_fatal(&Chain(&*e), EXIT_CONFIG);
     ExitCode::from(EXIT_CONFIG)
 }
 
 pub fn fail(e: impl Into<anyhow::Error>) -> ExitCode {
     let e = e.into();
     // One line: the whole cause chain joined with ": ", each cause once.
-    eprintln!("walbust: {}", Chain(e.as_ref()));
-    match definite_reason(&e) {
-        Some(reason) => {
-            ::metrics::gauge!(walbust_cdc::metrics::DEFINITE_ERROR, "reason" => reason).set(1.0);
-            ExitCode::from(EXIT_DEFINITE)
-        }
-        None => ExitCode::from(EXIT_FAILURE),
+    let reason = definite_reason(&e);
+    let status = if reason.is_some() {
+        EXIT_DEFINITE
+    } else {
+        EXIT_FAILURE
+    };
+    telemetry::print_fatal(&Chain(e.as_ref()), status);
+    if let Some(reason) = reason {
+        ::metrics::gauge!(walbust_cdc::metrics::DEFINITE_ERROR, "reason" => reason).set(1.0);
     }
+    ExitCode::from(status)
 }
 
 /// The metric label of a definite source error anywhere in the chain.
