@@ -31,18 +31,6 @@ async fn wait_metric(w: &mut Walbust, port: u16, series: &str, min: f64) {
     }
 }
 
-/// A configuration of every service of `svc` (Redis only as sink) that
-/// serves metrics on a port of its own, which it returns.
-fn config_with_metrics(svc: &Services) -> (PathBuf, u16) {
-    let port = walbust_testkit::free_port();
-    let config = svc.write_config_with(
-        RULES,
-        false,
-        &format!("metrics:\n  listen: 127.0.0.1:{port}\n"),
-    );
-    (config, port)
-}
-
 /// Writes one product and waits until its cached key is gone: walbust
 /// streams and invalidates.
 async fn invalidates(svc: &Services, id: i32) {
@@ -64,7 +52,7 @@ async fn start_up_waits_for_a_postgres_still_coming_up() {
         .await
         .unwrap();
     drop(db);
-    let (config, port) = config_with_metrics(&svc);
+    let (config, port) = config_with_metrics(&svc, RULES);
     // Once on a server that is up, so that a gap marker exists: the next
     // start reads the server's identity for it first.
     let mut first = Walbust::start(&config);
@@ -96,7 +84,7 @@ async fn start_up_waits_for_a_redis_still_coming_up() {
     db.batch_execute("CREATE TABLE products (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let (config, port) = config_with_metrics(&svc);
+    let (config, port) = config_with_metrics(&svc, RULES);
     svc.redis.stop().unwrap();
     let mut walbust = Walbust::start(&config);
     let waits = r#"walbust_startup_waits_total{what="redis"}"#;

@@ -587,6 +587,19 @@ pub fn scrape_metrics(port: u16) -> String {
     try_scrape_metrics(port).unwrap_or_else(|| panic!("no metrics endpoint on port {port}"))
 }
 
+/// A configuration of every service of `svc` (Redis only as sink) with
+/// `rules`, serving metrics and health on a port of its own, which it
+/// returns.
+pub fn config_with_metrics(svc: &Services, rules: &str) -> (PathBuf, u16) {
+    let port = walbust_testkit::free_port();
+    let config = svc.write_config_with(
+        rules,
+        false,
+        &format!("metrics:\n  listen: 127.0.0.1:{port}\n"),
+    );
+    (config, port)
+}
+
 /// Sets `source.on_gap: purge` in a configuration written with
 /// `source.create: true`.
 pub fn purge_on_gap(config: &Path) {

@@ -310,6 +310,12 @@ impl StreamError {
         }
     }
 
+    /// Another consumer holds the slot (a walbust standby waits for it).
+    pub fn slot_in_use(&self) -> bool {
+        matches!(self, StreamError::Replication { source }
+            if replication_sqlstate(source) == Some(SqlState::OBJECT_IN_USE))
+    }
+
     /// A short, stable label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {

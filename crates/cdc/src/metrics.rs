@@ -19,6 +19,10 @@ pub const CONFIRMED_LSN: &str = "walbust_confirmed_lsn";
 pub const SERVER_WAL_END: &str = "walbust_server_wal_end_lsn";
 /// Server WAL end minus the confirmed LSN: how far invalidation lags the primary.
 pub const LAG_BYTES: &str = "walbust_replication_lag_bytes";
+/// How stale caches may be: now minus the commit time of the oldest
+/// transaction received and not yet confirmed by every sink, 0 when caught
+/// up (see `walbust_flow::health::Health::lag_seconds`). Set when scraped.
+pub const LAG_SECONDS: &str = "walbust_replication_lag_seconds";
 /// Templates that could not be rendered because a value did not arrive
 /// (unchanged TOAST, or an old value the replica identity does not send).
 pub const MISSING_VALUES: &str = "walbust_rule_missing_values_total";
@@ -198,6 +202,11 @@ pub fn describe() {
         LAG_BYTES,
         Unit::Bytes,
         "Server WAL end minus the confirmed LSN"
+    );
+    describe_gauge!(
+        LAG_SECONDS,
+        Unit::Seconds,
+        "Now minus the commit time of the oldest transaction not yet confirmed by every sink; 0 when caught up"
     );
     describe_counter!(
         MISSING_VALUES,

@@ -21,6 +21,7 @@
 //! answering the server's keepalives meanwhile, so the connection survives
 //! `wal_sender_timeout`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,8 @@ use pgwire_replication::{
     FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
 use tokio::sync::{mpsc, watch};
-use walbust_flow::{Backoff, Chain, Feed, Item, TrySend};
+use walbust_flow::health::Stream as StreamHealth;
+use walbust_flow::{health, Backoff, Chain, Feed, Item, TrySend};
 use walbust_rules::RuleSet;
 
 use crate::assemble::Assembler;
@@ -237,6 +239,9 @@ impl Reader {
             refused: None,
             described: false,
             metrics: m::EventMetrics::register(),
+            unconfirmed: VecDeque::new(),
+            open_commit_micros: 0,
+            beat: beat_interval(),
         };
         if let Some(checks) = session.checks.clone() {
             session.monitor = Some(crate::monitor::spawn(
@@ -245,8 +250,27 @@ impl Reader {
                 self.heartbeat,
             ));
         }
-        session.run().await
+        let stopped = session.run().await;
+        health().retire(BEAT);
+        stopped
     }
+}
+
+/// The reader's name in the health registry's loops.
+const BEAT: &str = "reader";
+
+/// How often a waiting reader tells the health registry it is not stuck.
+fn beat_interval() -> tokio::time::Interval {
+    let mut beat = tokio::time::interval(Duration::from_secs(5));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat
+}
+
+/// Microseconds since the Unix epoch of a commit time as pgoutput sends it.
+fn unix_micros(pg_micros: i64) -> i64 {
+    walbust_pgoutput::time::to_system_time(pg_micros)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// A session that streamed this long resets the backoff.
@@ -289,6 +313,14 @@ struct Session {
     /// `refused` was last tried.
     described: bool,
     metrics: m::EventMetrics,
+    /// End LSN and commit time (µs since the Unix epoch) of the
+    /// transactions handed to the pipeline and not yet confirmed, in LSN
+    /// order: the lag in seconds counts from the first.
+    unconfirmed: VecDeque<(u64, i64)>,
+    /// Commit time of the transaction being received.
+    open_commit_micros: i64,
+    /// Ticks while waiting, so that health knows the reader is not stuck.
+    beat: tokio::time::Interval,
 }
 
 enum Next {
@@ -302,8 +334,14 @@ impl Session {
         let mut backoff = Backoff::RECONNECT.delays();
         loop {
             let began = Instant::now();
+            health().beat(BEAT);
             let outcome = match self.connect().await {
-                Ok(()) => self.stream().await,
+                Ok(()) => {
+                    health().set_stream(StreamHealth::Streaming {
+                        slot: self.spec.slot.clone(),
+                    });
+                    self.stream().await
+                }
                 Err(e) => Err(e),
             };
             let error = match outcome {
@@ -315,6 +353,16 @@ impl Session {
                 }
             };
             self.disconnect();
+            health().set_stream(if error.slot_in_use() {
+                StreamHealth::Standby {
+                    slot: self.spec.slot.clone(),
+                }
+            } else {
+                StreamHealth::Reconnecting {
+                    error: Chain(&error).to_string(),
+                }
+            });
+            health().beat(BEAT);
             if began.elapsed() >= RECONNECT_RESET_AFTER {
                 backoff = Backoff::RECONNECT.delays();
             }
@@ -500,6 +548,10 @@ impl Session {
                         tracing::warn!(error = %Chain(e.as_ref()), "could not record the acknowledgement ceiling in the gap marker; acknowledgements wait until it is written (retrying)");
                         continue;
                     }
+                },
+                _ = self.beat.tick() => {
+                    health().beat(BEAT);
+                    continue;
                 }
             };
             match next {
@@ -524,11 +576,13 @@ impl Session {
                 commit_time_micros,
             } => {
                 self.reload_rules();
+                self.open_commit_micros = commit_time_micros;
                 self.asm.begin(xid, final_lsn.as_u64(), commit_time_micros);
             }
             ReplicationEvent::Commit { end_lsn, .. } => {
                 self.metrics.transactions.increment(1);
                 self.asm.commit(end_lsn.as_u64());
+                self.note_unconfirmed(end_lsn.as_u64());
             }
             ReplicationEvent::XLogData { wal_end, data, .. } => {
                 self.note_server_end(wal_end.as_u64());
@@ -635,6 +689,7 @@ impl Session {
                     p.map_err(|_| StreamError::PipelineClosed)?.send(item);
                     return Ok(true);
                 }
+                _ = self.beat.tick() => health().beat(BEAT),
             }
         }
     }
@@ -692,7 +747,31 @@ impl Session {
 
     fn apply_confirmed(&mut self) {
         let lsn = self.feed.take_confirmed();
+        let before = self.unconfirmed.len();
+        while self.unconfirmed.front().is_some_and(|&(end, _)| end <= lsn) {
+            self.unconfirmed.pop_front();
+        }
+        if self.unconfirmed.len() != before {
+            self.publish_oldest_unconfirmed();
+        }
         self.ack(lsn);
+    }
+
+    /// A transaction ending at `end` was handed to the pipeline. One sent
+    /// again after a reconnection is already counted (or confirmed).
+    fn note_unconfirmed(&mut self, end: u64) {
+        let newer = self.unconfirmed.back().is_none_or(|&(last, _)| end > last);
+        if newer && end > self.feed.confirmed_lsn() {
+            self.unconfirmed
+                .push_back((end, unix_micros(self.open_commit_micros)));
+            if self.unconfirmed.len() == 1 {
+                self.publish_oldest_unconfirmed();
+            }
+        }
+    }
+
+    fn publish_oldest_unconfirmed(&self) {
+        health().set_oldest_unconfirmed(self.unconfirmed.front().map(|&(_, at)| at));
     }
 
     fn ack(&mut self, lsn: u64) {
@@ -727,6 +806,7 @@ impl Session {
     /// Graceful end: close the pipeline's input, acknowledge what it
     /// confirms, make sure the server heard it, and close the session.
     async fn finish(&mut self) -> Result<Stopped, StreamError> {
+        health().set_stream(StreamHealth::Stopping);
         // Closing the feed tells the pipeline to publish what it holds.
         self.feed.close();
         // The watch sender lives in the pipeline task: it is dropped when the

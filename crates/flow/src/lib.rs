@@ -14,6 +14,8 @@
 //!   for reconnecting, waiting for services at start-up and re-publishing.
 //! - [`Chain`]: an error with its causes on one line, how both sides log
 //!   the failures they retry.
+//! - [`health()`]: the process's health registry, which both sides and the
+//!   binary write and `/healthz` and `/readyz` read.
 //!
 //! Both sides depend on this crate and not on each other, so the reader
 //! links neither Redis nor Kafka and the pipeline knows nothing of Postgres.
@@ -21,9 +23,11 @@
 mod backoff;
 mod chain;
 mod feed;
+pub mod health;
 mod item;
 
 pub use backoff::Backoff;
 pub use chain::Chain;
 pub use feed::{Closed, Feed, TrySend};
+pub use health::health;
 pub use item::Item;

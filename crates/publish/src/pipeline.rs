@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use walbust_flow::{Backoff, Chain, Feed, Item};
+use walbust_flow::{health, Backoff, Chain, Feed, Item};
 
 use crate::batch::{Accumulator, Batch, SequenceError};
 use crate::config::{ConfigError, Errors};
@@ -63,6 +63,11 @@ pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(100);
 /// Default for [`PipelineConfig::retry_max`]: short, because every second a sink is back but
 /// not yet retried is a second of stale caches, and a retry costs the sink one request.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The pipeline's name in the health registry's loops.
+const BEAT: &str = "pipeline";
+/// How often the waiting pipeline tells the health registry it is not stuck.
+const BEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Items taken from the channel in one go before the loop considers dispatching.
 const ITEMS_PER_ROUND: usize = 1024;
@@ -251,6 +256,7 @@ enum Event {
     Delivered(Delivered),
     Item(Option<Item>),
     Deadline,
+    Beat,
 }
 
 struct Runner {
@@ -290,7 +296,18 @@ impl Runner {
         }
     }
 
-    async fn run(mut self) -> Result<(), PipelineError> {
+    async fn run(self) -> Result<(), PipelineError> {
+        for sink in self.sinks.iter() {
+            health().register_sink(sink.name());
+        }
+        let result = self.run_loop().await;
+        health().retire(BEAT);
+        result
+    }
+
+    async fn run_loop(mut self) -> Result<(), PipelineError> {
+        let mut beat = tokio::time::interval(BEAT_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let names: Vec<_> = self.sinks.iter().map(|s| s.name()).collect();
         info!(sinks = ?names, max_keys = self.cfg.max_keys, max_in_flight = self.cfg.max_in_flight, "publish pipeline started");
         loop {
@@ -329,12 +346,14 @@ impl Runner {
                 Some(done) = self.running.next(), if !self.running.is_empty() => Event::Delivered(done),
                 item = self.rx.recv(), if reading => Event::Item(item),
                 () = sleep_until(deadline), if deadline.is_some() => Event::Deadline,
+                _ = beat.tick() => Event::Beat,
             };
             match event {
                 Event::Delivered(done) => self.delivered(done)?,
                 Event::Item(Some(item)) => self.push(item)?,
                 Event::Item(None) => self.closed = true,
                 Event::Deadline => {}
+                Event::Beat => health().beat(BEAT),
             }
         }
         info!(
@@ -508,7 +527,9 @@ async fn publish_with_retry(
     let attempt = move || async move {
         attempts_ref.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
+        let watched = health().attempt(name);
         let result = sink.publish(batch).await;
+        watched.ended(result.as_ref().map_err(|e| Chain(e).to_string()).copied());
         histogram!(m::SINK_PUBLISH_SECONDS, m::LABEL_SINK => name)
             .record(t.elapsed().as_secs_f64());
         if let Err(err) = &result {

@@ -181,7 +181,10 @@ async fn cmd_run(path: &std::path::Path) -> ExitCode {
         return fail_config(e);
     }
     if let Some(listen) = &cfg.metrics.listen {
-        if let Err(e) = telemetry::serve_metrics(listen) {
+        // A sink may fail this long (two of its longest retry delays)
+        // before walbust reports not ready.
+        let sink_budget = cfg.publish.pipeline().retry_max * 2;
+        if let Err(e) = telemetry::serve_http(listen, sink_budget).await {
             return fail(e);
         }
         metrics::describe();

@@ -73,6 +73,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             return Ok(());
         }
     }
+    let _probes = ProbeGuard(spawn_probes(&sinks));
 
     let spec = walbust_cdc::SourceSpec {
         url: cfg.source.url.clone(),
@@ -368,6 +369,9 @@ where
             Ok(v) => return Ok(Some(v)),
             Err(Attempt::Fail(e)) => return Err(e),
             Err(Attempt::Retry(e)) => {
+                walbust_flow::health().set_stream(walbust_flow::health::Stream::Starting {
+                    waiting_for: Some(what.to_string()),
+                });
                 let Some(shutdown) = shutdown else {
                     return Err(e);
                 };
@@ -392,6 +396,42 @@ where
                 }
             }
         }
+    }
+}
+
+/// Asks every sink whether it answers (PING, metadata) every
+/// [`PROBE_EVERY`](crate::telemetry::PROBE_EVERY), for `/readyz`: an idle
+/// walbust publishes nothing, so only a probe notices a sink that went away.
+fn spawn_probes(sinks: &[Arc<dyn Sink>]) -> tokio::task::JoinHandle<()> {
+    let health = walbust_flow::health();
+    for sink in sinks {
+        health.register_sink(sink.name());
+    }
+    let sinks = sinks.to_vec();
+    tokio::spawn(async move {
+        let every = crate::telemetry::PROBE_EVERY;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for sink in &sinks {
+                let answer = match tokio::time::timeout(every, sink.health()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(Chain(&e).to_string()),
+                    Err(_) => Err(format!("no answer within {} s", every.as_secs())),
+                };
+                health.probed(sink.name(), answer);
+            }
+        }
+    })
+}
+
+/// Stops the sink probes when `run` returns.
+struct ProbeGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
