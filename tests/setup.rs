@@ -109,6 +109,28 @@ async fn apply_twice_with_an_admin_url_then_check_db_passes() {
         svc.pg.port()
     );
 
+    // The publication and the slot belong in source.url's database.
+    let elsewhere = admin_url.replace(&format!("/{DBA_DATABASE}"), "/postgres");
+    let out = walbust(
+        &[
+            "setup",
+            "--apply",
+            "--config",
+            config,
+            "--admin-url",
+            &elsewhere,
+        ],
+        &[],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("connects to database postgres, but source.url reads shop"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(svc.pg.password()), "{stderr}");
+
     let first = walbust(
         &[
             "setup",
@@ -150,6 +172,10 @@ async fn apply_twice_with_an_admin_url_then_check_db_passes() {
     );
     assert!(stdout.contains("done: role walbust exists"), "{stdout}");
     assert!(stdout.contains("done: slot walbust exists"), "{stdout}");
+    assert!(
+        stdout.contains("done: publication walbust has every table the rules name"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("created"), "{stdout}");
     assert!(!stdout.contains("now has"), "{stdout}");
 

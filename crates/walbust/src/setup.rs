@@ -44,6 +44,9 @@ use crate::check::{new_values_rendered, old_value_readers, rule_list, rules_for}
 use crate::config::{Config, Unset};
 use crate::{fail, fail_config};
 
+/// Ends the script's transaction; the slot comes after it.
+const COMMIT: &str = "\nCOMMIT;\n";
+
 /// Prefix of the notices the script raises: what `--apply` prints.
 const NOTICE_PREFIX: &str = "walbust setup: ";
 
@@ -263,10 +266,12 @@ END"
         do_block(&format!(
             "DECLARE
     t regclass;
+    changed int := 0;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_publication WHERE pubname = {pub_lit}) THEN
         CREATE PUBLICATION {pub_id};
         RAISE NOTICE '{NOTICE_PREFIX}created publication %', {pub_lit};
+        changed := 1;
     END IF;
     FOREACH t IN ARRAY {regclasses} LOOP
         IF NOT EXISTS (
@@ -277,14 +282,19 @@ BEGIN
         ) THEN
             EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', {pub_lit}, t);
             RAISE NOTICE '{NOTICE_PREFIX}added table % to publication %', t, {pub_lit};
+            changed := changed + 1;
         END IF;
         IF (SELECT relkind FROM pg_class WHERE oid = t) = 'p' THEN
             IF NOT (SELECT pubviaroot FROM pg_publication WHERE pubname = {pub_lit}) THEN
                 ALTER PUBLICATION {pub_id} SET (publish_via_partition_root = true);
                 RAISE NOTICE '{NOTICE_PREFIX}publication % now publishes partitions via their root (for %)', {pub_lit}, t;
+                changed := changed + 1;
             END IF;
         END IF;
     END LOOP;
+    IF changed = 0 THEN
+        RAISE NOTICE '{NOTICE_PREFIX}publication % has every table the rules name', {pub_lit};
+    END IF;
 END"
         ))
     ));
@@ -296,7 +306,8 @@ END"
     if !walbust_cdc::window::GUARD_SQL.ends_with('\n') {
         w.push('\n');
     }
-    w.push_str("\nCOMMIT;\n\n");
+    w.push_str(COMMIT);
+    w.push('\n');
 
     // The slot.
     if cfg.source.create {
@@ -572,19 +583,46 @@ async fn apply(url: &str, target: &Target, script: &str) -> anyhow::Result<()> {
         );
     }
     println!("connected to database {database} as {user}");
-    // One simple query: BEGIN ... COMMIT, then the slot, as printed.
-    let outcome = client.batch_execute(script).await;
-    while let Ok(notice) = notices.try_recv() {
-        if let Some(done) = notice.strip_prefix(NOTICE_PREFIX) {
-            println!("done: {done}");
-        }
-    }
-    outcome.context("running the setup SQL (everything before COMMIT was rolled back)")?;
+    // The script as printed, in two simple queries, so that a failure is
+    // told for what it is: BEGIN ... COMMIT, then the slot.
+    let (transaction, after) = script.split_once(COMMIT).unwrap_or((script, ""));
+    let transaction = format!("{transaction}{COMMIT}");
+    // What the transaction did counts only once it committed.
+    let done = run(&client, &mut notices, &transaction)
+        .await
+        .context("running the setup SQL; rolled back, nothing changed")?;
+    print_done(&done);
     println!(
         "done: DDL guard installed (event trigger {})",
         walbust_cdc::window::GUARD_TRIGGER
     );
+    let done = run(&client, &mut notices, after).await.context(
+        "running the setup SQL after COMMIT (the role, publication, replica identities and DDL guard are in place)",
+    )?;
+    print_done(&done);
     Ok(())
+}
+
+/// Runs `sql`; returns what its notices say it did.
+async fn run(
+    client: &Client,
+    notices: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    sql: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    client.batch_execute(sql).await?;
+    let mut done = Vec::new();
+    while let Ok(notice) = notices.try_recv() {
+        if let Some(what) = notice.strip_prefix(NOTICE_PREFIX) {
+            done.push(what.to_owned());
+        }
+    }
+    Ok(done)
+}
+
+fn print_done(done: &[String]) {
+    for what in done {
+        println!("done: {what}");
+    }
 }
 
 /// A connection whose notices (`RAISE NOTICE`) arrive on the receiver, in
