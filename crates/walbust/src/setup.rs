@@ -65,7 +65,8 @@ pub struct SetupArgs {
     /// With --apply: connect with this URL, a superuser's in the database
     /// of source.url (walbust's own role can usually neither create itself
     /// nor an event trigger). Default: source.url. Its password is never
-    /// printed.
+    /// printed; prefer the environment variable, since a command line
+    /// shows in `ps`.
     #[arg(long, env = "WALBUST_ADMIN_URL", hide_env_values = true)]
     admin_url: Option<String>,
 }
