@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use support::*;
@@ -16,117 +16,17 @@ const PASSWORD: &str = "change-me";
 /// The role and database the setup script and walbust.yaml name.
 const ROLE: &str = "walbust";
 const DATABASE: &str = "shop";
-/// The Kafka topic deploy/walbust.yaml names.
-const DEPLOY_TOPIC: &str = "cache-invalidations";
-/// The superuser of the test server: the script creates `walbust` itself.
-const SUPERUSER: &str = "postgres";
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The `host ...` lines the setup script's comment asks for, on loopback.
-fn documented_hba_lines(setup: &str) -> Vec<String> {
-    let lines: Vec<String> = setup
-        .lines()
-        .filter_map(|l| l.strip_prefix("--"))
-        .map(str::trim)
-        .filter(|l| l.starts_with("host "))
-        .map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(fields.len(), 5, "pg_hba line {l:?}");
-            format!(
-                "{} {} {} 127.0.0.1/32 {}",
-                fields[0], fields[1], fields[2], fields[4]
-            )
-        })
-        .collect();
-    assert!(!lines.is_empty(), "the setup script names no pg_hba line");
-    lines
-}
-
-/// deploy/walbust.yaml pointed at the test's services: the files mounted
-/// by deploy/compose.yaml replaced by the files it mounts, the hosts by the
-/// test's.
-fn deploy_config(svc: &Services) -> PathBuf {
-    let mut config = read(&deploy_file("walbust.yaml"));
-    let compose = read(&deploy_file("compose.yaml"));
-    let mut mounted = 0;
-    for line in compose.lines().map(str::trim) {
-        let Some(volume) = line.strip_prefix("- ") else {
-            continue;
-        };
-        let parts: Vec<&str> = volume.split(':').collect();
-        if parts.len() < 2 || !parts[1].starts_with("/etc/walbust/") {
-            continue;
-        }
-        let source = deploy_file(parts[0]);
-        assert!(source.exists(), "compose mounts {} (missing)", parts[0]);
-        config = config.replace(parts[1], source.to_str().unwrap());
-        mounted += 1;
-    }
-    assert!(
-        mounted >= 2,
-        "compose.yaml mounts no configuration and rules"
-    );
-    for (from, to) in [
-        ("db.internal:5432", format!("127.0.0.1:{}", svc.pg.port())),
-        ("redis://cache.internal:6379/0", svc.redis.url()),
-        ("kafka-1.internal:9092", svc.kafka.bootstrap_servers()),
-        ("0.0.0.0:9187", "127.0.0.1:0".to_owned()),
-    ] {
-        assert!(config.contains(from), "deploy/walbust.yaml has no {from}");
-        config = config.replace(from, &to);
-    }
-    let path = svc.dir.path().join("walbust.yaml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
-async fn connect(svc: &Services, database: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host(svc.pg.host())
-        .port(svc.pg.port())
-        .user(svc.pg.user())
-        .password(svc.pg.password())
-        .dbname(database)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect as the superuser");
-    tokio::spawn(connection);
-    client
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_setup_script_fits_the_shipped_rules_and_configuration() {
-    let pg = walbust_testkit::Postgres::start_as(SUPERUSER, &[]).expect("start Postgres");
-    let svc = Services::start_with(pg, walbust_testkit::Kafka::start().expect("start Kafka"));
-    svc.kafka.create_topic(DEPLOY_TOPIC, 1).unwrap();
+    let (svc, shop) = fresh_shop().await;
     let admin = svc.pg.connect().await.unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
-        .await
-        .unwrap();
-    psql(&svc.pg, DATABASE, &deploy_file("shop-schema.sql")).await;
     psql(&svc.pg, DATABASE, &deploy_file("postgres-setup.sql")).await;
-    let setup = read(&deploy_file("postgres-setup.sql"));
-    let shop = connect(&svc, DATABASE).await;
+    let setup = read_text(&deploy_file("postgres-setup.sql"));
 
     // pg_hba.conf: the superuser's lines and the script's, nothing else (no
     // `replication` line for walbust).
-    let mut hba = format!("local all all trust\nhost all {SUPERUSER} 127.0.0.1/32 scram-sha-256\n");
-    for line in documented_hba_lines(&setup) {
-        assert!(line.contains(&format!(" {DATABASE} {ROLE} ")), "{line}");
-        hba.push_str(&line);
-        hba.push('\n');
-    }
-    std::fs::write(svc.pg.data_dir().join("pg_hba.conf"), hba).unwrap();
-    let reloaded: bool = admin
-        .query_one("SELECT pg_reload_conf()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(reloaded);
+    only_documented_hba(&svc.pg, &admin, &setup, DATABASE, ROLE).await;
     let config = deploy_config(&svc);
 
     let out = {
@@ -192,7 +92,7 @@ async fn the_setup_script_fits_the_shipped_rules_and_configuration() {
 /// fail again (2: configuration, 3: needs a human).
 #[test]
 fn the_systemd_unit_verifies_and_does_not_restart_what_needs_a_human() {
-    let unit = read(&deploy_file("walbust.service"));
+    let unit = read_text(&deploy_file("walbust.service"));
     let prevent: Vec<&str> = unit
         .lines()
         .filter_map(|l| l.strip_prefix("RestartPreventExitStatus="))
@@ -234,7 +134,7 @@ fn the_systemd_unit_verifies_and_does_not_restart_what_needs_a_human() {
 /// `target/` and `.git/`.
 #[test]
 fn the_dockerfile_installs_what_the_binary_links() {
-    let dockerfile = read(&deploy_file("Dockerfile"));
+    let dockerfile = read_text(&deploy_file("Dockerfile"));
     assert!(
         dockerfile.contains("cargo build --release --locked"),
         "{dockerfile}"
@@ -298,7 +198,7 @@ fn the_dockerfile_installs_what_the_binary_links() {
         );
     }
 
-    let ignore = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.dockerignore"));
+    let ignore = read_text(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.dockerignore"));
     for entry in ["target/", ".git/"] {
         assert!(
             ignore.lines().any(|l| l == entry),
@@ -312,8 +212,8 @@ fn the_dockerfile_installs_what_the_binary_links() {
 /// from a pinned image tag.
 #[test]
 fn the_kubernetes_manifest_runs_locked_down_from_a_pinned_image() {
-    let manifest = read(&deploy_file("kubernetes.yaml"));
-    let dockerfile = read(&deploy_file("Dockerfile"));
+    let manifest = read_text(&deploy_file("kubernetes.yaml"));
+    let dockerfile = read_text(&deploy_file("Dockerfile"));
     let user = dockerfile
         .lines()
         .find_map(|l| l.strip_prefix("USER "))

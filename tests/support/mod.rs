@@ -654,6 +654,112 @@ pub fn deploy_file(file: &str) -> PathBuf {
         .join(file)
 }
 
+/// A file's text; panics with its path.
+pub fn read_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `host ...` lines the setup script's comment asks for, on loopback.
+pub fn documented_hba_lines(setup: &str) -> Vec<String> {
+    let lines: Vec<String> = setup
+        .lines()
+        .filter_map(|l| l.strip_prefix("--"))
+        .map(str::trim)
+        .filter(|l| l.starts_with("host "))
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(fields.len(), 5, "pg_hba line {l:?}");
+            format!(
+                "{} {} {} 127.0.0.1/32 {}",
+                fields[0], fields[1], fields[2], fields[4]
+            )
+        })
+        .collect();
+    assert!(!lines.is_empty(), "the setup script names no pg_hba line");
+    lines
+}
+
+/// Replaces pg_hba.conf with the superuser's lines and the `host ...`
+/// lines the setup script `setup` documents (each for `database` and
+/// `role`), nothing else, and reloads it.
+pub async fn only_documented_hba(
+    pg: &walbust_testkit::Postgres,
+    admin: &tokio_postgres::Client,
+    setup: &str,
+    database: &str,
+    role: &str,
+) {
+    let mut hba = format!(
+        "local all all trust\nhost all {} 127.0.0.1/32 scram-sha-256\n",
+        pg.user()
+    );
+    for line in documented_hba_lines(setup) {
+        assert!(line.contains(&format!(" {database} {role} ")), "{line}");
+        hba.push_str(&line);
+        hba.push('\n');
+    }
+    std::fs::write(pg.data_dir().join("pg_hba.conf"), hba).unwrap();
+    let reloaded: bool = admin
+        .query_one("SELECT pg_reload_conf()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reloaded);
+}
+
+/// deploy/walbust.yaml pointed at the test's services: the files mounted
+/// by deploy/compose.yaml replaced by the files it mounts, the hosts by the
+/// test's.
+pub fn deploy_config(svc: &Services) -> PathBuf {
+    let mut config = read_text(&deploy_file("walbust.yaml"));
+    let compose = read_text(&deploy_file("compose.yaml"));
+    let mut mounted = 0;
+    for line in compose.lines().map(str::trim) {
+        let Some(volume) = line.strip_prefix("- ") else {
+            continue;
+        };
+        let parts: Vec<&str> = volume.split(':').collect();
+        if parts.len() < 2 || !parts[1].starts_with("/etc/walbust/") {
+            continue;
+        }
+        let source = deploy_file(parts[0]);
+        assert!(source.exists(), "compose mounts {} (missing)", parts[0]);
+        config = config.replace(parts[1], source.to_str().unwrap());
+        mounted += 1;
+    }
+    assert!(
+        mounted >= 2,
+        "compose.yaml mounts no configuration and rules"
+    );
+    for (from, to) in [
+        ("db.internal:5432", format!("127.0.0.1:{}", svc.pg.port())),
+        ("redis://cache.internal:6379/0", svc.redis.url()),
+        ("kafka-1.internal:9092", svc.kafka.bootstrap_servers()),
+        ("0.0.0.0:9187", "127.0.0.1:0".to_owned()),
+    ] {
+        assert!(config.contains(from), "deploy/walbust.yaml has no {from}");
+        config = config.replace(from, &to);
+    }
+    let path = svc.dir.path().join("walbust.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A connection as the superuser of `pg` to `database`.
+pub async fn connect_db(pg: &walbust_testkit::Postgres, database: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(pg.host())
+        .port(pg.port())
+        .user(pg.user())
+        .password(pg.password())
+        .dbname(database)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect as the superuser");
+    tokio::spawn(connection);
+    client
+}
+
 /// The database deploy/postgres-setup.sql is run in.
 pub const DBA_DATABASE: &str = "shop";
 
@@ -675,6 +781,23 @@ pub async fn psql(pg: &walbust_testkit::Postgres, database: &str, file: &Path) {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Postgres (superuser `postgres`), Redis and Kafka for deploy/walbust.yaml,
+/// with database `shop` holding deploy/shop-schema.sql and nothing else:
+/// no role, publication, guard or slot for walbust.
+pub async fn fresh_shop() -> (Services, tokio_postgres::Client) {
+    let pg = walbust_testkit::Postgres::start_as("postgres", &[]).expect("start Postgres");
+    let svc = Services::start_with(pg, walbust_testkit::Kafka::start().expect("start Kafka"));
+    svc.kafka.create_topic("cache-invalidations", 1).unwrap();
+    let admin = svc.pg.connect().await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DBA_DATABASE}"))
+        .await
+        .unwrap();
+    psql(&svc.pg, DBA_DATABASE, &deploy_file("shop-schema.sql")).await;
+    let shop = connect_db(&svc.pg, DBA_DATABASE).await;
+    (svc, shop)
 }
 
 /// A Postgres set up the way the README tells a DBA to: scram-sha-256

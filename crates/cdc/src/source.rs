@@ -85,6 +85,33 @@ impl ConnParams {
     }
 }
 
+/// `url` with its password replaced by `***`, for messages: the
+/// password of `postgres://user:password@host/db` and a `password=` query
+/// parameter or key=value pair. Anything else is kept as written.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = rest..rest + at;
+            if let Some(colon) = out[userinfo.clone()].find(':') {
+                out.replace_range(rest + colon + 1..userinfo.end, "***");
+            }
+        }
+    }
+    let mut from = 0;
+    while let Some(found) = out[from..].find("password=") {
+        let start = from + found + "password=".len();
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |i| start + i);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
+}
+
 /// The slot as found (or made) by [`prepare`].
 #[derive(Debug, Clone)]
 pub struct SlotState {
@@ -711,6 +738,27 @@ mod tests {
 
         publication.filters = vec![filter(&items, None, &["id", "category"])];
         assert!(text(&publication).is_empty());
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, shown) in [
+            (
+                "postgres://admin:s3cr@t@db:5432/shop",
+                "postgres://admin:***@db:5432/shop",
+            ),
+            ("postgres://admin@db/shop", "postgres://admin@db/shop"),
+            (
+                "postgresql://db/shop?user=a&password=s3cr&sslmode=require",
+                "postgresql://db/shop?user=a&password=***&sslmode=require",
+            ),
+            (
+                "host=db password=s3cr user=a",
+                "host=db password=*** user=a",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 
     #[test]

@@ -31,26 +31,31 @@ use tokio_postgres::Client;
 use walbust_cdc::catalog::{self, Identity, Publication, ReplicaIdentity, TableInfo, TableKind};
 use walbust_rules::{RuleInfo, RuleSet, Side, TableName};
 
-use crate::config::Config;
+use crate::config::{Config, Unset};
 use crate::explain::parse_table;
 use walbust_flow::Chain;
 
 use crate::{fail_config, run, EXIT_FAILURE};
 
-pub async fn check(path: &Path, db: bool) -> ExitCode {
-    // Offline, secrets need not be set: CI validates without them.
-    let loaded = if db {
+/// The configuration and its rules, or the exit of a configuration error.
+/// `connects`: `path`'s source.url will be connected with, so every `${VAR}`
+/// must be set, as for `run`; otherwise an unset one reads as its name and
+/// is returned (CI validates without secrets).
+pub(crate) fn load(path: &Path, connects: bool) -> Result<(Config, Vec<Unset>, RuleSet), ExitCode> {
+    let loaded = if connects {
         Config::load(path).map(|cfg| (cfg, Vec::new()))
     } else {
         Config::load_offline(path)
     };
-    let (cfg, unset) = match loaded {
+    let (cfg, unset) = loaded.map_err(fail_config)?;
+    let rules = RuleSet::load(&cfg.rules).map_err(fail_config)?;
+    Ok((cfg, unset, rules))
+}
+
+pub async fn check(path: &Path, db: bool) -> ExitCode {
+    let (cfg, unset, rules) = match load(path, db) {
         Ok(loaded) => loaded,
-        Err(e) => return fail_config(e),
-    };
-    let rules = match RuleSet::load(&cfg.rules) {
-        Ok(r) => r,
-        Err(e) => return fail_config(e),
+        Err(exit) => return exit,
     };
     let tables: Vec<String> = rules.tables().iter().map(|t| t.to_string()).collect();
     println!(
@@ -370,11 +375,7 @@ impl TableCx<'_> {
 
     /// Rules whose `table:` matches `table` (exactly or by glob).
     fn rules_for(&self, table: &TableName) -> Vec<&RuleInfo> {
-        self.rules
-            .rules()
-            .iter()
-            .filter(|r| parse_table(&r.table).is_ok_and(|t| t.matches(&table.schema, &table.name)))
-            .collect()
+        rules_for(self.rules, table)
     }
 
     /// Rules whose `table:` is `name` as written (a glob, say).
@@ -388,19 +389,7 @@ impl TableCx<'_> {
 
     /// `rule 1 (rules.yaml:4:5), rule 3 (rules.yaml:12:5)`.
     fn rule_list(&self, rules: &[&RuleInfo]) -> String {
-        rules
-            .iter()
-            .map(|r| {
-                format!(
-                    "rule {} ({}:{}:{})",
-                    r.index + 1,
-                    self.rules.origin(),
-                    r.line,
-                    r.column
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        rule_list(self.rules, rules)
     }
 
     async fn check_table(
@@ -447,7 +436,8 @@ impl TableCx<'_> {
             if lacking.is_empty() {
                 continue;
             }
-            let readers = self.old_value_readers(table, &names, &lacking, &bound.rule_indexes());
+            let readers =
+                old_value_readers(self.rules, table, &names, &lacking, &bound.rule_indexes());
             report.error(format!(
                 "{}: replica identity {} {}, but {} {} the old values of {} on update or delete: \
                  ALTER TABLE {} REPLICA IDENTITY FULL",
@@ -579,53 +569,88 @@ impl TableCx<'_> {
         }
     }
 
-    /// The rules that read the old values of some of `lacking`, each rule
-    /// taken alone; all the table's update or delete rules if that fails.
-    fn old_value_readers(
-        &self,
-        table: &TableName,
-        columns: &[&str],
-        lacking: &[&str],
-        indexes: &[usize],
-    ) -> Vec<&RuleInfo> {
-        let all = self.rules.rules();
-        // Per rule alone: whether it reads an old value the identity lacks.
-        let alone: Option<Vec<bool>> = indexes
-            .iter()
-            .map(|&index| {
-                let bound = self
-                    .rules
-                    .bind_only(index, &table.schema, &table.name, columns)
-                    .ok()??;
-                Some(bound.needs_old_values().iter().any(|c| lacking.contains(c)))
-            })
-            .collect();
-        match alone {
-            Some(reads) => indexes
-                .iter()
-                .zip(reads)
-                .filter(|(_, reads)| *reads)
-                .filter_map(|(&i, _)| all.get(i))
-                .collect(),
-            None => indexes
-                .iter()
-                .filter_map(|&i| all.get(i))
-                .filter(|r| {
-                    r.on.contains(&walbust_rules::Op::Update)
-                        || r.on.contains(&walbust_rules::Op::Delete)
-                })
-                .collect(),
+    /// Whether rule `index` renders `column`'s new value in a key, tag or
+    /// pattern.
+    fn uses_in_template(&self, index: usize, column: &str) -> bool {
+        new_values_rendered(self.rules, index).contains(&column)
+    }
+}
+
+/// The columns whose new value (`{col}` or `{new.col}`) rule `index`
+/// renders in a key, tag or pattern, each once. Under a replica identity
+/// other than FULL an UPDATE that leaves such a column alone may send it as
+/// unchanged TOAST; `{old.col}` is the replica identity's business.
+pub(crate) fn new_values_rendered(rules: &RuleSet, index: usize) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for (side, column) in rules.template_columns(index) {
+        if matches!(side, Side::Row | Side::New) && !out.contains(&column) {
+            out.push(column);
         }
     }
+    out
+}
 
-    /// Whether rule `index` renders `column`'s new value (`{col}` or
-    /// `{new.col}`) in a key, tag or pattern. `{old.col}` is the replica
-    /// identity's business.
-    fn uses_in_template(&self, index: usize, column: &str) -> bool {
-        self.rules
-            .template_columns(index)
+/// Rules whose `table:` matches `table` (exactly or by glob).
+pub(crate) fn rules_for<'r>(rules: &'r RuleSet, table: &TableName) -> Vec<&'r RuleInfo> {
+    rules
+        .rules()
+        .iter()
+        .filter(|r| parse_table(&r.table).is_ok_and(|t| t.matches(&table.schema, &table.name)))
+        .collect()
+}
+
+/// `rule 1 (rules.yaml:4:5), rule 3 (rules.yaml:12:5)`.
+pub(crate) fn rule_list(set: &RuleSet, rules: &[&RuleInfo]) -> String {
+    rules
+        .iter()
+        .map(|r| {
+            format!(
+                "rule {} ({}:{}:{})",
+                r.index + 1,
+                set.origin(),
+                r.line,
+                r.column
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The rules that read the old values of some of `lacking`, each rule
+/// taken alone; all the table's update or delete rules if that fails.
+pub(crate) fn old_value_readers<'r>(
+    rules: &'r RuleSet,
+    table: &TableName,
+    columns: &[&str],
+    lacking: &[&str],
+    indexes: &[usize],
+) -> Vec<&'r RuleInfo> {
+    let all = rules.rules();
+    // Per rule alone: whether it reads an old value the identity lacks.
+    let alone: Option<Vec<bool>> = indexes
+        .iter()
+        .map(|&index| {
+            let bound = rules
+                .bind_only(index, &table.schema, &table.name, columns)
+                .ok()??;
+            Some(bound.needs_old_values().iter().any(|c| lacking.contains(c)))
+        })
+        .collect();
+    match alone {
+        Some(reads) => indexes
             .iter()
-            .any(|(side, c)| *c == column && matches!(side, Side::Row | Side::New))
+            .zip(reads)
+            .filter(|(_, reads)| *reads)
+            .filter_map(|(&i, _)| all.get(i))
+            .collect(),
+        None => indexes
+            .iter()
+            .filter_map(|&i| all.get(i))
+            .filter(|r| {
+                r.on.contains(&walbust_rules::Op::Update)
+                    || r.on.contains(&walbust_rules::Op::Delete)
+            })
+            .collect(),
     }
 }
 

@@ -14,6 +14,7 @@ mod gap;
 mod metrics;
 mod reload;
 mod run;
+mod setup;
 mod tail;
 mod telemetry;
 
@@ -128,6 +129,22 @@ enum Command {
     /// Example: walbust explain --rules rules.yaml --table products --op update
     ///   --old '{"id":"42","category_id":"3"}' --new '{"id":"42","category_id":"4"}'
     Explain(explain::ExplainArgs),
+    /// Print the SQL that prepares Postgres for this configuration; with
+    /// --apply, run it.
+    ///
+    /// The role (source.url's user, LOGIN REPLICATION, no password: set one
+    /// with psql's \password), the publication with the tables the rules
+    /// name, REPLICA IDENTITY FULL where the rules need old values the
+    /// identity does not send, the DDL guard, and the slot (unless
+    /// source.create is true), with the pg_hba.conf line in a comment.
+    /// Every statement is safe to run again. Printing needs no database and
+    /// no secrets (an unset ${VAR} reads as its name); only the SQL goes to
+    /// stdout, so `walbust setup > setup.sql` works.
+    ///
+    /// --apply connects with --admin-url (a superuser; default source.url),
+    /// runs it in one transaction and the slot after COMMIT, and prints what
+    /// it did. Afterwards `walbust check --db` should pass.
+    Setup(setup::SetupArgs),
     /// Stream live changes through a temporary slot and print each committed
     /// transaction with the invalidations the rules would publish. Publishes
     /// nothing and creates nothing durable (the publication must exist).
@@ -168,6 +185,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::demo(args).await,
             Command::Explain(args) => explain::explain(args),
             Command::Tail(args) => tail::tail(args).await,
+            Command::Setup(args) => setup::setup(args).await,
         }
     })
 }
