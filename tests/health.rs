@@ -87,6 +87,15 @@ async fn readyz_follows_redis_and_healthz_stays_up() {
     assert_eq!(ready["sinks"][0]["name"], "redis");
     assert_eq!(ready["sinks"][0]["healthy"], true);
     assert_eq!(ready["reasons"], serde_json::json!([]));
+    // The README shows this very answer.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let shown = readme
+        .lines()
+        .skip_while(|l| !l.contains("curl -s localhost:9187/readyz"))
+        .nth(1)
+        .expect("the /readyz example in the README");
+    assert_eq!(json(shown), ready, "README's /readyz example");
     let (status, body) = get(port, "/healthz").unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["live"], true);
@@ -181,4 +190,70 @@ async fn a_second_walbust_on_the_slot_is_a_live_standby_that_is_not_ready() {
     assert_eq!(ready["role"], "active");
     standby.signal("TERM");
     assert!(standby.wait(Duration::from_secs(30)).success());
+}
+
+/// The JSON log lines whose message is `message`.
+fn json_lines(log: &str, message: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+/// Asserts that a JSON log line names slot `walbust` and an LSN as Postgres
+/// writes them.
+fn assert_slot_and_lsn(line: &serde_json::Value) {
+    assert_eq!(line["slot"], "walbust", "{line}");
+    let lsn = line["lsn"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no lsn: {line}"));
+    let (hi, lo) = lsn.split_once('/').unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        u32::from_str_radix(hi, 16).is_ok() && u32::from_str_radix(lo, 16).is_ok(),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_about_batches_and_reconnects_carry_slot_lsn_and_sink() {
+    let svc = Services::start();
+    let db = products(&svc).await;
+    let (config, port) = config_with_metrics(&svc, RULES);
+    let mut walbust = Walbust::start_with_env(&config, &[("WALBUST_LOG_FORMAT", "json")]);
+    wait_status(&mut walbust, port, "/readyz", 200).await;
+
+    // A batch that fails, is retried and is confirmed.
+    svc.redis.stop().unwrap();
+    db.execute("INSERT INTO products VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+    walbust.wait_log(RETRYING).await;
+    svc.redis.restart().unwrap();
+    let log = walbust.wait_log("batch confirmed after retries").await;
+    for message in [RETRYING, "batch confirmed after retries"] {
+        let lines = json_lines(&log, message);
+        assert!(!lines.is_empty(), "no {message:?} line in:\n{log}");
+        for line in lines {
+            assert_slot_and_lsn(&line);
+            assert_eq!(line["sink"], "redis", "{line}");
+        }
+    }
+
+    // A reconnection.
+    let reconnecting = "replication interrupted; reconnecting from the slot's confirmed position";
+    db.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'walbust'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let log = walbust.wait_log(reconnecting).await;
+    let line = &json_lines(&log, reconnecting)[0];
+    assert_slot_and_lsn(line);
+    assert_ne!(line["lsn"], "0/0", "acknowledged the insert before: {line}");
+
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+    let stopped = json_lines(&walbust.log(), "stopped");
+    assert_slot_and_lsn(&stopped[0]);
 }

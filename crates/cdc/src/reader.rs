@@ -368,7 +368,13 @@ impl Session {
             }
             let delay = backoff.next().unwrap_or(Backoff::RECONNECT.max);
             metrics::counter!(m::RECONNECTS).increment(1);
-            tracing::warn!(error = %Chain(&error), retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting from the slot's confirmed position");
+            tracing::warn!(
+                slot = %self.spec.slot,
+                lsn = %walbust_pgoutput::format_lsn(self.acked),
+                error = %Chain(&error),
+                retry_in_ms = delay.as_millis() as u64,
+                "replication interrupted; reconnecting from the slot's confirmed position"
+            );
             tokio::select! {
                 _ = wait_true(&mut self.shutdown) => return self.finish().await,
                 _ = tokio::time::sleep(delay) => {}
@@ -545,7 +551,7 @@ impl Session {
                     Ok(()) => Next::Confirmed,
                     Err(e) => {
                         metrics::counter!(m::ACK_CEILING_FAILURES).increment(1);
-                        tracing::warn!(error = %Chain(e.as_ref()), "could not record the acknowledgement ceiling in the gap marker; acknowledgements wait until it is written (retrying)");
+                        tracing::warn!(slot = %self.spec.slot, lsn = %walbust_pgoutput::format_lsn(self.acked), error = %Chain(e.as_ref()), "could not record the acknowledgement ceiling in the gap marker; acknowledgements wait until it is written (retrying)");
                         continue;
                     }
                 },
@@ -822,7 +828,7 @@ impl Session {
         while let Some(fence) = self.fence.as_mut().filter(|f| f.raising()) {
             if let Err(e) = fence.raised().await {
                 fence.abandon();
-                tracing::warn!(error = %Chain(e.as_ref()), "could not record the acknowledgement ceiling; the last confirmed changes are sent again at the next start");
+                tracing::warn!(slot = %self.spec.slot, lsn = %walbust_pgoutput::format_lsn(self.acked), error = %Chain(e.as_ref()), "could not record the acknowledgement ceiling; the last confirmed changes are sent again at the next start");
                 break;
             }
             self.apply_confirmed();
@@ -833,7 +839,7 @@ impl Session {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             if client.feedback_pending_since().is_some() {
-                tracing::warn!("the final acknowledgement may not have reached the server; the next start re-sends from the slot's position");
+                tracing::warn!(slot = %self.spec.slot, lsn = %walbust_pgoutput::format_lsn(self.acked), "the final acknowledgement may not have reached the server; the next start re-sends from the slot's position");
             }
             if let Err(e) = client.shutdown().await {
                 tracing::debug!(error = %Chain(&e), "replication session closed with an error");

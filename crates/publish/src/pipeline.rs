@@ -46,6 +46,7 @@ use crate::batch::{Accumulator, Batch, SequenceError};
 use crate::config::{ConfigError, Errors};
 use crate::metrics as m;
 use crate::sink::{Sink, SinkError};
+use walbust_pgoutput::format_lsn;
 use walbust_pgoutput::time::to_system_time;
 
 /// Default for [`PipelineConfig::max_keys`].
@@ -94,6 +95,10 @@ pub struct PipelineConfig {
     pub retry_min: Duration,
     /// Longest retry delay (delays double from `retry_min`, with jitter, up to this).
     pub retry_max: Duration,
+    /// The replication slot this pipeline publishes for, carried as the `slot` field of its log
+    /// lines (with the batch's `lsn` and the `sink`), so that logs of several walbusts can be told
+    /// apart. Empty: no slot.
+    pub slot: String,
 }
 
 impl Default for PipelineConfig {
@@ -106,6 +111,7 @@ impl Default for PipelineConfig {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             retry_min: DEFAULT_RETRY_MIN,
             retry_max: DEFAULT_RETRY_MAX,
+            slot: String::new(),
         }
     }
 }
@@ -309,7 +315,7 @@ impl Runner {
         let mut beat = tokio::time::interval(BEAT_EVERY);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let names: Vec<_> = self.sinks.iter().map(|s| s.name()).collect();
-        info!(sinks = ?names, max_keys = self.cfg.max_keys, max_in_flight = self.cfg.max_in_flight, "publish pipeline started");
+        info!(slot = %self.cfg.slot, sinks = ?names, max_keys = self.cfg.max_keys, max_in_flight = self.cfg.max_in_flight, "publish pipeline started");
         loop {
             // 1. Take what is already waiting, without blocking (a bounded number, so a reader
             //    that keeps the channel busy cannot starve dispatching).
@@ -357,7 +363,8 @@ impl Runner {
             }
         }
         info!(
-            confirmed_lsn = self.confirmed,
+            slot = %self.cfg.slot,
+            lsn = %format_lsn(self.confirmed),
             "publish pipeline finished: input closed and everything confirmed"
         );
         Ok(())
@@ -385,6 +392,7 @@ impl Runner {
             Ok(None) => Ok(()),
             Ok(Some(xid)) => {
                 warn!(
+                    slot = %self.cfg.slot,
                     xid,
                     "transaction started again before its commit (the reader reconnected); \
                      its earlier part is published again"
@@ -392,7 +400,7 @@ impl Runner {
                 Ok(())
             }
             Err(err) => {
-                error!(error = %err, "invalid item sequence from the reader");
+                error!(slot = %self.cfg.slot, error = %err, "invalid item sequence from the reader");
                 Err(PipelineError::Sequence(err))
             }
         }
@@ -419,6 +427,8 @@ impl Runner {
         } else {
             histogram!(m::PIPELINE_BATCH_ENTRIES).record(batch.len() as f64);
             debug!(
+                slot = %self.cfg.slot,
+                lsn = %format_lsn(batch.lsn),
                 seq,
                 keys = batch.keys.len(),
                 tags = batch.tags.len(),
@@ -427,7 +437,14 @@ impl Runner {
                 partial = batch.end_lsn.is_none(),
                 "publishing batch"
             );
-            deliver(seq, batch, self.sinks.clone(), self.retry_policy()).boxed()
+            deliver(
+                seq,
+                batch,
+                self.sinks.clone(),
+                self.retry_policy(),
+                self.cfg.slot.clone().into(),
+            )
+            .boxed()
         };
         self.running.push(delivery);
         gauge!(m::PIPELINE_IN_FLIGHT).set(self.running.len() as f64);
@@ -502,11 +519,12 @@ async fn deliver(
     batch: Arc<Batch>,
     sinks: Arc<[Arc<dyn Sink>]>,
     retry: Backoff,
+    slot: Arc<str>,
 ) -> Delivered {
     let result = futures::future::try_join_all(
         sinks
             .iter()
-            .map(|sink| publish_with_retry(sink.as_ref(), &batch, retry)),
+            .map(|sink| publish_with_retry(sink.as_ref(), &batch, retry, &slot)),
     )
     .await;
     Delivered { seq, batch, result }
@@ -519,8 +537,10 @@ async fn publish_with_retry(
     sink: &dyn Sink,
     batch: &Batch,
     retry: Backoff,
+    slot: &str,
 ) -> Result<SinkReport, PipelineError> {
     let name = sink.name();
+    let lsn = format_lsn(batch.lsn);
     let started = Instant::now();
     let attempts = AtomicU32::new(0);
     let attempts_ref = &attempts;
@@ -547,6 +567,8 @@ async fn publish_with_retry(
         .notify(|err, delay| {
             counter!(m::SINK_RETRIES, m::LABEL_SINK => name).increment(1);
             warn!(
+                slot,
+                lsn = %lsn,
                 sink = name,
                 kind = %err.kind(),
                 error = %Chain(err),
@@ -565,7 +587,7 @@ async fn publish_with_retry(
             counter!(m::SINK_PATTERNS, m::LABEL_SINK => name)
                 .increment(batch.patterns.len() as u64);
             if attempts > 1 {
-                info!(sink = name, attempts, "batch confirmed after retries");
+                info!(slot, lsn = %lsn, sink = name, attempts, "batch confirmed after retries");
             }
             Ok(SinkReport {
                 sink: name,
@@ -575,6 +597,8 @@ async fn publish_with_retry(
         }
         Err(source) => {
             error!(
+                slot,
+                lsn = %lsn,
                 sink = name,
                 kind = %source.kind(),
                 error = %Chain(&source),

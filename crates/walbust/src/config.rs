@@ -186,6 +186,7 @@ impl PublishConfig {
             channel_capacity: self.channel_capacity,
             retry_min: Duration::from_millis(self.retry_min_ms),
             retry_max: Duration::from_millis(self.retry_max_ms),
+            slot: String::new(),
         }
     }
 }

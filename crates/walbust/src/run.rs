@@ -106,7 +106,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         let _keeper = marker.as_ref().map(crate::gap::MarkerHandle::keep_present);
         tracing::info!(
             slot = %cfg.source.slot,
-            confirmed_flush_lsn = %walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
+            lsn = %walbust_pgoutput::format_lsn(slot.confirmed_flush_lsn),
             wal_status = %slot.wal_status,
             created = slot.created,
             "slot ready"
@@ -116,7 +116,10 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             feed,
             task: pipeline,
         } = Pipeline::spawn_with_observer(
-            cfg.publish.pipeline(),
+            walbust_publish::PipelineConfig {
+                slot: cfg.source.slot.clone(),
+                ..cfg.publish.pipeline()
+            },
             sinks.clone(),
             hooks.observer.clone(),
         );
@@ -175,7 +178,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         pipeline_outcome(pipeline.await)?;
         let walbust_cdc::Stopped::Shutdown { confirmed_lsn } = stopped;
         crate::gap::record_stop(marker.as_ref(), confirmed_lsn).await;
-        tracing::info!(confirmed_lsn = %walbust_pgoutput::format_lsn(confirmed_lsn), "stopped");
+        tracing::info!(slot = %cfg.source.slot, lsn = %walbust_pgoutput::format_lsn(confirmed_lsn), "stopped");
         return Ok(());
     }
 }
