@@ -1,7 +1,9 @@
 # Shared by the scripts: installs what walbust's tests, demo and tools need
 # and is missing. Debian packages: postgresql (server binaries: initdb,
 # pg_ctl, postgres), redis-server, and for building librdkafka with TLS (so
-# SASL_SSL to Kafka works) libssl-dev and pkg-config. Rust must be installed.
+# SASL_SSL to Kafka works) libssl-dev and pkg-config, and for validating
+# deploy/ systemd (systemd-analyze), yamllint and prometheus (promtool).
+# Rust must be installed.
 
 walbust_have_postgres() {
     [ -n "${WALBUST_PG_BINDIR:-}" ] && [ -x "${WALBUST_PG_BINDIR}/initdb" ] && return 0
@@ -21,6 +23,10 @@ walbust_install_missing() {
     fi
     # The suite checks deploy/walbust.service with systemd-analyze.
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    # ... deploy/*.yaml with yamllint, and the alerts with promtool (Debian
+    # ships it in the prometheus package).
+    command -v yamllint >/dev/null 2>&1 || missing+=(yamllint)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
     if [ ${#missing[@]} -eq 0 ]; then
         return 0
     fi
@@ -36,8 +42,9 @@ walbust_install_missing() {
     fi
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-    # The Debian package starts a cluster of its own; walbust's tests and
-    # demo start throwaway servers and do not need it.
+    # The Debian packages start a Postgres cluster and a Prometheus server of
+    # their own; walbust's tests and demo start throwaway servers and need
+    # neither (only promtool from the prometheus package).
 }
 
 walbust_require_cargo() {

@@ -116,15 +116,11 @@ fn the_systemd_unit_verifies_and_does_not_restart_what_needs_a_human() {
         unit.replace("/usr/local/bin/walbust", env!("CARGO_BIN_EXE_walbust")),
     )
     .unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("systemd-analyze: {e}: install it with apt-get install systemd (scripts/test.sh does)")
-        });
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = validate(
+        "systemd-analyze",
+        "systemd",
+        &["verify".as_ref(), path.as_ref()],
+    );
     assert!(err.trim().is_empty(), "systemd-analyze warned:\n{err}");
 }
 
@@ -240,4 +236,70 @@ fn the_kubernetes_manifest_runs_locked_down_from_a_pinned_image() {
         tag.is_some_and(|t| t != "latest"),
         "image {image} is not pinned"
     );
+}
+
+/// Runs a validator from the system on `args` in deploy/ and returns what
+/// it wrote to stderr; fails if it fails, and a missing binary fails with
+/// the package to install (scripts/test.sh installs it).
+fn validate(program: &str, package: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(deploy_file(""))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{program}: {e}: install it with apt-get install {package} (scripts/test.sh does)"
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stderr.into_owned()
+}
+
+/// deploy/prometheus-alerts.yaml loads into Prometheus (`promtool check
+/// rules`), and its lag alerts fire when and only when the unit tests of
+/// deploy/prometheus-alerts.test.yaml say (`promtool test rules`).
+#[test]
+fn the_alerts_pass_promtool_and_their_unit_tests() {
+    for (command, file) in [
+        ("check", "prometheus-alerts.yaml"),
+        ("test", "prometheus-alerts.test.yaml"),
+    ] {
+        validate(
+            "promtool",
+            "prometheus",
+            &[command.as_ref(), "rules".as_ref(), file.as_ref()],
+        );
+    }
+}
+
+/// Every YAML file of deploy/ passes yamllint with deploy/yamllint.yaml
+/// (yamllint's defaults, without `document-start`), warnings included.
+#[test]
+fn the_deploy_yaml_passes_yamllint() {
+    let mut files: Vec<std::ffi::OsString> = std::fs::read_dir(deploy_file(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().ends_with(".yaml"))
+        .collect();
+    files.sort();
+    for expected in [
+        "compose.yaml",
+        "kubernetes.yaml",
+        "prometheus-alerts.yaml",
+        "walbust.yaml",
+    ] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} in {files:?}"
+        );
+    }
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["--strict".as_ref(), "-c".as_ref(), "yamllint.yaml".as_ref()];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    validate("yamllint", "yamllint", &args);
 }

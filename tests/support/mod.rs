@@ -591,10 +591,15 @@ pub fn scrape_metrics(port: u16) -> String {
 /// `rules`, serving metrics and health on a port of its own, which it
 /// returns.
 pub fn config_with_metrics(svc: &Services, rules: &str) -> (PathBuf, u16) {
+    config_with_metrics_sinks(svc, rules, false)
+}
+
+/// Like [`config_with_metrics`], with Kafka as a second sink when `kafka`.
+pub fn config_with_metrics_sinks(svc: &Services, rules: &str, kafka: bool) -> (PathBuf, u16) {
     let port = walbust_testkit::free_port();
     let config = svc.write_config_with(
         rules,
-        false,
+        kafka,
         &format!("metrics:\n  listen: 127.0.0.1:{port}\n"),
     );
     (config, port)

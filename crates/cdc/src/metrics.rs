@@ -118,8 +118,11 @@ const PLAIN_COUNTERS: [&str; 8] = [
 /// Registers every counter of the replication side at 0, with each value
 /// of its label, with the installed recorder. A series that first appears
 /// at 1 has no earlier sample, so Prometheus's `increase()` and `rate()`
-/// (and the alerts built on them) miss its first event.
+/// (and the alerts built on them) miss its first event. Also sets
+/// [`DDL_WINDOW_OPEN`] to 0: no window is open before the stream starts,
+/// and a dashboard shows 0 rather than no data.
 pub fn register_counters() {
+    metrics::gauge!(DDL_WINDOW_OPEN).set(0.0);
     for name in PLAIN_COUNTERS {
         metrics::counter!(name).increment(0);
     }
