@@ -462,6 +462,87 @@ async fn an_explicit_message_arrives_only_if_its_transaction_commits() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_messages_that_would_empty_the_cache_or_are_too_large_are_refused() {
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE carts (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut redis = svc.redis.connection().await.unwrap();
+    let port = walbust_testkit::free_port();
+    let config = svc.write_config_with(
+        EXPLICIT_RULES,
+        false,
+        &format!(
+            "metrics:\n  listen: 127.0.0.1:{port}\nexplicit:\n  max_bytes: 200\n  max_entries: 3\n"
+        ),
+    );
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    set_keys(&mut redis, &["cart:1", "cart:2", "cart:3", "other"]).await;
+
+    let refused = |reason: &str| format!("walbust_explicit_messages_total{{result=\"{reason}\"}}");
+    // Any role may send these; none of them may purge anything.
+    for message in [
+        r#"{"patterns":["*"]}"#.to_string(),
+        r#"{"keys":["cart:1"],"patterns":["?*"]}"#.to_string(),
+        format!(r#"{{"keys":["cart:1","{}"]}}"#, "x".repeat(300)),
+        r#"{"keys":["cart:1","cart:2","cart:3","cart:4"]}"#.to_string(),
+    ] {
+        commit(
+            &mut db,
+            &format!("SELECT pg_logical_emit_message(true, 'walbust', '{message}')"),
+        )
+        .await;
+    }
+    let (_, last, _) = commit(
+        &mut db,
+        "SELECT pg_logical_emit_message(true, 'walbust', '{\"keys\":[\"cart:3\"]}')",
+    )
+    .await;
+    assert_invalidated(
+        &mut redis,
+        &["cart:3"],
+        &["cart:1", "cart:2", "other"],
+        "after refusals",
+    )
+    .await;
+    wait_confirmed_past(&db, last).await;
+    assert_eq!(metric(port, &refused("flush_all")), 2.0);
+    assert_eq!(metric(port, &refused("too_large")), 1.0);
+    assert_eq!(metric(port, &refused("too_many_entries")), 1.0);
+    assert!(walbust.is_running());
+    let log = walbust.log();
+    assert!(log.contains("would purge every key"), "{log}");
+    assert!(
+        !log.contains(&"x".repeat(300)),
+        "message content in the log"
+    );
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+
+    // Allowed by the configuration: a flush of every key goes through.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("explicit:\n", "explicit:\n  allow_flush_all: true\n");
+    std::fs::write(&config, text).unwrap();
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    commit(
+        &mut db,
+        "SELECT pg_logical_emit_message(true, 'walbust', '{\"patterns\":[\"*\"]}')",
+    )
+    .await;
+    assert_invalidated(
+        &mut redis,
+        &["cart:1", "cart:2", "other"],
+        &[],
+        "flush allowed",
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // explain
 

@@ -123,6 +123,8 @@ pub struct Assembler {
     /// Windows the publication withheld rule tables in (DDL guard); none
     /// for views that acknowledge nothing (`tail`).
     guard: Option<WindowGuard>,
+    /// What explicit messages are accepted.
+    explicit: walbust_rules::ExplicitPolicy,
 }
 
 impl Assembler {
@@ -139,7 +141,15 @@ impl Assembler {
             last_sent_end: 0,
             out: VecDeque::new(),
             guard: None,
+            explicit: walbust_rules::ExplicitPolicy::default(),
         }
+    }
+
+    /// Accepts explicit messages as `policy` says (default: enabled, 64 KiB,
+    /// 10,000 entries, no flush of every key).
+    pub fn with_explicit_policy(mut self, policy: walbust_rules::ExplicitPolicy) -> Self {
+        self.explicit = policy;
+        self
     }
 
     /// Tracks the DDL guard's messages with `guard`: see [`crate::window`].
@@ -255,6 +265,15 @@ impl Assembler {
         if prefix != EXPLICIT_PREFIX {
             return Ok(());
         }
+        let refused = |refusal: walbust_rules::ExplicitRefusal| {
+            metrics::counter!(m::EXPLICIT_MESSAGES, m::LABEL_RESULT => refusal.reason())
+                .increment(1);
+            tracing::warn!(lsn = %walbust_pgoutput::format_lsn(lsn), reason = %refusal, "refused an explicit invalidation message (see the explicit: section of the configuration)");
+        };
+        if let Err(refusal) = self.explicit.admit_content(content) {
+            refused(refusal);
+            return Ok(());
+        }
         let inv = match self.rules.explicit(content) {
             Ok(inv) => inv,
             Err(e) => {
@@ -265,6 +284,10 @@ impl Assembler {
                 return Ok(());
             }
         };
+        if let Err(refusal) = self.explicit.admit(&inv) {
+            refused(refusal);
+            return Ok(());
+        }
         metrics::counter!(m::EXPLICIT_MESSAGES, m::LABEL_RESULT => m::RESULT_OK).increment(1);
         self.join_or_stand_alone(lsn, inv);
         Ok(())

@@ -39,7 +39,9 @@ pub const DEGRADED_OLD_NOT_SENT: &str = "old_value_not_sent";
 pub const NULL_VALUES: &str = "walbust_rule_null_values_total";
 /// Rules that exceeded their per-transaction key budget and escalated to tags and patterns.
 pub const ESCALATIONS: &str = "walbust_rule_escalations_total";
-/// Explicit invalidation messages (prefix `walbust`), label `result` (ok, malformed).
+/// Explicit invalidation messages (prefix `walbust`), label `result`: ok,
+/// malformed, or the reason the `explicit:` policy refused it (disabled,
+/// too_large, too_many_entries, flush_all).
 pub const EXPLICIT_MESSAGES: &str = "walbust_explicit_messages_total";
 /// DDL guard messages (prefix `walbust.ddl`), label `result` (ok,
 /// malformed, unknown_version).
@@ -88,7 +90,14 @@ const LABELLED_COUNTERS: [(&str, &str, &[&str]); 5] = [
     (
         EXPLICIT_MESSAGES,
         LABEL_RESULT,
-        &[RESULT_OK, RESULT_MALFORMED],
+        &[
+            RESULT_OK,
+            RESULT_MALFORMED,
+            "disabled",
+            "too_large",
+            "too_many_entries",
+            "flush_all",
+        ],
     ),
     (
         DDL_MESSAGES,

@@ -99,6 +99,7 @@ pub struct Reader {
     in_effect: Option<watch::Sender<Arc<RuleSet>>>,
     on_stream: Option<OnStream>,
     on_ack: Option<crate::fence::OnAck>,
+    explicit: walbust_rules::ExplicitPolicy,
 }
 
 impl Reader {
@@ -116,7 +117,14 @@ impl Reader {
             in_effect: None,
             on_stream: None,
             on_ack: None,
+            explicit: walbust_rules::ExplicitPolicy::default(),
         }
+    }
+
+    /// Accepts explicit messages as `policy` says (the `explicit:` section).
+    pub fn with_explicit_policy(mut self, policy: walbust_rules::ExplicitPolicy) -> Self {
+        self.explicit = policy;
+        self
     }
 
     /// Calls `tap` for every evaluated row change.
@@ -215,7 +223,9 @@ impl Reader {
             }
             None => watch::channel(rules.clone()).0,
         };
-        let mut asm = Assembler::new(rules, self.spec.binary).with_tap(self.tap);
+        let mut asm = Assembler::new(rules, self.spec.binary)
+            .with_tap(self.tap)
+            .with_explicit_policy(self.explicit);
         if let Some(guard) = self.window_guard {
             asm = asm.with_guard(guard);
         }

@@ -102,6 +102,109 @@ pub fn parse_explicit(content: &[u8]) -> Result<Invalidations, ExplicitError> {
     Ok(out)
 }
 
+/// What explicit messages walbust accepts (the `explicit:` section of its
+/// configuration). Any database role can call `pg_logical_emit_message`, so
+/// by default a message cannot empty the whole cache and its size is
+/// bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExplicitPolicy {
+    /// Read explicit messages at all.
+    pub enabled: bool,
+    /// Largest message content accepted, in bytes.
+    pub max_bytes: usize,
+    /// Most keys, tags and patterns one message may carry, together.
+    pub max_entries: usize,
+    /// Accept a pattern that matches every key (`*`, or only wildcards):
+    /// a flush of the whole cache.
+    pub allow_flush_all: bool,
+}
+
+/// Default of [`ExplicitPolicy::max_bytes`]: 64 KiB.
+pub const DEFAULT_EXPLICIT_MAX_BYTES: usize = 64 * 1024;
+/// Default of [`ExplicitPolicy::max_entries`].
+pub const DEFAULT_EXPLICIT_MAX_ENTRIES: usize = 10_000;
+
+impl Default for ExplicitPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes: DEFAULT_EXPLICIT_MAX_BYTES,
+            max_entries: DEFAULT_EXPLICIT_MAX_ENTRIES,
+            allow_flush_all: false,
+        }
+    }
+}
+
+/// Why a well-formed explicit message was refused by the [`ExplicitPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("explicit messages are disabled (explicit.enabled: false)")]
+    Disabled,
+    #[error("the message has {bytes} bytes, more than explicit.max_bytes ({max})")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("the message has {entries} entries, more than explicit.max_entries ({max})")]
+    TooManyEntries { entries: usize, max: usize },
+    #[error("pattern {pattern:?} would purge every key (explicit.allow_flush_all: false)")]
+    FlushAll { pattern: String },
+}
+
+impl Refusal {
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Disabled => "disabled",
+            Refusal::TooLarge { .. } => "too_large",
+            Refusal::TooManyEntries { .. } => "too_many_entries",
+            Refusal::FlushAll { .. } => "flush_all",
+        }
+    }
+
+    /// Every [`reason`](Self::reason).
+    pub const REASONS: [&'static str; 4] =
+        ["disabled", "too_large", "too_many_entries", "flush_all"];
+}
+
+impl ExplicitPolicy {
+    /// Checks what can be known before parsing: enabled, size.
+    pub fn admit_content(&self, content: &[u8]) -> Result<(), Refusal> {
+        if !self.enabled {
+            return Err(Refusal::Disabled);
+        }
+        if content.len() > self.max_bytes {
+            return Err(Refusal::TooLarge {
+                bytes: content.len(),
+                max: self.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the parsed message (with the rules' prefix applied, so that
+    /// `*` under a prefix is a purge of that prefix, not of everything).
+    pub fn admit(&self, inv: &Invalidations) -> Result<(), Refusal> {
+        let entries = inv.keys.len() + inv.tags.len() + inv.patterns.len();
+        if entries > self.max_entries {
+            return Err(Refusal::TooManyEntries {
+                entries,
+                max: self.max_entries,
+            });
+        }
+        if !self.allow_flush_all {
+            if let Some(p) = inv.patterns.iter().find(|p| matches_every_key(p)) {
+                return Err(Refusal::FlushAll { pattern: p.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a Redis glob pattern matches every key: it holds no literal
+/// character and no character class, only `*` and `?` (`?*` matches every
+/// non-empty key, which is every key Redis holds).
+pub fn matches_every_key(pattern: &str) -> bool {
+    pattern.contains('*') && pattern.chars().all(|c| c == '*' || c == '?')
+}
+
 /// An unknown field's name is application text: bound it before it goes
 /// into a message.
 fn field_name_for_message(name: &str) -> String {
@@ -189,6 +292,47 @@ mod tests {
             e(b"{} {}"),
             "explicit invalidation message is not valid JSON"
         );
+    }
+
+    #[test]
+    fn the_policy_refuses_by_reason() {
+        let policy = ExplicitPolicy::default();
+        assert_eq!(policy.admit_content(b"{}"), Ok(()));
+        let off = ExplicitPolicy {
+            enabled: false,
+            ..policy
+        };
+        assert_eq!(off.admit_content(b"{}").unwrap_err().reason(), "disabled");
+        let big = vec![b' '; DEFAULT_EXPLICIT_MAX_BYTES + 1];
+        assert_eq!(
+            policy.admit_content(&big).unwrap_err().reason(),
+            "too_large"
+        );
+        let many = Invalidations {
+            keys: (0..DEFAULT_EXPLICIT_MAX_ENTRIES + 1)
+                .map(|i| i.to_string())
+                .collect(),
+            ..Invalidations::default()
+        };
+        assert_eq!(
+            policy.admit(&many).unwrap_err().reason(),
+            "too_many_entries"
+        );
+        for everything in ["*", "**", "?*", "*?"] {
+            let inv = Invalidations {
+                patterns: vec!["feed:*".into(), everything.into()],
+                ..Invalidations::default()
+            };
+            assert_eq!(policy.admit(&inv).unwrap_err().reason(), "flush_all");
+            let allowed = ExplicitPolicy {
+                allow_flush_all: true,
+                ..policy
+            };
+            assert_eq!(allowed.admit(&inv), Ok(()));
+        }
+        for scoped in ["app:v1:*", "*:7", "[a]*", "?", "\\*"] {
+            assert!(!matches_every_key(scoped), "{scoped}");
+        }
     }
 
     #[test]

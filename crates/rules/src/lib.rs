@@ -244,7 +244,10 @@ mod template;
 
 pub use error::{BindError, ExplicitError, Position, RuleRef, RulesError};
 pub use eval::{BoundTable, Invalidations, Outcome, TxBudget};
-pub use explicit::parse_explicit;
+pub use explicit::{
+    matches_every_key, parse_explicit, ExplicitPolicy, Refusal as ExplicitRefusal,
+    DEFAULT_EXPLICIT_MAX_BYTES, DEFAULT_EXPLICIT_MAX_ENTRIES,
+};
 pub use hash::{fnv1a64, hash_value};
 pub use row::{Datum, Op, RowValues};
 pub use ruleset::{

@@ -37,6 +37,46 @@ pub struct Config {
     pub publish: PublishConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub explicit: ExplicitConfig,
+}
+
+/// `explicit`: which explicit invalidation messages
+/// (`pg_logical_emit_message(true, 'walbust', ...)`) walbust accepts. Any
+/// role that can connect may send one, so by default a message cannot
+/// empty the whole cache and its size is bounded; a refused message is
+/// logged and counted (`walbust_explicit_messages_total{result}`), never
+/// fatal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExplicitConfig {
+    pub enabled: bool,
+    pub max_bytes: usize,
+    pub max_entries: usize,
+    pub allow_flush_all: bool,
+}
+
+impl Default for ExplicitConfig {
+    fn default() -> Self {
+        let policy = walbust_rules::ExplicitPolicy::default();
+        Self {
+            enabled: policy.enabled,
+            max_bytes: policy.max_bytes,
+            max_entries: policy.max_entries,
+            allow_flush_all: policy.allow_flush_all,
+        }
+    }
+}
+
+impl ExplicitConfig {
+    pub fn policy(&self) -> walbust_rules::ExplicitPolicy {
+        walbust_rules::ExplicitPolicy {
+            enabled: self.enabled,
+            max_bytes: self.max_bytes,
+            max_entries: self.max_entries,
+            allow_flush_all: self.allow_flush_all,
+        }
+    }
 }
 
 /// `source`: the database and the replication slot.
@@ -368,6 +408,12 @@ impl Config {
         errors.extend(self.publish.pipeline().validate().err().unwrap_or_default());
         if let Some(first) = errors.into_iter().next() {
             return Err(invalid(&first.path, first.message));
+        }
+        if self.explicit.max_bytes == 0 {
+            return Err(invalid("explicit.max_bytes", "must be at least 1".into()));
+        }
+        if self.explicit.max_entries == 0 {
+            return Err(invalid("explicit.max_entries", "must be at least 1".into()));
         }
         if let Some(listen) = &self.metrics.listen {
             listen.parse::<SocketAddr>().map_err(|_| {

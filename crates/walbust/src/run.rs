@@ -134,6 +134,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             binary: cfg.source.binary,
         };
         let mut reader = walbust_cdc::Reader::new(stream, rules_rx.clone())
+            .with_explicit_policy(cfg.explicit.policy())
             .with_checks(spec.clone())
             .with_in_effect(in_effect_tx.clone())
             .with_window_guard(

@@ -120,6 +120,7 @@ pub async fn tail(args: TailArgs) -> ExitCode {
     // The catalog tells binary mode how enums and domains render, as it
     // does for `run`.
     let outcome = walbust_cdc::Reader::new(spec, rules_rx)
+        .with_explicit_policy(cfg.explicit.policy())
         .with_catalog(cfg.source.url.clone())
         .with_in_effect(in_effect_tx)
         .with_tap(tap)
