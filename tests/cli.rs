@@ -106,6 +106,46 @@ fn bad_configuration_exits_with_one_clear_line() {
     );
 }
 
+/// Secrets from the environment or from files never reach stderr, however
+/// the file around them is broken; `check` and `run` alike.
+#[test]
+fn no_error_shows_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), GOOD_RULES).unwrap();
+    let secret = "Pa:ss #w'rd\"4x";
+    std::fs::write(dir.path().join("pg-password"), format!("{secret}\n")).unwrap();
+    let path = dir.path().join("walbust.yaml");
+    let broken = [
+        // A syntax error on the line after the password.
+        VALID
+            .replace("u:p@", "u:${file:pg-password}@")
+            .replace("  publication: p\n", "  publication: [p\n"),
+        // The password where a number belongs.
+        VALID.replace("  slot: s\n", "  slot: s\n  status_interval_ms: ${SECRET}\n"),
+        // A URL the password makes unparsable.
+        VALID.replace("u:p@127.0.0.1:1", "u:${SECRET}@[127.0.0.1"),
+    ];
+    for config in broken {
+        std::fs::write(&path, &config).unwrap();
+        for command in ["run", "check"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_walbust"))
+                .args([command, "--config", path.to_str().unwrap()])
+                .env("SECRET", secret)
+                .output()
+                .unwrap();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{command}: {err}");
+            for part in [secret, "Pa:ss", "w'rd"] {
+                assert!(!err.contains(part), "{command} showed the secret:\n{err}");
+            }
+        }
+    }
+    // Unbroken, the same secret file is read and fits the URL as it is.
+    std::fs::write(&path, VALID.replace("u:p@", "u:${file:pg-password}@")).unwrap();
+    let out = walbust(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 #[test]
 fn broken_rules_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,8 @@ use crate::catalog::{Publication, TableInfo, TableKind};
 use crate::error::SourceError;
 
 /// Where and what to stream: the `source` section of the configuration.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct SourceSpec {
     /// libpq-style URL: `postgres://user:password@host:port/database`.
     pub url: String,
@@ -31,6 +32,17 @@ pub struct SourceSpec {
     pub slot: String,
     /// Create the publication and the slot when they are missing.
     pub create: bool,
+}
+
+impl fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceSpec")
+            .field("url", &redact_url(&self.url))
+            .field("publication", &self.publication)
+            .field("slot", &self.slot)
+            .field("create", &self.create)
+            .finish()
+    }
 }
 
 /// Connection parameters pulled out of [`SourceSpec::url`], for the

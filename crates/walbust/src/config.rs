@@ -256,6 +256,20 @@ pub enum ConfigError {
     },
     #[error("{path}:{line}: unterminated ${{...}}")]
     BadInterpolation { path: String, line: usize },
+    #[error("{path}:{line}: ${{file:{file}}}: cannot read the secret file: {reason}")]
+    SecretFile {
+        path: String,
+        line: usize,
+        file: String,
+        reason: String,
+    },
+    #[error("{path}:{line}: the value of ${{{name}}} {problem}; put the placeholder inside a double-quoted string")]
+    Unquotable {
+        path: String,
+        line: usize,
+        name: String,
+        problem: &'static str,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: {field}: {message}")]
@@ -291,7 +305,7 @@ impl Config {
     /// Every `${VAR}` must be set.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let raw = read(path)?;
-        Config::from_file_text(path, &raw, |v| std::env::var(v).ok())
+        Config::from_file_text(path, &raw, |name| lookup(path, name))
     }
 
     /// Like [`load`](Self::load) for checks that connect to nothing (`walbust
@@ -301,14 +315,14 @@ impl Config {
     pub fn load_offline(path: &Path) -> Result<(Config, Vec<Unset>), ConfigError> {
         let raw = read(path)?;
         let unset = std::cell::RefCell::new(Vec::<String>::new());
-        let cfg = Config::from_file_text(path, &raw, |v| {
-            std::env::var(v).ok().or_else(|| {
+        let cfg = Config::from_file_text(path, &raw, |name| {
+            Ok(lookup(path, name).ok().flatten().or_else(|| {
                 let mut unset = unset.borrow_mut();
-                if !unset.iter().any(|u| u == v) {
-                    unset.push(v.to_owned());
+                if !unset.iter().any(|u| u == name) {
+                    unset.push(name.to_owned());
                 }
-                Some(v.to_owned())
-            })
+                Some(name.trim_start_matches("file:").to_owned())
+            }))
         })?;
         let unset = unset
             .into_inner()
@@ -330,9 +344,9 @@ impl Config {
     fn from_file_text(
         path: &Path,
         raw: &str,
-        env: impl Fn(&str) -> Option<String>,
+        lookup: impl Fn(&str) -> Result<Option<String>, String>,
     ) -> Result<Config, ConfigError> {
-        let mut cfg = Config::parse(raw, &path.display().to_string(), env)?;
+        let mut cfg = Config::parse_with(raw, &path.display().to_string(), lookup)?;
         if cfg.rules.is_relative() {
             if let Some(dir) = path.parent() {
                 cfg.rules = dir.join(&cfg.rules);
@@ -342,13 +356,30 @@ impl Config {
     }
 
     /// Parses and validates configuration text; `env` resolves `${VAR}`.
+    #[cfg(test)]
     pub fn parse(
         raw: &str,
         origin: &str,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let text = interpolate(raw, origin, env)?;
-        let cfg: Config = serde_saphyr::from_str(&text).map_err(|e| {
+        Config::parse_with(raw, origin, |name| Ok(env(name)))
+    }
+
+    /// [`parse`](Self::parse) with `lookup` resolving what is inside each
+    /// `${...}` (`VAR` or `file:PATH`): `Ok(None)` when unset, `Err` with
+    /// the reason a secret file cannot be read. No error this returns
+    /// holds an interpolated value: they are replaced by `***`.
+    pub fn parse_with(
+        raw: &str,
+        origin: &str,
+        lookup: impl Fn(&str) -> Result<Option<String>, String>,
+    ) -> Result<Config, ConfigError> {
+        let Interpolated { text, values } = interpolate(raw, origin, lookup)?;
+        Config::parse_interpolated(&text, origin).map_err(|e| redact_values(e, &values))
+    }
+
+    fn parse_interpolated(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_saphyr::from_str(text).map_err(|e| {
             let (at, message) = walbust_rules::yaml_error_line(&e);
             ConfigError::Parse {
                 path: if at.line > 0 {
@@ -431,43 +462,324 @@ impl Config {
     }
 }
 
-/// Replaces `${VAR}` with the variable's value; `$${` stays a literal `${`.
-/// Works on the raw text so that line numbers in later errors still match
-/// the file.
+/// Resolves what is inside a `${...}` of the file at `config`: `VAR` from
+/// the environment, `file:PATH` from a file (relative paths from the
+/// configuration's folder; one trailing newline removed), as Kubernetes and
+/// Docker mount secrets.
+fn lookup(config: &Path, name: &str) -> Result<Option<String>, String> {
+    let Some(file) = name.strip_prefix("file:") else {
+        return Ok(std::env::var(name).ok());
+    };
+    let file = Path::new(file);
+    let file = match config.parent() {
+        Some(dir) if file.is_relative() => dir.join(file),
+        _ => file.to_owned(),
+    };
+    let mut value = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    Ok(Some(value))
+}
+
+/// The text after interpolation, and every value put in.
+pub struct Interpolated {
+    pub text: String,
+    pub values: Vec<String>,
+}
+
+/// Replaces each `${...}` with what `lookup` finds for it (`$${` stays a
+/// literal `${`; comments are left alone). A value cannot change the
+/// YAML: inside a double-quoted string it is escaped, inside a
+/// single-quoted one its quotes are doubled, and in a plain scalar a value
+/// YAML would read as syntax (`: `, ` #`, quotes, brackets, a leading `*`
+/// or `&`, a line break, nothing at all) turns the whole scalar into a
+/// double-quoted string. Works line by line on the raw text so that line
+/// numbers in later errors still match the file.
 pub fn interpolate(
     raw: &str,
     origin: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(raw.len());
+    lookup: impl Fn(&str) -> Result<Option<String>, String>,
+) -> Result<Interpolated, ConfigError> {
+    let mut text = String::with_capacity(raw.len());
+    let mut values = Vec::new();
     for (index, line) in raw.split_inclusive('\n').enumerate() {
         let line_no = index + 1;
-        let mut rest = line;
-        while let Some(pos) = rest.find("${") {
-            if pos > 0 && rest.as_bytes().get(pos - 1) == Some(&b'$') {
-                out.push_str(&rest[..pos - 1]);
-                out.push_str("${");
-                rest = &rest[pos + 2..];
-                continue;
+        let (body, newline) = match line.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (line, ""),
+        };
+        let resolve = |name: &str| -> Result<String, ConfigError> {
+            match lookup(name) {
+                Ok(Some(value)) => Ok(value),
+                Ok(None) => Err(ConfigError::MissingEnv {
+                    path: origin.to_string(),
+                    line: line_no,
+                    var: name.to_string(),
+                }),
+                Err(reason) => Err(ConfigError::SecretFile {
+                    path: origin.to_string(),
+                    line: line_no,
+                    file: name.trim_start_matches("file:").to_string(),
+                    reason,
+                }),
             }
-            out.push_str(&rest[..pos]);
-            let after = &rest[pos + 2..];
-            let end = after.find('}').ok_or(ConfigError::BadInterpolation {
-                path: origin.to_string(),
-                line: line_no,
-            })?;
-            let var = &after[..end];
-            let value = env(var).ok_or_else(|| ConfigError::MissingEnv {
-                path: origin.to_string(),
-                line: line_no,
-                var: var.to_string(),
-            })?;
-            out.push_str(&value);
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
+        };
+        text.push_str(&interpolate_line(
+            body,
+            origin,
+            line_no,
+            resolve,
+            &mut values,
+        )?);
+        text.push_str(newline);
     }
+    Ok(Interpolated { text, values })
+}
+
+/// Where a `${...}` stands in a line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    Plain,
+    Single,
+    Double,
+}
+
+fn interpolate_line(
+    line: &str,
+    origin: &str,
+    line_no: usize,
+    resolve: impl Fn(&str) -> Result<String, ConfigError>,
+    values: &mut Vec<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(line.len());
+    // Start (in `out`) of the plain scalar being written, once known to
+    // need quoting: the whole scalar is re-quoted at the end.
+    let mut requote: Option<usize> = None;
+    let mut plain_start: Option<usize> = None;
+    let mut quoting = Quoting::Plain;
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < line.len() {
+        let rest = &line[i..];
+        let c = rest.chars().next().unwrap_or_default();
+        match quoting {
+            Quoting::Plain => {
+                if c == '#' && (i == 0 || bytes[i - 1] == b' ' || bytes[i - 1] == b'\t') {
+                    // A comment: the rest of the line, untouched.
+                    break;
+                }
+                if rest.starts_with("$${") {
+                    out.push_str("${");
+                    i += 3;
+                    continue;
+                }
+                if c == '"' && plain_start.is_none() {
+                    quoting = Quoting::Double;
+                } else if c == '\'' && plain_start.is_none() {
+                    quoting = Quoting::Single;
+                } else if rest.starts_with("${") {
+                    let (name, len) = placeholder(rest, origin, line_no)?;
+                    let value = resolve(name)?;
+                    let start = plain_start.unwrap_or(out.len());
+                    plain_start = Some(start);
+                    if let Some(problem) = plain_problem(&value) {
+                        if !scalar_is_requotable(&out[..start]) {
+                            return Err(ConfigError::Unquotable {
+                                path: origin.to_string(),
+                                line: line_no,
+                                name: name.to_string(),
+                                problem,
+                            });
+                        }
+                        requote.get_or_insert(start);
+                    }
+                    out.push_str(&value);
+                    values.push(value);
+                    i += len;
+                    continue;
+                } else if c == ' ' || c == '\t' {
+                    // A plain scalar ends where a mapping value starts.
+                    if out.ends_with(':') || out.trim_end().ends_with(['-', ':']) {
+                        plain_start = None;
+                    }
+                } else if plain_start.is_none() && !matches!(c, '[' | ']' | '{' | '}' | ',') {
+                    plain_start = Some(out.len());
+                } else if matches!(c, ',' | '[' | ']' | '{' | '}') {
+                    plain_start = None;
+                }
+                out.push(c);
+                i += c.len_utf8();
+                if c == ':' && (i == line.len() || line[i..].starts_with([' ', '\t'])) {
+                    plain_start = None;
+                }
+            }
+            Quoting::Double => {
+                if c == '\\' {
+                    let next = line[i + 1..].chars().next().map_or(0, char::len_utf8);
+                    out.push_str(&line[i..i + 1 + next]);
+                    i += 1 + next;
+                    continue;
+                }
+                if c == '"' {
+                    quoting = Quoting::Plain;
+                } else if rest.starts_with("$${") {
+                    out.push_str("${");
+                    i += 3;
+                    continue;
+                } else if rest.starts_with("${") {
+                    let (name, len) = placeholder(rest, origin, line_no)?;
+                    let value = resolve(name)?;
+                    out.push_str(&escape_double(&value));
+                    values.push(value);
+                    i += len;
+                    continue;
+                }
+                out.push(c);
+                i += c.len_utf8();
+            }
+            Quoting::Single => {
+                if c == '\'' {
+                    if line[i + 1..].starts_with('\'') {
+                        out.push_str("\'\'");
+                        i += 2;
+                        continue;
+                    }
+                    quoting = Quoting::Plain;
+                } else if rest.starts_with("$${") {
+                    out.push_str("${");
+                    i += 3;
+                    continue;
+                } else if rest.starts_with("${") {
+                    let (name, len) = placeholder(rest, origin, line_no)?;
+                    let value = resolve(name)?;
+                    if value.contains(['\n', '\r']) {
+                        return Err(ConfigError::Unquotable {
+                            path: origin.to_string(),
+                            line: line_no,
+                            name: name.to_string(),
+                            problem: "holds a line break, which a single-quoted string folds",
+                        });
+                    }
+                    out.push_str(&value.replace('\'', "\'\'"));
+                    values.push(value);
+                    i += len;
+                    continue;
+                }
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    let comment = &line[i..];
+    let Some(start) = requote else {
+        out.push_str(comment);
+        return Ok(out);
+    };
+    let scalar = out[start..].trim_end().to_string();
+    let trailing = out[start + scalar.len()..].to_string();
+    out.truncate(start);
+    out.push('"');
+    out.push_str(&escape_double(&scalar));
+    out.push('"');
+    out.push_str(&trailing);
+    out.push_str(comment);
     Ok(out)
+}
+
+/// The name inside a `${...}` at the start of `rest`, and the length of the
+/// whole placeholder.
+fn placeholder<'a>(
+    rest: &'a str,
+    origin: &str,
+    line: usize,
+) -> Result<(&'a str, usize), ConfigError> {
+    let after = &rest[2..];
+    let end = after.find('}').ok_or(ConfigError::BadInterpolation {
+        path: origin.to_string(),
+        line,
+    })?;
+    Ok((&after[..end], end + 3))
+}
+
+/// Why `value` cannot stand in a plain scalar as it is, if it cannot.
+fn plain_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        return Some("is empty, which YAML would read as null");
+    }
+    if value.contains(['\n', '\r']) {
+        return Some("holds a line break");
+    }
+    let first = value.chars().next().unwrap_or_default();
+    let risky = matches!(
+        first,
+        '-' | '?'
+            | ':'
+            | ','
+            | '['
+            | ']'
+            | '{'
+            | '}'
+            | '#'
+            | '&'
+            | '*'
+            | '!'
+            | '|'
+            | '>'
+            | '\''
+            | '"'
+            | '%'
+            | '@'
+            | '`'
+    ) || value.contains([' ', '\t', '#', ',', '[', ']', '{', '}', '"', '\''])
+        || value.ends_with(':');
+    risky.then_some("holds characters YAML reads as syntax in a plain scalar")
+}
+
+/// Whether the plain scalar that starts after `before` can be turned into a
+/// double-quoted string: it is the value of a block mapping entry or a
+/// block sequence item, not inside a flow collection.
+fn scalar_is_requotable(before: &str) -> bool {
+    let trimmed = before.trim_end();
+    let block = trimmed.is_empty() || trimmed.ends_with(':') || trimmed.ends_with('-');
+    block && !trimmed.contains(['[', '{'])
+}
+
+/// `value` escaped for a YAML double-quoted string (JSON's escapes are a
+/// subset of YAML's).
+fn escape_double(value: &str) -> String {
+    let quoted = serde_json::to_string(value).unwrap_or_default();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// `error` with every interpolated value of three characters or more
+/// replaced by `***`: an error about the file must not carry a secret.
+fn redact_values(error: ConfigError, values: &[String]) -> ConfigError {
+    let redact = |text: String| {
+        values
+            .iter()
+            .filter(|v| v.len() >= 3)
+            .fold(text, |text, v| text.replace(v.as_str(), "***"))
+    };
+    match error {
+        ConfigError::Parse { path, message } => ConfigError::Parse {
+            path,
+            message: redact(message),
+        },
+        ConfigError::Invalid {
+            path,
+            field,
+            message,
+        } => ConfigError::Invalid {
+            path,
+            field,
+            message: redact(message),
+        },
+        other => other,
+    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -611,8 +923,109 @@ metrics:
 
     #[test]
     fn double_dollar_escapes_interpolation() {
-        let out = interpolate("a: $${HOME}\n", "f", |_| None).unwrap();
-        assert_eq!(out, "a: ${HOME}\n");
+        let out = interpolate("a: $${HOME}\n", "f", |_| Ok(None)).unwrap();
+        assert_eq!(out.text, "a: ${HOME}\n");
+    }
+
+    fn interpolated(text: &str, value: &str) -> String {
+        interpolate(text, "f", |_| Ok(Some(value.to_string())))
+            .unwrap()
+            .text
+    }
+
+    #[test]
+    fn interpolated_values_cannot_change_the_yaml() {
+        #[derive(Deserialize)]
+        struct Doc {
+            a: String,
+            b: Vec<String>,
+        }
+        let text = "a: postgres://u:${PW}@h/db  # the URL\nb:\n  - ${PW}\n  - \"x${PW}y\"\n  - 'x${PW}y'\n";
+        for value in [
+            "plain",
+            "p#ss word",
+            "a: b",
+            "*anchor",
+            "q\"uo'te\\",
+            "",
+            "[1, 2]",
+            "ends:",
+            "x\ny",
+        ] {
+            if value.contains('\n') {
+                // A single-quoted string cannot hold it: refused, never folded.
+                let e = interpolate(text, "f", |_| Ok(Some(value.into()))).err();
+                assert!(
+                    matches!(e, Some(ConfigError::Unquotable { .. })),
+                    "{value:?}"
+                );
+                continue;
+            }
+            let out = interpolated(text, value);
+            let doc: Doc =
+                serde_saphyr::from_str(&out).unwrap_or_else(|e| panic!("{value:?}: {e}\n{out}"));
+            assert_eq!(doc.a, format!("postgres://u:{value}@h/db"), "{out}");
+            assert_eq!(
+                doc.b,
+                [
+                    value.to_string(),
+                    format!("x{value}y"),
+                    format!("x{value}y")
+                ],
+                "{out}"
+            );
+            assert!(out.contains("# the URL"), "comment kept: {out}");
+        }
+        // Numbers stay numbers where nothing needs quoting.
+        assert_eq!(interpolated("n: ${N}\n", "42"), "n: 42\n");
+        // Comments are not interpolated: an unset variable there is fine.
+        let out = interpolate("a: 1 # ${UNSET}\n# ${UNSET}\n", "f", |_| Ok(None)).unwrap();
+        assert_eq!(out.text, "a: 1 # ${UNSET}\n# ${UNSET}\n");
+        // In a flow collection a value that needs quoting is refused.
+        let e = interpolate("b: [${PW}]\n", "f", |_| Ok(Some("a, b".into()))).err();
+        assert!(matches!(e, Some(ConfigError::Unquotable { .. })));
+    }
+
+    #[test]
+    fn secrets_come_from_files_without_their_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg"), "s3:#cret\n").unwrap();
+        let config = dir.path().join("walbust.yaml");
+        let text = GOOD.replace("${PGPASS}", "${file:pg}");
+        std::fs::write(&config, &text).unwrap();
+        let cfg = Config::load(&config).unwrap();
+        assert!(cfg.source.url.contains(":s3:#cret@"), "{:?}", cfg.source);
+        let missing = text.replace("${file:pg}", "${file:/nonexistent/pg}");
+        std::fs::write(&config, missing).unwrap();
+        let e = Config::load(&config).unwrap_err().to_string();
+        assert!(
+            e.contains(":3: ${file:/nonexistent/pg}: cannot read the secret file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_never_carry_an_interpolated_value() {
+        let secret = "hunter2-very-secret";
+        let env = |_: &str| Some(secret.to_string());
+        // A syntax error next to the password, a wrong type holding it, a
+        // bad URL around it.
+        for text in [
+            GOOD.replace("  publication: walbust\n", "  publication: walbust: x\n"),
+            GOOD.replace(
+                "  slot: walbust\n",
+                "  slot: walbust\n  status_interval_ms: ${PGPASS}\n",
+            ),
+            GOOD.replace(
+                "postgres://walbust:${PGPASS}@",
+                "postgres://walbust:${PGPASS}@[::1",
+            ),
+        ] {
+            let e = Config::parse(&text, "walbust.yaml", env)
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains(secret), "{e}");
+        }
     }
 
     #[test]
