@@ -1,8 +1,9 @@
 //! The Node subscriber package (clients/node) against a real walbust: a
 //! Node process keeps a local cache in step through the Redis publish
 //! channel and through the Kafka topic, loses and declares a gap when Redis
-//! restarts under it, and resumes without loss when its Kafka consumer is
-//! replaced mid-stream.
+//! restarts under it, resumes without loss when its Kafka consumer is
+//! replaced mid-stream, and clears its cache when its group's offsets are
+//! moved past what it applied.
 //!
 //! Each test runs walbust with both sinks and a rule with a key, a tag and
 //! a pattern (holding a value with glob characters, escaped by the rule),
@@ -237,4 +238,25 @@ async fn a_restarted_kafka_consumer_resumes_after_what_it_applied() {
         result["second"]["stats"]["applied"].as_u64().unwrap() >= 1,
         "{result}"
     );
+}
+
+/// The group's offsets are moved to the end of the topic while the
+/// subscriber is stopped (as an operator's reset or the topic's retention
+/// would), skipping product 2's record: when it starts again, the next
+/// batch begins past what it applied, so it clears its cache (product 2's
+/// stale entry included) and counts the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_offset_reset_clears_the_node_cache() {
+    let (svc, db, _walbust) = start().await;
+    let mut node = Script::start("kafka.mjs", "reset", &kafka_env(&svc));
+    node.expect("ready");
+    update(&db, 1).await;
+    node.expect("stopped");
+    let before = update(&db, 2).await;
+    wait_confirmed_past(&db, before).await;
+    node.send("continue");
+    node.expect("ready");
+    update(&db, 1).await;
+    let result = node.finish();
+    assert_eq!(result["after"]["stats"]["gaps"], 1, "{result}");
 }

@@ -13,7 +13,9 @@
  * An offset reset (the committed offset expired with the topic's retention,
  * or the group's offsets were moved forward) skips records: when a batch
  * starts past the offset this subscriber expected, the cache is cleared and
- * the gap counted.
+ * the gap counted. The expectation comes from the group's committed offsets
+ * at `start()`, and from what the subscriber applied: one that is stopped
+ * and started again also notices offsets moved while it was stopped.
  */
 
 import { Kafka, logLevel } from "kafkajs";
@@ -44,10 +46,15 @@ export interface KafkaSubscriberOptions extends SubscriberOptions {
 export class OffsetTracker {
   private readonly next = new Map<number, bigint>();
 
-  /** Starts from a committed offset (`-1` or empty for none). */
+  /**
+   * Starts from the group's committed offset (`-1` or empty for none),
+   * unless this subscriber already applied records of the partition: then
+   * what it applied is what the cache reflects, and a committed offset moved
+   * past it while it was stopped is a gap.
+   */
   committed(partition: number, offset: string): void {
     const value = offset === "" ? -1n : BigInt(offset);
-    if (value >= 0n) this.next.set(partition, value);
+    if (value >= 0n && !this.next.has(partition)) this.next.set(partition, value);
   }
 
   /**
@@ -73,7 +80,8 @@ export class OffsetTracker {
 export class KafkaSubscriber extends Subscriber {
   readonly topic: string;
   readonly groupId: string;
-  private readonly kafka: Kafka;
+  /** The kafkajs client (for an admin client, say). */
+  readonly kafka: Kafka;
   private readonly fromBeginning: boolean;
   private readonly consumerConfig: Omit<ConsumerConfig, "groupId">;
   private readonly offsets = new OffsetTracker();

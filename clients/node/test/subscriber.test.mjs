@@ -105,4 +105,10 @@ test("offset tracker: a batch past the expected offset is a gap, an earlier one 
   assert.equal(t.skips(0, "11"), false);
   assert.equal(t.skips(1, "11"), false, "per partition");
   assert.equal(t.skips(0, "9007199254740993"), true, "offsets are 64-bit");
+  // Started again after offsets were moved forward: what was applied wins.
+  t.committed(0, "500");
+  assert.equal(t.expected(0), 11n);
+  assert.equal(t.skips(0, "500"), true);
+  t.committed(3, "500");
+  assert.equal(t.expected(3), 500n, "a partition never applied starts at the committed offset");
 });

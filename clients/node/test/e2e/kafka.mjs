@@ -6,7 +6,32 @@
 //          product 2 and sends `continue` once walbust delivered it; a second
 //          consumer in the same group, over the same cache, resumes after
 //          what the first applied and removes product 2.
+// reset:   as restart, but the group's offsets are moved to the end of the
+//          topic (skipping product 2's record) before the same subscriber
+//          starts again (`ready`); when Rust updates product 1, the batch
+//          starts past what was applied: the cache is cleared (product 2's
+//          stale entry with it) and the gap counted.
 import { TaggedCache, KafkaSubscriber, fill, say, hear, until, expectProduct1Invalidated, run, env } from "./common.mjs";
+
+/**
+ * Moves the group's committed offsets to the end of the topic, as an
+ * operator's reset would. (kafkajs's admin.resetOffsets needs DescribeGroups,
+ * which the mock cluster lacks: a member of the group commits them instead.)
+ */
+async function commitEndOffsets(sub) {
+  const admin = sub.kafka.admin();
+  await admin.connect();
+  const ends = await admin.fetchTopicOffsets(sub.topic);
+  await admin.disconnect();
+  const helper = sub.kafka.consumer({ groupId: sub.groupId, sessionTimeout: 6000, heartbeatInterval: 1000 });
+  const joined = new Promise((resolve) => helper.on(helper.events.GROUP_JOIN, resolve));
+  await helper.connect();
+  await helper.subscribe({ topics: [sub.topic] });
+  await helper.run({ autoCommit: false, eachBatchAutoResolve: false, eachBatch: async () => {} });
+  await joined;
+  await helper.commitOffsets(ends.map(({ partition, high }) => ({ topic: sub.topic, partition, offset: high })));
+  await helper.disconnect();
+}
 
 run(async () => {
   const mode = process.argv[2] ?? "basic";
@@ -27,8 +52,23 @@ run(async () => {
   await first.start();
   say("ready");
   await expectProduct1Invalidated(cache, "first update");
-  const result = { first: { stats: { ...first.stats }, lsn: first.watermark.currentText } };
+  let result = { first: { stats: { ...first.stats }, lsn: first.watermark.currentText } };
   await first.stop();
+  if (mode === "reset") {
+    if (!cache.has("product:2")) throw new Error("product 2 went before it was updated");
+    say("stopped");
+    const answer = await hear();
+    if (answer !== "continue") throw new Error(`unexpected line ${JSON.stringify(answer)}`);
+    await commitEndOffsets(first);
+    const gaps = [];
+    first.on("gap", (reason) => gaps.push(reason));
+    await first.start();
+    say("ready");
+    await until("the offset reset to be noticed", () => gaps.length > 0);
+    if (cache.size !== 0) throw new Error(`the cache kept ${[...cache.keys()]} across the reset`);
+    result = { ...result, gaps, after: { stats: { ...first.stats } } };
+    await first.stop();
+  }
   if (mode === "restart") {
     if (!cache.has("product:2")) throw new Error("product 2 went before it was updated");
     say("stopped");
