@@ -217,6 +217,18 @@ async fn a_redis_restart_is_a_gap_for_the_node_cache() {
     assert_eq!(result["gaps"].as_array().unwrap().len(), 1, "{result}");
 }
 
+/// Updates product 1 once the Kafka script is ready, and product 2 once its
+/// consumer stopped; tells it to go on once walbust confirmed product 2's
+/// record (it is in the topic before the script starts consuming again).
+async fn update_while_stopped(node: &mut Script, db: &tokio_postgres::Client) {
+    node.expect("ready");
+    update(db, 1).await;
+    node.expect("stopped");
+    let before = update(db, 2).await;
+    wait_confirmed_past(db, before).await;
+    node.send("continue");
+}
+
 /// The Kafka consumer stops after applying product 1's record; product 2
 /// changes while no consumer runs; a new consumer in the same group picks
 /// up exactly from what was applied.
@@ -224,14 +236,7 @@ async fn a_redis_restart_is_a_gap_for_the_node_cache() {
 async fn a_restarted_kafka_consumer_resumes_after_what_it_applied() {
     let (svc, db, _walbust) = start().await;
     let mut node = Script::start("kafka.mjs", "restart", &kafka_env(&svc));
-    node.expect("ready");
-    update(&db, 1).await;
-    node.expect("stopped");
-    let before = update(&db, 2).await;
-    // walbust confirmed it: the record is in the topic before the second
-    // consumer starts.
-    wait_confirmed_past(&db, before).await;
-    node.send("continue");
+    update_while_stopped(&mut node, &db).await;
     let result = node.finish();
     assert_eq!(result["second"]["stats"]["gaps"], 0, "{result}");
     assert!(
@@ -249,12 +254,7 @@ async fn a_restarted_kafka_consumer_resumes_after_what_it_applied() {
 async fn a_kafka_offset_reset_clears_the_node_cache() {
     let (svc, db, _walbust) = start().await;
     let mut node = Script::start("kafka.mjs", "reset", &kafka_env(&svc));
-    node.expect("ready");
-    update(&db, 1).await;
-    node.expect("stopped");
-    let before = update(&db, 2).await;
-    wait_confirmed_past(&db, before).await;
-    node.send("continue");
+    update_while_stopped(&mut node, &db).await;
     node.expect("ready");
     update(&db, 1).await;
     let result = node.finish();

@@ -33,6 +33,14 @@ async function commitEndOffsets(sub) {
   await helper.disconnect();
 }
 
+/** Says `stopped` and waits for the Rust side's `continue` (it updates product 2 meanwhile). */
+async function stoppedUntilContinue(cache) {
+  if (!cache.has("product:2")) throw new Error("product 2 went before it was updated");
+  say("stopped");
+  const answer = await hear();
+  if (answer !== "continue") throw new Error(`unexpected line ${JSON.stringify(answer)}`);
+}
+
 run(async () => {
   const mode = process.argv[2] ?? "basic";
   const options = (cache) => ({
@@ -55,10 +63,7 @@ run(async () => {
   let result = { first: { stats: { ...first.stats }, lsn: first.watermark.currentText } };
   await first.stop();
   if (mode === "reset") {
-    if (!cache.has("product:2")) throw new Error("product 2 went before it was updated");
-    say("stopped");
-    const answer = await hear();
-    if (answer !== "continue") throw new Error(`unexpected line ${JSON.stringify(answer)}`);
+    await stoppedUntilContinue(cache);
     await commitEndOffsets(first);
     const gaps = [];
     first.on("gap", (reason) => gaps.push(reason));
@@ -70,10 +75,7 @@ run(async () => {
     await first.stop();
   }
   if (mode === "restart") {
-    if (!cache.has("product:2")) throw new Error("product 2 went before it was updated");
-    say("stopped");
-    const answer = await hear();
-    if (answer !== "continue") throw new Error(`unexpected line ${JSON.stringify(answer)}`);
+    await stoppedUntilContinue(cache);
     const second = new KafkaSubscriber(options(cache));
     const lsns = [];
     second.on("applied", (record) => lsns.push(record.lsnValue));
