@@ -1,10 +1,16 @@
 /**
  * The highest record LSN applied to a cache, for read-your-writes: after a
- * write, a service takes the position of its commit
- * (`SELECT pg_current_wal_lsn()` after `COMMIT`, or
- * `pg_current_wal_insert_lsn()`), and reads through the cache only once
- * {@link Watermark.waitFor} says the cache has applied every invalidation
- * up to it.
+ * write, a service reads the server's position (`SELECT
+ * pg_current_wal_lsn()` after `COMMIT`), and reads through the cache only
+ * once {@link Watermark.waitFor} says the cache has applied every
+ * invalidation up to it.
+ *
+ * Records carry their transaction's commit LSN, which is before any
+ * position read after the commit: such a wait ends once a later commit's
+ * record was applied too, which walbust delivers after the write's own
+ * records. It never ends early, including for a batch split across several
+ * records of the same LSN (waiting for that exact LSN would end after the
+ * first part).
  */
 
 import { formatLsn, toLsn } from "./lsn";
