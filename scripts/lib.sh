@@ -2,7 +2,8 @@
 # and is missing. Debian packages: postgresql (server binaries: initdb,
 # pg_ctl, postgres), redis-server, and for building librdkafka with TLS (so
 # SASL_SSL to Kafka works) libssl-dev and pkg-config, and for validating
-# deploy/ systemd (systemd-analyze), yamllint and prometheus (promtool).
+# deploy/ systemd (systemd-analyze), yamllint and prometheus (promtool), and
+# for the Node subscriber package (clients/node) nodejs and npm.
 # Rust must be installed.
 
 walbust_have_postgres() {
@@ -27,6 +28,9 @@ walbust_install_missing() {
     # ships it in the prometheus package).
     command -v yamllint >/dev/null 2>&1 || missing+=(yamllint)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    # clients/node is built and tested with Node (18 or later) and npm.
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     if [ ${#missing[@]} -eq 0 ]; then
         return 0
     fi
