@@ -1069,3 +1069,62 @@ async fn redis_cluster_keys_tags_and_patterns_are_invalidated_on_every_primary()
     let status = walbust.wait(Duration::from_secs(30));
     assert!(status.success(), "{status:?}\n{}", walbust.log());
 }
+
+/// A tag rendered from a long text value cannot fit any Kafka record: it
+/// used to stop walbust at every start on the same transaction. Kafka
+/// consumers now get a flush of everything instead, Redis the exact tag,
+/// and walbust goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_too_large_for_kafka_becomes_a_flush_and_walbust_goes_on() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    let rules = "version: 1\nrules:\n  - table: public.notes\n    keys: [\"note:{id}\"]\n    tags: [\"body:{body}\"]\n";
+    let port = walbust_testkit::free_port();
+    let config = svc.write_config_sinks(
+        rules,
+        Some(""),
+        Some("    max_record_bytes: 2048\n"),
+        &format!("metrics:\n  listen: 127.0.0.1:{port}\n"),
+    );
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    let mut redis = svc.redis.connection().await.unwrap();
+    let long = "x".repeat(5000);
+    let tag = format!("tag:body:{long}");
+    let _: () = redis::cmd("SADD")
+        .arg(&tag)
+        .arg("page:1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    set_keys(&mut redis, &["note:1", "page:1", "other"]).await;
+    db.execute("INSERT INTO notes VALUES (1, $1)", &[&long])
+        .await
+        .unwrap();
+    // Redis: the exact key and the tag's members.
+    assert_invalidated(&mut redis, &["note:1", "page:1"], &["other"], "long tag").await;
+    // Kafka: the key, and a flush of everything in place of the tag.
+    let records = kafka_records(&svc.kafka, 1);
+    let patterns: Vec<&str> = records
+        .iter()
+        .flat_map(|r| r["patterns"].as_array().unwrap())
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert!(patterns.contains(&"*"), "{records:?}");
+    assert!(
+        records.iter().all(|r| r.to_string().len() <= 2048),
+        "{records:?}"
+    );
+    assert_eq!(metric(port, "walbust_kafka_oversize_entries_total"), 1.0);
+    // Still running, and still delivering.
+    set_keys(&mut redis, &["note:2"]).await;
+    db.execute("INSERT INTO notes VALUES (2, 'short')", &[])
+        .await
+        .unwrap();
+    assert_invalidated(&mut redis, &["note:2"], &["other"], "after the long tag").await;
+    assert!(walbust.is_running(), "{}", walbust.log());
+    assert!(!walbust.log().contains(&long), "row data in the log");
+}

@@ -54,6 +54,8 @@ pub const REDIS_PATTERN_KEYS_REMOVED: &str = "walbust_redis_pattern_keys_removed
 pub const KAFKA_RECORDS: &str = "walbust_kafka_records_total";
 /// Payload bytes of Kafka records acknowledged by the broker.
 pub const KAFKA_RECORD_BYTES: &str = "walbust_kafka_record_bytes_total";
+/// Entries too large for any Kafka record, replaced by a flush of everything (pattern `*`).
+pub const KAFKA_OVERSIZE_ENTRIES: &str = "walbust_kafka_oversize_entries_total";
 
 /// Registers every counter of the publishing side at 0 with the installed
 /// recorder, for each of the sinks named (their [`Sink::name`](crate::Sink::name)) and each
@@ -85,7 +87,7 @@ pub fn register_counters(sinks: &[&'static str]) {
         REDIS_PATTERN_KEYS_MATCHED,
         REDIS_PATTERN_KEYS_REMOVED,
     ];
-    let kafka = [KAFKA_RECORDS, KAFKA_RECORD_BYTES];
+    let kafka = [KAFKA_RECORDS, KAFKA_RECORD_BYTES, KAFKA_OVERSIZE_ENTRIES];
     for (sink, names) in [
         (crate::redis_sink::NAME, &redis[..]),
         (crate::kafka_sink::NAME, &kafka[..]),
@@ -185,6 +187,11 @@ pub fn describe() {
         KAFKA_RECORDS,
         Unit::Count,
         "Kafka records acknowledged by the broker."
+    );
+    describe_counter!(
+        KAFKA_OVERSIZE_ENTRIES,
+        Unit::Count,
+        "Entries too large for any Kafka record, replaced by a flush of everything (pattern *)."
     );
     describe_counter!(
         KAFKA_RECORD_BYTES,

@@ -42,6 +42,11 @@ pub struct RecordTooLarge {
 
 const FIELDS: [&str; 3] = ["keys", "tags", "patterns"];
 
+/// The bytes `entry` takes in a record (quotes and escapes included, no comma).
+pub fn escaped_len(entry: &str) -> usize {
+    escape(entry).len()
+}
+
 /// Encodes the whole batch as one record.
 pub fn encode(batch: &Batch) -> Vec<u8> {
     let head = head(batch);
