@@ -21,6 +21,7 @@
 //! | `error:` | the role cannot open a replication connection (no `REPLICATION`, pg_hba.conf) |
 //! | `error:` | the gap marker in Redis says the slot is gone or the server is another one ([`crate::gap::find`]) and `source.on_gap` is `refuse` |
 //! | `error:` | the Redis user may not run a command walbust needs ([`crate::acl`]); `warning:` if one could not be verified |
+//! | `error:` | `sinks.redis.leases` or `watermark` on, and the Redis has no Functions (before 7) |
 //!
 //! The exit status is 1 when there was any error.
 
@@ -148,6 +149,9 @@ async fn redis_acl(
         Ok(conn) => conn,
         Err(e) => return report.error(format!("sink redis: {}", Chain(&e))),
     };
+    if redis.functions() {
+        redis_functions(&mut conn, report).await;
+    }
     let user = crate::acl::user(&mut conn, redis).await;
     let needs = crate::acl::needs(cfg, redis, rules);
     let (method, verdicts) = match crate::acl::verify(&mut conn, &user, &needs).await {
@@ -192,6 +196,33 @@ async fn redis_acl(
             unverified.join(", ").to_ascii_uppercase(),
             rules.join(" ")
         ));
+    }
+}
+
+/// Whether the Redis has Functions (Redis 7+, Valkey), which `sinks.redis.leases` and
+/// `watermark` need, and whether the library is loaded already (`run` loads it).
+async fn redis_functions(
+    conn: &mut walbust_publish::redis_sink::RedisConnection,
+    report: &mut Report,
+) {
+    use walbust_publish::redis_sink::functions::LIBRARY;
+    let listed = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg(LIBRARY)
+        .query_async::<redis::Value>(conn)
+        .await;
+    match listed {
+        Ok(redis::Value::Array(libraries)) if !libraries.is_empty() => report.ok(format!(
+            "sink redis: Redis Functions available; library {LIBRARY} loaded (walbust run loads it again, REPLACE)"
+        )),
+        Ok(_) => report.ok(format!(
+            "sink redis: Redis Functions available; walbust run will load library {LIBRARY}"
+        )),
+        Err(e) => report.error(format!(
+            "sink redis: sinks.redis.leases (or watermark) needs Redis Functions (Redis 7 or later, or Valkey) and the ACL commands +function|load +fcall: FUNCTION LIST failed: {}",
+            Chain(&e)
+        )),
     }
 }
 

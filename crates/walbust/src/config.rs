@@ -369,6 +369,14 @@ impl Config {
         if let Some(first) = errors.into_iter().next() {
             return Err(invalid(&first.path, first.message));
         }
+        if self.sinks.redis.as_ref().is_some_and(|r| r.watermark) && self.publish.max_in_flight > 1
+        {
+            // Batches confirmed out of order would raise the watermark past one still in flight.
+            return Err(invalid(
+                "sinks.redis.watermark",
+                "needs publish.max_in_flight: 1 (batches applied in order)".into(),
+            ));
+        }
         if let Some(listen) = &self.metrics.listen {
             listen.parse::<SocketAddr>().map_err(|_| {
                 invalid(
