@@ -606,6 +606,23 @@ metrics:
     }
 
     #[test]
+    fn the_watermark_needs_batches_in_order() {
+        let text = r#"
+source: { url: "postgres://a@b/c", publication: p, slot: s }
+rules: r.yaml
+sinks: { redis: { url: "redis://h", watermark: true } }
+publish: { max_in_flight: 2 }
+"#;
+        assert_eq!(
+            error_of(text),
+            "walbust.yaml: sinks.redis.watermark: needs publish.max_in_flight: 1 (batches applied in order)"
+        );
+        let text = text.replace("max_in_flight: 2", "max_in_flight: 1");
+        let cfg = Config::parse(&text, "walbust.yaml", env).unwrap();
+        assert!(cfg.sinks.redis.unwrap().watermark);
+    }
+
+    #[test]
     fn at_least_one_sink_is_required() {
         let text = r#"
 source: { url: "postgres://a@b/c", publication: p, slot: s }
