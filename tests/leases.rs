@@ -42,6 +42,11 @@ async fn fcall<T: redis::FromRedisValue>(
         .unwrap()
 }
 
+/// `walbust_fill` of `product:1`, without expiry.
+async fn fill(redis: &mut MultiplexedConnection, token: &str, value: &str) -> i64 {
+    fcall(redis, "walbust_fill", &["product:1"], &[token, value, "0"]).await
+}
+
 /// A reader's miss on `product:1`: takes the lease (registering the key in
 /// its tag set), then reads the row; returns the token and the name read.
 async fn miss(redis: &mut MultiplexedConnection, db: &tokio_postgres::Client) -> (String, String) {
@@ -97,25 +102,13 @@ async fn a_fill_with_a_token_from_before_a_commit_is_refused() {
     .await;
 
     // The slow reader's fill comes too late: refused, nothing stored.
-    let filled: i64 = fcall(
-        &mut redis,
-        "walbust_fill",
-        &["product:1"],
-        &[&token, &stale, "0"],
-    )
-    .await;
+    let filled = fill(&mut redis, &token, &stale).await;
     assert_eq!(filled, 0);
     assert!(!exists(&mut redis, "product:1").await);
 
     // A reader after the commit fills the new value.
     let (token, fresh) = miss(&mut redis, &db).await;
-    let filled: i64 = fcall(
-        &mut redis,
-        "walbust_fill",
-        &["product:1"],
-        &[&token, &fresh, "0"],
-    )
-    .await;
+    let filled = fill(&mut redis, &token, &fresh).await;
     assert_eq!(filled, 1);
     let got: (i64, String) = fcall(&mut redis, "walbust_get", &["product:1"], &[]).await;
     assert_eq!(got, (1, "new".into()));
