@@ -433,9 +433,16 @@ async fn without_the_watermark_nothing_is_written() {
 
 #[tokio::test]
 async fn a_redis_without_functions_is_refused_with_the_reason() {
-    // Renaming FUNCTION away makes the server answer as a Redis before 7 does.
-    let redis = walbust_testkit::Redis::start_with(&["--rename-command", "FUNCTION", ""])
-        .expect("redis-server starts");
+    // Renaming FUNCTION and FCALL away makes the server answer as a Redis before 7 does.
+    let redis = walbust_testkit::Redis::start_with(&[
+        "--rename-command",
+        "FUNCTION",
+        "",
+        "--rename-command",
+        "FCALL",
+        "",
+    ])
+    .expect("redis-server starts");
     let mut cfg = RedisSinkConfig::new(redis.url());
     cfg.leases = true;
     let sink = RedisSink::connect(cfg).await.unwrap();
@@ -535,6 +542,24 @@ async fn a_cluster_loads_the_library_on_every_primary() {
         .get_async_connection()
         .await
         .unwrap();
+    // A primary that lost the library (restarted without persistence) gets it back from the
+    // health check.
+    let mut last = cluster.nodes()[2].connection().await.unwrap();
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut last)
+        .await
+        .unwrap();
+    sink.health().await.unwrap();
+    let listed: Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut last)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&listed, Value::Array(libs) if libs.len() == 1),
+        "{listed:?}"
+    );
     // Keys spread over every primary: each lease lives and dies in its own slot.
     let keys: Vec<String> = (0..30).map(|i| format!("product:{i}")).collect();
     let mut tokens = Vec::new();

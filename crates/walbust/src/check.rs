@@ -150,7 +150,7 @@ async fn redis_acl(
         Err(e) => return report.error(format!("sink redis: {}", Chain(&e))),
     };
     if redis.functions() {
-        redis_functions(&mut conn, report).await;
+        redis_functions(&mut conn, &cfg.source.slot, report).await;
     }
     let user = crate::acl::user(&mut conn, redis).await;
     let needs = crate::acl::needs(cfg, redis, rules);
@@ -200,27 +200,30 @@ async fn redis_acl(
 }
 
 /// Whether the Redis has Functions (Redis 7+, Valkey), which `sinks.redis.leases` and
-/// `watermark` need, and whether the library is loaded already (`run` loads it).
+/// `watermark` need, and whether the library is loaded already (`run` loads it): the call
+/// `run` makes once it loaded it, which changes nothing. A refused permission is left to the
+/// ACL lines.
 async fn redis_functions(
     conn: &mut walbust_publish::redis_sink::RedisConnection,
+    slot: &str,
     report: &mut Report,
 ) {
-    use walbust_publish::redis_sink::functions::LIBRARY;
-    let listed = redis::cmd("FUNCTION")
-        .arg("LIST")
-        .arg("LIBRARYNAME")
-        .arg(LIBRARY)
+    use walbust_publish::redis_sink::functions;
+    let called = functions::self_test(slot)
         .query_async::<redis::Value>(conn)
         .await;
-    match listed {
-        Ok(redis::Value::Array(libraries)) if !libraries.is_empty() => report.ok(format!(
-            "sink redis: Redis Functions available; library {LIBRARY} loaded (walbust run loads it again, REPLACE)"
-        )),
+    match called {
         Ok(_) => report.ok(format!(
-            "sink redis: Redis Functions available; walbust run will load library {LIBRARY}"
+            "sink redis: library {} loaded (walbust run loads it again, REPLACE)",
+            functions::LIBRARY
         )),
+        Err(e) if functions::is_missing(&e) => report.ok(format!(
+            "sink redis: Redis Functions available; walbust run will load library {}",
+            functions::LIBRARY
+        )),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {}
         Err(e) => report.error(format!(
-            "sink redis: sinks.redis.leases (or watermark) needs Redis Functions (Redis 7 or later, or Valkey) and the ACL commands +function|load +fcall: FUNCTION LIST failed: {}",
+            "sink redis: sinks.redis.leases (or watermark) needs Redis Functions (Redis 7 or later, or Valkey): FCALL failed: {}",
             Chain(&e)
         )),
     }

@@ -164,7 +164,9 @@ local function walbust_fill(keys, args)
 end
 
 local function walbust_caught_up(keys, args)
-  local whi, wlo = parse_lsn(redis.call('GET', keys[1] or ''))
+  -- Without a key: a call that only shows the library is there (walbust's check of each node).
+  if keys[1] == nil then return 0 end
+  local whi, wlo = parse_lsn(redis.call('GET', keys[1]))
   local hi, lo = parse_lsn(args[1])
   if hi == nil then
     return redis.error_reply('ERR walbust_caught_up: not an LSN: ' .. tostring(args[1]))
@@ -217,6 +219,19 @@ pub fn self_test(slot: &str) -> redis::Cmd {
         .arg(watermark_key(slot))
         .arg("0/0");
     cmd
+}
+
+/// `FCALL walbust_caught_up 0 0/0`: as [`self_test`] without a key, so that it can be sent to
+/// any one node of a cluster.
+pub fn node_test() -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL");
+    cmd.arg(CAUGHT_UP).arg(0).arg("0/0");
+    cmd
+}
+
+/// Whether `err` says the library is not loaded (`ERR Function not found`).
+pub fn is_missing(err: &redis::RedisError) -> bool {
+    err.code() == Some("ERR") && err.to_string().contains("Function not found")
 }
 
 #[cfg(test)]

@@ -250,15 +250,34 @@ impl RedisSink {
     }
 
     /// Calls `walbust_caught_up` (changes nothing): the library is loaded and the user may
-    /// call it.
+    /// call it; against a cluster, on every primary (a primary restarted without persistence
+    /// comes back without it).
     async fn test_functions(&self) -> Result<(), SinkError> {
         let slot = self.slot.as_deref().unwrap_or("check");
         let called: RedisResult<Value> = functions::self_test(slot)
             .query_async(&mut self.conn.clone())
             .await;
-        called
-            .map(drop)
-            .map_err(|err| functions_error("FCALL", err))
+        called.map_err(|err| functions_error("FCALL", err))?;
+        let Connection::Cluster(conn) = &self.conn else {
+            return Ok(());
+        };
+        for target in self.scan_targets().await? {
+            let ScanTarget::Primary(primary) = target else {
+                continue;
+            };
+
+            let route = Route::new(primary.slot, SlotAddr::Master);
+            // A routed command answers a server error as a value.
+            conn.clone()
+                .route_command(
+                    functions::node_test(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await
+                .and_then(Value::extract_error)
+                .map_err(|err| functions_error("FCALL", err))?;
+        }
+        Ok(())
     }
 
     /// The command that raises the watermark to `batch`'s end LSN, when the watermark is on
