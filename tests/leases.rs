@@ -178,15 +178,7 @@ async fn redis_functions_prints_a_library_function_load_accepts() {
 async fn a_redis_without_functions_is_refused_by_run_and_check() {
     let svc = Services::start();
     // Without FUNCTION and FCALL the server answers as a Redis before 7 does.
-    let old = walbust_testkit::Redis::start_with(&[
-        "--rename-command",
-        "FUNCTION",
-        "",
-        "--rename-command",
-        "FCALL",
-        "",
-    ])
-    .expect("start Redis");
+    let old = walbust_testkit::Redis::start_without_functions().expect("start Redis");
     let config = config_with_redis(&svc, &old.url());
 
     let out = run_to_exit(&config).await;

@@ -434,15 +434,7 @@ async fn without_the_watermark_nothing_is_written() {
 #[tokio::test]
 async fn a_redis_without_functions_is_refused_with_the_reason() {
     // Renaming FUNCTION and FCALL away makes the server answer as a Redis before 7 does.
-    let redis = walbust_testkit::Redis::start_with(&[
-        "--rename-command",
-        "FUNCTION",
-        "",
-        "--rename-command",
-        "FCALL",
-        "",
-    ])
-    .expect("redis-server starts");
+    let redis = walbust_testkit::Redis::start_without_functions().expect("redis-server starts");
     let mut cfg = RedisSinkConfig::new(redis.url());
     cfg.leases = true;
     let sink = RedisSink::connect(cfg).await.unwrap();
