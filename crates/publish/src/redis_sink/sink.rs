@@ -265,7 +265,6 @@ impl RedisSink {
             let ScanTarget::Primary(primary) = target else {
                 continue;
             };
-
             let route = Route::new(primary.slot, SlotAddr::Master);
             // A routed command answers a server error as a value.
             conn.clone()
