@@ -84,3 +84,46 @@ fn the_explain_example_is_what_walbust_explain_prints() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), shown, "{command}");
 }
+
+#[test]
+fn fenced_fills_document_every_function_and_setting() {
+    let text = readme();
+    let section = text
+        .split_once("\n## Fenced fills\n")
+        .expect("README has \"## Fenced fills\"")
+        .1
+        .split_once("\n## ")
+        .expect("a section after it")
+        .0;
+    let out = Command::new(env!("CARGO_BIN_EXE_walbust"))
+        .arg("redis-functions")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let library = String::from_utf8(out.stdout).unwrap();
+    let registered: Vec<&str> = library
+        .split("register_function('")
+        .skip(1)
+        .chain(library.split("function_name = '").skip(1))
+        .map(|rest| rest.split_once('\'').expect("a quoted name").0)
+        .collect();
+    assert_eq!(registered.len(), 3, "{registered:?}");
+    for function in registered {
+        assert!(
+            section.contains(&format!("FCALL {function} ")),
+            "README, Fenced fills: {function}"
+        );
+    }
+    for key in [
+        "sinks.redis.leases",
+        "sinks.redis.lease_ttl_ms",
+        "sinks.redis.watermark",
+    ] {
+        assert!(section.contains(key), "README, Fenced fills: {key}");
+        let field = key.rsplit('.').next().unwrap();
+        assert!(
+            text.contains(&format!("\n    {field}: ")),
+            "README, Configuration: {field}"
+        );
+    }
+}

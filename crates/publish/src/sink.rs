@@ -39,6 +39,13 @@ pub trait Sink: Send + Sync + 'static {
     /// Checks that the destination is reachable and usable: Redis `PING`, Kafka metadata for the
     /// topic (a missing topic is an error). Used at start-up and by `walbust check`.
     fn health<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Makes the destination ready before the first batch, once, at `walbust run`'s start
+    /// (never by `walbust check`, which changes nothing): the Redis sink loads its functions
+    /// library. Nothing by default.
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What went wrong, coarsely; decides retriability and is the `kind` metric label.

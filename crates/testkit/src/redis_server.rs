@@ -102,6 +102,20 @@ impl Redis {
         }
     }
 
+    /// A server without Redis Functions: `FUNCTION` and `FCALL` are
+    /// renamed away, so it answers them as a Redis before 7 does
+    /// (`ERR unknown command`).
+    pub fn start_without_functions() -> Result<Redis, Error> {
+        Redis::start_with(&[
+            "--rename-command",
+            "FUNCTION",
+            "",
+            "--rename-command",
+            "FCALL",
+            "",
+        ])
+    }
+
     /// The TCP port (kept across `stop`/`restart`).
     pub fn port(&self) -> u16 {
         self.port

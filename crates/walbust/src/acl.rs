@@ -17,7 +17,9 @@
 //!   unverified, a warning, so that the operator compares it with the README.
 
 use redis::{ErrorKind, ServerErrorKind};
-use walbust_publish::redis_sink::{request, RedisConnection, RedisSinkConfig, TagStrategy};
+use walbust_publish::redis_sink::{
+    functions, request, RedisConnection, RedisSinkConfig, TagStrategy,
+};
 use walbust_rules::RuleSet;
 
 use crate::config::{Config, OnGap};
@@ -177,6 +179,47 @@ pub fn needs(cfg: &Config, redis: &RedisSinkConfig, rules: &RuleSet) -> Vec<Need
             "on_gap: purge (removing the old marker)",
             vec![marker.clone()],
             Some(cmd(&["DEL", &probe_key])),
+        );
+    }
+    if redis.functions() {
+        let feature = "leases and watermark (the functions library)";
+        need(
+            "function|load",
+            feature,
+            vec!["LOAD".into(), "REPLACE".into(), redis.library()],
+            // A library without functions is refused after the ACL let it through.
+            Some(cmd(&["FUNCTION", "LOAD", "#!lua name=walbust_acl_probe\n"])),
+        );
+        // The call `run` makes once the library is loaded, read-only.
+        need(
+            "fcall",
+            feature,
+            vec![
+                functions::CAUGHT_UP.into(),
+                "1".into(),
+                functions::watermark_key(&cfg.source.slot),
+                "0/0".into(),
+            ],
+            Some(functions::self_test(&cfg.source.slot)),
+        );
+    }
+    if redis.watermark {
+        let key = functions::watermark_key(&cfg.source.slot);
+        need(
+            "eval",
+            "watermark (raised by a script)",
+            vec!["return 0".into(), "1".into(), key.clone()],
+            Some(cmd(&["EVAL", "return 0", "1", &key])),
+        );
+        let feature = "watermark (inside the script)";
+        need("get", feature, vec![key.clone()], Some(cmd(&["GET", &key])));
+        // `SET ... XX` of a key nobody writes changes nothing.
+        let probe = format!("{key}:check");
+        need(
+            "set",
+            feature,
+            vec![key.clone(), "0/0".into()],
+            Some(cmd(&["SET", &probe, "", "XX"])),
         );
     }
     let db = database(redis);

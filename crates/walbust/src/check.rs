@@ -21,6 +21,7 @@
 //! | `error:` | the role cannot open a replication connection (no `REPLICATION`, pg_hba.conf) |
 //! | `error:` | the gap marker in Redis says the slot is gone or the server is another one ([`crate::gap::find`]) and `source.on_gap` is `refuse` |
 //! | `error:` | the Redis user may not run a command walbust needs ([`crate::acl`]); `warning:` if one could not be verified |
+//! | `error:` | `sinks.redis.leases` or `watermark` on, and the Redis has no Functions (before 7) |
 //!
 //! The exit status is 1 when there was any error.
 
@@ -148,6 +149,9 @@ async fn redis_acl(
         Ok(conn) => conn,
         Err(e) => return report.error(format!("sink redis: {}", Chain(&e))),
     };
+    if redis.functions() {
+        redis_functions(&mut conn, &cfg.source.slot, report).await;
+    }
     let user = crate::acl::user(&mut conn, redis).await;
     let needs = crate::acl::needs(cfg, redis, rules);
     let (method, verdicts) = match crate::acl::verify(&mut conn, &user, &needs).await {
@@ -192,6 +196,36 @@ async fn redis_acl(
             unverified.join(", ").to_ascii_uppercase(),
             rules.join(" ")
         ));
+    }
+}
+
+/// Whether the Redis has Functions (Redis 7+, Valkey), which `sinks.redis.leases` and
+/// `watermark` need, and whether the library is loaded already (`run` loads it): the call
+/// `run` makes once it loaded it, which changes nothing. A refused permission is left to the
+/// ACL lines.
+async fn redis_functions(
+    conn: &mut walbust_publish::redis_sink::RedisConnection,
+    slot: &str,
+    report: &mut Report,
+) {
+    use walbust_publish::redis_sink::functions;
+    let called = functions::self_test(slot)
+        .query_async::<redis::Value>(conn)
+        .await;
+    match called {
+        Ok(_) => report.ok(format!(
+            "sink redis: library {} loaded (walbust run loads it again, REPLACE)",
+            functions::LIBRARY
+        )),
+        Err(e) if functions::is_missing(&e) => report.ok(format!(
+            "sink redis: Redis Functions available; walbust run will load library {}",
+            functions::LIBRARY
+        )),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {}
+        Err(e) => report.error(format!(
+            "sink redis: sinks.redis.leases (or watermark) needs Redis Functions (Redis 7 or later, or Valkey): FCALL failed: {}",
+            Chain(&e)
+        )),
     }
 }
 

@@ -446,6 +446,14 @@ impl Config {
         if self.explicit.max_entries == 0 {
             return Err(invalid("explicit.max_entries", "must be at least 1".into()));
         }
+        if self.sinks.redis.as_ref().is_some_and(|r| r.watermark) && self.publish.max_in_flight > 1
+        {
+            // Batches confirmed out of order would raise the watermark past one still in flight.
+            return Err(invalid(
+                "sinks.redis.watermark",
+                "needs publish.max_in_flight: 1 (batches applied in order)".into(),
+            ));
+        }
         if let Some(listen) = &self.metrics.listen {
             listen.parse::<SocketAddr>().map_err(|_| {
                 invalid(
@@ -1054,6 +1062,23 @@ metrics:
         let text = GOOD.replace("redis://127.0.0.1:6379", "http://127.0.0.1:6379");
         let msg = error_of(&text);
         assert!(msg.starts_with("walbust.yaml: sinks.redis.url: "), "{msg}");
+    }
+
+    #[test]
+    fn the_watermark_needs_batches_in_order() {
+        let text = r#"
+source: { url: "postgres://a@b/c", publication: p, slot: s }
+rules: r.yaml
+sinks: { redis: { url: "redis://h", watermark: true } }
+publish: { max_in_flight: 2 }
+"#;
+        assert_eq!(
+            error_of(text),
+            "walbust.yaml: sinks.redis.watermark: needs publish.max_in_flight: 1 (batches applied in order)"
+        );
+        let text = text.replace("max_in_flight: 2", "max_in_flight: 1");
+        let cfg = Config::parse(&text, "walbust.yaml", env).unwrap();
+        assert!(cfg.sinks.redis.unwrap().watermark);
     }
 
     #[test]

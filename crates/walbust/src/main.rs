@@ -12,6 +12,7 @@ mod demo;
 mod explain;
 mod gap;
 mod metrics;
+mod redis_functions;
 mod reload;
 mod run;
 mod setup;
@@ -151,6 +152,13 @@ enum Command {
     ///
     /// Rules are reloaded when the file changes, as in `run`. Stop with Ctrl-C.
     Tail(tail::TailArgs),
+    /// Print the Redis Functions library walbust loads with sinks.redis.leases
+    /// (fenced fills: walbust_get, walbust_fill; read-your-writes:
+    /// walbust_caught_up), for operators who load it themselves.
+    ///
+    /// Load it with: walbust redis-functions --config walbust.yaml |
+    /// redis-cli -x FUNCTION LOAD REPLACE (on every primary of a cluster).
+    RedisFunctions(redis_functions::RedisFunctionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -186,6 +194,7 @@ fn main() -> ExitCode {
             Command::Explain(args) => explain::explain(args),
             Command::Tail(args) => tail::tail(args).await,
             Command::Setup(args) => setup::setup(args).await,
+            Command::RedisFunctions(args) => redis_functions::redis_functions(args),
         }
     })
 }

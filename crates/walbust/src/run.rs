@@ -64,12 +64,15 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
     let names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
     walbust_publish::metrics::register_counters(&names);
     for sink in &sinks {
-        let healthy = until_ready(Some(&shutdown), sink.name(), || async {
-            sink.health().await.map_err(Attempt::sink)
+        // Healthy, then made ready (the Redis functions library): the
+        // preparation's own errors say what needs it.
+        let ready = until_ready(Some(&shutdown), sink.name(), || async {
+            sink.health().await.map_err(Attempt::sink)?;
+            sink.prepare().await.map_err(Attempt::sink)
         })
         .await
-        .with_context(|| format!("sink {} is not healthy", sink.name()))?;
-        if healthy.is_none() {
+        .with_context(|| format!("sink {} is not ready", sink.name()))?;
+        if ready.is_none() {
             return Ok(());
         }
     }
@@ -466,6 +469,7 @@ async fn connect_sinks(
         let connect = || async {
             RedisSink::connect(redis.clone())
                 .await
+                .map(|sink| sink.with_slot(&cfg.source.slot))
                 .map_err(Attempt::sink)
         };
         let sink = until_ready(shutdown, "redis", connect)

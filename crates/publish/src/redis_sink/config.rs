@@ -23,6 +23,8 @@ pub const DEFAULT_VERSION_TAG_PREFIX: &str = "tagver:";
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default for [`RedisSinkConfig::response_timeout_ms`].
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 10_000;
+/// Default for [`RedisSinkConfig::lease_ttl_ms`].
+pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
 
 /// How tags are purged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -78,6 +80,19 @@ pub struct RedisSinkConfig {
     /// Time allowed for each reply, in milliseconds.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// Fenced fills: load the Redis Functions library `walbust` (`walbust_get`, `walbust_fill`,
+    /// `walbust_caught_up`; see [`super::functions`]) at start, on every primary of a cluster.
+    /// Needs Redis 7 or later (or Valkey) and the ACL commands `function|load` and `fcall`.
+    #[serde(default)]
+    pub leases: bool,
+    /// How long a lease lives, in milliseconds: a caller that took one and never filled blocks
+    /// other fills of the key this long at most.
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// After each confirmed batch, store its end LSN in `walbust:lsn:<slot>` (never backwards),
+    /// for read-your-writes (`walbust_caught_up`). Loads the library as [`Self::leases`] does.
+    #[serde(default)]
+    pub watermark: bool,
 }
 
 fn default_unlink_chunk() -> usize {
@@ -91,6 +106,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_response_timeout_ms() -> u64 {
     DEFAULT_RESPONSE_TIMEOUT_MS
+}
+fn default_lease_ttl_ms() -> u64 {
+    DEFAULT_LEASE_TTL_MS
 }
 
 // By hand, so the URL (which may hold a password) is never printed.
@@ -106,6 +124,9 @@ impl fmt::Debug for RedisSinkConfig {
             .field("publish_channel", &self.publish_channel)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("leases", &self.leases)
+            .field("lease_ttl_ms", &self.lease_ttl_ms)
+            .field("watermark", &self.watermark)
             .finish()
     }
 }
@@ -123,7 +144,20 @@ impl RedisSinkConfig {
             publish_channel: None,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             response_timeout_ms: DEFAULT_RESPONSE_TIMEOUT_MS,
+            leases: false,
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+            watermark: false,
         }
+    }
+
+    /// Whether walbust loads the functions library (leases or the watermark are on).
+    pub fn functions(&self) -> bool {
+        self.leases || self.watermark
+    }
+
+    /// The functions library for this configuration (see [`super::functions::library`]).
+    pub fn library(&self) -> String {
+        super::functions::library(self.lease_ttl_ms, self.tag_strategy)
     }
 
     /// The tag prefix in effect: the configured one, or the strategy's default.
@@ -187,6 +221,7 @@ impl RedisSinkConfig {
             "response_timeout_ms",
             "must be at least 1",
         );
+        errors.check(self.lease_ttl_ms > 0, "lease_ttl_ms", "must be at least 1");
         errors.finish()
     }
 }
@@ -211,6 +246,8 @@ mod tests {
         assert_eq!(cfg.tag_prefix(), "tag:");
         assert_eq!(cfg.unlink_chunk, 500);
         assert_eq!(cfg.scan_count, 1000);
+        assert!(!cfg.leases && !cfg.watermark && !cfg.functions());
+        assert_eq!(cfg.lease_ttl_ms, 10_000);
         assert_eq!(cfg.validate(), Ok(()));
     }
 
@@ -240,6 +277,7 @@ mod tests {
         cfg.scan_count = 0;
         cfg.publish_channel = Some(String::new());
         cfg.response_timeout_ms = 0;
+        cfg.lease_ttl_ms = 0;
         assert_eq!(
             messages(&cfg),
             [
@@ -248,6 +286,7 @@ mod tests {
                 "sinks.redis.scan_count: must be at least 1",
                 "sinks.redis.publish_channel: must not be empty (leave it out to disable publishing)",
                 "sinks.redis.response_timeout_ms: must be at least 1",
+                "sinks.redis.lease_ttl_ms: must be at least 1",
             ]
         );
     }

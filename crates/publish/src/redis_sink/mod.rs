@@ -13,6 +13,11 @@
 //! - patterns: `SCAN <cursor> MATCH <pattern> COUNT <scan_count>`, `UNLINK` what it finds;
 //! - `publish_channel`: `PUBLISH` of the batch's JSON record, once the rest is done.
 //!
+//! With `leases` (or `watermark`) the sink loads the Redis Functions library `walbust`
+//! ([`functions`]: fenced fills, read-your-writes) before publishing; with `watermark`, each
+//! batch that completes transactions ends by raising `walbust:lsn:<slot>` to its end LSN, in the
+//! round trip of its last command.
+//!
 //! Redis Cluster (`cluster: true`, the URL names any node): keys, tag counters and tag sets are
 //! grouped by hash slot ([`request::slot_chunks`], [`request::hash_slot`]), one command or
 //! pipeline per slot group, sent concurrently and routed to the slot's primary; patterns are
@@ -22,11 +27,12 @@
 //! [`TagStrategy::Set`]).
 
 mod config;
+pub mod functions;
 pub mod request;
 mod sink;
 
 pub use config::{
-    RedisSinkConfig, TagStrategy, CONFIG_PATH, DEFAULT_CONNECT_TIMEOUT_MS,
+    RedisSinkConfig, TagStrategy, CONFIG_PATH, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LEASE_TTL_MS,
     DEFAULT_RESPONSE_TIMEOUT_MS, DEFAULT_SCAN_COUNT, DEFAULT_SET_TAG_PREFIX, DEFAULT_UNLINK_CHUNK,
     DEFAULT_VERSION_TAG_PREFIX,
 };

@@ -12,7 +12,7 @@ use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, Server
 use tracing::{debug, warn};
 
 use super::config::{RedisSinkConfig, TagStrategy};
-use super::request;
+use super::{functions, request};
 use crate::batch::Batch;
 use crate::metrics as m;
 use crate::record;
@@ -193,6 +193,8 @@ pub struct RedisSink {
     cfg: RedisSinkConfig,
     conn: Connection,
     purge_script: Script,
+    /// The replication slot, which names the watermark key ([`Self::with_slot`]).
+    slot: Option<String>,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -213,7 +215,16 @@ impl RedisSink {
             cfg,
             conn,
             purge_script: request::tag_set_purge_script(),
+            slot: None,
         })
+    }
+
+    /// Names the replication slot whose confirmed position the watermark
+    /// (`walbust:lsn:<slot>`, [`RedisSinkConfig::watermark`]) records. Without it no watermark
+    /// is written.
+    pub fn with_slot(mut self, slot: impl Into<String>) -> Self {
+        self.slot = Some(slot.into());
+        self
     }
 
     /// The configuration in use.
@@ -221,21 +232,103 @@ impl RedisSink {
         &self.cfg
     }
 
+    /// Loads the functions library `walbust` (`FUNCTION LOAD REPLACE`, on every primary of a
+    /// cluster) and calls it once, when [`RedisSinkConfig::functions`] asks for it; does
+    /// nothing otherwise. A Redis without Functions (before 7) is a configuration error, a
+    /// refused permission a [`SinkErrorKind::Denied`] naming the ACL rule; both say that
+    /// leases (or the watermark) need them.
+    pub async fn load_functions(&self) -> Result<(), SinkError> {
+        if !self.cfg.functions() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let loaded: RedisResult<Value> = functions::load(&self.cfg.library())
+            .query_async(&mut conn)
+            .await;
+        loaded.map_err(|err| functions_error("FUNCTION LOAD", err))?;
+        self.test_functions().await
+    }
+
+    /// Calls `walbust_caught_up` (changes nothing): the library is loaded and the user may
+    /// call it; against a cluster, on every primary (a primary restarted without persistence
+    /// comes back without it).
+    async fn test_functions(&self) -> Result<(), SinkError> {
+        let slot = self.slot.as_deref().unwrap_or("check");
+        let called: RedisResult<Value> = functions::self_test(slot)
+            .query_async(&mut self.conn.clone())
+            .await;
+        called.map_err(|err| functions_error("FCALL", err))?;
+        let Connection::Cluster(conn) = &self.conn else {
+            return Ok(());
+        };
+        for target in self.scan_targets().await? {
+            let ScanTarget::Primary(primary) = target else {
+                continue;
+            };
+            let route = Route::new(primary.slot, SlotAddr::Master);
+            // A routed command answers a server error as a value.
+            conn.clone()
+                .route_command(
+                    functions::node_test(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await
+                .and_then(Value::extract_error)
+                .map_err(|err| functions_error("FCALL", err))?;
+        }
+        Ok(())
+    }
+
+    /// The command that raises the watermark to `batch`'s end LSN, when the watermark is on
+    /// and the batch completes transactions (a partial batch of a large one does not).
+    fn watermark(&self, batch: &Batch) -> Option<Cmd> {
+        let (true, Some(slot), Some(end_lsn)) = (self.cfg.watermark, &self.slot, batch.end_lsn)
+        else {
+            return None;
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(functions::WATERMARK_SCRIPT)
+            .arg(1)
+            .arg(functions::watermark_key(slot))
+            .arg(walbust_pgoutput::format_lsn(end_lsn));
+        Some(cmd)
+    }
+
     async fn publish_batch(&self, batch: &Batch) -> Result<(), SinkError> {
+        // The watermark goes out with the batch's last command, after every invalidation: at
+        // the end of the UNLINK pipeline when that is all the batch sends (one connection
+        // keeps the order), else with the PUBLISH or alone once the rest is confirmed.
+        let mut watermark = self.watermark(batch);
+        let only_keys = batch.tags.is_empty()
+            && batch.patterns.is_empty()
+            && !batch.keys.is_empty()
+            && self.cfg.publish_channel.is_none()
+            && matches!(self.conn, Connection::Single(_));
+        let with_keys = if only_keys { watermark.take() } else { None };
         let (keys_removed, tags_purged, ()) = futures::try_join!(
-            self.unlink_keys(&batch.keys),
+            self.unlink_keys(&batch.keys, with_keys),
             self.purge_tags(&batch.tags),
             self.purge_patterns(&batch.patterns),
         )?;
+        let mut last = redis::pipe();
         if let Some(channel) = &self.cfg.publish_channel {
             // After the purge, so a subscriber that reacts by reading Redis finds the keys gone.
-            let mut conn = self.conn.clone();
-            redis::cmd("PUBLISH")
+            last.cmd("PUBLISH")
                 .arg(channel)
                 .arg(record::encode(batch))
-                .exec_async(&mut conn)
+                .ignore();
+        }
+        if let Some(cmd) = watermark {
+            last.add_command(cmd).ignore();
+        }
+        if !last.is_empty() {
+            let context = match &self.cfg.publish_channel {
+                Some(_) => "redis: PUBLISH failed",
+                None => "redis: raising the watermark failed",
+            };
+            last.exec_async(&mut self.conn.clone())
                 .await
-                .map_err(|err| redis_error("redis: PUBLISH failed", err))?;
+                .map_err(|err| redis_error(context, err))?;
         }
         counter!(m::REDIS_KEYS_REMOVED).increment(keys_removed);
         counter!(m::REDIS_TAG_MEMBERS_REMOVED).increment(tags_purged.members);
@@ -259,8 +352,9 @@ impl RedisSink {
         Ok(())
     }
 
-    /// `UNLINK`s the keys; returns how many existed.
-    async fn unlink_keys(&self, keys: &[String]) -> Result<u64, SinkError> {
+    /// `UNLINK`s the keys; returns how many existed. `tail` (single Redis only) rides at the
+    /// end of the same pipeline.
+    async fn unlink_keys(&self, keys: &[String], tail: Option<Cmd>) -> Result<u64, SinkError> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -268,8 +362,11 @@ impl RedisSink {
         let removed: Vec<u64> = match &self.conn {
             Connection::Single(_) => {
                 let mut conn = self.conn.clone();
-                request::unlink_pipeline(keys, self.cfg.unlink_chunk)
-                    .query_async(&mut conn)
+                let mut pipe = request::unlink_pipeline(keys, self.cfg.unlink_chunk);
+                if let Some(tail) = tail {
+                    pipe.add_command(tail).ignore();
+                }
+                pipe.query_async(&mut conn)
                     .await
                     .map_err(|err| redis_error(context, err))?
             }
@@ -451,7 +548,7 @@ impl RedisSink {
             calls += 1;
             matched += keys.len() as u64;
             if !keys.is_empty() {
-                match self.unlink_keys(&keys).await {
+                match self.unlink_keys(&keys, None).await {
                     Ok(count) => removed += count,
                     Err(err) => {
                         break Err(SinkError::with_source(
@@ -497,6 +594,10 @@ impl Sink for RedisSink {
         .boxed()
     }
 
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>> {
+        self.load_functions().boxed()
+    }
+
     fn health<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>> {
         async move {
             let mut conn = self.conn.clone();
@@ -518,14 +619,19 @@ impl Sink for RedisSink {
                 .query_async(&mut conn)
                 .await
                 .map_err(|err| redis_error("redis: PING failed", err))?;
-            if reply == "PONG" {
-                Ok(())
-            } else {
-                Err(SinkError::new(
+            if reply != "PONG" {
+                return Err(SinkError::new(
                     SinkErrorKind::Protocol,
                     "redis: PING did not answer PONG",
-                ))
+                ));
             }
+            if self.cfg.functions() && self.test_functions().await.is_err() {
+                // Lost (a restart without persistence, FUNCTION FLUSH, a new primary):
+                // applications' FCALLs fail until it is back.
+                warn!("redis: the functions library walbust is missing; loading it again");
+                self.load_functions().await?;
+            }
+            Ok(())
         }
         .boxed()
     }
@@ -541,6 +647,19 @@ where
         .buffer_unordered(CLUSTER_CONCURRENCY)
         .try_collect()
         .await
+}
+
+/// An error of loading or calling the functions library, saying what needs it.
+fn functions_error(command: &str, err: RedisError) -> SinkError {
+    let context = format!(
+        "redis: {command} of the functions library walbust failed (sinks.redis.leases or \
+         sinks.redis.watermark needs Redis Functions: Redis 7 or later, or Valkey)"
+    );
+    // `ERR unknown command 'FUNCTION'`: a Redis before 7; waiting will not help.
+    if err.code() == Some("ERR") && err.to_string().contains("unknown command") {
+        return SinkError::with_source(SinkErrorKind::Config, context, err);
+    }
+    redis_error(&context, err)
 }
 
 /// Classifies a client error; the message says what was being done, the source says why. A
