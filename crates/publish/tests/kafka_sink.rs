@@ -109,18 +109,23 @@ async fn large_batches_are_split_under_the_record_limit() {
     assert_eq!(got_tags, tags);
 }
 
+/// A key no record can hold would stop walbust at every start: the record
+/// carries a flush of everything in its place instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_larger_than_the_limit_is_refused_without_sending() {
+async fn a_key_larger_than_the_limit_is_sent_as_a_flush_of_everything() {
     let (kafka, topic) = start_with_topic("too-large");
     let mut cfg = KafkaSinkConfig::new(kafka.bootstrap_servers(), &topic);
     cfg.max_record_bytes = 1024;
     let sink = KafkaSink::new(cfg, SLOT).unwrap();
-    let err = sink
-        .publish(&batch(vec!["x".repeat(4096)], vec![], vec![]))
+    sink.publish(&batch(vec!["x".repeat(4096), "small".into()], vec![], vec![]))
         .await
-        .unwrap_err();
-    assert_eq!(err.kind(), SinkErrorKind::TooLarge);
-    assert!(!err.retriable());
+        .unwrap();
+    let records = kafka
+        .consume_all(&topic, 1, Duration::from_secs(20))
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&records[0].payload).unwrap();
+    assert_eq!(record["keys"], serde_json::json!(["small"]));
+    assert_eq!(record["patterns"], serde_json::json!(["*"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
