@@ -231,7 +231,7 @@ impl ReplicaGate {
                     tracing::info!(
                         replica = %replica.name,
                         lsn = %walbust_pgoutput::format_lsn(visible_from),
-                        "replica replays in time again; batches wait for it again"
+                        "replica replays in time again: the episode of batches published without it is over"
                     );
                 }
             }
