@@ -121,7 +121,10 @@ fn no_error_shows_a_secret() {
             .replace("u:p@", "u:${file:pg-password}@")
             .replace("  publication: p\n", "  publication: [p\n"),
         // The password where a number belongs.
-        VALID.replace("  slot: s\n", "  slot: s\n  status_interval_ms: ${SECRET}\n"),
+        VALID.replace(
+            "  slot: s\n",
+            "  slot: s\n  status_interval_ms: ${SECRET}\n",
+        ),
         // A URL the password makes unparsable.
         VALID.replace("u:p@127.0.0.1:1", "u:${SECRET}@[127.0.0.1"),
     ];

@@ -349,6 +349,14 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
         .await
         .unwrap();
     let (config, port) = config_with_metrics_sinks(&svc, RULES, true);
+    // A read replica, so that the replica series (and their alert) exist.
+    let replica = walbust_testkit::Postgres::start_replica(&svc.pg, None).expect("start a replica");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "rules: ",
+        &format!("  replicas:\n    - url: \"{}\"\nrules: ", replica.url()),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
     let mut walbust = Walbust::start(&config);
     wait_slot_active(&db, &mut walbust, "walbust").await;
 

@@ -108,6 +108,9 @@ pub struct Options {
     pub drain_sinks: Vec<Sinks>,
     /// W3 runs, one per entry.
     pub latency_sinks: Vec<Sinks>,
+    /// One more W3 run with the first of `latency_sinks` and a streaming replica of the database
+    /// listed in `source.replicas`: what replica-aware invalidation adds to the latency.
+    pub w3_replica: bool,
     /// Where configurations and logs go; `None`: a temporary folder.
     pub work_dir: Option<PathBuf>,
 }
@@ -131,6 +134,7 @@ impl Options {
                 Sinks::Kafka,
             ],
             latency_sinks: vec![Sinks::Redis, Sinks::Kafka],
+            w3_replica: true,
             work_dir: None,
         }
     }
@@ -142,6 +146,7 @@ impl Options {
             w2_rows: 20_000,
             w3_rate: 500,
             w3_seconds: 5,
+            w3_replica: false,
             ..Options::full(walbust)
         }
     }
@@ -167,6 +172,9 @@ pub struct Bench {
     redis_conn: redis::aio::MultiplexedConnection,
     work: Work,
     rows: u64,
+    /// A streaming replica of `pg`, started for the first W3 run that lists one; dropped
+    /// before `pg`.
+    replica: Option<walbust_testkit::Postgres>,
     kafka: walbust_testkit::Kafka,
 }
 
@@ -208,6 +216,7 @@ impl Bench {
             redis_conn,
             work,
             rows,
+            replica: None,
             kafka,
         };
         bench.create_table().await?;
@@ -610,10 +619,19 @@ impl Bench {
     }
 
     /// Writes a walbust configuration for `slot` with `sinks`, metrics on a free port.
-    fn walbust_config(&self, slot: &str, sinks: Sinks) -> Result<(PathBuf, String)> {
+    /// `replica`: the URL of a replica to list in `source.replicas`.
+    fn walbust_config(
+        &self,
+        slot: &str,
+        sinks: Sinks,
+        replica: Option<&str>,
+    ) -> Result<(PathBuf, String)> {
         let metrics = format!("127.0.0.1:{}", walbust_testkit::free_port());
+        let replicas = replica.map_or_else(String::new, |url| {
+            format!("  replicas: [{{url: \"{url}\", name: replica}}]\n")
+        });
         let mut yaml = format!(
-            "source:\n  url: \"{url}\"\n  publication: {PUBLICATION}\n  slot: {slot}\n  status_interval_ms: {STATUS_INTERVAL_MS}\n\
+            "source:\n  url: \"{url}\"\n  publication: {PUBLICATION}\n  slot: {slot}\n  status_interval_ms: {STATUS_INTERVAL_MS}\n{replicas}\
              rules: \"{rules}\"\nsinks:\n",
             url = self.pg.url(),
             rules = self.work.path().join("rules.yaml").display(),
@@ -653,7 +671,7 @@ impl Bench {
         transactions: u64,
         recv_seconds: f64,
     ) -> Result<DrainRun> {
-        let (config, metrics) = self.walbust_config(slot, sinks)?;
+        let (config, metrics) = self.walbust_config(slot, sinks, None)?;
         let timeout = Duration::from_secs_f64((recv_seconds * 30.0).max(120.0));
         let before = self.side_cpu().await;
         let t = Instant::now();
@@ -721,22 +739,45 @@ impl Bench {
 
     /// W3 with `sinks`: walbust streams while pgbench writes `w3_rate` single-row UPDATE
     /// transactions per second for `w3_seconds`.
-    pub async fn latency_under_load(&mut self, sinks: Sinks) -> Result<Latency> {
+    /// `with_replica`: a streaming replica of the database is listed in `source.replicas`, so
+    /// each batch also waits for the replica to replay it.
+    pub async fn latency_under_load(
+        &mut self,
+        sinks: Sinks,
+        with_replica: bool,
+    ) -> Result<Latency> {
         let (rate, secs) = (self.opts.w3_rate, self.opts.w3_seconds);
-        eprintln!(
-            "walbust-bench: W3: {rate} tx/s for {secs} s, walbust with {}",
-            sinks.label()
-        );
+        let label = if with_replica {
+            format!("{} + replica", sinks.label())
+        } else {
+            sinks.label().to_owned()
+        };
+        eprintln!("walbust-bench: W3: {rate} tx/s for {secs} s, walbust with {label}");
+        let replica_url = if with_replica {
+            if self.replica.is_none() {
+                self.replica = Some(
+                    walbust_testkit::Postgres::start_replica(&self.pg, None)
+                        .context("starting a streaming replica")?,
+                );
+            }
+            self.replica.as_ref().map(walbust_testkit::Postgres::url)
+        } else {
+            None
+        };
         self.db.batch_execute("CHECKPOINT").await?;
         let load_before = load_average();
-        let slot = format!("bench_w3_{}", sinks.label().replace('+', "_"));
+        let slot = format!(
+            "bench_w3_{}{}",
+            sinks.label().replace('+', "_"),
+            if with_replica { "_replica" } else { "" }
+        );
         self.db
             .query_one(
                 "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
                 &[&slot],
             )
             .await?;
-        let (config, metrics) = self.walbust_config(&slot, sinks)?;
+        let (config, metrics) = self.walbust_config(&slot, sinks, replica_url.as_deref())?;
         let mut proc = self.spawn_walbust(&config, &slot)?;
         let t = Instant::now();
         let mut walsender = loop {
@@ -818,10 +859,13 @@ impl Bench {
         self.drop_slot(&slot).await?;
         let scraped = scraped?;
         let quantiles = scraped.quantiles(walbust_publish::metrics::COMMIT_TO_CONFIRM_SECONDS);
+        let replica_wait = with_replica
+            .then(|| scraped.quantiles(walbust_cdc::metrics::REPLICA_WAIT_SECONDS))
+            .flatten();
         let transactions = pgbench.processed.unwrap_or(0) + 1;
         let ms = |f: fn(&prom::Quantiles) -> f64| quantiles.as_ref().map(|q| f(q) * 1000.0);
         let result = Latency {
-            sinks: sinks.label().into(),
+            sinks: label.clone(),
             rate_target: rate,
             seconds_target: secs,
             load_before,
@@ -842,10 +886,16 @@ impl Bench {
             walsender_cpu_seconds: delta(walsender_before, walsender.last),
             redis_cpu_seconds: delta(side_before.redis, side_after.redis),
             harness_cpu_seconds: delta(side_before.harness, side_after.harness),
+            replica_wait_p50_ms: replica_wait.as_ref().map(|q| q.p50 * 1000.0),
+            replica_wait_p99_ms: replica_wait.as_ref().map(|q| q.p99 * 1000.0),
+            replica_wait_timeouts: with_replica
+                .then(|| scraped.sum(walbust_cdc::metrics::REPLICA_WAIT_TIMEOUTS))
+                .flatten()
+                .map(|v| v as u64),
         };
         eprintln!(
             "walbust-bench: W3 {}: p50 {} ms, p99 {} ms over {} batches",
-            sinks.label(),
+            label,
             result.p50_ms.map_or("–".into(), |v| format!("{v:.2}")),
             result.p99_ms.map_or("–".into(), |v| format!("{v:.2}")),
             result.batches

@@ -5,7 +5,8 @@
 //!   each drained by pg_recvlogical and by walbust with several sink sets, every consumer from
 //!   its own slot created at the same LSN ([`harness`] explains how the end is detected).
 //! - W3: a steady rate of single-row UPDATEs (pgbench, `synchronous_commit=on`) while walbust
-//!   streams; commit-to-confirm percentiles from walbust's own metric, per sink.
+//!   streams; commit-to-confirm percentiles from walbust's own metric, per sink, and once more
+//!   with a streaming replica in `source.replicas` (what waiting for the replica adds).
 //!
 //! It prints Markdown tables, writes every figure as JSON and, with `--docs`, adds the tables to
 //! docs/benchmarks.md. `--quick` uses small sizes: the smoke test runs it to check the harness,
@@ -72,6 +73,11 @@ struct Args {
     /// walbust sink sets for W3, one run each.
     #[arg(long, value_delimiter = ',')]
     latency_sinks: Option<Vec<String>>,
+    /// W3 once more with the first latency sink set and a streaming replica listed in
+    /// `source.replicas`, to measure what replica-aware invalidation adds. Default: true, false
+    /// with --quick.
+    #[arg(long)]
+    w3_replica: Option<bool>,
 }
 
 fn main() -> ExitCode {
@@ -153,6 +159,9 @@ fn options(args: &Args) -> Result<Options> {
     opts.run_one_big_transaction = only.iter().any(|w| w == "w2");
     opts.run_latency_under_load = only.iter().any(|w| w == "w3");
     opts.work_dir = args.work_dir.clone();
+    if let Some(on) = args.w3_replica {
+        opts.w3_replica = on;
+    }
     if let Some(list) = &args.drain_sinks {
         opts.drain_sinks = sinks(list, "--drain-sinks")?;
     }
@@ -182,6 +191,7 @@ async fn run(opts: Options) -> Result<Report> {
         opts.run_latency_under_load,
     );
     let latency_sinks = opts.latency_sinks.clone();
+    let w3_replica = opts.w3_replica;
     let mut bench = Bench::start(opts).await?;
     let machine = bench.machine().await;
     let setup = bench.setup();
@@ -194,8 +204,11 @@ async fn run(opts: Options) -> Result<Report> {
     }
     let mut latency = Vec::new();
     if run_latency_under_load {
-        for sinks in latency_sinks {
-            latency.push(bench.latency_under_load(sinks).await?);
+        for &sinks in &latency_sinks {
+            latency.push(bench.latency_under_load(sinks, false).await?);
+        }
+        if let Some(&sinks) = latency_sinks.first().filter(|_| w3_replica) {
+            latency.push(bench.latency_under_load(sinks, true).await?);
         }
     }
     drop(bench);

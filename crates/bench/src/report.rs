@@ -146,6 +146,14 @@ pub struct Latency {
     pub walsender_cpu_seconds: Option<f64>,
     pub redis_cpu_seconds: Option<f64>,
     pub harness_cpu_seconds: Option<f64>,
+    /// With a replica in `source.replicas`: how long batches waited for it to replay them
+    /// (`walbust_replica_wait_seconds`), and how many gave up waiting.
+    #[serde(default)]
+    pub replica_wait_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub replica_wait_p99_ms: Option<f64>,
+    #[serde(default)]
+    pub replica_wait_timeouts: Option<u64>,
 }
 
 /// A performance target and whether this run met it.
@@ -297,13 +305,13 @@ impl Report {
                 first.rate_target, first.seconds_target
             );
             s.push_str(
-                "| sink | achieved tx/s | pgbench lag ms | p50 ms | p95 ms | p99 ms | max ms | batches | catch-up s | peak RSS MiB | CPU s | CPU s / 100k changes | walsender CPU s | redis CPU s | harness (Kafka mock) CPU s | load |\n\
-                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                "| sink | achieved tx/s | pgbench lag ms | p50 ms | p95 ms | p99 ms | max ms | batches | catch-up s | peak RSS MiB | CPU s | CPU s / 100k changes | walsender CPU s | redis CPU s | harness (Kafka mock) CPU s | load | replica wait p50 / p99 ms |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             );
             for l in &self.latency {
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
                     l.sinks,
                     opt(l.achieved_tps, 0),
                     opt(l.pgbench_lag_avg_ms, 2),
@@ -320,6 +328,10 @@ impl Report {
                     opt(l.redis_cpu_seconds, 2),
                     opt(l.harness_cpu_seconds, 2),
                     l.load_before[0],
+                    match (l.replica_wait_p50_ms, l.replica_wait_p99_ms) {
+                        (None, None) => "–".to_owned(),
+                        (p50, p99) => format!("{} / {}", opt(p50, 2), opt(p99, 2)),
+                    },
                 );
             }
             s.push('\n');

@@ -13,6 +13,9 @@
 //!   server.
 //! - [`monitor`]: while streaming, re-checks the slot and the publication
 //!   every few seconds and writes the optional WAL heartbeat.
+//! - [`replicas`]: `source.replicas`: the gate that holds each batch until
+//!   every read replica replayed its commits (bounded), and the replica
+//!   probe of `walbust check --db`.
 //! - [`relations`]: the relation cache and the view of tuples the rules read.
 //! - [`binary`]: binary-mode values rendered as Postgres's text output.
 //! - [`catalog`]: read-only catalog queries (tables, columns, replica
@@ -36,6 +39,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod reader;
 pub mod relations;
+pub mod replicas;
 pub mod source;
 pub mod window;
 
@@ -43,4 +47,5 @@ pub use assemble::{ChangeEvent, ChangeTap};
 pub use error::{SourceError, StreamError};
 pub use fence::OnAck;
 pub use reader::{OnStream, Reader, Stopped, StreamSpec};
+pub use replicas::{ReplicaGate, ReplicaSpec};
 pub use source::{ConnParams, SlotState, SourceSpec};

@@ -63,6 +63,20 @@ pub const ACK_CEILING_FAILURES: &str = "walbust_ack_ceiling_failures_total";
 /// Rule sets handed to the reader, label `result` (applied, refused).
 pub const RULE_RELOADS: &str = "walbust_rule_reloads_total";
 
+/// Batches published without waiting any longer for a read replica that had not replayed them
+/// within `source.replica_wait_max_ms` (lagging or unreachable), label `replica`.
+pub const REPLICA_WAIT_TIMEOUTS: &str = "walbust_replica_wait_timeouts_total";
+/// Per replica (label `replica`): WAL bytes between its replay position and the newest commit a
+/// batch waited for (the highest `visible_from` given to the gate); 0 once it replayed past it.
+pub const REPLICA_REPLAY_LAG_BYTES: &str = "walbust_replica_replay_lag_bytes";
+/// 1 while walbust reads the replica's replay position, 0 while it cannot (unreachable, or not
+/// in recovery), label `replica`.
+pub const REPLICA_REACHABLE: &str = "walbust_replica_reachable";
+/// How long each batch waited for the replicas before going to the sinks.
+pub const REPLICA_WAIT_SECONDS: &str = "walbust_replica_wait_seconds";
+/// Label naming a replica (`source.replicas[].name`, default `host:port`).
+pub const LABEL_REPLICA: &str = "replica";
+
 /// Label of counters that count outcomes.
 pub const LABEL_RESULT: &str = "result";
 /// Label of [`DEGRADED_BINDINGS`].
@@ -202,6 +216,24 @@ fn op_label(op: Op) -> &'static str {
 
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
+    describe_counter!(
+        REPLICA_WAIT_TIMEOUTS,
+        "Batches published after source.replica_wait_max_ms without the replica having replayed them (lagging or unreachable)"
+    );
+    describe_gauge!(
+        REPLICA_REPLAY_LAG_BYTES,
+        Unit::Bytes,
+        "WAL bytes between the replica's replay position and the newest commit a batch waited for; 0 when replayed past it"
+    );
+    describe_gauge!(
+        REPLICA_REACHABLE,
+        "1 while the replica's replay position can be read, 0 while unreachable or not in recovery"
+    );
+    metrics::describe_histogram!(
+        REPLICA_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time each batch waited for the read replicas to replay it before publishing"
+    );
     describe_counter!(CHANGES, "Row changes received from the replication stream");
     describe_counter!(TRANSACTIONS, "Committed transactions received");
     describe_counter!(WAL_BYTES, Unit::Bytes, "Bytes of pgoutput received");

@@ -10,6 +10,8 @@
 //! - [`Item`]: one step of the committed-transaction stream.
 //! - [`Feed`]: the reader's end of a running pipeline: where items go, what
 //!   came back confirmed, and how to close it.
+//! - [`Gate`]: a hold the pipeline awaits before publishing a batch,
+//!   implemented by the reader's side (replicas replayed past it).
 //! - [`Backoff`]: exponential backoff with jitter, the one retry pacing used
 //!   for reconnecting, waiting for services at start-up and re-publishing.
 //! - [`Chain`]: an error with its causes on one line, how both sides log
@@ -23,11 +25,13 @@
 mod backoff;
 mod chain;
 mod feed;
+mod gate;
 pub mod health;
 mod item;
 
 pub use backoff::Backoff;
 pub use chain::Chain;
 pub use feed::{Closed, Feed, TrySend};
+pub use gate::Gate;
 pub use health::health;
 pub use item::Item;

@@ -48,6 +48,16 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.tags.is_empty() && self.patterns.is_empty()
     }
+
+    /// The first WAL position at which every transaction of the batch is committed: one past the
+    /// start of its last commit record ([`lsn`](Self::lsn)). A standby whose replay position
+    /// (`pg_last_wal_replay_lsn()`, always the end of a replayed record) reached it has replayed
+    /// that commit record, so the batch's changes are visible there. It is at most the end of
+    /// that record, so it equals `end_lsn` in effect when the last transaction completed in the
+    /// batch, and it also covers a partial batch of a transaction whose end is not known yet.
+    pub fn visible_from(&self) -> u64 {
+        self.lsn.saturating_add(1).max(self.end_lsn.unwrap_or(0))
+    }
 }
 
 /// The item sequence broke the `Begin`, `Changes`*, `Commit` grammar.
@@ -296,6 +306,11 @@ mod tests {
         assert_eq!(second.end_lsn, Some(750));
         assert_eq!(second.xids, [7]);
         assert_eq!(second.keys, ["k2"]);
+
+        // A replica has committed transaction 7 once it replayed past its commit record's start,
+        // whether or not the batch knows where the record ends.
+        assert_eq!(first.visible_from(), 701);
+        assert_eq!(second.visible_from(), 750);
     }
 
     #[test]

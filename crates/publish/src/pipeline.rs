@@ -21,6 +21,12 @@
 //! is taken, the task stops reading, the bounded channel fills and the reader slows down
 //! (backpressure, bounded memory).
 //!
+//! With a [`Gate`] (`source.replicas`), a dispatched batch that invalidates something first waits
+//! for it ([`Gate::wait`] with [`Batch::visible_from`]), then goes to every sink: Kafka records
+//! are held like Redis commands. The wait happens inside the batch's delivery, in its in-flight
+//! slot, so the loop keeps reading and the next batch grows meanwhile; ordering and
+//! acknowledgement are unchanged.
+//!
 //! Sinks confirm in any order, but acknowledgement follows dispatch order: the watch only ever
 //! carries the end LSN of a transaction whose every part, and everything before it, is confirmed
 //! by every sink.
@@ -40,7 +46,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use walbust_flow::{health, Backoff, Chain, Feed, Item};
+use walbust_flow::{health, Backoff, Chain, Feed, Gate, Item};
 
 use crate::batch::{Accumulator, Batch, SequenceError};
 use crate::config::{ConfigError, Errors};
@@ -231,11 +237,24 @@ impl Pipeline {
         sinks: Vec<Arc<dyn Sink>>,
         observer: Option<BatchObserver>,
     ) -> PipelineHandle {
+        Self::spawn_gated(cfg, sinks, observer, None)
+    }
+
+    /// [`Pipeline::spawn_with_observer`] with a [`Gate`] every batch that invalidates something
+    /// waits for before it goes to the sinks (see the module docs).
+    pub fn spawn_gated(
+        cfg: PipelineConfig,
+        sinks: Vec<Arc<dyn Sink>>,
+        observer: Option<BatchObserver>,
+        gate: Option<Arc<dyn Gate>>,
+    ) -> PipelineHandle {
         let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
         let (watch_tx, watch_rx) = watch::channel(0);
         let task = tokio::spawn(async move {
             cfg.validate().map_err(PipelineError::Config)?;
-            Runner::new(cfg, sinks, observer, rx, watch_tx).run().await
+            Runner::new(cfg, sinks, observer, gate, rx, watch_tx)
+                .run()
+                .await
         });
         PipelineHandle {
             feed: Feed::new(tx, watch_rx),
@@ -269,6 +288,7 @@ struct Runner {
     cfg: PipelineConfig,
     sinks: Arc<[Arc<dyn Sink>]>,
     observer: Option<BatchObserver>,
+    gate: Option<Arc<dyn Gate>>,
     rx: mpsc::Receiver<Item>,
     watch: watch::Sender<u64>,
     acc: Accumulator,
@@ -284,6 +304,7 @@ impl Runner {
         cfg: PipelineConfig,
         sinks: Vec<Arc<dyn Sink>>,
         observer: Option<BatchObserver>,
+        gate: Option<Arc<dyn Gate>>,
         rx: mpsc::Receiver<Item>,
         watch: watch::Sender<u64>,
     ) -> Self {
@@ -291,6 +312,7 @@ impl Runner {
             cfg,
             sinks: sinks.into(),
             observer,
+            gate,
             rx,
             watch,
             acc: Accumulator::default(),
@@ -441,6 +463,7 @@ impl Runner {
                 seq,
                 batch,
                 self.sinks.clone(),
+                self.gate.clone(),
                 self.retry_policy(),
                 self.cfg.slot.clone().into(),
             )
@@ -512,15 +535,20 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Publishes one batch to every sink in parallel; each sink is retried on its own, so a sink that
-/// already confirmed is not asked again because another one failed.
+/// Publishes one batch to every sink in parallel, after the gate if there is one; each sink is
+/// retried on its own, so a sink that already confirmed is not asked again because another one
+/// failed.
 async fn deliver(
     seq: u64,
     batch: Arc<Batch>,
     sinks: Arc<[Arc<dyn Sink>]>,
+    gate: Option<Arc<dyn Gate>>,
     retry: Backoff,
     slot: Arc<str>,
 ) -> Delivered {
+    if let Some(gate) = gate {
+        gate.wait(batch.visible_from()).await;
+    }
     let result = futures::future::try_join_all(
         sinks
             .iter()

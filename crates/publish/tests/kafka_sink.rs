@@ -117,9 +117,13 @@ async fn a_key_larger_than_the_limit_is_sent_as_a_flush_of_everything() {
     let mut cfg = KafkaSinkConfig::new(kafka.bootstrap_servers(), &topic);
     cfg.max_record_bytes = 1024;
     let sink = KafkaSink::new(cfg, SLOT).unwrap();
-    sink.publish(&batch(vec!["x".repeat(4096), "small".into()], vec![], vec![]))
-        .await
-        .unwrap();
+    sink.publish(&batch(
+        vec!["x".repeat(4096), "small".into()],
+        vec![],
+        vec![],
+    ))
+    .await
+    .unwrap();
     let records = kafka
         .consume_all(&topic, 1, Duration::from_secs(20))
         .unwrap();

@@ -5,14 +5,16 @@
 //!
 //! - [`Postgres`]: `initdb` + `pg_ctl` from the system's PostgreSQL, on a free
 //!   loopback port, `wal_level = logical`. Runs as the `postgres` user when
-//!   we are root, because PostgreSQL refuses root.
+//!   we are root, because PostgreSQL refuses root; [`Postgres::start_replica`]
+//!   adds a streaming replica (hot standby, optional apply delay).
 //! - [`Redis`]: `redis-server` from PATH as a child process, no persistence
 //!   unless asked for ([`Redis::start_with`]).
 //! - [`RedisCluster`]: cluster-enabled [`Redis`] primaries with their slots
 //!   assigned by `redis-cli --cluster create`.
 //! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
 //!   broker named by `WALBUST_TEST_KAFKA`.
-//! - [`commit_transaction`], [`current_wal_lsn`], [`walsender_pid`]: what
+//! - [`commit_transaction`], [`current_wal_lsn`], [`replay_lsn`],
+//!   [`walsender_pid`]: what
 //!   tests of the change stream ask the server about their own writes and
 //!   the walsender serving them.
 //! - [`free_port`]: the port chooser they share; [`sibling_binary`]: a
@@ -39,7 +41,8 @@ pub use error::Error;
 #[cfg(feature = "kafka")]
 pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
 pub use postgres::{
-    commit_transaction, current_wal_lsn, walsender_pid, Postgres, BINDIR_ENV as PG_BINDIR_ENV,
+    commit_transaction, current_wal_lsn, replay_lsn, walsender_pid, Postgres,
+    BINDIR_ENV as PG_BINDIR_ENV,
 };
 pub use process::{free_port, sibling_binary};
 #[cfg(feature = "redis")]

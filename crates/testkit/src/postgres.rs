@@ -14,6 +14,9 @@
 //! PostgreSQL refuses to run as root. When testkit runs as root (CI does),
 //! every PostgreSQL program runs as the `postgres` system user, and the
 //! instance directory is owned by that user.
+//!
+//! [`Postgres::start_replica`] makes a streaming replica of a running
+//! instance (`pg_basebackup -R`), in its own directory of the same layout.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -102,6 +105,73 @@ impl Postgres {
                 });
             }
         }
+        let mut pg = Postgres::new_instance(bindir, superuser, None)?;
+        pg.initdb()?;
+        pg.start_on_free_port(&extra)?;
+        Ok(pg)
+    }
+
+    /// Starts a streaming replica (a hot standby) of `primary`: a copy taken
+    /// with `pg_basebackup -R` (which also writes `primary_conninfo` and
+    /// `standby.signal`), started on its own free port with the primary's
+    /// settings plus `hot_standby = on` and, when `apply_delay` is given,
+    /// `recovery_min_apply_delay` (whole milliseconds): the replica then
+    /// receives each commit at once but makes it visible only that long
+    /// after it was committed, like a lagging replica.
+    ///
+    /// The replica has the primary's superuser and password, so
+    /// [`url`](Self::url) and [`connect`](Self::connect) work as for the
+    /// primary; [`stop`](Self::stop) and [`restart`](Self::restart) too.
+    /// It streams through the primary's Unix socket, so it needs the
+    /// primary running (not its port): a primary restarted on the same
+    /// port is followed again. Dropping it stops and deletes it like any
+    /// [`Postgres`]; drop replicas before their primary, or they log
+    /// reconnection attempts until then (harmless).
+    pub fn start_replica(
+        primary: &Postgres,
+        apply_delay: Option<Duration>,
+    ) -> Result<Postgres, Error> {
+        let bindir = primary.bindir.clone();
+        if !process::is_executable(&bindir.join("pg_basebackup")) {
+            return Err(Error::MissingBinary {
+                name: "pg_basebackup".to_owned(),
+                searched: format!("in {}", bindir.display()),
+                hint: INSTALL_HINT.to_owned(),
+            });
+        }
+        let mut replica =
+            Postgres::new_instance(bindir, &primary.superuser, Some(&primary.password))?;
+        // Over the primary's socket, which testkit's pg_hba.conf trusts for
+        // replication: no password lands in the replica's configuration.
+        let mut cmd = replica.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&replica.data_dir)
+            .arg("-h")
+            .arg(&primary.socket_dir)
+            .args(["-p", &primary.port.to_string()])
+            .args(["-U", &primary.superuser])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
+        process::run(&mut cmd)?;
+        let mut settings = vec![("hot_standby", "on".to_owned())];
+        if let Some(delay) = apply_delay {
+            settings.push((
+                "recovery_min_apply_delay",
+                format!("{}ms", delay.as_millis()),
+            ));
+        }
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        replica.start_on_free_port(&render_settings(&settings)?)?;
+        Ok(replica)
+    }
+
+    /// An instance directory under the temporary directory, owned by the
+    /// server's user, with nothing in it yet; `password`: the superuser's,
+    /// random when `None`.
+    fn new_instance(
+        bindir: PathBuf,
+        superuser: &str,
+        password: Option<&str>,
+    ) -> Result<Postgres, Error> {
         let run_as = process::postgres_run_as()?;
         let tmp = std::env::temp_dir();
         if let Some(run_as) = run_as {
@@ -119,8 +189,7 @@ impl Postgres {
         if let Some(run_as) = run_as {
             run_as.chown(dir.path())?;
         }
-
-        let mut pg = Postgres {
+        Ok(Postgres {
             guard: None,
             bindir,
             data_dir: dir.path().join("data"),
@@ -128,29 +197,37 @@ impl Postgres {
             socket_dir: dir.path().to_owned(),
             port: 0,
             superuser: superuser.to_owned(),
-            password: format!(
-                "{:016x}{:016x}",
-                process::random_u64(),
-                process::random_u64()
+            password: password.map_or_else(
+                || {
+                    format!(
+                        "{:016x}{:016x}",
+                        process::random_u64(),
+                        process::random_u64()
+                    )
+                },
+                str::to_owned,
             ),
             run_as,
             dir,
-        };
-        pg.initdb()?;
-        pg.guard = Some(OrphanGuard::spawn(
-            &pg.data_dir.join("postmaster.pid"),
+        })
+    }
+
+    /// Arms the orphan guard on the (initialised) data directory and starts
+    /// the server on a free port with testkit's settings and `extra`.
+    fn start_on_free_port(&mut self, extra: &str) -> Result<(), Error> {
+        self.guard = Some(OrphanGuard::spawn(
+            &self.data_dir.join("postmaster.pid"),
             // SIGQUIT is PostgreSQL's immediate shutdown.
             "QUIT",
-            pg.dir.path(),
+            self.dir.path(),
         )?);
-
         let mut attempt = 0;
         loop {
             attempt += 1;
-            pg.port = process::free_port();
-            pg.write_conf(&extra)?;
-            match pg.pg_ctl_start() {
-                Ok(()) => return Ok(pg),
+            self.port = process::free_port();
+            self.write_conf(extra)?;
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
                 // Between choosing the port and the server binding it, another
                 // process may have taken it; that is worth another try.
                 Err(Error::StartFailed { log_tail, .. })
@@ -420,6 +497,19 @@ pub async fn current_wal_lsn(db: &tokio_postgres::Client) -> Result<u64, Error> 
             source,
         })?;
     Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// The last WAL position a standby replayed (`pg_last_wal_replay_lsn()`)
+/// as a number; `None` on a server that is not in recovery.
+pub async fn replay_lsn(db: &tokio_postgres::Client) -> Result<Option<u64>, Error> {
+    let row = db
+        .query_one("SELECT (pg_last_wal_replay_lsn() - '0/0')::int8", &[])
+        .await
+        .map_err(|source| Error::Postgres {
+            context: "could not read pg_last_wal_replay_lsn()".to_owned(),
+            source,
+        })?;
+    Ok(row.get::<_, Option<i64>>(0).map(|lsn| lsn as u64))
 }
 
 /// The pid of the walsender streaming replication slot `slot`, while one

@@ -275,3 +275,128 @@ fn instances_are_independent() {
     assert_ne!(a.data_dir(), b.data_dir());
     assert_ne!(a.password(), b.password());
 }
+
+/// Polls `probe` every 10 ms until it returns `Some`, for at most `limit`.
+async fn eventually<T, F, Fut>(limit: std::time::Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = probe().await {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Row 1 of table `t`, once the table exists (on a replica, once it was
+/// replayed).
+async fn value_on(db: &tokio_postgres::Client) -> Option<String> {
+    db.query_opt("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .ok()
+        .flatten()
+        .map(|row| row.get(0))
+}
+
+/// A primary with table `t` holding row 1 = 'old', and a connection to it.
+async fn primary_with_row() -> (Postgres, tokio_postgres::Client) {
+    let primary = Postgres::start().expect("start primary");
+    let db = primary.connect().await.expect("connect primary");
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')",
+    )
+    .await
+    .expect("create t");
+    (primary, db)
+}
+
+#[tokio::test]
+async fn a_replica_replays_the_primarys_writes() {
+    let (primary, mut db) = primary_with_row().await;
+
+    let replica = Postgres::start_replica(&primary, None).expect("start replica");
+    assert_ne!(replica.port(), primary.port());
+    assert_eq!(replica.user(), primary.user());
+    let standby = replica.connect().await.expect("connect replica");
+    let in_recovery: bool = standby
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("pg_is_in_recovery")
+        .get(0);
+    assert!(in_recovery, "the replica is a standby");
+    assert_eq!(value_on(&standby).await.as_deref(), Some("old"));
+
+    walbust_testkit::commit_transaction(&mut db, "UPDATE t SET v = 'new' WHERE id = 1")
+        .await
+        .expect("update");
+    let committed = walbust_testkit::current_wal_lsn(&db).await.expect("lsn");
+    let replayed = eventually(std::time::Duration::from_secs(10), || async {
+        let lsn = walbust_testkit::replay_lsn(&standby)
+            .await
+            .expect("replay lsn")?;
+        (lsn >= committed).then_some(lsn)
+    })
+    .await
+    .expect("the replica replays the update");
+    assert!(replayed >= committed);
+    assert_eq!(value_on(&standby).await.as_deref(), Some("new"));
+    assert_eq!(
+        walbust_testkit::replay_lsn(&db).await.expect("primary"),
+        None,
+        "a primary has no replay position"
+    );
+
+    // Stopped, it answers nothing; restarted, it catches up.
+    replica.stop().expect("stop replica");
+    assert!(!replica.is_running());
+    walbust_testkit::commit_transaction(&mut db, "UPDATE t SET v = 'newer' WHERE id = 1")
+        .await
+        .expect("update");
+    replica.restart().expect("restart replica");
+    let standby = replica.connect().await.expect("reconnect replica");
+    let seen = eventually(std::time::Duration::from_secs(10), || async {
+        value_on(&standby).await.filter(|v| v == "newer")
+    })
+    .await;
+    assert_eq!(seen.as_deref(), Some("newer"));
+}
+
+#[tokio::test]
+async fn a_delayed_replica_shows_the_old_row_first() {
+    let (primary, mut db) = primary_with_row().await;
+    let delay = std::time::Duration::from_millis(1500);
+    let replica = Postgres::start_replica(&primary, Some(delay)).expect("start replica");
+    let standby = replica.connect().await.expect("connect replica");
+    // The table's creation waits out the delay too.
+    eventually(std::time::Duration::from_secs(10), || value_on(&standby))
+        .await
+        .expect("the replica has the table");
+
+    let committed_at = Instant::now();
+    walbust_testkit::commit_transaction(&mut db, "UPDATE t SET v = 'new' WHERE id = 1")
+        .await
+        .expect("update");
+    assert_eq!(
+        value_on(&standby).await.as_deref(),
+        Some("old"),
+        "right after the commit the delayed replica still has the old row"
+    );
+    let seen = eventually(std::time::Duration::from_secs(10), || async {
+        value_on(&standby).await.filter(|v| v == "new")
+    })
+    .await;
+    assert_eq!(seen.as_deref(), Some("new"));
+    // recovery_min_apply_delay counts from the commit's timestamp on the
+    // primary, which is a little before `committed_at`.
+    assert!(
+        committed_at.elapsed() >= delay - std::time::Duration::from_millis(200),
+        "the new row showed after {:?}, before the delay",
+        committed_at.elapsed()
+    );
+}

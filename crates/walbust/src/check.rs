@@ -20,6 +20,7 @@
 //! | `warning:` | a table glob matches no table, or a table outside the publication |
 //! | `error:` | the role cannot open a replication connection (no `REPLICATION`, pg_hba.conf) |
 //! | `error:` | the gap marker in Redis says the slot is gone or the server is another one ([`crate::gap::find`]) and `source.on_gap` is `refuse` |
+//! | `error:` | a replica of `source.replicas` is unreachable or not a standby (`pg_is_in_recovery()` false); `ok:` lines show each replica's replay lag |
 //! | `error:` | the Redis user may not run a command walbust needs ([`crate::acl`]); `warning:` if one could not be verified |
 //! | `error:` | `sinks.redis.leases` or `watermark` on, and the Redis has no Functions (before 7) |
 //!
@@ -108,6 +109,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         Ok(_) => report.ok("the role may open a replication connection"),
         Err(e) => report.error(Chain(&e).to_string()),
     }
+    replica_checks(&client, &cfg, &mut report).await;
     let publication = source_checks(&client, &cfg, gap_refused, &mut report).await;
     // What the publication withholds from the rules, in the words `run`
     // refuses with.
@@ -261,6 +263,47 @@ async fn gap_marker(
         )),
     }
     cfg.source.on_gap == crate::config::OnGap::Refuse
+}
+
+/// Each of `source.replicas` must answer and be a standby; its replay lag
+/// is shown against the primary's current WAL position.
+async fn replica_checks(client: &Client, cfg: &Config, report: &mut Report) {
+    if cfg.source.replicas.is_empty() {
+        return;
+    }
+    let primary = client
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0')::int8", &[])
+        .await
+        .ok()
+        .map(|row| row.get::<_, i64>(0) as u64);
+    for (i, replica) in cfg.source.replicas.iter().enumerate() {
+        let name = replica.name();
+        let field = format!("source.replicas[{i}]");
+        match walbust_cdc::replicas::probe(&replica.url).await {
+            Ok(status) if !status.in_recovery => report.error(format!(
+                "replica {name} ({field}) is not a standby (pg_is_in_recovery() is false): list the read replicas applications read from, not the primary; every batch would wait source.replica_wait_max_ms for it"
+            )),
+            Ok(status) => {
+                let replayed = status.replay_lsn.unwrap_or(0);
+                let lag = match primary {
+                    Some(primary) => format!(
+                        "{} byte(s) behind the primary",
+                        primary.saturating_sub(replayed)
+                    ),
+                    None => "lag unknown".to_owned(),
+                };
+                report.ok(format!(
+                    "replica {name} is a reachable standby, replayed up to {} ({lag}); batches wait for it up to {} ms",
+                    walbust_pgoutput::format_lsn(replayed),
+                    cfg.source.replica_wait_max_ms
+                ));
+            }
+            Err(e) => report.error(format!(
+                "replica {name} ({field}): {}; batches would wait source.replica_wait_max_ms for it",
+                Chain(&e)
+            )),
+        }
+    }
 }
 
 /// Problems found so far, printed as they are found.

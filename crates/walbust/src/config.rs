@@ -119,6 +119,45 @@ pub struct SourceConfig {
     /// Extra keys, tags and patterns purged on a gap with `on_gap: purge`.
     #[serde(default)]
     pub gap_purge: GapPurge,
+    /// Read replicas applications read from: a batch is published only
+    /// once each has replayed its commits (see `walbust_cdc::replicas`).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaConfig>,
+    /// Longest a batch waits for the replicas; past it, it is published
+    /// anyway (counted in `walbust_replica_wait_timeouts_total`).
+    #[serde(default = "default_replica_wait_max_ms")]
+    pub replica_wait_max_ms: u64,
+}
+
+/// One entry of `source.replicas`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// `postgres://user:password@host:port/database` of the replica.
+    pub url: String,
+    /// The `replica` metric label and the name in logs; default
+    /// `host:port` of the URL.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+// By hand: the URL may hold a password.
+impl fmt::Debug for ReplicaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaConfig")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaConfig {
+    /// Its name: `name`, else `host:port` of the URL (never the password).
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            walbust_cdc::replicas::default_name(&self.url)
+                .unwrap_or_else(|| walbust_cdc::source::redact_url(&self.url))
+        })
+    }
 }
 
 /// `source.on_gap`.
@@ -153,6 +192,9 @@ impl GapPurge {
     }
 }
 
+fn default_replica_wait_max_ms() -> u64 {
+    millis(walbust_cdc::replicas::DEFAULT_WAIT_MAX)
+}
 fn default_status_interval_ms() -> u64 {
     DEFAULT_STATUS_INTERVAL_MS
 }
@@ -168,6 +210,8 @@ impl fmt::Debug for SourceConfig {
             .field("slot", &self.slot)
             .field("create", &self.create)
             .field("binary", &self.binary)
+            .field("replicas", &self.replicas)
+            .field("replica_wait_max_ms", &self.replica_wait_max_ms)
             .finish_non_exhaustive()
     }
 }
@@ -419,6 +463,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        self.validate_replicas(&invalid)?;
         if self.rules.as_os_str().is_empty() {
             return Err(invalid("rules", "must name the rules file".into()));
         }
@@ -463,6 +508,63 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// `source.replicas` and `source.replica_wait_max_ms`.
+    fn validate_replicas(
+        &self,
+        invalid: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let mut names: Vec<String> = Vec::new();
+        for (i, replica) in self.source.replicas.iter().enumerate() {
+            let field = |f: &str| format!("source.replicas[{i}].{f}");
+            let url = replica.url.trim();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    &field("url"),
+                    "not a postgres:// or postgresql:// URL".into(),
+                ));
+            }
+            walbust_cdc::ConnParams::from_url(url)
+                .map_err(|e| invalid(&field("url"), strip_field(&e.to_string())))?;
+            let name = replica.name();
+            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+                return Err(invalid(
+                    &field("name"),
+                    "must be 1 to 128 printable characters".into(),
+                ));
+            }
+            if names.contains(&name) {
+                return Err(invalid(
+                    &field("name"),
+                    format!("{name:?} names another replica too: give each a distinct name"),
+                ));
+            }
+            names.push(name);
+        }
+        if self.source.replica_wait_max_ms == 0 {
+            return Err(invalid(
+                "source.replica_wait_max_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The replicas as the gate takes them.
+    pub fn replica_specs(&self) -> Vec<walbust_cdc::ReplicaSpec> {
+        self.source
+            .replicas
+            .iter()
+            .map(|r| walbust_cdc::ReplicaSpec {
+                name: r.name(),
+                url: r.url.clone(),
+            })
+            .collect()
+    }
+
+    pub fn replica_wait_max(&self) -> Duration {
+        Duration::from_millis(self.source.replica_wait_max_ms)
     }
 
     pub fn status_interval(&self) -> Duration {
@@ -1108,6 +1210,56 @@ sinks: { discard: {} }
     }
 
     #[test]
+    fn replicas_are_read_named_and_validated() {
+        let with = |replicas: &str| {
+            GOOD.replace("  slot: walbust\n", &format!("  slot: walbust\n{replicas}"))
+        };
+        let cfg = Config::parse(GOOD, "walbust.yaml", env).unwrap();
+        assert!(cfg.source.replicas.is_empty());
+        assert_eq!(cfg.replica_wait_max(), Duration::from_secs(30));
+
+        let text = with(
+            "  replicas:\n    - url: postgres://app:${PGPASS}@replica-1:5433/shop\n    - {url: \"postgres://app@10.0.0.2/shop\", name: east}\n  replica_wait_max_ms: 1500\n",
+        );
+        let cfg = Config::parse(&text, "walbust.yaml", env).unwrap();
+        let specs = cfg.replica_specs();
+        assert_eq!(
+            specs[0].name, "replica-1:5433",
+            "host:port, never the password"
+        );
+        assert_eq!(specs[1].name, "east");
+        assert_eq!(cfg.replica_wait_max(), Duration::from_millis(1500));
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+
+        assert_eq!(
+            error_of(&with("  replicas: [{url: \"mysql://r/shop\"}]\n")),
+            "walbust.yaml: source.replicas[0].url: not a postgres:// or postgresql:// URL"
+        );
+        assert!(error_of(&with(
+            "  replicas: [{url: \"postgres://r/shop?sslmode=nope\"}]\n"
+        ))
+        .starts_with("walbust.yaml: source.replicas[0].url: "));
+        assert_eq!(
+            error_of(&with(
+                "  replicas: [{url: \"postgres://r:5432/a\"}, {url: \"postgres://u@r:5432/b\"}]\n"
+            )),
+            "walbust.yaml: source.replicas[1].name: \"r:5432\" names another replica too: give each a distinct name"
+        );
+        assert_eq!(
+            error_of(&with(
+                "  replicas: [{url: \"postgres://r/a\", name: \"\"}]\n"
+            )),
+            "walbust.yaml: source.replicas[0].name: must be 1 to 128 printable characters"
+        );
+        assert_eq!(
+            error_of(&with("  replica_wait_max_ms: 0\n")),
+            "walbust.yaml: source.replica_wait_max_ms: must be at least 1"
+        );
+        let msg = error_of(&with("  replicas: [{url: \"postgres://r/a\", nam: x}]\n"));
+        assert!(msg.contains("nam"), "{msg}");
+    }
+
+    #[test]
     fn slot_names_follow_postgres_rules() {
         let text = GOOD.replace("slot: walbust", "slot: Wal-Bust");
         assert!(error_of(&text).starts_with("walbust.yaml: source.slot: "));
@@ -1155,6 +1307,7 @@ sinks: { discard: {} }
         assert_eq!(s.binary, d.binary, "source.binary");
         assert_eq!(s.heartbeat_interval_ms, d.heartbeat_interval_ms);
         assert_eq!(s.on_gap, d.on_gap, "source.on_gap");
+        assert_eq!(s.replica_wait_max_ms, d.replica_wait_max_ms);
 
         let redis = readme.sinks.redis.as_ref().unwrap();
         let default = RedisSinkConfig::new(redis.url.clone());

@@ -92,6 +92,10 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         return Ok(());
     }
 
+    // One gate for the whole run: its pollers keep their connections across
+    // the restarts of the loop below.
+    let gate = replica_gate(&cfg);
+
     // A gap found while streaming (see `restart_after_gap`) sends walbust
     // round this loop once more, purging once the slot it resumes on exists.
     let mut purge_first = false;
@@ -118,13 +122,14 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         let PipelineHandle {
             feed,
             task: pipeline,
-        } = Pipeline::spawn_with_observer(
+        } = Pipeline::spawn_gated(
             walbust_publish::PipelineConfig {
                 slot: cfg.source.slot.clone(),
                 ..cfg.publish.pipeline()
             },
             sinks.clone(),
             hooks.observer.clone(),
+            gate.clone(),
         );
 
         let stream = walbust_cdc::StreamSpec {
@@ -185,6 +190,24 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         tracing::info!(slot = %cfg.source.slot, lsn = %walbust_pgoutput::format_lsn(confirmed_lsn), "stopped");
         return Ok(());
     }
+}
+
+/// The gate of `source.replicas`, none without replicas.
+fn replica_gate(cfg: &Config) -> Option<Arc<dyn walbust_flow::Gate>> {
+    let specs = cfg.replica_specs();
+    if specs.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = specs.iter().map(|r| r.name.as_str()).collect();
+    tracing::info!(
+        replicas = ?names,
+        max_wait_ms = cfg.source.replica_wait_max_ms,
+        "batches wait for the read replicas to replay them"
+    );
+    Some(Arc::new(walbust_cdc::ReplicaGate::start(
+        &specs,
+        cfg.replica_wait_max(),
+    )))
 }
 
 /// Checks the database, creating the publication and the slot when asked;

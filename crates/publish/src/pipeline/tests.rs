@@ -597,3 +597,83 @@ fn config_validation_names_fields() {
         ]
     );
 }
+
+/// A gate that opens as a watched position (a replica's replay position) passes each batch's
+/// `visible_from`, recording what it was asked.
+struct PositionGate {
+    replayed: watch::Receiver<u64>,
+    asked: Mutex<Vec<u64>>,
+}
+
+impl Gate for PositionGate {
+    fn wait(
+        &self,
+        visible_from: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.asked.lock().unwrap().push(visible_from);
+        let mut replayed = self.replayed.clone();
+        async move {
+            let _ = replayed.wait_for(|&at| at >= visible_from).await;
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gate_holds_batches_until_it_opens_while_the_next_batch_grows() {
+    let sink = MemorySink::new("mem");
+    let (replay, replayed) = watch::channel(0);
+    let gate = Arc::new(PositionGate {
+        replayed,
+        asked: Mutex::new(Vec::new()),
+    });
+    let (tx, confirmed, task) = parts(Pipeline::spawn_gated(
+        cfg(),
+        vec![sink.clone() as Arc<dyn Sink>],
+        None,
+        Some(gate.clone() as Arc<dyn Gate>),
+    ));
+
+    send_tx(&tx, 1, &["k1"]).await;
+    eventually("the first batch asked the gate", || {
+        gate.asked.lock().unwrap().len() == 1
+    })
+    .await;
+    send_tx(&tx, 2, &["k2"]).await;
+    // A transaction that invalidates nothing needs no gate to be acknowledged, but it waits
+    // for the batches before it.
+    tx.send(begin(3)).await.unwrap();
+    tx.send(commit(3)).await.unwrap();
+    settle().await;
+    assert_eq!(
+        sink.calls(),
+        0,
+        "nothing reaches the sink before the gate opens"
+    );
+    assert_eq!(*confirmed.borrow(), 0);
+    // Replayed up to the commit record's start: not yet past it.
+    replay.send_replace(lsn(1));
+    settle().await;
+    assert_eq!(sink.calls(), 0);
+
+    // Past the end of its commit record.
+    replay.send_replace(lsn(1) + 8);
+    eventually("the first batch published", || sink.calls() >= 1).await;
+    eventually("the second batch asked the gate", || {
+        gate.asked.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(sink.calls(), 1, "the second batch waits for its own commit");
+    assert_eq!(*confirmed.borrow(), lsn(1) + 8);
+
+    // The second batch completes transaction 3 too, so it waits for that commit.
+    replay.send_replace(lsn(3) + 8);
+    eventually("all confirmed", || *confirmed.borrow() == lsn(3) + 8).await;
+    assert_eq!(
+        *gate.asked.lock().unwrap(),
+        [lsn(1) + 8, lsn(3) + 8],
+        "asked with each batch's end, once per batch"
+    );
+    drop(tx);
+    task.await.unwrap().unwrap();
+}
