@@ -122,7 +122,7 @@ impl<C: LocalCache> Applier<C> {
     }
 
     /// Applies a decoded record: keys, tags, patterns (a match-all pattern clears the cache
-    /// instead), then raises the watermark.
+    /// instead), counts it, then raises the watermark.
     pub fn apply(&self, record: &Record) {
         let globs: Vec<Glob> = record.patterns.iter().map(|p| Glob::new(p)).collect();
         if globs.iter().any(Glob::is_match_all) {
@@ -139,8 +139,6 @@ impl<C: LocalCache> Applier<C> {
                 self.cache.invalidate_patterns(&globs);
             }
         }
-        self.watermark.advance(record.lsn);
-
         let keys = record.keys.len() as u64;
         self.stats.0.records_applied.fetch_add(1, Ordering::Relaxed);
         self.stats.0.keys_applied.fetch_add(keys, Ordering::Relaxed);
@@ -151,6 +149,8 @@ impl<C: LocalCache> Applier<C> {
             .increment(record.entries() as u64);
         // A gauge holds an f64: exact up to 2^53 bytes of WAL, far beyond any real server.
         gauge!(m::APPLIED_LSN, m::LABEL_TRANSPORT => transport).set(record.lsn.0 as f64);
+        // Last: a waiter woken by the watermark finds the record applied and counted.
+        self.watermark.advance(record.lsn);
     }
 
     /// Records may have been lost (`reason` says how, as a metric label): clears the cache, so

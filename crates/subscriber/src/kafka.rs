@@ -14,10 +14,12 @@
 //! Gaps: when the subscriber cannot prove that it applied every record of a partition, it clears
 //! the cache and counts `walbust_subscriber_gaps_total{transport="kafka",reason}`:
 //!
-//! - `offset_reset`: a (re)assigned partition starts past the group's committed offset (the
-//!   committed offset had left the log and `auto.offset.reset` moved on);
-//! - `offset_jump`: a partition's next record is past the one after the last applied (a seek or
-//!   a reset while assigned);
+//! - `offset_reset`: a (re)assigned partition does not start at the group's committed offset
+//!   (the committed offset had left the log, or the topic was recreated, and
+//!   `auto.offset.reset` moved elsewhere);
+//! - `offset_jump`: a partition's next record is not the one after the last applied (a reset
+//!   while assigned). Going back would only repeat records, but the reset that did it may
+//!   have skipped others before, so it counts too;
 //! - `no_position`: a partition this subscriber held before comes back without a committed
 //!   offset, or the committed offset could not be read.
 //!
@@ -173,7 +175,7 @@ impl<C: LocalCache> KafkaSubscriber<C> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(&next) = positions.next.get(partition) {
-                return (offset > next).then_some("offset_jump");
+                return (offset != next).then_some("offset_jump");
             }
             let fresh = positions.fresh.remove(partition);
             let held_before = !positions.held.insert(partition.clone());
@@ -184,7 +186,7 @@ impl<C: LocalCache> KafkaSubscriber<C> {
             return Some("no_position");
         }
         match self.committed(partition).await {
-            Some(Offset::Offset(committed)) => (offset > committed).then_some("offset_reset"),
+            Some(Offset::Offset(committed)) => (offset != committed).then_some("offset_reset"),
             Some(_) if !held_before => None,
             _ => Some("no_position"),
         }
