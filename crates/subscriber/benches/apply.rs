@@ -3,11 +3,12 @@
 //!
 //! The cache holds 100,000 entries, a tenth of them filed under one of 100 tags (100 each). Each record
 //! names 10 keys that are present (re-filled, untimed, before each record), and in the
-//! `keys_and_tag` case also one tag of about 100 entries. Criterion's elements are keys; records
-//! per second are a tenth of them.
+//! `keys_and_tag` case also one tag of 100 entries. Criterion's elements are keys; records per
+//! second are a tenth of them. A third case applies one pattern that matches nothing: the cost
+//! of walking 100,000 entries.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use walbust_subscriber::{Applier, MokaCache, Transport};
+use walbust_subscriber::{Applier, MokaCache, Record, Transport};
 
 const ENTRIES: u64 = 100_000;
 const KEYS_PER_RECORD: u64 = 10;
@@ -54,6 +55,11 @@ fn record(n: u64, with_tag: bool) -> (Vec<u8>, Vec<u64>) {
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("subscriber");
     group.throughput(Throughput::Elements(KEYS_PER_RECORD));
+    // Decoding alone, to tell it from the cache's share.
+    let (payload, _) = record(0, false);
+    group.bench_function("decode_10_keys", |b| {
+        b.iter(|| Record::parse(&payload).expect("a valid record"))
+    });
     for (name, with_tag) in [("apply_10_keys", false), ("apply_10_keys_and_tag", true)] {
         let cache = cache();
         let applier = Applier::new(cache.clone(), Transport::Custom);
@@ -86,6 +92,21 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    group.finish();
+
+    // A pattern walks the whole cache, as SCAN walks Redis: one element is one record here.
+    let mut group = c.benchmark_group("subscriber");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    let cache = cache();
+    let applier = Applier::new(cache.clone(), Transport::Custom);
+    group.bench_function("apply_pattern_100k_entries", |b| {
+        b.iter(|| {
+            applier
+                .apply_payload(br#"{"v":1,"lsn":"0/1","patterns":["search:\\*:*"]}"#)
+                .expect("a valid record")
+        })
+    });
     group.finish();
 }
 

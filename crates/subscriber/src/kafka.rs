@@ -57,7 +57,7 @@ struct Positions {
 }
 
 /// Keeps [`Positions`] up to date through rebalances.
-pub struct PositionContext {
+pub(crate) struct PositionContext {
     positions: Arc<Mutex<Positions>>,
 }
 

@@ -130,7 +130,7 @@ pub use apply::{Applier, Stats, Transport};
 pub use cache::LocalCache;
 pub use glob::Glob;
 #[cfg(feature = "kafka")]
-pub use kafka::{KafkaSubscriber, PositionContext};
+pub use kafka::KafkaSubscriber;
 pub use lsn::{Lsn, LsnParseError};
 #[cfg(feature = "moka")]
 pub use moka_cache::{MokaBuilder, MokaCache, Tagged};

@@ -1,6 +1,7 @@
 //! [`MokaCache`]: a [`moka::sync::Cache`] that walbust's records keep fresh.
 //!
-//! Keys and patterns act on moka's keys directly. Tags need a local index, since moka knows
+//! Keys and patterns act on moka's keys directly. A pattern walks every entry (one walk per
+//! record, whatever the number of patterns in it), as `SCAN` walks Redis: prefer tags. Tags need a local index, since moka knows
 //! nothing of them: the service declares an entry's tags when it inserts it
 //! ([`MokaCache::insert_tagged`]), and the index maps each tag to its entries.
 //!
