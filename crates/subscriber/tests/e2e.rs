@@ -334,6 +334,29 @@ async fn a_redis_restart_under_a_subscriber_clears_its_cache() {
     assert!(cache.get("product:2").is_some());
 }
 
+/// A connection that stops answering without closing (here: Redis pauses its clients) is as
+/// lost as a closed one: the unanswered `PING` ends it, and the resubscription clears.
+#[tokio::test]
+async fn a_redis_connection_that_stops_answering_counts_as_a_gap() {
+    let redis = walbust_testkit::Redis::start().expect("start Redis");
+    let cache = MokaCache::new(100);
+    let subscriber = RedisSubscriber::connect(&redis.url(), CHANNEL, cache.clone())
+        .await
+        .expect("subscribe")
+        .ping_interval(Duration::from_millis(200));
+    let stats = subscriber.applier().stats();
+    let _running = Running::watch(subscriber.applier())(tokio::spawn(subscriber.run()));
+    fill(&cache);
+    let mut admin = redis.connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1500", "ALL"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    wait_gaps(&stats, 1).await;
+    assert!(present(&cache).is_empty(), "{:?}", present(&cache));
+}
+
 async fn produce(kafka: &walbust_testkit::Kafka, records: &[String]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", kafka.bootstrap_servers())
