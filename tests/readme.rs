@@ -127,3 +127,54 @@ fn fenced_fills_document_every_function_and_setting() {
         );
     }
 }
+
+/// Functions and methods the README's Rust subscriber example calls that belong to other
+/// crates (rdkafka, tokio, std).
+const NOT_THE_SUBSCRIBERS: &[&str] = &["set", "clone", "spawn", "from_secs"];
+
+/// Every `name(` the snippet calls (after `.` or `::`).
+fn calls(code: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (i, _) in code.match_indices('(') {
+        let name: String = code[..i]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let before = &code[..i - name.len()];
+        if !name.is_empty() && (before.ends_with('.') || before.ends_with("::")) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The Rust example under "Subscribing" is not compiled; this keeps it from naming what the
+/// crate does not have (a renamed method, a removed type).
+#[test]
+fn the_rust_subscriber_example_calls_what_the_crate_defines() {
+    let example = block(&readme(), "### Rust", "rust");
+    let dir = repo().join("crates/subscriber/src");
+    let source: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+        .collect();
+    let called = calls(&example);
+    assert!(called.len() >= 8, "{called:?}");
+    for name in called {
+        if NOT_THE_SUBSCRIBERS.contains(&name.as_str()) {
+            continue;
+        }
+        assert!(
+            source.contains(&format!("fn {name}(")) || source.contains(&format!("fn {name}<")),
+            "the README's Rust example calls `{name}`, which crates/subscriber does not define"
+        );
+    }
+    for ty in ["MokaCache", "KafkaSubscriber", "RedisSubscriber"] {
+        assert!(example.contains(ty), "{ty}");
+        assert!(source.contains(&format!("pub struct {ty}")), "{ty}");
+    }
+}
