@@ -37,6 +37,7 @@ pub mod monitor;
 pub mod reader;
 pub mod relations;
 pub mod source;
+pub mod tls;
 pub mod window;
 
 pub use assemble::{ChangeEvent, ChangeTap};
@@ -44,3 +45,4 @@ pub use error::{SourceError, StreamError};
 pub use fence::OnAck;
 pub use reader::{OnStream, Reader, Stopped, StreamSpec};
 pub use source::{ConnParams, SlotState, SourceSpec};
+pub use tls::{SslMode, TlsSettings};
