@@ -366,3 +366,82 @@ async fn require_and_client_certificates_connect_and_disable_is_refused() {
         "{err}"
     );
 }
+
+/// A configuration with a plaintext Postgres and Redis over TLS at `url`,
+/// `tls` lines in `sinks.redis.tls`.
+fn redis_tls_config(svc: &Services, name: &str, url: &str, tls: &str) -> PathBuf {
+    std::fs::write(svc.dir.path().join("rules.yaml"), RULES).unwrap();
+    let mut text = source_yaml(&svc.pg.url(), "walbust", "", "rules.yaml");
+    text.push_str(&format!(
+        "sinks:\n  redis:\n    url: \"{url}\"\n    tls:\n{tls}"
+    ));
+    let path = svc.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_private_ca_and_client_certificates() {
+    let pki = Pki::new("DNS:localhost");
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE products (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (cert, key, ca) = (
+        pki.path("server.crt"),
+        pki.path("server.key"),
+        pki.path("ca.crt"),
+    );
+    let ca_line = format!("      ca_file: {}\n", ca.display());
+
+    let redis = walbust_testkit::Redis::start_tls(&cert, &key, &ca, &[]).unwrap();
+    let url = redis.tls_url().unwrap();
+    let config = redis_tls_config(&svc, "redis-ca", &url, &ca_line);
+    invalidates(&redis, &db, &config, 1).await;
+
+    let other = format!("      ca_file: {}\n", pki.path("other-ca.crt").display());
+    let config = redis_tls_config(&svc, "redis-unknown-ca", &url, &other);
+    let out = run_to_exit(&config).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+
+    // The server asks for a client certificate signed by the CA.
+    let redis = walbust_testkit::Redis::start_tls(&cert, &key, &ca, &["--tls-auth-clients", "yes"])
+        .unwrap();
+    let url = redis.tls_url().unwrap();
+    let client = format!(
+        "{ca_line}      cert_file: {}\n      key_file: {}\n",
+        pki.path("client.crt").display(),
+        pki.path("client.key").display()
+    );
+    let config = redis_tls_config(&svc, "redis-client-cert", &url, &client);
+    invalidates(&redis, &db, &config, 2).await;
+}
+
+/// walbust runs with `config` and removes the key of a new row `id` from
+/// `redis`.
+async fn invalidates(
+    redis: &walbust_testkit::Redis,
+    db: &tokio_postgres::Client,
+    config: &Path,
+    id: i32,
+) {
+    let mut conn = redis.connection().await.unwrap();
+    let key = format!("product:{id}");
+    set_keys(&mut conn, &[&key]).await;
+    let mut walbust = Walbust::start(config);
+    wait_streaming(db, &mut walbust).await;
+    db.execute("INSERT INTO products VALUES ($1)", &[&id])
+        .await
+        .unwrap();
+    assert_invalidated(&mut conn, &[&key], &[], "over TLS").await;
+    walbust.signal("TERM");
+    assert!(
+        walbust.wait(Duration::from_secs(30)).success(),
+        "{}",
+        walbust.log()
+    );
+}
