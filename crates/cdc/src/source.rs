@@ -1013,6 +1013,57 @@ mod tests {
     }
 
     #[test]
+    fn tls_parameters_are_taken_and_unknown_ones_refused_by_name() {
+        let p = ConnParams::from_url(
+            "postgres://app:pw@db:5433/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(p.tls.mode, SslMode::VerifyFull);
+        assert_eq!(
+            p.tls.root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            (p.host.as_str(), p.port, p.database.as_str()),
+            ("db", 5433, "shop")
+        );
+
+        let p = ConnParams::from_url(
+            "host=db user=app sslmode=require sslcert='/c d.pem' sslkey=/k.pem dbname=shop",
+        )
+        .unwrap();
+        assert_eq!(p.tls.mode, SslMode::Require);
+        assert_eq!(
+            p.tls.cert.as_deref(),
+            Some(std::path::Path::new("/c d.pem"))
+        );
+        assert_eq!((p.user.as_str(), p.database.as_str()), ("app", "shop"));
+
+        assert_eq!(
+            ConnParams::from_url("postgres://db/shop").unwrap().tls.mode,
+            SslMode::Prefer
+        );
+        for (url, expected) in [
+            (
+                "postgres://app:s3cret@db/shop?sslcompression=1",
+                "unknown parameter \"sslcompression\"",
+            ),
+            (
+                "postgres://app:s3cret@db/shop?sslmode=on",
+                "sslmode=on is not one of",
+            ),
+            (
+                "postgres://app:s3cret@db/shop?sslcert=/c.pem",
+                "sslcert and sslkey go together",
+            ),
+        ] {
+            let err = ConnParams::from_url(url).unwrap_err().to_string();
+            assert!(err.contains(expected), "{url}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
     fn database_defaults_to_user() {
         let p = ConnParams::from_url("postgresql://app@localhost").unwrap();
         assert_eq!(p.database, "app");
