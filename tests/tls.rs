@@ -122,8 +122,8 @@ impl Pki {
 }
 
 /// Services whose Postgres speaks TLS with `pki`'s server certificate and
-/// lets role `app` (password) and role `certuser` (client certificate) in
-/// over TLS only; the superuser keeps its plaintext line for the test.
+/// lets roles `app` (SCRAM), `md5user` (md5) and `certuser` (client
+/// certificate) in over TLS only; the superuser keeps its plaintext line for the test.
 async fn tls_services(pki: &Pki) -> (Services, tokio_postgres::Client) {
     let svc = Services::start();
     svc.pg
@@ -145,7 +145,9 @@ async fn tls_services(pki: &Pki) -> (Services, tokio_postgres::Client) {
     db.batch_execute(
         "CREATE TABLE products (id int PRIMARY KEY);
          CREATE ROLE app LOGIN SUPERUSER REPLICATION PASSWORD 'apppw';
-         CREATE ROLE certuser LOGIN SUPERUSER REPLICATION;",
+         CREATE ROLE certuser LOGIN SUPERUSER REPLICATION;
+         SET password_encryption = 'md5';
+         CREATE ROLE md5user LOGIN SUPERUSER REPLICATION PASSWORD 'md5pw';",
     )
     .await
     .unwrap();
@@ -158,7 +160,9 @@ async fn tls_services(pki: &Pki) -> (Services, tokio_postgres::Client) {
              hostssl all         app      127.0.0.1/32 scram-sha-256\n\
              hostssl replication app      127.0.0.1/32 scram-sha-256\n\
              hostssl all         certuser 127.0.0.1/32 cert\n\
-             hostssl replication certuser 127.0.0.1/32 cert\n"
+             hostssl replication certuser 127.0.0.1/32 cert\n\
+             hostssl all         md5user  127.0.0.1/32 md5\n\
+             hostssl replication md5user  127.0.0.1/32 md5\n"
         ))
         .unwrap();
     let db = svc.pg.connect().await.unwrap();
@@ -324,6 +328,14 @@ async fn require_and_client_certificates_connect_and_disable_is_refused() {
     );
     streams_over_tls(&svc, &db, &config, "app", 1).await;
 
+    // A role whose password is still stored as md5.
+    let config = write_config(
+        &svc,
+        "md5",
+        &url(&svc, "md5user:md5pw", "127.0.0.1", "sslmode=require"),
+    );
+    streams_over_tls(&svc, &db, &config, "md5user", 4).await;
+
     // The default (prefer) takes TLS when the server offers it.
     let config = write_config(&svc, "prefer", &url(&svc, "app:apppw", "127.0.0.1", ""));
     streams_over_tls(&svc, &db, &config, "app", 2).await;
@@ -419,6 +431,14 @@ async fn redis_over_tls_with_a_private_ca_and_client_certificates() {
     );
     let config = redis_tls_config(&svc, "redis-client-cert", &url, &client);
     invalidates(&redis, &db, &config, 2).await;
+
+    // Without one the server refuses walbust, for good.
+    let config = redis_tls_config(&svc, "redis-no-client-cert", &url, &ca_line);
+    let mut walbust = Walbust::start(&config);
+    let status = walbust.wait(Duration::from_secs(60));
+    let log = walbust.log();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("CertificateRequired"), "{log}");
 }
 
 /// walbust runs with `config` and removes the key of a new row `id` from
