@@ -441,6 +441,63 @@ async fn redis_over_tls_with_a_private_ca_and_client_certificates() {
     assert!(log.contains("CertificateRequired"), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_over_tls_with_a_private_ca() {
+    let pki = Pki::new("DNS:localhost,IP:127.0.0.1");
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE products (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let cluster = walbust_testkit::RedisCluster::start_tls(
+        3,
+        &pki.path("server.crt"),
+        &pki.path("server.key"),
+        &pki.path("ca.crt"),
+    )
+    .unwrap();
+    let url = cluster.tls_url().unwrap();
+    std::fs::write(svc.dir.path().join("rules.yaml"), RULES).unwrap();
+    let mut text = source_yaml(&svc.pg.url(), "walbust", "", "rules.yaml");
+    text.push_str(&format!(
+        "sinks:\n  redis:\n    url: \"{url}\"\n    cluster: true\n    tls:\n      ca_file: {}\n",
+        pki.path("ca.crt").display()
+    ));
+    let config = svc.dir.path().join("cluster.yaml");
+    std::fs::write(&config, text).unwrap();
+
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    // Keys on every node, set through the plain ports.
+    let mut redis = cluster.connection().await.unwrap();
+    for id in 1..=20 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("product:{id}"))
+            .arg("cached")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        db.execute("INSERT INTO products VALUES ($1)", &[&id])
+            .await
+            .unwrap();
+    }
+    let lsn = current_wal_lsn(&db).await;
+    wait_confirmed_past(&db, lsn).await;
+    let left: Vec<String> = cluster
+        .keys()
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.starts_with("product:"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    walbust.signal("TERM");
+    assert!(
+        walbust.wait(Duration::from_secs(30)).success(),
+        "{}",
+        walbust.log()
+    );
+}
+
 /// walbust runs with `config` and removes the key of a new row `id` from
 /// `redis`.
 async fn invalidates(
