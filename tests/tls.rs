@@ -259,6 +259,14 @@ async fn verify_full_streams_and_a_wrong_name_or_an_unknown_ca_is_refused() {
         ),
     );
     streams_over_tls(&svc, &db, &config, "app", 1).await;
+    let out = check_db(&config).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .contains("ok: the connection to Postgres is encrypted (TLSv1.3, sslmode=verify-full)"),
+        "{stdout}"
+    );
 
     // The certificate names localhost, not the address.
     let port = svc.pg.port();
