@@ -115,6 +115,10 @@ fn parse_url(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), SourceE
             tls.set(&key, &value).map_err(invalid)?;
         } else if URL_PARAMS.contains(&key.as_str()) {
             kept.push(raw);
+        } else if key == "sslpassword" {
+            return Err(invalid(
+                "sslpassword is not supported: give sslkey a key file without a passphrase, readable by walbust's user only".into(),
+            ));
         } else {
             return Err(invalid(format!(
                 "unknown parameter {key:?}: walbust supports {} and {}",
