@@ -485,11 +485,11 @@ async fn a_redis_cluster_over_tls_with_a_private_ca() {
             .query_async(&mut redis)
             .await
             .unwrap();
-        db.execute("INSERT INTO products VALUES ($1)", &[&id])
-            .await
-            .unwrap();
     }
     let lsn = current_wal_lsn(&db).await;
+    db.execute("INSERT INTO products SELECT generate_series(1, 20)", &[])
+        .await
+        .unwrap();
     wait_confirmed_past(&db, lsn).await;
     let left: Vec<String> = cluster
         .keys()
