@@ -22,6 +22,8 @@ walbust_install_missing() {
     if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
         missing+=(libssl-dev)
     fi
+    # tests/tls.rs makes its CA and certificates with the openssl command.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     # The suite checks deploy/walbust.service with systemd-analyze.
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     # ... deploy/*.yaml with yamllint, and the alerts with promtool (Debian

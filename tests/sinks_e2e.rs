@@ -976,11 +976,7 @@ async fn redis_cluster_keys_tags_and_patterns_are_invalidated_on_every_primary()
     let mut walbust = Walbust::start(&config);
     wait_streaming(&db, &mut walbust).await;
 
-    let mut redis = redis::cluster::ClusterClient::new(vec![cluster.url()])
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap();
+    let mut redis = cluster.connection().await.unwrap();
     let mut gone: Vec<String> = Vec::new();
     for id in 1..=ROWS {
         gone.push(format!("product:{id}"));

@@ -12,6 +12,13 @@ use tokio_postgres::error::SqlState;
 pub enum SourceError {
     #[error("source.url: {reason}")]
     Url { reason: String },
+    #[error("TLS to Postgres at {host} failed (sslmode={sslmode}): {reason}")]
+    Tls {
+        /// `host:port`.
+        host: String,
+        sslmode: crate::tls::SslMode,
+        reason: String,
+    },
     #[error("cannot connect to Postgres")]
     Connect {
         #[source]
@@ -172,6 +179,7 @@ impl SourceError {
     pub fn reason(&self) -> &'static str {
         match self {
             SourceError::Url { .. } => "config",
+            SourceError::Tls { .. } => "tls",
             SourceError::Connect { .. } | SourceError::Query { .. } => "database",
             SourceError::WalLevel { .. } => "wal_level",
             SourceError::PublicationMissing { .. }

@@ -41,6 +41,7 @@ pub mod reader;
 pub mod relations;
 pub mod replicas;
 pub mod source;
+pub mod tls;
 pub mod window;
 
 pub use assemble::{ChangeEvent, ChangeTap};
@@ -49,3 +50,4 @@ pub use fence::OnAck;
 pub use reader::{OnStream, Reader, Stopped, StreamSpec};
 pub use replicas::{ReplicaGate, ReplicaSpec};
 pub use source::{ConnParams, SlotState, SourceSpec};
+pub use tls::{SslMode, TlsSettings};

@@ -25,9 +25,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgwire_replication::{
-    FeedbackObserver, Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
-};
+use pgwire_replication::{FeedbackObserver, Lsn, ReplicationClient, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 use walbust_flow::health::Stream as StreamHealth;
 use walbust_flow::{health, Backoff, Chain, Feed, Item, TrySend};
@@ -463,31 +461,26 @@ impl Session {
                     .await?;
             self.asm.relations_mut().set_type_renderings(types);
         }
-        let cfg = ReplicationConfig::new(
-            self.spec.conn.host.clone(),
-            self.spec.conn.user.clone(),
-            self.spec.conn.password.clone(),
-            self.spec.conn.database.clone(),
-            self.spec.slot.clone(),
-            self.spec.publication.clone(),
-        )
-        .with_port(self.spec.conn.port)
-        .with_tls(TlsConfig::disabled())
-        .with_status_interval(self.spec.status_interval)
-        .with_wakeup_interval(Duration::from_secs(10))
-        .with_application_name(self.spec.application_name.clone())
-        .with_binary(self.spec.binary)
-        // Pins how values print, in both modes: keys do not depend on the
-        // server's or the database's TimeZone, DateStyle, IntervalStyle,
-        // bytea_output..., and binary rendering can match text output
-        // exactly.
-        .with_options(crate::binary::session_options())
-        // Keeps `feedback_pending_since` tracked, which shutdown uses to
-        // know that the last acknowledgement reached the server.
-        .with_feedback_observer(FeedbackObserver::new(|sent| {
-            metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
-        }));
-        let replication = |source| StreamError::Replication { source };
+        let cfg = self
+            .spec
+            .conn
+            .replication_config(&self.spec.slot, &self.spec.publication)
+            .with_status_interval(self.spec.status_interval)
+            .with_wakeup_interval(Duration::from_secs(10))
+            .with_application_name(self.spec.application_name.clone())
+            .with_binary(self.spec.binary)
+            // Pins how values print, in both modes: keys do not depend on the
+            // server's or the database's TimeZone, DateStyle, IntervalStyle,
+            // bytea_output..., and binary rendering can match text output
+            // exactly.
+            .with_options(crate::binary::session_options())
+            // Keeps `feedback_pending_since` tracked, which shutdown uses to
+            // know that the last acknowledgement reached the server.
+            .with_feedback_observer(FeedbackObserver::new(|sent| {
+                metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
+            }));
+        let conn = &self.spec.conn;
+        let replication = |source| conn.replication_error(source);
         let mut client = if self.spec.temporary_slot {
             let mut client = ReplicationClient::connect_gated(cfg)
                 .await

@@ -40,7 +40,7 @@ use metrics::{counter, gauge, histogram};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use walbust_flow::{Backoff, Chain};
 
 use crate::metrics as m;
@@ -104,7 +104,7 @@ pub struct ReplicaStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
     #[error("cannot connect to the replica")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] crate::SourceError),
     #[error("could not read the replica's replay position")]
     Query(#[source] tokio_postgres::Error),
     #[error("the replica did not answer within {} s", .0.as_secs())]
@@ -125,18 +125,12 @@ pub async fn probe(url: &str) -> Result<ReplicaStatus, ReplicaError> {
     })
 }
 
+/// Connects as every SQL connection does, with the TLS settings of the URL.
 async fn connect(url: &str) -> Result<Client, ReplicaError> {
-    let connecting = tokio_postgres::connect(url, NoTls);
-    let (client, connection) = tokio::time::timeout(IO_TIMEOUT, connecting)
+    tokio::time::timeout(IO_TIMEOUT, crate::source::connect(url))
         .await
         .map_err(|_| ReplicaError::Timeout(IO_TIMEOUT))?
-        .map_err(ReplicaError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %Chain(&e), "replica connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(ReplicaError::Connect)
 }
 
 /// Holds batches until every replica replayed them, within a bound; see the module docs.

@@ -14,11 +14,13 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
+use pgwire_replication::{PgWireError, ReplicationConfig};
 use tokio_postgres::{Client, NoTls};
 use walbust_rules::{Op, RuleSet, TableName};
 
 use crate::catalog::{Publication, TableInfo, TableKind};
-use crate::error::SourceError;
+use crate::error::{SourceError, StreamError};
+use crate::tls::{SslMode, TlsSettings, TLS_PARAMS};
 
 /// Where and what to stream: the `source` section of the configuration.
 /// Its `Debug` shows the URL without its password.
@@ -54,6 +56,8 @@ pub struct ConnParams {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`.
+    pub tls: TlsSettings,
 }
 
 impl fmt::Debug for ConnParams {
@@ -64,17 +68,156 @@ impl fmt::Debug for ConnParams {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("database", &self.database)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
+    }
+}
+
+/// URL parameters walbust passes on to the SQL connections besides the
+/// TLS ones; anything else is refused, since a setting walbust ignored
+/// (or applied to one connection only) would be a silent surprise.
+const URL_PARAMS: [&str; 10] = [
+    "host",
+    "port",
+    "user",
+    "password",
+    "dbname",
+    "application_name",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "target_session_attrs",
+];
+
+/// Splits `url` into what tokio-postgres parses and the TLS settings, which
+/// it does not know; refuses parameters walbust does not support.
+fn parse_url(url: &str) -> Result<(tokio_postgres::Config, TlsSettings), SourceError> {
+    let invalid = |reason: String| SourceError::Url { reason };
+    let mut tls = TlsSettings::default();
+    let mut rest = String::with_capacity(url.len());
+    let params: Vec<(String, String, &str)> = if url.contains("://") {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        rest.push_str(base);
+        query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (percent_decode(k), percent_decode(v), p)
+            })
+            .collect()
+    } else {
+        key_value_pairs(url)
+    };
+    let mut kept = Vec::new();
+    for (key, value, raw) in params {
+        if TLS_PARAMS.contains(&key.as_str()) {
+            tls.set(&key, &value).map_err(invalid)?;
+        } else if URL_PARAMS.contains(&key.as_str()) {
+            kept.push(raw);
+        } else if key == "sslpassword" {
+            return Err(invalid(
+                "sslpassword is not supported: give sslkey a key file without a passphrase, readable by walbust's user only".into(),
+            ));
+        } else {
+            return Err(invalid(format!(
+                "unknown parameter {key:?}: walbust supports {} and {}",
+                URL_PARAMS.join(", "),
+                TLS_PARAMS.join(", ")
+            )));
+        }
+    }
+    tls.validate().map_err(invalid)?;
+    if url.contains("://") {
+        if !kept.is_empty() {
+            rest.push('?');
+            rest.push_str(&kept.join("&"));
+        }
+    } else {
+        rest = kept.join(" ");
+    }
+    let mut cfg = tokio_postgres::Config::from_str(&rest).map_err(|e| SourceError::Url {
+        reason: e.to_string(),
+    })?;
+    cfg.ssl_mode(match tls.effective_mode() {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    Ok((cfg, tls))
+}
+
+/// `%XX` escapes of a URL query component, decoded (`+` is kept, as
+/// libpq does).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `key=value` pairs of a libpq connection string, each with its text
+/// as written; values may be single-quoted with backslash escapes.
+fn key_value_pairs(text: &str) -> Vec<(String, String, &str)> {
+    let mut pairs = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    loop {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        let Some(&(start, _)) = chars.peek() else {
+            return pairs;
+        };
+        let mut key = String::new();
+        while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars
+            .next_if(|(_, c)| c.is_whitespace() || *c == '=')
+            .is_some()
+        {}
+        let mut value = String::new();
+        let quoted = chars.next_if(|(_, c)| *c == '\'').is_some();
+        let mut end = text.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                '\'' if quoted => {
+                    end = i + 1;
+                    break;
+                }
+                c if c.is_whitespace() && !quoted => {
+                    end = i;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        pairs.push((key, value, &text[start..end]));
     }
 }
 
 impl ConnParams {
     /// Parses a `postgres://` or `postgresql://` URL (also libpq key=value
-    /// strings, which tokio-postgres accepts).
+    /// strings, which tokio-postgres accepts), with the TLS parameters of
+    /// [`TlsSettings`]. Parameters walbust does not support are refused by
+    /// name.
     pub fn from_url(url: &str) -> Result<ConnParams, SourceError> {
-        let cfg = tokio_postgres::Config::from_str(url).map_err(|e| SourceError::Url {
-            reason: e.to_string(),
-        })?;
+        let (cfg, tls) = parse_url(url)?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -93,7 +236,36 @@ impl ConnParams {
             user,
             password,
             database,
+            tls,
         })
+    }
+
+    /// A replication connection to these parameters (TLS included) for
+    /// `slot` and `publication`.
+    pub fn replication_config(&self, slot: &str, publication: &str) -> ReplicationConfig {
+        ReplicationConfig::new(
+            self.host.clone(),
+            self.user.clone(),
+            self.password.clone(),
+            self.database.clone(),
+            slot.to_owned(),
+            publication.to_owned(),
+        )
+        .with_port(self.port)
+        .with_tls(self.tls.replication(&self.host))
+    }
+
+    /// A failure of the replication connection: a TLS failure is named
+    /// with the host and sslmode, and is definite, like on SQL connections.
+    pub fn replication_error(&self, source: PgWireError) -> StreamError {
+        match source {
+            PgWireError::Tls(reason) => StreamError::Source(SourceError::Tls {
+                host: format!("{}:{}", self.host, self.port),
+                sslmode: self.tls.effective_mode(),
+                reason,
+            }),
+            source => StreamError::Replication { source },
+        }
     }
 }
 
@@ -136,14 +308,85 @@ pub struct SlotState {
 }
 
 /// Opens an ordinary SQL connection to the source and drives it in the
-/// background.
+/// background, with the TLS settings of the URL.
 pub async fn connect(url: &str) -> Result<Client, SourceError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| SourceError::Connect { source: e })?;
+    open(url, None).await
+}
+
+/// Like [`connect`], and the server's notices (`RAISE NOTICE`) arrive on the
+/// receiver, in order, before the statement that raised them returns.
+pub async fn connect_with_notices(
+    url: &str,
+) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), SourceError> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    Ok((open(url, Some(tx)).await?, rx))
+}
+
+async fn open(
+    url: &str,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<Client, SourceError> {
+    let (cfg, tls) = parse_url(url)?;
+    let host = || {
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        format!(
+            "{host}:{}",
+            cfg.get_ports().first().copied().unwrap_or(5432)
+        )
+    };
+    let tls_error = |reason: String| SourceError::Tls {
+        host: host(),
+        sslmode: tls.effective_mode(),
+        reason,
+    };
+    let connected = match tls.client_config().map_err(tls_error)? {
+        None => spawn_connection(&cfg, NoTls, notices).await,
+        Some(config) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+            spawn_connection(&cfg, tls, notices).await
+        }
+    };
+    connected.map_err(|e| {
+        // tokio-postgres tells a TLS failure only by its kind's message.
+        if e.to_string() == "error performing TLS handshake" {
+            let reason = std::error::Error::source(&e)
+                .map_or_else(|| "TLS handshake failed".to_owned(), |s| s.to_string());
+            return tls_error(reason);
+        }
+        SourceError::Connect { source: e }
+    })
+}
+
+async fn spawn_connection<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Send,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, mut connection) = cfg.connect(tls).await?;
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %walbust_flow::Chain(&e), "control connection closed");
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                    if let Some(tx) = &notices {
+                        let _ = tx.send(notice.message().to_owned());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %walbust_flow::Chain(&e), "control connection closed");
+                    break;
+                }
+            }
         }
     });
     Ok(client)
@@ -770,6 +1013,57 @@ mod tests {
             ),
         ] {
             assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn tls_parameters_are_taken_and_unknown_ones_refused_by_name() {
+        let p = ConnParams::from_url(
+            "postgres://app:pw@db:5433/shop?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(p.tls.mode, SslMode::VerifyFull);
+        assert_eq!(
+            p.tls.root_cert.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            (p.host.as_str(), p.port, p.database.as_str()),
+            ("db", 5433, "shop")
+        );
+
+        let p = ConnParams::from_url(
+            "host=db user=app sslmode=require sslcert='/c d.pem' sslkey=/k.pem dbname=shop",
+        )
+        .unwrap();
+        assert_eq!(p.tls.mode, SslMode::Require);
+        assert_eq!(
+            p.tls.cert.as_deref(),
+            Some(std::path::Path::new("/c d.pem"))
+        );
+        assert_eq!((p.user.as_str(), p.database.as_str()), ("app", "shop"));
+
+        assert_eq!(
+            ConnParams::from_url("postgres://db/shop").unwrap().tls.mode,
+            SslMode::Prefer
+        );
+        for (url, expected) in [
+            (
+                "postgres://app:s3cret@db/shop?sslcompression=1",
+                "unknown parameter \"sslcompression\"",
+            ),
+            (
+                "postgres://app:s3cret@db/shop?sslmode=on",
+                "sslmode=on is not one of",
+            ),
+            (
+                "postgres://app:s3cret@db/shop?sslcert=/c.pem",
+                "sslcert and sslkey go together",
+            ),
+        ] {
+            let err = ConnParams::from_url(url).unwrap_err().to_string();
+            assert!(err.contains(expected), "{url}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
         }
     }
 

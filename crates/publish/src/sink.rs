@@ -68,7 +68,9 @@ pub enum SinkErrorKind {
     Config,
     /// The server refused walbust's credentials (a wrong password) or its permissions (a Redis
     /// ACL that does not allow a command, key or channel walbust needs). Not retriable: someone
-    /// must change the credentials or the ACL, so walbust stops as for any definite error.
+    /// must change the credentials or the ACL, so walbust stops as for any definite error. A
+    /// certificate refused in the TLS handshake (the server's is not trusted, or the server
+    /// refused walbust's) is one too.
     Denied,
     /// A single entry cannot fit the sink's size limit. Not retriable.
     TooLarge,

@@ -283,6 +283,36 @@ impl Postgres {
         self.restart()
     }
 
+    /// Writes `files` (name in PGDATA, contents) readable by the server's
+    /// user only (mode 0600, owned by it: Postgres refuses a private key
+    /// anyone else can read), appends `settings` to testkit's settings and
+    /// restarts the server. For TLS: the certificate, key and CA files,
+    /// then `ssl = on` and `ssl_cert_file = 'server.crt'` (relative to
+    /// PGDATA).
+    pub fn configure(
+        &self,
+        files: &[(&str, &str)],
+        settings: &[(&str, &str)],
+    ) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, contents) in files {
+            let path = self.data_dir.join(name);
+            fs::write(&path, contents)
+                .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
+                .map_err(|e| Error::io(format!("could not write {}", path.display()), e))?;
+            if let Some(run_as) = self.run_as {
+                run_as.chown(&path)?;
+            }
+        }
+        let conf = self.data_dir.join(CONF_FILE);
+        let mut text = fs::read_to_string(&conf)
+            .map_err(|e| Error::io(format!("could not read {}", conf.display()), e))?;
+        text.push_str(&render_settings(settings)?);
+        fs::write(&conf, text)
+            .map_err(|e| Error::io(format!("could not write {}", conf.display()), e))?;
+        self.restart()
+    }
+
     /// Connects as the superuser over TCP (SCRAM). The connection task is
     /// spawned on the current Tokio runtime, so this must run inside one.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, Error> {

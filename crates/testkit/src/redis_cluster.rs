@@ -24,6 +24,34 @@ impl RedisCluster {
     /// the slots, and waits until every node reports `cluster_state:ok`, so
     /// clients can rely on the slot map at once.
     pub fn start(primaries: usize) -> Result<RedisCluster, Error> {
+        Self::start_nodes(primaries, Redis::start_with)
+    }
+
+    /// Like [`RedisCluster::start`], every node also listening for TLS (see
+    /// [`Redis::start_tls`]) and the nodes talking TLS among themselves, so a
+    /// TLS client is told the nodes' TLS ports. The certificate must name
+    /// `127.0.0.1`, the address the nodes announce.
+    pub fn start_tls(
+        primaries: usize,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Result<RedisCluster, Error> {
+        Self::start_nodes(primaries, |args| {
+            let args = [args, &["--tls-cluster", "yes"]].concat();
+            Redis::start_tls(cert, key, ca, &args)
+        })
+    }
+
+    /// `rediss://localhost:PORT` of the first node, with [`RedisCluster::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.nodes[0].tls_url()
+    }
+
+    fn start_nodes(
+        primaries: usize,
+        start: impl Fn(&[&str]) -> Result<Redis, Error>,
+    ) -> Result<RedisCluster, Error> {
         let cli = process::find_on_path(CLI).ok_or_else(|| Error::MissingBinary {
             name: CLI.to_owned(),
             searched: "on PATH".to_owned(),
@@ -31,7 +59,7 @@ impl RedisCluster {
         })?;
         let nodes = (0..primaries)
             .map(|_| {
-                Redis::start_with(&[
+                start(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -55,6 +83,25 @@ impl RedisCluster {
     /// The first node's URL; cluster clients discover the others from it.
     pub fn url(&self) -> String {
         self.nodes[0].url()
+    }
+
+    /// An async cluster connection through the plain ports, routing each
+    /// command to its key's node (needs a Tokio runtime).
+    pub async fn connection(&self) -> Result<redis::cluster_async::ClusterConnection, Error> {
+        let context = || format!("could not connect to the Redis Cluster at {}", self.url());
+        let client = redis::cluster::ClusterClient::new(vec![self.url()]).map_err(|source| {
+            Error::Redis {
+                context: context(),
+                source,
+            }
+        })?;
+        client
+            .get_async_connection()
+            .await
+            .map_err(|source| Error::Redis {
+                context: context(),
+                source,
+            })
     }
 
     /// The nodes, in start order.

@@ -36,6 +36,8 @@ pub struct Redis {
     pid_file: PathBuf,
     /// Extra `redis-server` arguments, after (so overriding) our defaults.
     extra_args: Vec<String>,
+    /// The TLS port of [`Redis::start_tls`].
+    tls_port: Option<u16>,
     child: Mutex<Option<Child>>,
     dir: TempDir,
 }
@@ -85,6 +87,7 @@ impl Redis {
             log_file: dir.path().join("redis.log"),
             pid_file,
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+            tls_port: None,
             child: Mutex::new(None),
             dir,
         };
@@ -114,6 +117,41 @@ impl Redis {
             "FCALL",
             "",
         ])
+    }
+
+    /// Like [`Redis::start_with`], also listening for TLS on another port with the
+    /// certificate `cert` and key `key` (PEM files), clients checked against the CA `ca`
+    /// when `args` hold `--tls-auth-clients yes` (the default is `no`). The plain port stays
+    /// open for the test's own connections ([`Redis::connection`]).
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path, args: &[&str]) -> Result<Redis, Error> {
+        let port = process::free_port().to_string();
+        let (cert, key, ca) = (
+            cert.display().to_string(),
+            key.display().to_string(),
+            ca.display().to_string(),
+        );
+        let mut all = vec![
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        all.extend_from_slice(args);
+        let mut redis = Self::start_with(&all)?;
+        redis.tls_port = port.parse().ok();
+        Ok(redis)
+    }
+
+    /// `rediss://localhost:PORT`, the TLS port of [`Redis::start_tls`] (`None` without it).
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("rediss://localhost:{port}"))
     }
 
     /// The TCP port (kept across `stop`/`restart`).

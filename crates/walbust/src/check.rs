@@ -103,6 +103,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
             return report.finish();
         }
     };
+    encryption(&client, &cfg, &mut report).await;
     // `run` opens one before anything else; a role without REPLICATION, or
     // a pg_hba.conf without a line for it, fails here.
     match crate::gap::system_identifier(&cfg).await {
@@ -303,6 +304,34 @@ async fn replica_checks(client: &Client, cfg: &Config, report: &mut Report) {
                 Chain(&e)
             )),
         }
+    }
+}
+
+/// Whether the SQL connection to Postgres is encrypted, as the server sees
+/// it: under the default `sslmode=prefer` a server without TLS is reached
+/// in plaintext, which deserves a word.
+async fn encryption(client: &Client, cfg: &Config, report: &mut Report) {
+    let sslmode = walbust_cdc::ConnParams::from_url(&cfg.source.url)
+        .map(|c| c.tls.effective_mode().as_str())
+        .unwrap_or("prefer");
+    let row = client
+        .query_opt(
+            "SELECT ssl, coalesce(version, '') FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(Some(row)) if row.get::<_, bool>(0) => report.ok(format!(
+            "the connection to Postgres is encrypted ({}, sslmode={sslmode})",
+            row.get::<_, String>(1)
+        )),
+        Ok(_) => report.note(format!(
+            "the connection to Postgres is not encrypted (sslmode={sslmode}): set sslmode=verify-full and sslrootcert in source.url (README, \"Security\")"
+        )),
+        Err(e) => report.note(format!(
+            "could not tell whether the connection to Postgres is encrypted: {}",
+            Chain(&e)
+        )),
     }
 }
 

@@ -34,7 +34,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use serde::{Deserialize, Serialize};
 use walbust_publish::{Batch, Sink};
 use walbust_rules::RuleSet;
@@ -613,9 +613,9 @@ async fn redis_connection(
 /// Opening it proves the role may replicate, so its failures are
 /// classified like the stream's own ([`StreamError::is_transient`]).
 pub async fn system_identifier(cfg: &Config) -> Result<String, StreamError> {
-    let rc = identify_config(cfg)?;
-    let replication = |source| StreamError::Replication { source };
-    let mut client = ReplicationClient::connect_gated(rc)
+    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url).map_err(StreamError::Source)?;
+    let replication = |source| conn.replication_error(source);
+    let mut client = ReplicationClient::connect_gated(identify_config(cfg, &conn))
         .await
         .map_err(replication)?;
     let system = client.identify_system().await.map_err(replication)?;
@@ -625,19 +625,9 @@ pub async fn system_identifier(cfg: &Config) -> Result<String, StreamError> {
 
 /// The replication connection of [`system_identifier`], named like the
 /// stream's in `pg_stat_replication`.
-fn identify_config(cfg: &Config) -> Result<ReplicationConfig, StreamError> {
-    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url).map_err(StreamError::Source)?;
-    Ok(ReplicationConfig::new(
-        conn.host,
-        conn.user,
-        conn.password,
-        conn.database,
-        cfg.source.slot.clone(),
-        cfg.source.publication.clone(),
-    )
-    .with_port(conn.port)
-    .with_application_name(cfg.source.application_name.clone())
-    .with_tls(TlsConfig::disabled()))
+fn identify_config(cfg: &Config, conn: &walbust_cdc::ConnParams) -> ReplicationConfig {
+    conn.replication_config(&cfg.source.slot, &cfg.source.publication)
+        .with_application_name(cfg.source.application_name.clone())
 }
 
 #[cfg(test)]
@@ -652,7 +642,8 @@ mod tests {
             |_| None,
         )
         .unwrap();
-        let rc = identify_config(&cfg).unwrap();
+        let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url).unwrap();
+        let rc = identify_config(&cfg, &conn);
         assert_eq!(rc.application_name.as_deref(), Some("shop-walbust"));
     }
 

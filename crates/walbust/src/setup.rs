@@ -35,7 +35,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use walbust_cdc::source::{quote_ident, redact_url};
 use walbust_cdc::ConnParams;
 use walbust_rules::{Op, RuleInfo, RuleSet, TableName};
@@ -568,7 +568,7 @@ fn text_array(items: &[&str]) -> String {
 /// notices as it goes.
 async fn apply(url: &str, target: &Target, script: &str) -> anyhow::Result<()> {
     let shown = redact_url(url);
-    let (client, mut notices) = connect(url)
+    let (client, mut notices) = walbust_cdc::source::connect_with_notices(url)
         .await
         .with_context(|| format!("connecting to {shown}"))?;
     let row = client
@@ -624,30 +624,6 @@ fn print_done(done: &[String]) {
     for what in done {
         println!("done: {what}");
     }
-}
-
-/// A connection whose notices (`RAISE NOTICE`) arrive on the receiver, in
-/// order, before the statement that raised them returns.
-async fn connect(
-    url: &str,
-) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            match message {
-                Ok(AsyncMessage::Notice(notice)) => {
-                    let _ = tx.send(notice.message().to_owned());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %walbust_flow::Chain(&e), "admin connection closed");
-                    break;
-                }
-            }
-        }
-    });
-    Ok((client, rx))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Configuration of the Redis sink.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use redis::IntoConnectionInfo;
@@ -93,6 +94,29 @@ pub struct RedisSinkConfig {
     /// for read-your-writes (`walbust_caught_up`). Loads the library as [`Self::leases`] does.
     #[serde(default)]
     pub watermark: bool,
+    /// Certificates of a `rediss://` connection: a private CA, a client certificate.
+    #[serde(default)]
+    pub tls: Option<RedisTlsConfig>,
+}
+
+/// TLS settings of a `rediss://` URL (`sinks.redis.tls`), for one Redis and every node of a
+/// cluster alike. Without them, the server's certificate must chain to a public web PKI root.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTlsConfig {
+    /// PEM file of the CA certificates trusted for the server, instead of the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain), for `tls-auth-clients yes`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Accepts any server certificate: encrypted, but open to anyone in the middle. For tests
+    /// only; walbust warns each time it connects so.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 fn default_unlink_chunk() -> usize {
@@ -127,6 +151,7 @@ impl fmt::Debug for RedisSinkConfig {
             .field("leases", &self.leases)
             .field("lease_ttl_ms", &self.lease_ttl_ms)
             .field("watermark", &self.watermark)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -147,6 +172,7 @@ impl RedisSinkConfig {
             leases: false,
             lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
             watermark: false,
+            tls: None,
         }
     }
 
@@ -202,6 +228,18 @@ impl RedisSinkConfig {
             errors.push(
                 "url",
                 "a Redis Cluster is reached over TCP: use redis:// or rediss://",
+            );
+        }
+        if let Some(tls) = &self.tls {
+            errors.check(
+                self.url.starts_with("rediss://"),
+                "tls",
+                "applies to TLS connections: use a rediss:// URL",
+            );
+            errors.check(
+                tls.cert_file.is_some() == tls.key_file.is_some(),
+                "tls",
+                "cert_file and key_file go together: give both or neither",
             );
         }
         errors.check(self.unlink_chunk > 0, "unlink_chunk", "must be at least 1");
@@ -322,6 +360,28 @@ mod tests {
             messages(&cfg),
             ["sinks.redis.url: a Redis Cluster is reached over TCP: use redis:// or rediss://"]
         );
+    }
+
+    #[test]
+    fn tls_settings_need_a_tls_url_and_a_whole_client_certificate() {
+        let mut cfg: RedisSinkConfig = serde_json::from_str(
+            r#"{"url":"redis://h","tls":{"ca_file":"/ca.pem","cert_file":"/c.pem"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            messages(&cfg),
+            [
+                "sinks.redis.tls: applies to TLS connections: use a rediss:// URL",
+                "sinks.redis.tls: cert_file and key_file go together: give both or neither",
+            ]
+        );
+        cfg.url = "rediss://h".into();
+        cfg.tls.as_mut().unwrap().key_file = Some("/k.pem".into());
+        assert_eq!(cfg.validate(), Ok(()));
+        let err =
+            serde_json::from_str::<RedisSinkConfig>(r#"{"url":"rediss://h","tls":{"ca":"x"}}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown field `ca`"), "{err}");
     }
 
     #[test]

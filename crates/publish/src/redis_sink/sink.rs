@@ -8,7 +8,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind, Value};
+use redis::{
+    ClientTlsConfig, Cmd, ErrorKind, RedisError, RedisFuture, RedisResult, Script, ServerErrorKind,
+    TlsCertificates, Value,
+};
 use tracing::{debug, warn};
 
 use super::config::{RedisSinkConfig, TagStrategy};
@@ -71,22 +74,29 @@ impl ConnectionLike for Connection {
 impl Connection {
     /// Connects to what `cfg` names (already validated).
     async fn open(cfg: &RedisSinkConfig) -> Result<Self, SinkError> {
+        let (url, certs) = tls_settings(cfg)?;
         if cfg.cluster {
-            let client = ClusterClient::builder([cfg.url.as_str()])
+            let mut builder = ClusterClient::builder([url.as_str()])
                 .connection_timeout(cfg.connect_timeout())
                 .response_timeout(cfg.response_timeout())
-                .retries(CLUSTER_RETRIES)
-                .build()
-                .map_err(|err| {
-                    SinkError::with_source(SinkErrorKind::Config, "redis: invalid cluster URL", err)
-                })?;
+                .retries(CLUSTER_RETRIES);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(|err| {
+                SinkError::with_source(SinkErrorKind::Config, "redis: invalid cluster URL", err)
+            })?;
             let conn = client
                 .get_async_connection()
                 .await
                 .map_err(|err| redis_error("redis: cannot connect to the cluster", err))?;
             Ok(Connection::Cluster(conn))
         } else {
-            let client = redis::Client::open(cfg.url.as_str()).map_err(|err| {
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(url.as_str(), certs),
+                None => redis::Client::open(url.as_str()),
+            }
+            .map_err(|err| {
                 SinkError::with_source(SinkErrorKind::Config, "redis: invalid URL", err)
             })?;
             // One connection attempt per request: when Redis is down, a publish fails fast and
@@ -102,6 +112,55 @@ impl Connection {
             Ok(Connection::Single(conn))
         }
     }
+}
+
+/// The URL to connect to and the certificates of `sinks.redis.tls`, read from their files.
+/// `insecure_skip_verify` becomes the client's `#insecure` URL fragment.
+fn tls_settings(cfg: &RedisSinkConfig) -> Result<(String, Option<TlsCertificates>), SinkError> {
+    let Some(tls) = &cfg.tls else {
+        return Ok((cfg.url.clone(), None));
+    };
+    // The client builds its rustls configuration with the process's default provider; ring is
+    // the one the Postgres connections use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| {
+            SinkError::with_source(
+                SinkErrorKind::Config,
+                format!("sinks.redis.tls.{field}: cannot read {}", path.display()),
+                err,
+            )
+        })
+    };
+    let root_cert = tls
+        .ca_file
+        .as_deref()
+        .map(|p| read("ca_file", p))
+        .transpose()?;
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read("cert_file", cert)?,
+            client_key: read("key_file", key)?,
+        }),
+        _ => None,
+    };
+    let mut url = cfg.url.clone();
+    if tls.insecure_skip_verify {
+        warn!(
+            "sinks.redis.tls.insecure_skip_verify is on: the Redis server's certificate is not \
+             checked, so anyone between walbust and Redis can read and change invalidations"
+        );
+        if !url.contains('#') {
+            url.push_str("#insecure");
+        }
+    }
+    Ok((
+        url,
+        Some(TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    ))
 }
 
 /// A connection to the Redis that a [`RedisSinkConfig`] names, one server or a cluster, made the
@@ -716,6 +775,15 @@ fn acl_rule(err: &RedisError) -> Option<String> {
 fn classify(err: &RedisError) -> SinkErrorKind {
     if err.is_timeout() {
         return SinkErrorKind::Timeout;
+    }
+    // A certificate refused on either side stays refused until someone changes it. The client
+    // hands the TLS failure over as I/O text only.
+    let text = walbust_flow::Chain(err).to_string();
+    if ["invalid peer certificate", "received fatal alert"]
+        .iter()
+        .any(|t| text.contains(t))
+    {
+        return SinkErrorKind::Denied;
     }
     if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
         return SinkErrorKind::Connect;
