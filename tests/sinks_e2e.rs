@@ -1124,3 +1124,108 @@ async fn an_entry_too_large_for_kafka_becomes_a_flush_and_walbust_goes_on() {
     assert!(walbust.is_running(), "{}", walbust.log());
     assert!(!walbust.log().contains(&long), "row data in the log");
 }
+
+/// Reads from `stream` into `heard` until it holds `needle`; returns it all.
+fn read_until(
+    stream: &mut std::net::TcpStream,
+    heard: &mut Vec<u8>,
+    needle: &str,
+    what: &str,
+) -> String {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(heard).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: heard {:?}",
+            String::from_utf8_lossy(heard)
+        );
+        if let Ok(n) = stream.read(&mut buf) {
+            heard.extend_from_slice(&buf[..n]);
+        }
+    }
+    String::from_utf8_lossy(heard).to_string()
+}
+
+/// A tracking client (RESP3 `CLIENT TRACKING ON`, as in-process caches use
+/// for Redis's client-side caching) hears of every key walbust removes that
+/// it read: the key of the changed row and the members of a purged tag,
+/// and nothing of the keys left alone. No subscriber code needed for keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_side_caching_clients_are_told_of_what_walbust_removes() {
+    use std::io::Write;
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE products (id int PRIMARY KEY, category_id int)")
+        .await
+        .unwrap();
+    let rules = "version: 1\nrules:\n  - table: public.products\n    keys: [\"product:{id}\"]\n    tags: [\"category:{category_id}\"]\n";
+    let config = svc.write_config(rules, false);
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    let mut redis = svc.redis.connection().await.unwrap();
+    set_keys(
+        &mut redis,
+        &["product:1", "product:2", "list:cat3", "list:cat4"],
+    )
+    .await;
+    let _: () = redis::cmd("SADD")
+        .arg("tag:category:3")
+        .arg("list:cat3")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    // The in-process cache's connection: RESP3, tracking on, reads the keys
+    // it caches.
+    let mut tracking = std::net::TcpStream::connect(("127.0.0.1", svc.redis.port())).unwrap();
+    tracking
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut heard = Vec::new();
+    tracking
+        .write_all(b"HELLO 3\r\nCLIENT TRACKING ON\r\nGET product:1\r\nGET product:2\r\nGET list:cat3\r\nGET list:cat4\r\nPING tracked\r\n")
+        .unwrap();
+    read_until(&mut tracking, &mut heard, "tracked", "the replies");
+    heard.clear();
+
+    db.execute("INSERT INTO products VALUES (1, 3)", &[])
+        .await
+        .unwrap();
+    let pushes = read_until(
+        &mut tracking,
+        &mut heard,
+        "list:cat3",
+        "the tag member's invalidation",
+    );
+    let pushes = if pushes.contains("product:1") {
+        pushes
+    } else {
+        read_until(
+            &mut tracking,
+            &mut heard,
+            "product:1",
+            "the key's invalidation",
+        )
+    };
+    assert!(pushes.contains("invalidate"), "{pushes}");
+    // Nothing else changed: after the row's invalidations are confirmed, a
+    // marker key walbust did not touch arrives alone.
+    assert_invalidated(
+        &mut redis,
+        &["product:1", "list:cat3"],
+        &["product:2", "list:cat4"],
+        "tracked",
+    )
+    .await;
+    tracking.write_all(b"PING settled\r\n").unwrap();
+    let pushes = read_until(&mut tracking, &mut heard, "settled", "the ping");
+    for untouched in ["product:2", "list:cat4"] {
+        assert!(
+            !pushes.contains(untouched),
+            "{untouched} was announced: {pushes}"
+        );
+    }
+    assert!(walbust.is_running());
+}
