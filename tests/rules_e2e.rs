@@ -1133,6 +1133,35 @@ fn metrics_on(port: u16) -> String {
     format!("metrics:\n  listen: 127.0.0.1:{port}\n")
 }
 
+/// A key dropped as too long under `on_long_key: refuse` is counted, and
+/// walbust goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_keys_refused_are_counted() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, slug text)")
+        .await
+        .unwrap();
+    let rules = "version: 1\nmax_key_bytes: 40\non_long_key: refuse\nrules:\n  - table: public.notes\n    keys: [\"note:{id}\", \"slug:{slug}\"]\n";
+    let port = walbust_testkit::free_port();
+    let config = svc.write_config_with(rules, false, &metrics_on(port));
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    let mut redis = svc.redis.connection().await.unwrap();
+    set_keys(&mut redis, &["note:1"]).await;
+    let series = "walbust_rule_long_keys_refused_total";
+    assert_eq!(metric(port, series), 0.0, "exported from the start");
+    db.execute("INSERT INTO notes VALUES (1, $1)", &[&"s".repeat(100)])
+        .await
+        .unwrap();
+    assert_invalidated(&mut redis, &["note:1"], &[], "the short key").await;
+    eventually(PATIENCE, "the refusal counted", || async {
+        (metric(port, series) == 1.0).then_some(())
+    })
+    .await;
+    assert!(walbust.is_running());
+}
+
 const RENAME_V1: &str = r#"
 version: 1
 on_long_key: refuse

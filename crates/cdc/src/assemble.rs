@@ -424,6 +424,9 @@ fn record_outcome(outcome: &walbust_rules::Outcome) {
     if outcome.escalated > 0 {
         metrics::counter!(m::ESCALATIONS).increment(u64::from(outcome.escalated));
     }
+    if outcome.refused > 0 {
+        metrics::counter!(m::LONG_KEYS_REFUSED).increment(u64::from(outcome.refused));
+    }
 }
 
 #[cfg(test)]

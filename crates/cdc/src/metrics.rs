@@ -26,6 +26,8 @@ pub const LAG_SECONDS: &str = "walbust_replication_lag_seconds";
 /// Templates that could not be rendered because a value did not arrive
 /// (unchanged TOAST, or an old value the replica identity does not send).
 pub const MISSING_VALUES: &str = "walbust_rule_missing_values_total";
+/// Keys longer than `max_key_bytes` dropped under `on_long_key: refuse`.
+pub const LONG_KEYS_REFUSED: &str = "walbust_rule_long_keys_refused_total";
 /// Rules bound in degraded form to a table's description, label `reason`
 /// ([`DEGRADED_MISSING_COLUMN`], [`DEGRADED_OLD_NOT_SENT`]): they fall back
 /// to wider invalidations instead of stopping the stream.
@@ -127,10 +129,11 @@ const LABELLED_COUNTERS: [(&str, &str, &[&str]); 5] = [
 ];
 
 /// Every counter without a label.
-const PLAIN_COUNTERS: [&str; 8] = [
+const PLAIN_COUNTERS: [&str; 9] = [
     TRANSACTIONS,
     WAL_BYTES,
     MISSING_VALUES,
+    LONG_KEYS_REFUSED,
     NULL_VALUES,
     ESCALATIONS,
     ACK_CEILING_FAILURES,
@@ -257,6 +260,10 @@ pub fn describe() {
         "Templates skipped because a value did not arrive (unchanged TOAST or replica identity)"
     );
     describe_counter!(NULL_VALUES, "Templates skipped because a value was NULL");
+    describe_counter!(
+        LONG_KEYS_REFUSED,
+        "Keys longer than max_key_bytes dropped under on_long_key: refuse"
+    );
     describe_counter!(
         DEGRADED_BINDINGS,
         "Rules bound in degraded form to a table description (a column it lacks, an old value not sent), by reason"
