@@ -734,19 +734,16 @@ fn interpolate_line(
                     i += 1 + next;
                     continue;
                 }
-                if c == '"' {
-                    quoting = Quoting::Plain;
-                } else if rest.starts_with("$${") {
-                    out.push_str("${");
-                    i += 3;
-                    continue;
-                } else if rest.starts_with("${") {
-                    let (name, len) = placeholder(rest, origin, line_no)?;
-                    let value = resolve(name)?;
-                    out.push_str(&escape_double(&value));
-                    values.push(value);
+                let escape = |_: &str, value: &str| Ok(escape_double(value));
+                if let Some((text, len)) =
+                    quoted_dollar(rest, origin, line_no, &resolve, values, escape)?
+                {
+                    out.push_str(&text);
                     i += len;
                     continue;
+                }
+                if c == '"' {
+                    quoting = Quoting::Plain;
                 }
                 out.push(c);
                 i += c.len_utf8();
@@ -759,25 +756,25 @@ fn interpolate_line(
                         continue;
                     }
                     quoting = Quoting::Plain;
-                } else if rest.starts_with("$${") {
-                    out.push_str("${");
-                    i += 3;
-                    continue;
-                } else if rest.starts_with("${") {
-                    let (name, len) = placeholder(rest, origin, line_no)?;
-                    let value = resolve(name)?;
-                    if value.contains(['\n', '\r']) {
-                        return Err(ConfigError::Unquotable {
-                            path: origin.to_string(),
-                            line: line_no,
-                            name: name.to_string(),
-                            problem: "holds a line break, which a single-quoted string folds",
-                        });
+                } else {
+                    let escape = |name: &str, value: &str| {
+                        if value.contains(['\n', '\r']) {
+                            return Err(ConfigError::Unquotable {
+                                path: origin.to_string(),
+                                line: line_no,
+                                name: name.to_string(),
+                                problem: "holds a line break, which a single-quoted string folds",
+                            });
+                        }
+                        Ok(value.replace('\'', "\'\'"))
+                    };
+                    if let Some((text, len)) =
+                        quoted_dollar(rest, origin, line_no, &resolve, values, escape)?
+                    {
+                        out.push_str(&text);
+                        i += len;
+                        continue;
                     }
-                    out.push_str(&value.replace('\'', "\'\'"));
-                    values.push(value);
-                    i += len;
-                    continue;
                 }
                 out.push(c);
                 i += c.len_utf8();
@@ -798,6 +795,30 @@ fn interpolate_line(
     out.push_str(&trailing);
     out.push_str(comment);
     Ok(out)
+}
+
+/// A `$${` (a literal `${`) or a `${...}` at the start of `rest` inside a
+/// quoted string: the text to write, the value escaped by `escape` for that
+/// quoting, and the bytes it takes; `None` when `rest` starts with neither.
+fn quoted_dollar(
+    rest: &str,
+    origin: &str,
+    line_no: usize,
+    resolve: &impl Fn(&str) -> Result<String, ConfigError>,
+    values: &mut Vec<String>,
+    escape: impl Fn(&str, &str) -> Result<String, ConfigError>,
+) -> Result<Option<(String, usize)>, ConfigError> {
+    if rest.starts_with("$${") {
+        return Ok(Some(("${".to_string(), 3)));
+    }
+    if !rest.starts_with("${") {
+        return Ok(None);
+    }
+    let (name, len) = placeholder(rest, origin, line_no)?;
+    let value = resolve(name)?;
+    let text = escape(name, &value)?;
+    values.push(value);
+    Ok(Some((text, len)))
 }
 
 /// The name inside a `${...}` at the start of `rest`, and the length of the
