@@ -129,6 +129,10 @@ impl<C: LocalCache> KafkaSubscriber<C> {
 
     /// Applies records until the task is dropped (abort it to stop; dropping the subscriber
     /// commits what it applied). Consumer errors are logged; librdkafka recovers from them.
+    ///
+    /// Dropping closes the consumer and blocks until librdkafka says it is closed (offsets
+    /// committed, group left): stop the subscriber while its brokers are reachable, and await
+    /// the aborted task before shutting down what it talks to.
     pub async fn run(mut self) {
         loop {
             if let Err(err) = self.next().await {

@@ -121,9 +121,18 @@ impl Running {
     }
 }
 
+/// Stops the subscriber and waits until it is gone. A Kafka subscriber's consumer closes
+/// (commits, leaves its group) as it is dropped, and must be gone before the Kafka it talks to,
+/// or closing waits forever for brokers that no longer exist: aborting alone only asks for the
+/// drop, which would then race with the rest of the test's teardown. (Hence multi-threaded
+/// runtimes for every test that runs one.)
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        let task = &mut self.task;
+        tokio::task::block_in_place(|| {
+            let _ = tokio::runtime::Handle::current().block_on(task);
+        });
     }
 }
 
@@ -296,7 +305,7 @@ async fn publish(redis: &walbust_testkit::Redis, record: &str) {
         .unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_under_a_subscriber_clears_its_cache() {
     let redis = walbust_testkit::Redis::start().expect("start Redis");
     let Running {
@@ -336,7 +345,7 @@ async fn a_redis_restart_under_a_subscriber_clears_its_cache() {
 
 /// A connection that stops answering without closing (here: Redis pauses its clients) is as
 /// lost as a closed one: the unanswered `PING` ends it, and the resubscription clears.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_connection_that_stops_answering_counts_as_a_gap() {
     let redis = walbust_testkit::Redis::start().expect("start Redis");
     let cache = MokaCache::new(100);
