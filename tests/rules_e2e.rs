@@ -1162,6 +1162,96 @@ async fn long_keys_refused_are_counted() {
     assert!(walbust.is_running());
 }
 
+/// walbust's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib * 1024
+}
+
+const HUGE_VALUE: &str = r#"
+version: 1
+rules:
+  - table: public.docs
+    prefix: "doc:"
+    keys: ["{id}:{body}"]
+    tags: ["body:{body}"]
+    patterns: ["search:{body}:*"]
+"#;
+
+/// A 32 MB text value in a row: the key and the tag rendered from it are
+/// hashed, the pattern is replaced by its glob (counted), Redis and Kafka
+/// get only short entries, walbust goes on, and the long strings are never
+/// built (peak memory stays within a few copies of the row as the server
+/// sent it, not one per template and sink).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_value_is_hashed_or_covered_and_never_held_per_template() {
+    let svc = Services::start();
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    let port = walbust_testkit::free_port();
+    let config = svc.write_config_with(HUGE_VALUE, true, &metrics_on(port));
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    let before = peak_rss(walbust.pid());
+
+    const BODY_BYTES: usize = 32 << 20;
+    let body = "x".repeat(BODY_BYTES);
+    let key = format!("doc:#{}", walbust_rules::hash_value(&format!("1:{body}")));
+    let tag = format!("#{}", walbust_rules::hash_value(&format!("body:{body}")));
+    let mut redis = svc.redis.connection().await.unwrap();
+    set_keys(&mut redis, &[&key, "doc:search:x:1", "doc:list:1"]).await;
+    db.execute("INSERT INTO docs VALUES (1, $1)", &[&body])
+        .await
+        .unwrap();
+    drop(body);
+
+    assert_invalidated(
+        &mut redis,
+        &[&key, "doc:search:x:1"],
+        &["doc:list:1"],
+        "the hashed key and the pattern's glob",
+    )
+    .await;
+    let records = kafka_records(&svc.kafka, 1);
+    let record = records
+        .iter()
+        .find(|r| strings(&r["keys"]).contains(&key))
+        .unwrap_or_else(|| panic!("no record with the hashed key: {records:?}"));
+    assert_eq!(strings(&record["tags"]), [tag]);
+    assert_eq!(strings(&record["patterns"]), ["doc:search:*:*"]);
+    eventually(PATIENCE, "the oversize pattern counted", || async {
+        (metric(port, "walbust_rule_oversize_patterns_total") == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(port, "walbust_kafka_oversize_entries_total"), 0.0);
+    assert!(walbust.is_running());
+
+    let peak = peak_rss(walbust.pid());
+    eprintln!(
+        "walbust peak RSS: {} MiB before the row, {} MiB after (the row: {} MiB)",
+        before >> 20,
+        peak >> 20,
+        BODY_BYTES >> 20
+    );
+    // The transport holds the server's message whole (measured: the whole
+    // increase); a template or sink holding its own copy would add 32 MiB each.
+    assert!(
+        peak < before + 2 * BODY_BYTES as u64,
+        "peak RSS {} MiB, {} MiB before a {} MiB row",
+        peak >> 20,
+        before >> 20,
+        BODY_BYTES >> 20
+    );
+}
+
 const RENAME_V1: &str = r#"
 version: 1
 on_long_key: refuse

@@ -1077,7 +1077,8 @@ async fn an_entry_too_large_for_kafka_becomes_a_flush_and_walbust_goes_on() {
     db.batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         .await
         .unwrap();
-    let rules = "version: 1\nrules:\n  - table: public.notes\n    keys: [\"note:{id}\"]\n    tags: [\"body:{body}\"]\n";
+    // A tag within max_key_bytes, so the rules keep it, yet longer than a record.
+    let rules = "version: 1\nmax_key_bytes: 4096\nrules:\n  - table: public.notes\n    keys: [\"note:{id}\"]\n    tags: [\"body:{body}\"]\n";
     let port = walbust_testkit::free_port();
     let config = svc.write_config_sinks(
         rules,
@@ -1088,7 +1089,7 @@ async fn an_entry_too_large_for_kafka_becomes_a_flush_and_walbust_goes_on() {
     let mut walbust = Walbust::start(&config);
     wait_streaming(&db, &mut walbust).await;
     let mut redis = svc.redis.connection().await.unwrap();
-    let long = "x".repeat(5000);
+    let long = "x".repeat(3000);
     let tag = format!("tag:body:{long}");
     let _: () = redis::cmd("SADD")
         .arg(&tag)

@@ -34,6 +34,12 @@ pub const EXPLICIT_PREFIX: &str = "walbust";
 /// hold this many entries, so a huge transaction streams through.
 pub const CHUNK_ENTRIES: usize = 1024;
 
+/// ... or this many bytes of entries, so that what the pipeline's channel
+/// holds is bounded in bytes too: at most `publish.channel_capacity` items
+/// of `CHUNK_BYTES` plus one entry (itself at most `max_key_bytes`, or an
+/// explicit message's `explicit.max_bytes`). See docs/reliability.md.
+pub const CHUNK_BYTES: usize = 64 << 10;
+
 /// One evaluated row change, for live views (`walbust demo`, `walbust tail`).
 pub struct ChangeEvent<'a> {
     pub commit_lsn: u64,
@@ -62,6 +68,8 @@ struct Transaction {
     open: Option<OpenTx>,
     /// Invalidations of the open transaction not yet handed over.
     pending: Invalidations,
+    /// Bytes of the entries in `pending`.
+    pending_bytes: usize,
     tap: Option<ChangeTap>,
     metrics: m::EventMetrics,
 }
@@ -92,6 +100,7 @@ impl Transaction {
             bound.evaluate(op, old, new, &mut tx.budget, &mut self.pending)
         };
         record_outcome(&outcome);
+        self.pending_bytes += marks.bytes_since(&self.pending);
         if let Some(tap) = &self.tap {
             tap(&ChangeEvent {
                 commit_lsn: tx.commit_lsn,
@@ -135,6 +144,7 @@ impl Assembler {
             tx: Transaction {
                 open: None,
                 pending: Invalidations::default(),
+                pending_bytes: 0,
                 tap: None,
                 metrics: m::EventMetrics::register(),
             },
@@ -246,9 +256,7 @@ impl Assembler {
     /// One pgoutput message other than Begin and Commit.
     pub fn data(&mut self, wal_end: u64, data: &Bytes) -> Result<(), StreamError> {
         self.change(wal_end, data)?;
-        if self.tx.pending.len() >= CHUNK_ENTRIES {
-            self.flush_pending();
-        }
+        self.flush_if_full();
         Ok(())
     }
 
@@ -328,7 +336,9 @@ impl Assembler {
             // the open transaction: it is then delivered no later than that
             // transaction, and if the transaction is cut off the server sends
             // both again, so it is never acknowledged undelivered.
+            self.tx.pending_bytes += Marks::default().bytes_since(&inv);
             self.tx.pending.extend(inv);
+            self.flush_if_full();
             return;
         }
         // A non-transactional message stands alone at its own position:
@@ -345,9 +355,17 @@ impl Assembler {
     }
 
     fn flush_pending(&mut self) {
+        self.tx.pending_bytes = 0;
         if !self.tx.pending.is_empty() {
             let chunk = std::mem::take(&mut self.tx.pending);
             self.out.push_back(Item::Changes(chunk));
+        }
+    }
+
+    /// Hands the open transaction's invalidations on once they make a chunk.
+    fn flush_if_full(&mut self) {
+        if self.tx.pending.len() >= CHUNK_ENTRIES || self.tx.pending_bytes >= CHUNK_BYTES {
+            self.flush_pending();
         }
     }
 
@@ -397,7 +415,7 @@ impl Assembler {
 
 /// Positions in the pending lists before a row was evaluated, so the tap
 /// sees just that row's output.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Marks {
     keys: usize,
     tags: usize,
@@ -411,6 +429,20 @@ impl Marks {
             tags: inv.tags.len(),
             patterns: inv.patterns.len(),
         }
+    }
+
+    /// Bytes of the entries `inv` gained since these marks.
+    fn bytes_since(&self, inv: &Invalidations) -> usize {
+        let bytes = |list: &[String], from: usize| -> usize {
+            list.get(from..)
+                .unwrap_or_default()
+                .iter()
+                .map(String::len)
+                .sum()
+        };
+        bytes(&inv.keys, self.keys)
+            + bytes(&inv.tags, self.tags)
+            + bytes(&inv.patterns, self.patterns)
     }
 }
 
@@ -426,6 +458,9 @@ fn record_outcome(outcome: &walbust_rules::Outcome) {
     }
     if outcome.refused > 0 {
         metrics::counter!(m::LONG_KEYS_REFUSED).increment(u64::from(outcome.refused));
+    }
+    if outcome.oversize > 0 {
+        metrics::counter!(m::OVERSIZE_PATTERNS).increment(u64::from(outcome.oversize));
     }
 }
 
@@ -520,6 +555,44 @@ rules:
             set(&["category:3".to_string(), "category:4".to_string()])
         );
         assert!(matches!(items[2], Item::Commit { end_lsn: 120 }));
+    }
+
+    #[test]
+    fn chunks_are_bounded_in_bytes_too() {
+        let mut a = assembler();
+        a.begin(1, 10, 0);
+        a.data(0, &relation()).unwrap();
+        // Keys of ~1000 bytes: 200 of them are far fewer than CHUNK_ENTRIES
+        // but three times CHUNK_BYTES.
+        for i in 0..200 {
+            let id = format!("{i:0>1000}");
+            let insert = encode(&Message::Insert(Insert {
+                relation_id: 7,
+                new: row(&id, "1"),
+            }))
+            .unwrap();
+            a.data(0, &insert).unwrap();
+        }
+        a.commit(20);
+        let chunks: Vec<usize> = drain(&mut a)
+            .iter()
+            .filter_map(|i| match i {
+                Item::Changes(inv) => Some(
+                    inv.keys
+                        .iter()
+                        .chain(&inv.tags)
+                        .chain(&inv.patterns)
+                        .map(String::len)
+                        .sum(),
+                ),
+                _ => None,
+            })
+            .collect();
+        assert!(chunks.len() >= 3, "{chunks:?}");
+        assert!(
+            chunks.iter().all(|&bytes| bytes < CHUNK_BYTES + 1024 + 16),
+            "{chunks:?}"
+        );
     }
 
     #[test]

@@ -26,8 +26,11 @@ pub const LAG_SECONDS: &str = "walbust_replication_lag_seconds";
 /// Templates that could not be rendered because a value did not arrive
 /// (unchanged TOAST, or an old value the replica identity does not send).
 pub const MISSING_VALUES: &str = "walbust_rule_missing_values_total";
-/// Keys longer than `max_key_bytes` dropped under `on_long_key: refuse`.
+/// Keys and tags longer than `max_key_bytes` dropped under `on_long_key: refuse`.
 pub const LONG_KEYS_REFUSED: &str = "walbust_rule_long_keys_refused_total";
+/// Patterns rendered longer than `max_key_bytes`, replaced by their rule's
+/// `on_oversize` cover.
+pub const OVERSIZE_PATTERNS: &str = "walbust_rule_oversize_patterns_total";
 /// Rules bound in degraded form to a table's description, label `reason`
 /// ([`DEGRADED_MISSING_COLUMN`], [`DEGRADED_OLD_NOT_SENT`]): they fall back
 /// to wider invalidations instead of stopping the stream.
@@ -129,11 +132,12 @@ const LABELLED_COUNTERS: [(&str, &str, &[&str]); 5] = [
 ];
 
 /// Every counter without a label.
-const PLAIN_COUNTERS: [&str; 9] = [
+const PLAIN_COUNTERS: [&str; 10] = [
     TRANSACTIONS,
     WAL_BYTES,
     MISSING_VALUES,
     LONG_KEYS_REFUSED,
+    OVERSIZE_PATTERNS,
     NULL_VALUES,
     ESCALATIONS,
     ACK_CEILING_FAILURES,
@@ -262,7 +266,11 @@ pub fn describe() {
     describe_counter!(NULL_VALUES, "Templates skipped because a value was NULL");
     describe_counter!(
         LONG_KEYS_REFUSED,
-        "Keys longer than max_key_bytes dropped under on_long_key: refuse"
+        "Keys and tags longer than max_key_bytes dropped under on_long_key: refuse"
+    );
+    describe_counter!(
+        OVERSIZE_PATTERNS,
+        "Patterns longer than max_key_bytes, replaced by their rule's on_oversize cover"
     );
     describe_counter!(
         DEGRADED_BINDINGS,

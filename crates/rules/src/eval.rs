@@ -13,7 +13,7 @@ use crate::condition::{Cond, Truth};
 use crate::hash::{push_hash, HASH_LEN};
 use crate::row::{Change, Op, OpSet, RowValues};
 use crate::ruleset::{Degraded, LongKeyPolicy, TableName};
-use crate::template::{Side, Skip, Template};
+use crate::template::{Overlong, Side, Skip, Template};
 
 /// What a transaction (or a change) invalidates. Order-preserving; lists may
 /// hold duplicates across changes (coalescing is the publisher's job), but
@@ -72,9 +72,12 @@ pub struct Outcome {
     /// Rules that ran out of their per-transaction key budget on this change
     /// and fell back to their placeholder-free tags and patterns.
     pub escalated: u32,
-    /// Keys dropped because they were longer than `max_key_bytes` with
-    /// `on_long_key: refuse`.
+    /// Keys and tags dropped because they were longer than `max_key_bytes`
+    /// with `on_long_key: refuse`.
     pub refused: u32,
+    /// Patterns longer than `max_key_bytes`, replaced by what their rule's
+    /// `on_oversize` names.
+    pub oversize: u32,
 }
 
 impl AddAssign for Outcome {
@@ -84,6 +87,7 @@ impl AddAssign for Outcome {
         self.null += o.null;
         self.escalated += o.escalated;
         self.refused += o.refused;
+        self.oversize += o.oversize;
     }
 }
 
@@ -191,6 +195,17 @@ pub(crate) struct BoundRule {
     /// tags and patterns (out with its first change) already stand for the
     /// whole table.
     pub fallback: Vec<String>,
+    /// For each pattern template (in the order of `patterns`), what stands
+    /// in for it when it renders longer than `max_key_bytes`.
+    pub pattern_covers: Vec<Cover>,
+}
+
+/// Constant invalidations that stand in for a pattern too long to send.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Cover {
+    pub keys: Vec<String>,
+    pub tags: Vec<String>,
+    pub patterns: Vec<String>,
 }
 
 impl BoundRule {
@@ -395,11 +410,18 @@ impl BoundTable {
         ];
         let missing_before = outcome.missing;
         for (target, templates, prefix) in lists {
-            for template in templates {
+            for (index, template) in templates.iter().enumerate() {
                 let (mut missing, mut null) = (false, false);
                 let views = match template.views(change) {
                     [_, new] if template.same_in_both_views(change) => std::slice::from_ref(new),
                     views => views,
+                };
+                // Keys and tags are names the application computes the same
+                // way, so a long one is hashed (or refused); a pattern is
+                // replaced by its cover.
+                let overlong = match (target, self.limit.policy) {
+                    (Target::Patterns, _) | (_, LongKeyPolicy::Refuse) => Overlong::Refuse,
+                    (_, LongKeyPolicy::Hash) => Overlong::Hash,
                 };
                 for &view in views {
                     let rendered = match template.render(
@@ -407,6 +429,8 @@ impl BoundTable {
                         view,
                         prefix,
                         matches!(target, Target::Patterns),
+                        self.limit.max_key_bytes,
+                        overlong,
                     ) {
                         Ok(s) => s,
                         Err(Skip::Missing) => {
@@ -418,22 +442,22 @@ impl BoundTable {
                             continue;
                         }
                         Err(Skip::NotApplicable) => continue,
+                        Err(Skip::TooLong) if matches!(target, Target::Patterns) => {
+                            outcome.oversize += 1;
+                            if let Some(cover) = rule.pattern_covers.get(index) {
+                                push_cover(cover, out, from);
+                            }
+                            continue;
+                        }
+                        Err(Skip::TooLong) => {
+                            outcome.refused += 1;
+                            continue;
+                        }
                     };
                     let (list, start) = match target {
                         Target::Keys => (&mut out.keys, from.0),
                         Target::Tags => (&mut out.tags, from.1),
                         Target::Patterns => (&mut out.patterns, from.2),
-                    };
-                    let rendered = if matches!(target, Target::Keys) {
-                        match fit_long_key(rendered, prefix.len(), self.limit) {
-                            Some(k) => k,
-                            None => {
-                                outcome.refused += 1;
-                                continue;
-                            }
-                        }
-                    } else {
-                        rendered
                     };
                     if list.get(start..).is_some_and(|l| l.contains(&rendered)) {
                         continue;
@@ -485,14 +509,29 @@ impl BoundTable {
     }
 }
 
+fn push_cover(cover: &Cover, out: &mut Invalidations, from: (usize, usize, usize)) {
+    push_lists([&cover.keys, &cover.tags, &cover.patterns], out, from);
+}
+
 fn push_constants(rule: &BoundRule, out: &mut Invalidations, from: (usize, usize, usize)) {
-    for k in &rule.const_keys {
+    push_lists(
+        [&rule.const_keys, &rule.const_tags, &rule.const_patterns],
+        out,
+        from,
+    );
+}
+
+/// Appends keys, tags and patterns to `out`, each unless the change already
+/// added it (`from`: where the change's entries start in each list).
+fn push_lists(lists: [&[String]; 3], out: &mut Invalidations, from: (usize, usize, usize)) {
+    let [keys, tags, patterns] = lists;
+    for k in keys {
         push_unique(&mut out.keys, from.0, k);
     }
-    for t in &rule.const_tags {
+    for t in tags {
         push_unique(&mut out.tags, from.1, t);
     }
-    for p in &rule.const_patterns {
+    for p in patterns {
         push_unique(&mut out.patterns, from.2, p);
     }
 }

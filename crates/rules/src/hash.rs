@@ -15,23 +15,45 @@ pub const HASH_LEN: usize = 16;
 
 /// FNV-1a 64 of `bytes`.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash = FNV_OFFSET_BASIS;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(FNV_PRIME);
+    let mut hasher = Fnv::default();
+    hasher.write(bytes);
+    hasher.0
+}
+
+/// FNV-1a 64 fed in pieces: the hash of a long key is computed from the row's values without
+/// building the key.
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(FNV_OFFSET_BASIS)
     }
-    hash
+}
+
+impl Fnv {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(FNV_PRIME);
+        }
+    }
+
+    /// Appends the 16 hex digits of the hash so far to `out`.
+    pub(crate) fn push_hex(&self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for shift in (0..HASH_LEN).rev() {
+            let nibble = (self.0 >> (shift * 4)) & 0xf;
+            // `nibble` < 16, so the index is always in range.
+            out.push(char::from(HEX[nibble as usize]));
+        }
+    }
 }
 
 /// Appends the 16 hex digits of `fnv1a64(value)` to `out`.
 pub(crate) fn push_hash(out: &mut String, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let hash = fnv1a64(value.as_bytes());
-    for shift in (0..HASH_LEN).rev() {
-        let nibble = (hash >> (shift * 4)) & 0xf;
-        // `nibble` < 16, so the index is always in range.
-        out.push(char::from(HEX[nibble as usize]));
-    }
+    let mut hasher = Fnv::default();
+    hasher.write(value.as_bytes());
+    hasher.push_hex(out);
 }
 
 /// The text `{col:hash}` renders for `value`: 16 lowercase hex digits.

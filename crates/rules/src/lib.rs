@@ -28,6 +28,7 @@
 //! prefix: "app:"             # optional: prepended to every key and pattern (not to tags)
 //! max_key_bytes: 512         # optional, default 1024
 //! on_long_key: hash          # optional: hash (default) or refuse
+//! on_oversize: glob          # optional: glob (default), fallback or table
 //! max_keys_per_tx: 10000     # optional, default 10000: per-rule budget, see below
 //! rules:
 //!   - table: public.products            # `products` means `public.products`; globs: `public.orders_*`
@@ -38,6 +39,7 @@
 //!     tags: ["category:{category_id}", "products"]
 //!     patterns: ["product-list:*"]
 //!     max_keys_per_tx: 50000            # optional, overrides the global budget
+//!     on_oversize: fallback             # optional, overrides the global one
 //! ```
 //!
 //! Every mapping rejects unknown fields. A rule needs at least one of
@@ -115,7 +117,23 @@
 //! as for `{col:hash}`, over the key without its prefixes); with `refuse`
 //! it is dropped and counted in [`Outcome::refused`]. Prefixes must leave
 //! room within `max_key_bytes`; a constant key that is too long with
-//! `refuse` is a load error. Tags and patterns have no length limit.
+//! `refuse` is a load error. Tags rendered from templates are names the
+//! application computes too, and follow the same policy (a tag has no
+//! prefix: `#<hash of the tag>`).
+//!
+//! A pattern cannot be hashed (it would match nothing), so a pattern
+//! rendered longer than `max_key_bytes` is replaced by what `on_oversize`
+//! names (top level, or per rule), and counted in [`Outcome::oversize`]:
+//!
+//! | `on_oversize` | stands in for the long pattern |
+//! |---|---|
+//! | `glob` (default) | the template's glob, each placeholder a `*` (`list:{name}:*` → `list:*:*`) |
+//! | `fallback` | the rule's placeholder-free tags and patterns (a load error if it has none) |
+//! | `table` | everything the rules naming the same table cover: constant keys, tags and patterns, the globs of key and pattern templates |
+//!
+//! A `glob` longer than `max_key_bytes` itself is a load error. None of these
+//! strings is ever built at full length: a 500 MB text value costs a length
+//! count, so no row can make walbust hold more than the row itself.
 //!
 //! ## Per-transaction budget and escalation
 //!
@@ -251,8 +269,9 @@ pub use explicit::{
 pub use hash::{fnv1a64, hash_value};
 pub use row::{Datum, Op, RowValues};
 pub use ruleset::{
-    yaml_error_line, Coverage, Degraded, LongKeyPolicy, RuleInfo, RuleSet, TableName,
-    DEFAULT_MAX_KEYS_PER_TX, DEFAULT_MAX_KEY_BYTES, SUPPORTED_VERSION,
+    yaml_error_line, Coverage, Degraded, LongKeyPolicy, OversizePolicy, RuleInfo, RuleSet,
+    TableName, DEFAULT_MAX_KEYS_PER_TX, DEFAULT_MAX_KEY_BYTES, MAX_MAX_KEY_BYTES,
+    SUPPORTED_VERSION,
 };
 pub use template::Side;
 

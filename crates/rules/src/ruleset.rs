@@ -14,16 +14,21 @@ use serde_saphyr::{MessageFormatter, Spanned, UserMessageFormatter};
 
 use crate::condition::{Cond, Test};
 use crate::error::{escape_controls, BindError, Position, RuleRef, RulesError};
-use crate::eval::{fit_long_key, BoundRule, BoundTable, KeyLimit};
+use crate::eval::{fit_long_key, BoundRule, BoundTable, Cover, KeyLimit};
 use crate::hash::HASH_LEN;
 use crate::row::{Op, OpSet};
-use crate::syntax::{CondDoc, FileDoc, LongKeyDoc, OpDoc, RuleDoc, SideDoc, TermDoc, TestDoc};
+use crate::syntax::{
+    CondDoc, FileDoc, LongKeyDoc, OpDoc, OversizeDoc, RuleDoc, SideDoc, TermDoc, TestDoc,
+};
 use crate::template::{glob_escape, Side, Template};
 
 /// The only rules file version this walbust reads.
 pub const SUPPORTED_VERSION: u32 = 1;
 /// Default `max_key_bytes`.
 pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// Largest `max_key_bytes`: it bounds every entry walbust renders, and with
+/// it what one row can make walbust hold (see docs/reliability.md).
+pub const MAX_MAX_KEY_BYTES: usize = 64 << 10;
 /// Default `max_keys_per_tx`.
 pub const DEFAULT_MAX_KEYS_PER_TX: u32 = 10_000;
 /// A hashed long key is the prefix, `#`, and the hash.
@@ -36,6 +41,22 @@ pub enum LongKeyPolicy {
     Hash,
     /// Drop it and count it in [`crate::Outcome::refused`].
     Refuse,
+}
+
+/// What stands in for a pattern rendered longer than `max_key_bytes` (a
+/// pattern cannot be hashed like a key: it would no longer match).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OversizePolicy {
+    /// The template's own glob, each placeholder a `*` (the default): it
+    /// matches whatever the long value would have.
+    Glob,
+    /// The rule's placeholder-free tags and patterns, as when its
+    /// per-transaction budget runs out.
+    Fallback,
+    /// Everything the rules naming the same table cover (their constant
+    /// keys, tags and patterns, and the globs of their key and pattern
+    /// templates).
+    Table,
 }
 
 /// A schema-qualified table name; either part may hold the globs `*` and `?`
@@ -198,6 +219,7 @@ struct CompiledRule {
     const_patterns: Vec<String>,
     templates: Vec<TemplateEntry>,
     max_keys_per_tx: u32,
+    on_oversize: OversizePolicy,
 }
 
 /// What a rule set covers; see [`RuleSet::coverage`].
@@ -333,12 +355,12 @@ impl RuleSet {
         let max_key_bytes = match &doc.max_key_bytes {
             None => DEFAULT_MAX_KEY_BYTES,
             Some(m) => match usize::try_from(m.value) {
-                Ok(v) if v > 0 => v,
+                Ok(v) if (1..=MAX_MAX_KEY_BYTES).contains(&v) => v,
                 _ => {
                     return Err(top_err(
                         origin,
                         Position::of(m),
-                        "max_key_bytes must be at least 1",
+                        format!("max_key_bytes must be between 1 and {MAX_MAX_KEY_BYTES}"),
                     ))
                 }
             },
@@ -363,6 +385,10 @@ impl RuleSet {
         let max_keys_per_tx = doc
             .max_keys_per_tx
             .map_or(DEFAULT_MAX_KEYS_PER_TX, |m| m.value);
+        let on_oversize = doc
+            .on_oversize
+            .as_ref()
+            .map_or(OversizePolicy::Glob, |o| oversize_policy(o.value));
 
         let mut rules = Vec::with_capacity(doc.rules.len());
         let mut infos = Vec::with_capacity(doc.rules.len());
@@ -375,7 +401,13 @@ impl RuleSet {
                     table: rule.value.table.value.clone(),
                 },
             };
-            let compiled = compile_rule(rule.value, at, &cx, &prefix, limit, max_keys_per_tx)?;
+            let defaults = RuleDefaults {
+                global_prefix: &prefix,
+                limit,
+                budget: max_keys_per_tx,
+                on_oversize,
+            };
+            let compiled = compile_rule(rule.value, at, &cx, &defaults)?;
             infos.push(RuleInfo {
                 index,
                 table: cx.rule.table,
@@ -634,6 +666,12 @@ impl RuleSet {
                 Kind::Pattern => patterns.push(bound),
             }
         }
+        let pattern_covers = rule
+            .templates
+            .iter()
+            .filter(|t| t.kind == Kind::Pattern)
+            .map(|t| self.oversize_cover(rule, t))
+            .collect();
         Ok(BoundRule {
             id,
             ops: rule.ops,
@@ -649,7 +687,32 @@ impl RuleSet {
             max_keys_per_tx: rule.max_keys_per_tx,
             has_fallback: rule.has_fallback(),
             fallback: Vec::new(),
+            pattern_covers,
         })
+    }
+
+    /// What stands in for pattern template `t` of `rule` when it renders
+    /// longer than `max_key_bytes` (see [`OversizePolicy`]).
+    fn oversize_cover(&self, rule: &CompiledRule, t: &TemplateEntry) -> Cover {
+        match rule.on_oversize {
+            OversizePolicy::Glob => Cover {
+                patterns: vec![rule.glob_of(t)],
+                ..Cover::default()
+            },
+            OversizePolicy::Fallback => Cover {
+                keys: Vec::new(),
+                tags: rule.const_tags.clone(),
+                patterns: rule.const_patterns.clone(),
+            },
+            OversizePolicy::Table => {
+                let c = self.coverage_where(|r| r.table == rule.table);
+                Cover {
+                    keys: c.keys,
+                    tags: c.tags,
+                    patterns: c.patterns,
+                }
+            }
+        }
     }
 
     /// Lenient binding, after [`RuleSet::bind_rule`]: what of `rule` cannot
@@ -897,14 +960,29 @@ fn prefix_fits(prefix: &str, limit: KeyLimit) -> Option<String> {
     })
 }
 
+/// What a rule gets from the top of the rules file.
+struct RuleDefaults<'a> {
+    global_prefix: &'a str,
+    limit: KeyLimit,
+    budget: u32,
+    on_oversize: OversizePolicy,
+}
+
+fn oversize_policy(doc: OversizeDoc) -> OversizePolicy {
+    match doc {
+        OversizeDoc::Glob => OversizePolicy::Glob,
+        OversizeDoc::Fallback => OversizePolicy::Fallback,
+        OversizeDoc::Table => OversizePolicy::Table,
+    }
+}
+
 fn compile_rule(
     doc: RuleDoc,
     at: Position,
     cx: &RuleCx<'_>,
-    global_prefix: &str,
-    limit: KeyLimit,
-    default_budget: u32,
+    defaults: &RuleDefaults<'_>,
 ) -> Result<CompiledRule, RulesError> {
+    let (global_prefix, limit) = (defaults.global_prefix, defaults.limit);
     let table =
         TableName::parse(&doc.table.value).map_err(|m| cx.err(Position::of(&doc.table), m))?;
 
@@ -955,7 +1033,11 @@ fn compile_rule(
         const_tags: Vec::new(),
         const_patterns: Vec::new(),
         templates: Vec::new(),
-        max_keys_per_tx: doc.max_keys_per_tx.map_or(default_budget, |m| m.value),
+        max_keys_per_tx: doc.max_keys_per_tx.map_or(defaults.budget, |m| m.value),
+        on_oversize: doc
+            .on_oversize
+            .as_ref()
+            .map_or(defaults.on_oversize, |o| oversize_policy(o.value)),
     };
 
     if doc.keys.is_empty() && doc.tags.is_empty() && doc.patterns.is_empty() {
@@ -1029,10 +1111,53 @@ fn compile_rule(
         ));
     }
 
+    check_oversize_cover(
+        &rule,
+        doc.on_oversize.as_ref().map_or(at, Position::of),
+        cx,
+        limit,
+    )?;
+
     if let Some(when) = &doc.when {
         rule.when = Some(compile_cond(&when.value, Position::of(when), cx)?);
     }
     Ok(rule)
+}
+
+/// Refuses an `on_oversize` that could not stand in for the rule's pattern
+/// templates: `fallback` without a placeholder-free tag or pattern, or a
+/// glob that is itself longer than `max_key_bytes`.
+fn check_oversize_cover(
+    rule: &CompiledRule,
+    at: Position,
+    cx: &RuleCx<'_>,
+    limit: KeyLimit,
+) -> Result<(), RulesError> {
+    let mut patterns = rule
+        .templates
+        .iter()
+        .filter(|t| t.kind == Kind::Pattern)
+        .peekable();
+    if patterns.peek().is_none() {
+        return Ok(());
+    }
+    match rule.on_oversize {
+        OversizePolicy::Fallback if !rule.has_fallback() => Err(cx.err(
+            at,
+            "on_oversize is fallback but the rule has no tag or pattern without placeholders to fall back to",
+        )),
+        OversizePolicy::Glob => match patterns.find(|t| rule.glob_of(t).len() > limit.max_key_bytes) {
+            Some(t) => Err(cx.err(
+                t.at,
+                format!(
+                    "pattern template {:?}: its glob, which stands in for a pattern longer than max_key_bytes ({}), is itself longer",
+                    t.source, limit.max_key_bytes
+                ),
+            )),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// Why a template can never render under `ops`, if it cannot.

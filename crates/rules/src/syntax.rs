@@ -21,6 +21,7 @@ pub(crate) struct FileDoc {
     pub prefix: Option<Spanned<String>>,
     pub max_key_bytes: Option<Spanned<u64>>,
     pub on_long_key: Option<Spanned<LongKeyDoc>>,
+    pub on_oversize: Option<Spanned<OversizeDoc>>,
     pub max_keys_per_tx: Option<Spanned<u32>>,
     #[serde(default)]
     pub rules: Vec<Spanned<RuleDoc>>,
@@ -31,6 +32,14 @@ pub(crate) struct FileDoc {
 pub(crate) enum LongKeyDoc {
     Hash,
     Refuse,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OversizeDoc {
+    Glob,
+    Fallback,
+    Table,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +56,7 @@ pub(crate) struct RuleDoc {
     #[serde(default)]
     pub patterns: Vec<Spanned<String>>,
     pub max_keys_per_tx: Option<Spanned<u32>>,
+    pub on_oversize: Option<Spanned<OversizeDoc>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

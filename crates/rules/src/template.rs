@@ -5,7 +5,7 @@
 //! become indexes at bind, so rendering is a walk over a short segment list
 //! that writes into one exactly-sized string.
 
-use crate::hash::{push_hash, HASH_LEN};
+use crate::hash::{push_hash, Fnv, HASH_LEN};
 use crate::row::{Change, Val, View};
 
 /// Which row a placeholder reads (see [`crate::RuleSet::template_columns`]).
@@ -51,6 +51,18 @@ pub(crate) enum Skip {
     Null,
     /// It reads a side the operation does not have (`{new.x}` on delete).
     NotApplicable,
+    /// It would be longer than the limit, and [`Overlong::Refuse`] was asked.
+    TooLong,
+}
+
+/// What [`Template::render`] does with a string longer than its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Overlong {
+    /// Builds nothing and says [`Skip::TooLong`].
+    Refuse,
+    /// Renders `<prefix>#<hash of the rest>`, the long-key hash, computed from the values
+    /// piece by piece: the long string is never built.
+    Hash,
 }
 
 /// The characters a Redis glob pattern gives meaning to.
@@ -332,12 +344,18 @@ impl Template<usize> {
     /// Renders `prefix` followed by the template for one row view. Values are
     /// glob-escaped when `escape` is set (patterns); the prefix and literal
     /// text are written as given (the caller escapes the prefix).
+    ///
+    /// A result longer than `max_len` bytes is never built: `overlong` says
+    /// what comes instead. Memory therefore stays bounded by `max_len`
+    /// whatever the row holds (a 500 MB text value costs a length count).
     pub fn render(
         &self,
         change: &Change<'_>,
         view: View,
         prefix: &str,
         escape: bool,
+        max_len: usize,
+        overlong: Overlong,
     ) -> Result<String, Skip> {
         // Values of the first holes, kept from the sizing pass so that the
         // row is read once per hole; templates rarely have more.
@@ -358,12 +376,21 @@ impl Template<usize> {
                 s.len()
             };
         }
-        let mut out = String::with_capacity(len);
+        let hashed = len > max_len;
+        if hashed && overlong == Overlong::Refuse {
+            return Err(Skip::TooLong);
+        }
+        let mut out = String::with_capacity(if hashed {
+            prefix.len() + 1 + HASH_LEN
+        } else {
+            len
+        });
         out.push_str(prefix);
+        let mut piece = Piece::new(hashed, &mut out);
         let mut i = 0;
         for segment in &self.segments {
             match segment {
-                Segment::Lit(l) => out.push_str(l),
+                Segment::Lit(l) => piece.push_str(l),
                 Segment::Hole(hole) => {
                     let s = match kept.get(i) {
                         Some(s) => *s,
@@ -372,16 +399,64 @@ impl Template<usize> {
                     };
                     i += 1;
                     if hole.hash {
-                        push_hash(&mut out, s);
+                        let mut digits = String::with_capacity(HASH_LEN);
+                        push_hash(&mut digits, s);
+                        piece.push_str(&digits);
                     } else if escape {
-                        push_glob_escaped(&mut out, s);
+                        piece.push_escaped(s);
                     } else {
-                        out.push_str(s);
+                        piece.push_str(s);
                     }
                 }
             }
         }
+        piece.finish();
         Ok(out)
+    }
+}
+
+/// Where [`Template::render`] writes the text after the prefix: into the
+/// output, or into the long-key hash when the whole would be too long.
+enum Piece<'a> {
+    Text(&'a mut String),
+    Hash(Fnv, &'a mut String),
+}
+
+impl<'a> Piece<'a> {
+    fn new(hashed: bool, out: &'a mut String) -> Self {
+        if hashed {
+            Piece::Hash(Fnv::default(), out)
+        } else {
+            Piece::Text(out)
+        }
+    }
+
+    fn push_str(&mut self, s: &str) {
+        match self {
+            Piece::Text(out) => out.push_str(s),
+            Piece::Hash(hasher, _) => hasher.write(s.as_bytes()),
+        }
+    }
+
+    fn push_escaped(&mut self, s: &str) {
+        match self {
+            Piece::Text(out) => push_glob_escaped(out, s),
+            Piece::Hash(hasher, _) => {
+                for c in s.chars() {
+                    if is_glob_meta(c) {
+                        hasher.write(b"\\");
+                    }
+                    hasher.write(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Piece::Hash(hasher, out) = self {
+            out.push('#');
+            hasher.push_hex(out);
+        }
     }
 }
 
@@ -415,7 +490,7 @@ mod tests {
         let t = bind(&parse(t));
         t.views(c)
             .iter()
-            .map(|v| t.render(c, *v, "p:", escape))
+            .map(|v| t.render(c, *v, "p:", escape, usize::MAX, Overlong::Refuse))
             .collect()
     }
 
@@ -597,7 +672,9 @@ mod tests {
             .collect::<Vec<_>>()
             .join("-");
         let t = bind(&parse(&src));
-        let s = t.render(&ins, View::New, "", false).expect("renders");
+        let s = t
+            .render(&ins, View::New, "", false, usize::MAX, Overlong::Refuse)
+            .expect("renders");
         assert_eq!(s, vals.join("-"));
         assert_eq!(s.capacity(), s.len());
     }
@@ -616,8 +693,55 @@ mod tests {
         let new = vec![Datum::Text("ab*"), Datum::Text("é")];
         let ins = change(Op::Insert, None, Some(&new));
         let t = bind(&parse("{c0}{{{c1}}}{c0:hash}"));
-        let s = t.render(&ins, View::New, "pre", true).expect("renders");
+        let s = t
+            .render(&ins, View::New, "pre", true, usize::MAX, Overlong::Refuse)
+            .expect("renders");
         assert_eq!(s, format!("preab\\*{{é}}{}", crate::hash_value("ab*")));
         assert_eq!(s.capacity(), s.len());
+    }
+
+    #[test]
+    fn an_overlong_rendering_is_refused_or_hashed_without_being_built() {
+        let long = "x".repeat(10_000);
+        let new = vec![Datum::Text(&long), Datum::Text("a*")];
+        let ins = change(Op::Insert, None, Some(&new));
+        let t = bind(&parse("item:{c0}:{c1}:{c1:hash}"));
+        assert_eq!(
+            t.render(&ins, View::New, "shop:", false, 64, Overlong::Refuse),
+            Err(Skip::TooLong)
+        );
+        // The hash is the long-key hash of the whole rendering after the prefix.
+        let full = t
+            .render(
+                &ins,
+                View::New,
+                "shop:",
+                false,
+                usize::MAX,
+                Overlong::Refuse,
+            )
+            .unwrap();
+        let hashed = t
+            .render(&ins, View::New, "shop:", false, 64, Overlong::Hash)
+            .unwrap();
+        assert_eq!(
+            hashed,
+            format!("shop:#{}", crate::hash_value(&full["shop:".len()..]))
+        );
+        assert_eq!(hashed.capacity(), hashed.len());
+        // Escaped values are hashed as escaped; exactly at the limit nothing changes.
+        let escaped = t
+            .render(&ins, View::New, "", true, usize::MAX, Overlong::Refuse)
+            .unwrap();
+        assert_eq!(
+            t.render(&ins, View::New, "", true, 10, Overlong::Hash)
+                .unwrap(),
+            format!("#{}", crate::hash_value(&escaped))
+        );
+        assert_eq!(
+            t.render(&ins, View::New, "", true, escaped.len(), Overlong::Refuse)
+                .unwrap(),
+            escaped
+        );
     }
 }

@@ -207,6 +207,108 @@ fn long_keys_hash_or_refuse() {
 }
 
 #[test]
+fn long_tags_follow_the_long_key_policy() {
+    let rules =
+        "max_key_bytes: 32\nrules:\n  - table: t\n    tags: [\"n:{name}\", \"c:{category_id}\"]\n";
+    let long = "n".repeat(40);
+    let a = row(&[Some("1"), Some("3"), None, Some(&long), None]);
+
+    let (out, o) = eval(&table(rules), Op::Insert, None, Some(&a));
+    assert_eq!(
+        out.tags,
+        [
+            format!("#{}", crate::hash_value(&format!("n:{long}"))),
+            "c:3".to_owned()
+        ]
+    );
+    assert_eq!(o.refused, 0);
+
+    let (out, o) = eval(
+        &table(&format!("on_long_key: refuse\n{rules}")),
+        Op::Insert,
+        None,
+        Some(&a),
+    );
+    assert_eq!(out.tags, ["c:3"]);
+    assert_eq!(o.refused, 1);
+}
+
+#[test]
+fn a_pattern_too_long_is_replaced_by_its_on_oversize_cover() {
+    let rule = |on_oversize: &str| {
+        format!(
+            "max_key_bytes: 48\nprefix: \"app:\"\n{on_oversize}rules:\n  - table: t\n    keys: [\"p:{{id}}\"]\n    tags: [\"products\"]\n    patterns: [\"list:{{name}}:*\", \"c:{{category_id}}:*\"]\n  - table: t\n    on: [delete]\n    keys: [\"gone:{{id}}\"]\n"
+        )
+    };
+    let long = "[*]".repeat(100);
+    let a = row(&[Some("1"), Some("3"), None, Some(&long), None]);
+
+    // The default: the template's glob, which matches whatever the long value would have.
+    let (out, o) = eval(&table(&rule("")), Op::Insert, None, Some(&a));
+    assert_eq!(out.patterns, ["app:list:*:*", "app:c:3:*"]);
+    assert_eq!(out.keys, ["app:p:1"]);
+    assert_eq!((o.oversize, o.refused), (1, 0));
+
+    let (out, o) = eval(
+        &table(&rule("on_oversize: fallback\n")),
+        Op::Insert,
+        None,
+        Some(&a),
+    );
+    assert_eq!(out.patterns, ["app:c:3:*"]);
+    assert_eq!(out.tags, ["products"], "the constant tag, once");
+    assert_eq!(o.oversize, 1);
+
+    // The table: every rule naming it, including the delete rule's keys.
+    let (out, _) = eval(
+        &table(&rule("on_oversize: table\n")),
+        Op::Insert,
+        None,
+        Some(&a),
+    );
+    assert_eq!(out.keys, ["app:p:1"]);
+    assert_eq!(out.tags, ["products"]);
+    assert_eq!(
+        out.patterns,
+        [
+            "app:p:*",
+            "app:list:*:*",
+            "app:c:*:*",
+            "app:#*",
+            "app:gone:*",
+            "app:c:3:*"
+        ]
+    );
+
+    // A short value renders as always, escaped.
+    let b = row(&[Some("1"), Some("3"), None, Some("a*"), None]);
+    let (out, o) = eval(&table(&rule("")), Op::Insert, None, Some(&b));
+    assert_eq!(out.patterns, ["app:list:a\\*:*", "app:c:3:*"]);
+    assert_eq!(o.oversize, 0);
+}
+
+#[test]
+fn on_oversize_that_cannot_cover_is_a_load_error() {
+    let load = |yaml: &str| RuleSet::from_yaml(&format!("version: 1\n{yaml}"), "rules.yaml");
+    let err =
+        load("rules:\n  - table: t\n    on_oversize: fallback\n    patterns: [\"l:{name}:*\"]\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("no tag or pattern without placeholders"),
+        "{err}"
+    );
+    let err = load(
+        "max_key_bytes: 18\nrules:\n  - table: t\n    patterns: [\"a-long-list-name:{name}:*\"]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("its glob"), "{err}");
+    load("rules:\n  - table: t\n    on_oversize: fallback\n    tags: [all]\n    patterns: [\"l:{name}:*\"]\n")
+        .unwrap();
+}
+
+#[test]
 fn nulls_skip_templates_and_count() {
     let t = table(PRODUCTS);
     let a = row(&[Some("42"), None, None, None, None]);
@@ -593,6 +695,7 @@ fn outcome_adds_up() {
         null: 3,
         escalated: 4,
         refused: 5,
+        oversize: 6,
     };
     a += a;
     assert_eq!(
@@ -602,7 +705,8 @@ fn outcome_adds_up() {
             missing: 4,
             null: 6,
             escalated: 8,
-            refused: 10
+            refused: 10,
+            oversize: 12,
         }
     );
 }

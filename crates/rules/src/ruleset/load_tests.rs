@@ -84,7 +84,7 @@ fn global_settings() {
 fn yaml_errors_carry_parser_positions() {
     assert_eq!(
         err(&rule("    keys: [\"k\"]\n    bogus: 1\n")),
-        "rules.yaml:5:5: unknown field `bogus`, expected one of table, on, prefix, when, keys, tags, patterns, max_keys_per_tx"
+        "rules.yaml:5:5: unknown field `bogus`, expected one of table, on, prefix, when, keys, tags, patterns, max_keys_per_tx, on_oversize"
     );
     assert_eq!(
         err(&rule("    on: [insert, upsert]\n    keys: [\"k\"]\n")),
@@ -307,8 +307,13 @@ fn prefixes_must_leave_room_for_keys() {
     );
     assert_eq!(
         err("version: 1\nmax_key_bytes: 0\n"),
-        "rules.yaml:2:16: max_key_bytes must be at least 1"
+        "rules.yaml:2:16: max_key_bytes must be between 1 and 65536"
     );
+    assert_eq!(
+        err("version: 1\nmax_key_bytes: 65537\n"),
+        "rules.yaml:2:16: max_key_bytes must be between 1 and 65536"
+    );
+    ok("version: 1\nmax_key_bytes: 65536\n");
 }
 
 #[test]
