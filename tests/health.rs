@@ -154,12 +154,7 @@ async fn a_second_walbust_on_the_slot_is_a_live_standby_that_is_not_ready() {
     wait_status(&mut active, port, "/readyz", 200).await;
     wait_slot_active(&db, &mut active, "walbust").await;
 
-    let standby_port = walbust_testkit::free_port();
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(&format!(":{port}"), &format!(":{standby_port}"));
-    let standby_config = config.with_file_name("standby.yaml");
-    std::fs::write(&standby_config, text).unwrap();
+    let (standby_config, standby_port) = second_instance_config(&config, port);
     let mut standby = Walbust::start(&standby_config);
     let body = wait_status(&mut standby, standby_port, "/readyz", 503).await;
     let body = if body["role"] == "standby" {

@@ -605,6 +605,19 @@ pub fn config_with_metrics_sinks(svc: &Services, rules: &str, kafka: bool) -> (P
     (config, port)
 }
 
+/// A second instance's configuration: `config` (written by
+/// [`config_with_metrics`] with metrics on `port`) with metrics on a port
+/// of its own, which it returns.
+pub fn second_instance_config(config: &Path, port: u16) -> (PathBuf, u16) {
+    let second_port = walbust_testkit::free_port();
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace(&format!(":{port}"), &format!(":{second_port}"));
+    let second = config.with_file_name("standby.yaml");
+    std::fs::write(&second, text).unwrap();
+    (second, second_port)
+}
+
 /// Sets `source.on_gap: purge` in a configuration written with
 /// `source.create: true`.
 pub fn purge_on_gap(config: &Path) {

@@ -132,7 +132,7 @@ const LABELLED_COUNTERS: [(&str, &str, &[&str]); 5] = [
 ];
 
 /// Every counter without a label.
-const PLAIN_COUNTERS: [&str; 10] = [
+const PLAIN_COUNTERS: [&str; 11] = [
     TRANSACTIONS,
     WAL_BYTES,
     MISSING_VALUES,
@@ -142,6 +142,7 @@ const PLAIN_COUNTERS: [&str; 10] = [
     ESCALATIONS,
     ACK_CEILING_FAILURES,
     RECONNECTS,
+    TAKEOVERS,
     HEARTBEATS,
 ];
 
@@ -307,7 +308,11 @@ pub fn describe() {
     );
     describe_counter!(
         RECONNECTS,
-        "Replication connections re-established after a transient failure"
+        "Replication connections re-established after a transient failure (a standby's waits for the slot are not counted)"
+    );
+    describe_counter!(
+        TAKEOVERS,
+        "Times this instance, waiting as a standby, took the slot over"
     );
     describe_gauge!(
         DEFINITE_ERROR,
@@ -342,6 +347,8 @@ fn describe_feedback() {
 
 /// Replication connections re-established after a transient failure.
 pub const RECONNECTS: &str = "walbust_reconnects_total";
+/// A standby instance took the slot over (the active one stopped or died).
+pub const TAKEOVERS: &str = "walbust_takeovers_total";
 /// Set to 1, label `reason`, when walbust stops on a definite error.
 pub const DEFINITE_ERROR: &str = "walbust_definite_error";
 

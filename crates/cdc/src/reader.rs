@@ -284,6 +284,13 @@ fn unix_micros(pg_micros: i64) -> i64 {
 /// A session that streamed this long resets the backoff.
 const RECONNECT_RESET_AFTER: Duration = Duration::from_secs(30);
 
+/// How often a standby (another walbust streams the slot) asks for the slot.
+/// Postgres releases a slot as soon as its walsender sees the connection
+/// gone, so this is most of the takeover time after the active instance
+/// dies; one attempt per second costs the server one short-lived
+/// connection.
+pub const STANDBY_POLL: Duration = Duration::from_secs(1);
+
 /// The reader's state. It outlives replication connections: what was handed
 /// to the pipeline and acknowledged carries over a reconnection.
 struct Session {
@@ -340,6 +347,8 @@ enum Next {
 impl Session {
     async fn run(&mut self) -> Result<Stopped, StreamError> {
         let mut backoff = Backoff::RECONNECT.delays();
+        // Since when this instance waits as a standby, if it does.
+        let mut standby_since: Option<Instant> = None;
         loop {
             let began = Instant::now();
             health().beat(BEAT);
@@ -348,6 +357,14 @@ impl Session {
                     health().set_stream(StreamHealth::Streaming {
                         slot: self.spec.slot.clone(),
                     });
+                    if let Some(since) = standby_since.take() {
+                        metrics::counter!(m::TAKEOVERS).increment(1);
+                        tracing::warn!(
+                            slot = %self.spec.slot,
+                            standby_for_s = since.elapsed().as_secs(),
+                            "took over the slot: this walbust streams it now"
+                        );
+                    }
                     self.stream().await
                 }
                 Err(e) => Err(e),
@@ -361,14 +378,32 @@ impl Session {
                 }
             };
             self.disconnect();
-            health().set_stream(if error.slot_in_use() {
-                StreamHealth::Standby {
+            if error.slot_in_use() {
+                // Another walbust streams the slot: not a failure but the
+                // standby's normal state. Neither counted as a reconnection
+                // nor logged as a warning each time, so alerts stay quiet,
+                // and asked for often so that a takeover is quick.
+                health().set_stream(StreamHealth::Standby {
                     slot: self.spec.slot.clone(),
+                });
+                health().beat(BEAT);
+                if standby_since.is_none() {
+                    standby_since = Some(Instant::now());
+                    tracing::info!(
+                        slot = %self.spec.slot,
+                        poll_ms = STANDBY_POLL.as_millis() as u64,
+                        "another walbust streams the slot; waiting as a standby to take over"
+                    );
                 }
-            } else {
-                StreamHealth::Reconnecting {
-                    error: Chain(&error).to_string(),
+                backoff = Backoff::RECONNECT.delays();
+                tokio::select! {
+                    _ = wait_true(&mut self.shutdown) => return self.finish().await,
+                    _ = tokio::time::sleep(STANDBY_POLL) => {}
                 }
+                continue;
+            }
+            health().set_stream(StreamHealth::Reconnecting {
+                error: Chain(&error).to_string(),
             });
             health().beat(BEAT);
             if began.elapsed() >= RECONNECT_RESET_AFTER {
