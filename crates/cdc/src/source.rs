@@ -34,6 +34,8 @@ pub struct SourceSpec {
     pub slot: String,
     /// Create the publication and the slot when they are missing.
     pub create: bool,
+    /// The slot is a failover slot (`source.failover`, Postgres 17+).
+    pub failover: bool,
 }
 
 impl fmt::Debug for SourceSpec {
@@ -43,6 +45,7 @@ impl fmt::Debug for SourceSpec {
             .field("publication", &self.publication)
             .field("slot", &self.slot)
             .field("create", &self.create)
+            .field("failover", &self.failover)
             .finish()
     }
 }
@@ -58,6 +61,11 @@ pub struct ConnParams {
     pub database: String,
     /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`.
     pub tls: TlsSettings,
+    /// Every host of the URL with its port, in order; `host` and `port` are
+    /// the first until [`ConnParams::primary`] picks another.
+    pub hosts: Vec<(String, u16)>,
+    /// The URL they came from, to ask each host whether it is a primary.
+    url: String,
 }
 
 impl fmt::Debug for ConnParams {
@@ -218,12 +226,20 @@ impl ConnParams {
     /// name.
     pub fn from_url(url: &str) -> Result<ConnParams, SourceError> {
         let (cfg, tls) = parse_url(url)?;
-        let host = match cfg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".to_string(),
-        };
-        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let hosts: Vec<(String, u16)> = (0..cfg.get_hosts().len())
+            .filter_map(|i| {
+                let one = single_host(&cfg, i)?;
+                let host = match one.get_hosts().first()? {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                };
+                Some((host, *one.get_ports().first()?))
+            })
+            .collect();
+        let (host, port) = hosts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| ("localhost".to_string(), 5432));
         let user = cfg.get_user().unwrap_or("postgres").to_string();
         let password = cfg
             .get_password()
@@ -237,7 +253,25 @@ impl ConnParams {
             password,
             database,
             tls,
+            hosts,
+            url: url.to_owned(),
         })
+    }
+
+    /// These parameters pointed at the host to stream from: with several
+    /// hosts, the first primary ([`primary_host`]), asked each time, so that
+    /// after a failover walbust follows the promoted server.
+    pub async fn primary(&self) -> Result<ConnParams, SourceError> {
+        if self.hosts.len() <= 1 {
+            return Ok(self.clone());
+        }
+        let index = primary_host(&self.url).await?;
+        let mut params = self.clone();
+        if let Some((host, port)) = self.hosts.get(index) {
+            params.host.clone_from(host);
+            params.port = *port;
+        }
+        Ok(params)
     }
 
     /// A replication connection to these parameters (TLS included) for
@@ -305,6 +339,9 @@ pub struct SlotState {
     pub wal_status: String,
     /// True when this call created the slot.
     pub created: bool,
+    /// `source.failover` is set and the slot is not a failover slot yet:
+    /// the replication session makes it one (`ALTER_REPLICATION_SLOT`).
+    pub make_failover: bool,
 }
 
 /// Opens an ordinary SQL connection to the source and drives it in the
@@ -327,6 +364,19 @@ async fn open(
     notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> Result<Client, SourceError> {
     let (cfg, tls) = parse_url(url)?;
+    if cfg.get_hosts().len() > 1 {
+        return connect_primary(&cfg, &tls, notices)
+            .await
+            .map(|(_, client)| client);
+    }
+    open_config(&cfg, &tls, notices).await
+}
+
+async fn open_config(
+    cfg: &tokio_postgres::Config,
+    tls: &TlsSettings,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<Client, SourceError> {
     let host = || {
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -344,10 +394,10 @@ async fn open(
         reason,
     };
     let connected = match tls.client_config().map_err(tls_error)? {
-        None => spawn_connection(&cfg, NoTls, notices).await,
+        None => spawn_connection(cfg, NoTls, notices).await,
         Some(config) => {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
-            spawn_connection(&cfg, tls, notices).await
+            spawn_connection(cfg, tls, notices).await
         }
     };
     connected.map_err(|e| {
@@ -359,6 +409,115 @@ async fn open(
         }
         SourceError::Connect { source: e }
     })
+}
+
+/// The `index`th host of `cfg` alone, with its port and every other
+/// setting of `cfg`.
+fn single_host(cfg: &tokio_postgres::Config, index: usize) -> Option<tokio_postgres::Config> {
+    let host = cfg.get_hosts().get(index)?;
+    let ports = cfg.get_ports();
+    // libpq: one port for every host, or one per host.
+    let port = match ports {
+        [] => 5432,
+        [one] => *one,
+        many => *many.get(index)?,
+    };
+    let mut one = tokio_postgres::Config::new();
+    match host {
+        tokio_postgres::config::Host::Tcp(h) => one.host(h),
+        tokio_postgres::config::Host::Unix(p) => one.host_path(p),
+    };
+    one.port(port);
+    if let Some(user) = cfg.get_user() {
+        one.user(user);
+    }
+    if let Some(password) = cfg.get_password() {
+        one.password(password);
+    }
+    if let Some(dbname) = cfg.get_dbname() {
+        one.dbname(dbname);
+    }
+    if let Some(name) = cfg.get_application_name() {
+        one.application_name(name);
+    }
+    if let Some(timeout) = cfg.get_connect_timeout() {
+        one.connect_timeout(*timeout);
+    }
+    one.keepalives(cfg.get_keepalives());
+    one.keepalives_idle(cfg.get_keepalives_idle());
+    Some(one)
+}
+
+/// A connection to one host of `url` (`host`, `port` as in
+/// [`ConnParams::hosts`]), with every other setting of `url`; `None` when
+/// it does not answer or is not one of its hosts.
+pub async fn connect_host(url: &str, host: &str, port: u16) -> Option<Client> {
+    let (cfg, tls) = parse_url(url).ok()?;
+    let conn = ConnParams::from_url(url).ok()?;
+    let index = conn
+        .hosts
+        .iter()
+        .position(|(h, p)| h == host && *p == port)?;
+    let one = single_host(&cfg, index)?;
+    open_config(&one, &tls, None).await.ok()
+}
+
+/// Which host of `url` to stream from: the only one, or with several
+/// (`host=a,b`, `postgres://a,b/...`) the first that answers and is a
+/// primary (`pg_is_in_recovery()` false), as libpq's
+/// `target_session_attrs=read-write` picks it. Logical decoding needs the
+/// primary, so walbust looks for it whatever `target_session_attrs` says.
+/// None answering as a primary (a failover under way) is transient.
+pub async fn primary_host(url: &str) -> Result<usize, SourceError> {
+    let (cfg, tls) = parse_url(url)?;
+    if cfg.get_hosts().len() <= 1 {
+        return Ok(0);
+    }
+    connect_primary(&cfg, &tls, None)
+        .await
+        .map(|(index, _)| index)
+}
+
+/// Connects to the first host of `cfg` that answers and is a primary; its
+/// index and the connection. See [`primary_host`].
+async fn connect_primary(
+    cfg: &tokio_postgres::Config,
+    tls: &TlsSettings,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<(usize, Client), SourceError> {
+    let count = cfg.get_hosts().len();
+    let mut standbys = 0;
+    let mut last = None;
+    for index in 0..count {
+        let Some(one) = single_host(cfg, index) else {
+            continue;
+        };
+        let client = match open_config(&one, tls, notices.clone()).await {
+            Ok(client) => client,
+            Err(e) if e.is_definite() => return Err(e),
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+            Ok(row) if !row.get::<_, bool>(0) => return Ok((index, client)),
+            Ok(_) => standbys += 1,
+            Err(source) => {
+                last = Some(SourceError::Query {
+                    what: "ask a host whether it is in recovery",
+                    source,
+                })
+            }
+        }
+    }
+    match last {
+        Some(error) if standbys == 0 => Err(error),
+        _ => Err(SourceError::NoPrimary {
+            hosts: count,
+            standbys,
+        }),
+    }
 }
 
 async fn spawn_connection<T>(
@@ -827,19 +986,27 @@ async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, So
                 create: false,
             });
         }
+        if spec.failover {
+            require_failover_slots(client).await?;
+        }
+        // (slot_name, plugin, temporary, twophase, failover): the long form
+        // only where `failover` exists, Postgres 17 and later.
+        let sql = if spec.failover {
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)"
+        } else {
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')"
+        };
         let row = client
-            .query_one(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&spec.slot],
-            )
+            .query_one(sql, &[&spec.slot])
             .await
             .map_err(|e| SourceError::query("create the replication slot", e))?;
         let lsn: String = row.get(0);
-        tracing::info!(slot = %spec.slot, lsn = %lsn, "created replication slot");
+        tracing::info!(slot = %spec.slot, lsn = %lsn, failover = spec.failover, "created replication slot");
         return Ok(SlotState {
             confirmed_flush_lsn: walbust_pgoutput::parse_lsn(&lsn).unwrap_or(0),
             wal_status: "reserved".into(),
             created: true,
+            make_failover: false,
         });
     };
 
@@ -883,11 +1050,46 @@ async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, So
     if wal_status == "unreserved" {
         tracing::warn!(slot = %spec.slot, "slot wal_status is 'unreserved': the server is about to remove WAL it still needs (max_slot_wal_keep_size)");
     }
+    let make_failover = spec.failover && !slot_is_failover(client, spec).await?;
     Ok(SlotState {
         confirmed_flush_lsn: walbust_pgoutput::parse_lsn(&confirmed).unwrap_or(0),
         wal_status,
         created: false,
+        make_failover,
     })
+}
+
+/// The server's major version, e.g. 17.
+pub async fn server_major(client: &Client) -> Result<u32, SourceError> {
+    let row = client
+        .query_one("SHOW server_version_num", &[])
+        .await
+        .map_err(|e| SourceError::query("SHOW server_version_num", e))?;
+    let num: String = row.get(0);
+    Ok(num.trim().parse::<u32>().unwrap_or(0) / 10_000)
+}
+
+/// Refuses `source.failover` on a server without failover slots.
+async fn require_failover_slots(client: &Client) -> Result<(), SourceError> {
+    let major = server_major(client).await?;
+    if major < 17 {
+        return Err(SourceError::FailoverUnsupported { major });
+    }
+    Ok(())
+}
+
+/// Whether the existing slot of `spec` is a failover slot (Postgres 17+;
+/// `source.failover` on an older server is refused).
+async fn slot_is_failover(client: &Client, spec: &SourceSpec) -> Result<bool, SourceError> {
+    require_failover_slots(client).await?;
+    let row = client
+        .query_one(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+            &[&spec.slot],
+        )
+        .await
+        .map_err(|e| SourceError::query("look up the slot's failover flag", e))?;
+    Ok(row.get(0))
 }
 
 fn table_list<'a>(tables: impl IntoIterator<Item = &'a TableName>) -> String {
@@ -993,6 +1195,24 @@ mod tests {
 
         publication.filters = vec![filter(&items, None, &["id", "category"])];
         assert!(text(&publication).is_empty());
+    }
+
+    #[test]
+    fn every_host_of_a_multi_host_url_is_kept_with_its_port() {
+        let p = ConnParams::from_url(
+            "postgres://app:pw@db1:5433,db2:5434/shop?target_session_attrs=read-write",
+        )
+        .unwrap();
+        assert_eq!(
+            p.hosts,
+            [("db1".to_owned(), 5433), ("db2".to_owned(), 5434)]
+        );
+        assert_eq!((p.host.as_str(), p.port), ("db1", 5433));
+        // libpq: one port for every host.
+        let p = ConnParams::from_url("host=a,b port=6000 user=app dbname=shop").unwrap();
+        assert_eq!(p.hosts, [("a".to_owned(), 6000), ("b".to_owned(), 6000)]);
+        let p = ConnParams::from_url("postgres://app@db/shop").unwrap();
+        assert_eq!(p.hosts, [("db".to_owned(), 5432)]);
     }
 
     #[test]

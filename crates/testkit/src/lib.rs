@@ -41,7 +41,7 @@ pub use error::Error;
 #[cfg(feature = "kafka")]
 pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
 pub use postgres::{
-    commit_transaction, current_wal_lsn, replay_lsn, walsender_pid, Postgres,
+    commit_transaction, current_wal_lsn, pg18_bindir, replay_lsn, walsender_pid, Postgres,
     BINDIR_ENV as PG_BINDIR_ENV,
 };
 pub use process::{free_port, sibling_binary};

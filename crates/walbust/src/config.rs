@@ -94,6 +94,12 @@ pub struct SourceConfig {
     /// them (see deploy/postgres-setup.sql).
     #[serde(default)]
     pub create: bool,
+    /// Create the slot as a failover slot (`failover => true`, Postgres 17
+    /// and later), and make an existing one so: a standby with
+    /// `sync_replication_slots = on` keeps a copy, so that a promotion
+    /// keeps walbust's position. Refused on older servers.
+    #[serde(default)]
+    pub failover: bool,
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
     #[serde(default = "default_application_name")]

@@ -184,6 +184,7 @@ async fn reset(cfg: &Config, rules: &RuleSet) -> Result<Vec<String>> {
         publication: cfg.source.publication.clone(),
         slot: cfg.source.slot.clone(),
         create: cfg.source.create,
+        failover: cfg.source.failover,
     };
     // Nothing signals a shutdown: the command ends when its work does.
     let (_never, shutdown) = tokio::sync::watch::channel(false);
@@ -613,7 +614,11 @@ async fn redis_connection(
 /// Opening it proves the role may replicate, so its failures are
 /// classified like the stream's own ([`StreamError::is_transient`]).
 pub async fn system_identifier(cfg: &Config) -> Result<String, StreamError> {
-    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url).map_err(StreamError::Source)?;
+    let conn = walbust_cdc::ConnParams::from_url(&cfg.source.url)
+        .map_err(StreamError::Source)?
+        .primary()
+        .await
+        .map_err(StreamError::Source)?;
     let replication = |source| conn.replication_error(source);
     let mut client = ReplicationClient::connect_gated(identify_config(cfg, &conn))
         .await

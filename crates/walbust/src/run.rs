@@ -83,6 +83,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         publication: cfg.source.publication.clone(),
         slot: cfg.source.slot.clone(),
         create: cfg.source.create,
+        failover: cfg.source.failover,
     };
     // Before the slot may be created: a new slot must not paper over a gap.
     if crate::gap::guard(&cfg, &rules, &sinks, &shutdown)
