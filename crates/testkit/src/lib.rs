@@ -1,4 +1,4 @@
-//! Throwaway PostgreSQL, Redis and Kafka servers for walbust's tests and for
+//! Throwaway PostgreSQL, Redis, Kafka and Varnish servers for walbust's tests and for
 //! `walbust demo`.
 //!
 //! Map:
@@ -11,6 +11,8 @@
 //!   unless asked for ([`Redis::start_with`]).
 //! - [`RedisCluster`]: cluster-enabled [`Redis`] primaries with their slots
 //!   assigned by `redis-cli --cluster create`.
+//! - [`Varnish`]: `varnishd` with vmod xkey in front of a backend the test runs, with the VCL
+//!   walbust's README shows for HTTP purges.
 //! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
 //!   broker named by `WALBUST_TEST_KAFKA`.
 //! - [`commit_transaction`], [`current_wal_lsn`], [`replay_lsn`],
@@ -36,6 +38,7 @@ mod process;
 mod redis_cluster;
 #[cfg(feature = "redis")]
 mod redis_server;
+mod varnish;
 
 pub use error::Error;
 #[cfg(feature = "kafka")]
@@ -49,3 +52,4 @@ pub use process::{free_port, sibling_binary};
 pub use redis_cluster::RedisCluster;
 #[cfg(feature = "redis")]
 pub use redis_server::Redis;
+pub use varnish::{Varnish, XKEY_VCL as VARNISH_XKEY_VCL};
