@@ -4,26 +4,22 @@
 //! `Surrogate-Key` purges split over several requests.
 //!
 //! The HTTP servers the sink talks to (Varnish's backend, the webhook receiver, the purge API)
-//! run inside the test and record every request.
+//! run inside the test and record every request (testkit's `HttpRecorder`).
 
 mod support;
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use sha2::Sha256;
 use support::*;
+use walbust_testkit::{HttpAnswer, HttpRecorder, HttpRequest};
 
 const RULES: &str = r#"
 version: 1
@@ -33,100 +29,13 @@ rules:
     tags: ["product:{id}", "category:{category_id}"]
 "#;
 
-/// One request an in-test server received.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    headers: hyper::HeaderMap,
-    body: Bytes,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// What the server answers: status, extra headers, body.
-type Answer = (u16, Vec<(&'static str, String)>, String);
-
-/// An HTTP/1.1 server on a free loopback port that records every request and answers with
-/// `answer`. Stops with the test's runtime.
-#[derive(Clone)]
-struct Recorder {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Recorder {
-    async fn start(answer: impl Fn(&Received) -> Answer + Send + Sync + 'static) -> Recorder {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let answer = Arc::new(answer);
-        let log = received.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (answer, log) = (answer.clone(), log.clone());
-                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (answer, log) = (answer.clone(), log.clone());
-                    async move {
-                        let (parts, body) = request.into_parts();
-                        let body = body
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let got = Received {
-                            method: parts.method.to_string(),
-                            path: parts.uri.to_string(),
-                            headers: parts.headers,
-                            body,
-                        };
-                        let (status, headers, text) = answer(&got);
-                        log.lock().unwrap().push(got);
-                        let mut response = hyper::Response::builder().status(status);
-                        for (name, value) in headers {
-                            response = response.header(name, value);
-                        }
-                        Ok::<_, Infallible>(response.body(Full::new(Bytes::from(text))).unwrap())
-                    }
-                });
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Recorder { addr, received }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// Requests received for `path`.
-    fn count(&self, path: &str) -> usize {
-        self.received().iter().filter(|r| r.path == path).count()
-    }
-
-    /// Waits until at least `n` requests arrived; returns them all.
-    async fn wait_for(&self, n: usize, what: &str) -> Vec<Received> {
-        eventually(Duration::from_secs(30), what, || async {
-            let all = self.received();
-            (all.len() >= n).then_some(all)
-        })
-        .await
-    }
+/// Waits until `recorder` received at least `n` requests; returns them all.
+async fn wait_requests(recorder: &HttpRecorder, n: usize, what: &str) -> Vec<HttpRequest> {
+    eventually(Duration::from_secs(30), what, || async {
+        let all = recorder.received();
+        (all.len() >= n).then_some(all)
+    })
+    .await
 }
 
 /// Postgres with the `products` table, and a scratch folder.
@@ -189,29 +98,25 @@ fn get(port: u16, path: &str) -> u16 {
 
 /// A product page of the backend: cacheable for an hour, tagged with the product's and its
 /// category's surrogate keys (what the rules call its tags).
-fn product_page(request: &Received) -> Answer {
+fn product_page(request: &HttpRequest) -> HttpAnswer {
     let xkey = match request.path.as_str() {
         "/product/1" => "product:1 category:3",
         "/product/2" => "product:2 category:4",
-        _ => return (404, Vec::new(), "not found".into()),
+        _ => return HttpAnswer::status(404),
     };
-    (
-        200,
-        vec![
-            ("xkey", xkey.to_owned()),
-            ("cache-control", "public, max-age=3600".to_owned()),
-        ],
-        format!("page {}", request.path),
-    )
+    HttpAnswer::status(200)
+        .header("xkey", xkey)
+        .header("cache-control", "public, max-age=3600")
+        .body(format!("page {}", request.path))
 }
 
 /// A row update purges, in a real Varnish, exactly the objects tagged with the row's tags: its
 /// page is fetched from the backend again, the other product's page stays cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn varnish_purges_the_objects_tagged_with_the_rows_tags() {
-    let backend = Recorder::start(product_page).await;
+    let backend = HttpRecorder::start(product_page).await.unwrap();
     let varnish =
-        tokio::task::block_in_place(|| walbust_testkit::Varnish::start(backend.addr.port()))
+        tokio::task::block_in_place(|| walbust_testkit::Varnish::start(backend.addr().port()))
             .expect("start Varnish");
     let port = varnish.port();
     let fetch = |path: &'static str| tokio::task::block_in_place(|| get(port, path));
@@ -263,8 +168,9 @@ async fn signed_webhook_is_retried_and_acknowledged_only_after_a_2xx() {
     const SECRET: &str = "webhook-s3cret-value";
     let status = Arc::new(AtomicU16::new(500));
     let answer = status.clone();
-    let receiver =
-        Recorder::start(move |_| (answer.load(Ordering::SeqCst), Vec::new(), String::new())).await;
+    let receiver = HttpRecorder::start(move |_| HttpAnswer::status(answer.load(Ordering::SeqCst)))
+        .await
+        .unwrap();
 
     let (shop, mut db) = Shop::start().await;
     std::fs::write(shop.dir.path().join("hook.secret"), format!("{SECRET}\n")).unwrap();
@@ -279,7 +185,7 @@ async fn signed_webhook_is_retried_and_acknowledged_only_after_a_2xx() {
     wait_streaming(&db, &mut walbust).await;
 
     let (xid, _, after) = commit(&mut db, "UPDATE products SET category_id = 5 WHERE id = 1").await;
-    let refused = receiver.wait_for(2, "two attempts answered 500").await;
+    let refused = wait_requests(&receiver, 2, "two attempts answered 500").await;
     // Whatever walbust had confirmed after two refusals has reached the server: not this change.
     wait_status_update(&db).await;
     let confirmed = confirmed_flush_lsn(&db, "walbust").await.unwrap();
@@ -333,7 +239,9 @@ async fn signed_webhook_is_retried_and_acknowledged_only_after_a_2xx() {
 /// (`send: both`); a pattern becomes the `flush_all_key`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn surrogate_key_purges_carry_the_keys_and_the_configured_headers() {
-    let api = Recorder::start(|_| (200, Vec::new(), "{\"status\":\"ok\"}".into())).await;
+    let api = HttpRecorder::start(|_| HttpAnswer::status(200).body("{\"status\":\"ok\"}"))
+        .await
+        .unwrap();
     let (shop, mut db) = Shop::start().await;
     let rules = format!("{RULES}    patterns: [\"product-list:*\"]\n");
     let config = shop.config(

@@ -11,6 +11,8 @@
 //!   unless asked for ([`Redis::start_with`]).
 //! - [`RedisCluster`]: cluster-enabled [`Redis`] primaries with their slots
 //!   assigned by `redis-cli --cluster create`.
+//! - [`HttpRecorder`]: an HTTP server inside the test (TCP or TLS) that records every request
+//!   and answers what the test says, for the endpoints of walbust's HTTP sink.
 //! - [`Varnish`]: `varnishd` with vmod xkey in front of a backend the test runs, with the VCL
 //!   walbust's README shows for HTTP purges.
 //! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
@@ -30,6 +32,8 @@
 //! produce).
 
 mod error;
+#[cfg(feature = "http")]
+mod http_recorder;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod postgres;
@@ -41,6 +45,8 @@ mod redis_server;
 mod varnish;
 
 pub use error::Error;
+#[cfg(feature = "http")]
+pub use http_recorder::{HttpAnswer, HttpRecorder, HttpRequest};
 #[cfg(feature = "kafka")]
 pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
 pub use postgres::{
