@@ -1248,9 +1248,7 @@ sinks:
 
         let unsigned = text.replace("    secret: ${HOOK_SECRET}\n", "");
         assert_eq!(
-            Config::parse(&unsigned, "walbust.yaml", |_| None)
-                .unwrap_err()
-                .to_string(),
+            error_of(&unsigned),
             "walbust.yaml: sinks.http.secret: required for webhook: receivers verify the signature with it"
         );
     }
