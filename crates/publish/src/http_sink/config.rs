@@ -270,8 +270,7 @@ impl HttpSinkConfig {
             );
             if let Some(key) = &self.flush_all_key {
                 errors.check(
-                    super::request::is_header_token(key)
-                        && key.len() <= self.max_header_bytes.max(MIN_MAX_HEADER_BYTES),
+                    super::request::is_header_token(key) && key.len() <= self.max_header_bytes,
                     "flush_all_key",
                     "must be a non-empty surrogate key without spaces or control characters",
                 );

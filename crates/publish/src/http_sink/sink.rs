@@ -366,9 +366,20 @@ impl HttpSink {
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             .is_some_and(|tls| {
+                use rustls::AlertDescription as A;
                 matches!(
                     tls,
-                    rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_)
+                    rustls::Error::InvalidCertificate(_)
+                        | rustls::Error::AlertReceived(
+                            A::BadCertificate
+                                | A::UnsupportedCertificate
+                                | A::CertificateRevoked
+                                | A::CertificateExpired
+                                | A::CertificateUnknown
+                                | A::UnknownCA
+                                | A::AccessDenied
+                                | A::CertificateRequired
+                        )
                 )
             });
         SinkError::with_source(
