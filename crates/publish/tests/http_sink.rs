@@ -101,6 +101,9 @@ async fn answers_become_the_error_kinds_their_retriability_needs() {
     assert_eq!(last.path, "/purge");
     assert_eq!(last.header("surrogate-key"), Some("category:3"));
     assert_eq!(last.header("fastly-key"), Some("token"));
+    assert!(last
+        .header("user-agent")
+        .is_some_and(|a| a.starts_with("walbust/")));
 }
 
 /// No server, or one that never answers: retriable, as an outage is.

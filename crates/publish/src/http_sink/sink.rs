@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics::counter;
@@ -33,6 +33,8 @@ pub const NAME: &str = "http";
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Idle connections kept for reuse.
 const MAX_IDLE: usize = 16;
+/// `User-Agent` of every request unless `headers` sets one: endpoint logs tell walbust apart.
+const AGENT: &str = concat!("walbust/", env!("CARGO_PKG_VERSION"));
 
 /// The HTTP purge sink. A batch is confirmed when every one of its requests got a 2xx answer.
 pub struct HttpSink {
@@ -78,6 +80,9 @@ impl HttpSink {
             };
             value.set_sensitive(true);
             headers.push((name, value));
+        }
+        if !headers.iter().any(|(name, _)| name == USER_AGENT) {
+            headers.push((USER_AGENT, HeaderValue::from_static(AGENT)));
         }
         let tls = if target.https {
             Some(tls_connector(&cfg, &target)?)
