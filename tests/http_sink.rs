@@ -111,7 +111,8 @@ fn product_page(request: &HttpRequest) -> HttpAnswer {
 }
 
 /// A row update purges, in a real Varnish, exactly the objects tagged with the row's tags: its
-/// page is fetched from the backend again, the other product's page stays cached.
+/// page is fetched from the backend again, the other product's page stays cached. `walbust
+/// check --db` finds the sink healthy first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn varnish_purges_the_objects_tagged_with_the_rows_tags() {
     let backend = HttpRecorder::start(product_page).await.unwrap();
@@ -133,6 +134,12 @@ async fn varnish_purges_the_objects_tagged_with_the_rows_tags() {
             "    url: \"{}/\"\n    format: varnish_xkey\n",
             varnish.url()
         ),
+    );
+    let check = check_db(&config).await;
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains("ok: sink http is healthy"),
+        "walbust check --db: {report}"
     );
     let mut walbust = Walbust::start(&config);
     wait_streaming(&db, &mut walbust).await;
