@@ -38,10 +38,12 @@ async fn wait_requests(recorder: &HttpRecorder, n: usize, what: &str) -> Vec<Htt
     .await
 }
 
-/// Postgres with the `products` table, and a scratch folder.
+/// Postgres with the `products` table, a scratch folder, and the port walbust serves metrics
+/// on.
 struct Shop {
     pg: walbust_testkit::Postgres,
     dir: tempfile::TempDir,
+    metrics_port: u16,
 }
 
 impl Shop {
@@ -59,7 +61,15 @@ impl Shop {
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        (Shop { pg, dir }, db)
+        let metrics_port = walbust_testkit::free_port();
+        (
+            Shop {
+                pg,
+                dir,
+                metrics_port,
+            },
+            db,
+        )
     }
 
     /// Writes the rules and a configuration whose only sink is `sinks.http` with `http` (lines
@@ -70,6 +80,10 @@ impl Shop {
         cfg.push_str("sinks:\n  http:\n");
         cfg.push_str(http);
         cfg.push_str("publish:\n  retry_min_ms: 50\n  retry_max_ms: 300\n");
+        cfg.push_str(&format!(
+            "metrics:\n  listen: 127.0.0.1:{}\n",
+            self.metrics_port
+        ));
         let path = self.dir.path().join("walbust.yaml");
         std::fs::write(&path, cfg).unwrap();
         path
@@ -238,6 +252,11 @@ async fn signed_webhook_is_retried_and_acknowledged_only_after_a_2xx() {
             .into(),
         "both the old and the new category"
     );
+    let scrape = tokio::task::block_in_place(|| scrape_metrics(shop.metrics_port));
+    let count = |series: &str| metric_value(&scrape, series).unwrap_or(0.0);
+    assert!(count("walbust_http_requests_total{class=\"5xx\"}") >= 2.0);
+    assert!(count("walbust_http_requests_total{class=\"2xx\"}") >= 1.0);
+    assert!(count("walbust_sink_retries_total{sink=\"http\"}") >= 2.0);
     assert!(!walbust.log().contains(SECRET), "the secret was logged");
 }
 
@@ -281,5 +300,14 @@ async fn surrogate_key_purges_carry_the_keys_and_the_configured_headers() {
         keys,
         ["all", "category:4", "product:2"].map(String::from).into(),
         "tags, keys (product:2 is both) and the flush-all key for the pattern"
+    );
+    let scrape = tokio::task::block_in_place(|| scrape_metrics(shop.metrics_port));
+    assert_eq!(
+        metric_value(&scrape, "walbust_http_flush_all_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&scrape, "walbust_http_entries_skipped_total"),
+        Some(0.0)
     );
 }
