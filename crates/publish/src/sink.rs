@@ -38,7 +38,8 @@ pub trait Sink: Send + Sync + 'static {
     fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Checks that the destination is reachable and usable: Redis `PING`, Kafka metadata for the
-    /// topic (a missing topic is an error). Used at start-up and by `walbust check`.
+    /// topic (a missing topic is an error), a connection to the HTTP endpoint. Used at start-up
+    /// and by `walbust check`.
     fn health<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Makes the destination ready before the first batch, once, at `walbust run`'s start

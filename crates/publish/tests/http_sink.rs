@@ -154,6 +154,9 @@ async fn connections_the_server_closed_are_replaced() {
             .unwrap_or_else(|e| panic!("batch {i}: {e:?}"));
     }
     assert_eq!(cache.received().len(), 5);
+    // A batch that only completes transactions has nothing to send.
+    sink.publish(&batch(vec![], vec![], vec![])).await.unwrap();
+    assert_eq!(cache.received().len(), 5);
 }
 
 /// `https://` with `tls.ca_file`: the private CA is trusted, and the webhook body arrives

@@ -192,6 +192,9 @@ impl HttpSink {
     }
 
     async fn publish_batch(&self, batch: &Batch) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         let requests = self.prepare(batch);
         if requests.is_empty() {
             return Ok(());
