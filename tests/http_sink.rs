@@ -1,7 +1,7 @@
 //! The HTTP purge sink (`sinks.http`) end to end with the real `walbust` binary and a real
 //! Postgres: purges by `xkey` in a real Varnish (varnish-modules' vmod xkey), a signed webhook
-//! that refuses and then accepts (the slot waits for the 2xx), and Fastly-style
-//! `Surrogate-Key` purges split over several requests.
+//! that refuses and then accepts (the slot waits for the 2xx), Fastly-style `Surrogate-Key`
+//! purges split over several requests, and the purge of a gap reaching the cache.
 //!
 //! The HTTP servers the sink talks to (Varnish's backend, the webhook receiver, the purge API)
 //! run inside the test and record every request (testkit's `HttpRecorder`).
@@ -309,5 +309,56 @@ async fn surrogate_key_purges_carry_the_keys_and_the_configured_headers() {
     assert_eq!(
         metric_value(&scrape, "walbust_http_entries_skipped_total"),
         Some(0.0)
+    );
+}
+
+/// After a gap (the slot dropped while walbust was stopped), `on_gap: purge` reaches the HTTP
+/// cache too: the pattern every purge of a gap carries becomes the `flush_all_key`, before
+/// streaming resumes. The gap marker lives in Redis, so Redis is the second sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_purges_the_flush_all_key() {
+    let cache = HttpRecorder::start(|_| HttpAnswer::status(200))
+        .await
+        .unwrap();
+    let redis = tokio::task::block_in_place(walbust_testkit::Redis::start).expect("start Redis");
+    let (shop, db) = Shop::start().await;
+    let config = shop.config(
+        RULES,
+        &format!(
+            "    url: \"{}\"\n    format: varnish_xkey\n    flush_all_key: all\n  redis:\n    url: \"{}\"\n",
+            cache.url("/"),
+            redis.url()
+        ),
+    );
+    purge_on_gap(&config);
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    walbust.kill();
+    eventually(
+        Duration::from_secs(30),
+        "the slot to be dropped",
+        || async {
+            db.batch_execute("SELECT pg_drop_replication_slot('walbust')")
+                .await
+                .ok()
+        },
+    )
+    .await;
+    assert!(
+        cache.received().is_empty(),
+        "nothing to purge before the gap"
+    );
+
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    // Confirmed before the new slot was created: it arrived before streaming began.
+    let purges = cache.received();
+    assert_eq!(purges.len(), 1, "{purges:?}");
+    assert_eq!(purges[0].method, "PURGE");
+    assert_eq!(purges[0].header("xkey"), Some("all"));
+    assert!(
+        walbust.log().contains("gap purge confirmed"),
+        "{}",
+        walbust.log()
     );
 }
