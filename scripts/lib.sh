@@ -1,6 +1,7 @@
 # Shared by the scripts: installs what walbust's tests, demo and tools need
 # and is missing. Debian packages: postgresql (server binaries: initdb,
-# pg_ctl, postgres), redis-server, and for building librdkafka with TLS (so
+# pg_ctl, postgres), redis-server, varnish and varnish-modules (the HTTP
+# sink's tests purge a real Varnish with vmod xkey), and for building librdkafka with TLS (so
 # SASL_SSL to Kafka works) libssl-dev and pkg-config, and for validating
 # deploy/ systemd (systemd-analyze), yamllint and prometheus (promtool), and
 # for the Node subscriber package (clients/node) nodejs and npm.
@@ -12,10 +13,17 @@ walbust_have_postgres() {
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
 }
 
+walbust_have_varnish() {
+    { command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ]; } || return 1
+    # vmod xkey comes with varnish-modules.
+    ls /usr/lib/*/varnish/vmods/libvmod_xkey.so /usr/lib/varnish/vmods/libvmod_xkey.so 2>/dev/null | grep -q .
+}
+
 walbust_install_missing() {
     local missing=()
     walbust_have_postgres || missing+=(postgresql)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    walbust_have_varnish || missing+=(varnish varnish-modules)
     command -v cc >/dev/null 2>&1 || missing+=(build-essential)
     command -v make >/dev/null 2>&1 || missing+=(make)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
@@ -48,9 +56,9 @@ walbust_install_missing() {
     fi
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-    # The Debian packages start a Postgres cluster and a Prometheus server of
-    # their own; walbust's tests and demo start throwaway servers and need
-    # neither (only promtool from the prometheus package).
+    # The Debian packages start a Postgres cluster, a Prometheus server and a
+    # Varnish of their own; walbust's tests and demo start throwaway servers
+    # and need none of them (only promtool from the prometheus package).
 }
 
 # Postgres 18 server programs, for the tests of failover slots (Postgres 17

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs walbust's whole test suite against real, throwaway Postgres
-# (wal_level=logical), redis-server and a Kafka broker (librdkafka's mock
-# cluster), installing the Debian packages that are missing. The Node
+# (wal_level=logical), redis-server, Varnish (with vmod xkey) and a Kafka
+# broker (librdkafka's mock cluster), installing the Debian packages that are missing. The Node
 # subscriber package in clients/node is installed and tested first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -35,27 +35,6 @@ fn start_services() -> Services {
     )
 }
 
-/// Waits until the slot's confirmed position reaches `lsn` (`>=`), up to
-/// `timeout`; returns how long it took.
-async fn wait_confirmed_at_least(
-    db: &tokio_postgres::Client,
-    lsn: u64,
-    timeout: Duration,
-) -> Duration {
-    let started = Instant::now();
-    eventually(
-        timeout,
-        "confirmed_flush_lsn to reach the last write",
-        || async {
-            confirmed_flush_lsn(db, "walbust")
-                .await
-                .filter(|c| *c >= lsn)
-        },
-    )
-    .await;
-    started.elapsed()
-}
-
 /// `calls` of one command in `INFO commandstats` (0 if never called).
 async fn command_calls(redis: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")

@@ -466,6 +466,27 @@ pub async fn wait_confirmed_past(db: &tokio_postgres::Client, lsn: u64) {
     .await;
 }
 
+/// Waits until the slot's confirmed position reaches `lsn` (`>=`), up to
+/// `timeout`; returns how long it took.
+pub async fn wait_confirmed_at_least(
+    db: &tokio_postgres::Client,
+    lsn: u64,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    eventually(
+        timeout,
+        "confirmed_flush_lsn to reach the last write",
+        || async {
+            confirmed_flush_lsn(db, "walbust")
+                .await
+                .filter(|c| *c >= lsn)
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
 /// For tests that run several walbust processes on the same services: a
 /// configuration of its own named `name` (slot, Kafka topic, files), Kafka
 /// as the only sink, `source_extra` appended under `source:` (for example

@@ -8,10 +8,12 @@
 //! - [`pipeline`]: the task that drives it all: [`Pipeline::spawn`] returns the item sender, a
 //!   `watch` of the confirmed end LSN, and the task handle.
 //! - [`sink`]: the [`Sink`] trait (its rustdoc is the delivery contract) and [`SinkError`].
-//! - [`redis_sink`], [`kafka_sink`]: the two sinks, each a folder with the same files: `config`
-//!   (serde + pure `validate()`), `sink` (I/O), `request` (building commands or records, pure).
+//! - [`redis_sink`], [`kafka_sink`], [`http_sink`]: the sinks, each a folder with the same
+//!   files: `config` (serde + pure `validate()`), `sink` (I/O), `request` (building commands,
+//!   records or requests, pure).
 //! - [`discard_sink`]: a sink that confirms without sending, for benchmarks only.
-//! - [`record`]: the versioned JSON record of a batch (Kafka value, Redis `PUBLISH` message).
+//! - [`record`]: the versioned JSON record of a batch (Kafka value, Redis `PUBLISH` message,
+//!   webhook body).
 //! - [`format`](mod@format): LSN and timestamp formatting.
 //! - [`metrics`]: metric names and [`metrics::describe`].
 //!
@@ -25,6 +27,7 @@
 pub mod batch;
 pub mod config;
 pub mod discard_sink;
+pub mod http_sink;
 pub mod kafka_sink;
 pub mod metrics;
 pub mod pipeline;

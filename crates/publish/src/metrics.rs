@@ -1,8 +1,8 @@
 //! Every metric the publishing side emits: names as constants, described once by [`describe`].
 //!
-//! Telemetry is per batch, never per key. Labels are low-cardinality: `sink` (`redis`, `kafka`)
-//! and `kind` (a [`SinkErrorKind`](crate::SinkErrorKind) name). Keys, tags and patterns never
-//! appear in labels.
+//! Telemetry is per batch, never per key. Labels are low-cardinality: `sink` (`redis`, `kafka`,
+//! `http`), `kind` (a [`SinkErrorKind`](crate::SinkErrorKind) name), and the HTTP sink's `class`
+//! and `reason`. Keys, tags and patterns never appear in labels.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
@@ -10,6 +10,11 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 pub const LABEL_SINK: &str = "sink";
 /// Label naming an error kind.
 pub const LABEL_KIND: &str = "kind";
+/// Label naming the class of an HTTP answer (`2xx`, `3xx`, `4xx`, `5xx`, `other`, or `failed`
+/// when none came).
+pub const LABEL_CLASS: &str = "class";
+/// Label naming why entries were skipped.
+pub const LABEL_REASON: &str = "reason";
 
 /// Batches confirmed by a sink.
 pub const SINK_BATCHES: &str = "walbust_sink_batches_total";
@@ -57,6 +62,14 @@ pub const KAFKA_RECORD_BYTES: &str = "walbust_kafka_record_bytes_total";
 /// Entries too large for any Kafka record, replaced by a flush of everything (pattern `*`).
 pub const KAFKA_OVERSIZE_ENTRIES: &str = "walbust_kafka_oversize_entries_total";
 
+/// HTTP sink requests, by the `class` of their answer.
+pub const HTTP_REQUESTS: &str = "walbust_http_requests_total";
+/// Entries the HTTP sink could not express as surrogate keys and skipped (no `flush_all_key`),
+/// by `reason`: `pattern` or `unsendable`.
+pub const HTTP_ENTRIES_SKIPPED: &str = "walbust_http_entries_skipped_total";
+/// Batches whose patterns or unsendable entries the HTTP sink purged as its `flush_all_key`.
+pub const HTTP_FLUSH_ALL: &str = "walbust_http_flush_all_total";
+
 /// Registers every counter of the publishing side at 0 with the installed
 /// recorder, for each of the sinks named (their [`Sink::name`](crate::Sink::name)) and each
 /// error kind. A series that first appears at 1 has no earlier sample, so
@@ -88,6 +101,15 @@ pub fn register_counters(sinks: &[&'static str]) {
         REDIS_PATTERN_KEYS_REMOVED,
     ];
     let kafka = [KAFKA_RECORDS, KAFKA_RECORD_BYTES, KAFKA_OVERSIZE_ENTRIES];
+    if sinks.contains(&crate::http_sink::NAME) {
+        for class in ["2xx", "3xx", "4xx", "5xx", "other", "failed"] {
+            metrics::counter!(HTTP_REQUESTS, LABEL_CLASS => class).increment(0);
+        }
+        for reason in ["pattern", "unsendable"] {
+            metrics::counter!(HTTP_ENTRIES_SKIPPED, LABEL_REASON => reason).increment(0);
+        }
+        metrics::counter!(HTTP_FLUSH_ALL).increment(0);
+    }
     for (sink, names) in [
         (crate::redis_sink::NAME, &redis[..]),
         (crate::kafka_sink::NAME, &kafka[..]),
@@ -197,5 +219,20 @@ pub fn describe() {
         KAFKA_RECORD_BYTES,
         Unit::Bytes,
         "Payload bytes of Kafka records acknowledged by the broker."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        Unit::Count,
+        "HTTP sink requests by the class of their answer (failed: no answer)."
+    );
+    describe_counter!(
+        HTTP_ENTRIES_SKIPPED,
+        Unit::Count,
+        "Entries no surrogate key can express (patterns, unsendable), skipped for lack of flush_all_key."
+    );
+    describe_counter!(
+        HTTP_FLUSH_ALL,
+        Unit::Count,
+        "Batches whose patterns or unsendable entries were purged as the flush_all_key."
     );
 }

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 
 use crate::batch::Batch;
 
-/// A destination for invalidation batches (Redis, Kafka).
+/// A destination for invalidation batches (Redis, Kafka, HTTP caches).
 ///
 /// # Contract
 ///
@@ -22,22 +22,24 @@ use crate::batch::Batch;
 ///   and consumers downstream are told so.
 /// - **Confirmed means durable.** `publish` returns `Ok` only once the downstream system has
 ///   applied or acknowledged the whole batch: for Redis, every command got its reply; for Kafka,
-///   every record was acknowledged by the broker with `acks=all`. Only then may the WAL behind
-///   the batch be acknowledged to Postgres.
+///   every record was acknowledged by the broker with `acks=all`; for HTTP, every request got a
+///   2xx answer. Only then may the WAL behind the batch be acknowledged to Postgres.
 /// - **All or retry.** On `Err`, any part of the batch may or may not have been applied; the
 ///   pipeline publishes the same batch again (if [`SinkError::retriable`]), so `publish` must be
 ///   safe to call again with the same batch.
 /// - Batches may be published concurrently (`max_in_flight > 1`) and in any order.
 /// - Implementations never log keys, tags or patterns (they can carry personal data); counts only.
 pub trait Sink: Send + Sync + 'static {
-    /// Short, constant name used in logs and as the `sink` metric label (`"redis"`, `"kafka"`).
+    /// Short, constant name used in logs and as the `sink` metric label (`"redis"`, `"kafka"`,
+    /// `"http"`).
     fn name(&self) -> &'static str;
 
     /// Applies `batch` downstream; `Ok` means durably confirmed (see the trait docs).
     fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Checks that the destination is reachable and usable: Redis `PING`, Kafka metadata for the
-    /// topic (a missing topic is an error). Used at start-up and by `walbust check`.
+    /// topic (a missing topic is an error), a connection to the HTTP endpoint. Used at start-up
+    /// and by `walbust check`.
     fn health<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>>;
 
     /// Makes the destination ready before the first batch, once, at `walbust run`'s start

@@ -69,7 +69,7 @@ pub enum Error {
     /// A server did not come up, or died while coming up.
     #[error("{server} failed to start on 127.0.0.1:{port}: {reason}\n--- last lines of {} ---\n{log_tail}", log.display())]
     StartFailed {
-        /// `PostgreSQL` or `Redis`.
+        /// `PostgreSQL`, `Redis` or `Varnish`.
         server: &'static str,
         /// The port it was meant to listen on.
         port: u16,

@@ -1,4 +1,4 @@
-//! Throwaway PostgreSQL, Redis and Kafka servers for walbust's tests and for
+//! Throwaway PostgreSQL, Redis, Kafka and Varnish servers for walbust's tests and for
 //! `walbust demo`.
 //!
 //! Map:
@@ -11,6 +11,10 @@
 //!   unless asked for ([`Redis::start_with`]).
 //! - [`RedisCluster`]: cluster-enabled [`Redis`] primaries with their slots
 //!   assigned by `redis-cli --cluster create`.
+//! - [`HttpRecorder`]: an HTTP server inside the test (TCP or TLS) that records every request
+//!   and answers what the test says, for the endpoints of walbust's HTTP sink.
+//! - [`Varnish`]: `varnishd` with vmod xkey in front of a backend the test runs, with the VCL
+//!   walbust's README shows for HTTP purges.
 //! - [`Kafka`]: librdkafka's mock cluster (real protocol over TCP), or the
 //!   broker named by `WALBUST_TEST_KAFKA`.
 //! - [`commit_transaction`], [`current_wal_lsn`], [`replay_lsn`],
@@ -28,6 +32,8 @@
 //! produce).
 
 mod error;
+#[cfg(feature = "http")]
+mod http_recorder;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod postgres;
@@ -36,8 +42,11 @@ mod process;
 mod redis_cluster;
 #[cfg(feature = "redis")]
 mod redis_server;
+mod varnish;
 
 pub use error::Error;
+#[cfg(feature = "http")]
+pub use http_recorder::{HttpAnswer, HttpRecorder, HttpRequest};
 #[cfg(feature = "kafka")]
 pub use kafka::{Kafka, KafkaRecord, EXTERNAL_ENV as KAFKA_ENV};
 pub use postgres::{
@@ -49,3 +58,4 @@ pub use process::{free_port, sibling_binary};
 pub use redis_cluster::RedisCluster;
 #[cfg(feature = "redis")]
 pub use redis_server::Redis;
+pub use varnish::{Varnish, XKEY_VCL as VARNISH_XKEY_VCL};

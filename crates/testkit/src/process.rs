@@ -94,6 +94,38 @@ pub(crate) fn log_tail(path: &Path) -> String {
     }
 }
 
+/// Spawns `cmd` with its standard output and error appended to `log`, and writes its pid to
+/// `pid_file` for the [`OrphanGuard`], which cannot know it otherwise.
+pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path, pid_file: &Path) -> Result<Child, Error> {
+    let out = fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io(format!("could not open {}", log.display()), e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::io("could not duplicate the log file handle", e))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    let line = describe(cmd);
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("could not run {line}"), e))?;
+    fs::write(pid_file, format!("{}\n", child.id()))
+        .map_err(|e| Error::io(format!("could not write {}", pid_file.display()), e))?;
+    Ok(child)
+}
+
+/// `Ok` while `child` (the server `name`) runs; how it ended otherwise. Checked before trusting
+/// an answer on the server's port: it could come from whoever else holds the port if the
+/// server failed to bind.
+pub(crate) fn still_running(child: Option<&mut Child>, name: &str) -> Result<(), String> {
+    match child.map(Child::try_wait) {
+        None | Some(Ok(None)) => Ok(()),
+        Some(Ok(Some(status))) => Err(format!("{name} exited with {status}")),
+        Some(Err(e)) => Err(format!("could not check on {name}: {e}")),
+    }
+}
+
 /// A system user a server is run as, instead of the current (root) user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RunAs {

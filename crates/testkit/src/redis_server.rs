@@ -3,11 +3,11 @@
 //! [`Redis::start_with`] can turn it on (e.g. an append-only file), and the
 //! data then survives `stop` and `restart`, which keep the directory.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -269,14 +269,6 @@ impl Redis {
 
     /// Spawns the server on `self.port` and waits for PONG.
     fn spawn(&self) -> Result<(), Error> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log_file)
-            .map_err(|e| Error::io(format!("could not open {}", self.log_file.display()), e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| Error::io("could not duplicate the log file handle", e))?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -287,17 +279,8 @@ impl Redis {
             .arg(self.dir.path())
             .args(["--daemonize", "no"])
             .args(&self.extra_args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        let line = process::describe(&cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("could not run {line}"), e))?;
-        // For the orphan guard, which cannot know the pid otherwise.
-        fs::write(&self.pid_file, format!("{}\n", child.id()))
-            .map_err(|e| Error::io(format!("could not write {}", self.pid_file.display()), e))?;
+            .current_dir(self.dir.path());
+        let child = process::spawn_logged(&mut cmd, &self.log_file, &self.pid_file)?;
         *self.lock_child() = Some(child);
 
         match self.wait_ready() {
@@ -318,15 +301,7 @@ impl Redis {
     fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            // Checked before trusting a PONG: the answer could come from
-            // whoever else holds the port if our server failed to bind.
-            if let Some(child) = self.lock_child().as_mut() {
-                match child.try_wait() {
-                    Ok(None) => {}
-                    Ok(Some(status)) => return Err(format!("redis-server exited with {status}")),
-                    Err(e) => return Err(format!("could not check on redis-server: {e}")),
-                }
-            }
+            process::still_running(self.lock_child().as_mut(), BINARY)?;
             if ping(self.port) {
                 return Ok(());
             }

@@ -42,6 +42,9 @@ fn main() {
 fn hold_servers() {
     let pg = walbust_testkit::Postgres::start().expect("start postgres");
     let redis = walbust_testkit::Redis::start().expect("start redis");
+    // Its backend is never asked: nothing is fetched through it.
+    let varnish =
+        walbust_testkit::Varnish::start(walbust_testkit::free_port()).expect("start varnish");
     let pg_pid = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
         .expect("postmaster.pid")
         .lines()
@@ -56,6 +59,11 @@ fn hold_servers() {
         redis.log_file().parent().expect("dir").display()
     );
     println!("redis_port={}", redis.port());
+    println!(
+        "varnish_dir={}",
+        varnish.log_file().parent().expect("dir").display()
+    );
+    println!("varnish_port={}", varnish.port());
     println!("ready");
     std::thread::sleep(Duration::from_secs(120));
 }
@@ -88,8 +96,10 @@ fn servers_of_a_killed_process_are_cleaned_up() {
     let pg_pid = get("pg_pid");
     let pg_port: u16 = get("pg_port").parse().expect("port");
     let redis_port: u16 = get("redis_port").parse().expect("port");
-    assert!(pg_dir.exists() && redis_dir.exists());
-    assert!(listening(pg_port) && listening(redis_port));
+    let varnish_dir = PathBuf::from(get("varnish_dir"));
+    let varnish_port: u16 = get("varnish_port").parse().expect("port");
+    assert!(pg_dir.exists() && redis_dir.exists() && varnish_dir.exists());
+    assert!(listening(pg_port) && listening(redis_port) && listening(varnish_port));
 
     child.kill().expect("SIGKILL the child");
     child.wait().expect("reap the child");
@@ -100,6 +110,8 @@ fn servers_of_a_killed_process_are_cleaned_up() {
             || redis_dir.exists()
             || listening(pg_port)
             || listening(redis_port)
+            || varnish_dir.exists()
+            || listening(varnish_port)
             || alive(&pg_pid))
     {
         std::thread::sleep(Duration::from_millis(100));
@@ -110,6 +122,15 @@ fn servers_of_a_killed_process_are_cleaned_up() {
     assert!(
         !listening(redis_port),
         "redis still listening on {redis_port}"
+    );
+    assert!(
+        !varnish_dir.exists(),
+        "{} left behind",
+        varnish_dir.display()
+    );
+    assert!(
+        !listening(varnish_port),
+        "varnish still listening on {varnish_port}"
     );
     assert!(!alive(&pg_pid), "postmaster {pg_pid} still running");
 }

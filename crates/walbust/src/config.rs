@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use walbust_publish::discard_sink::DiscardSinkConfig;
+use walbust_publish::http_sink::HttpSinkConfig;
 use walbust_publish::kafka_sink::KafkaSinkConfig;
 use walbust_publish::redis_sink::RedisSinkConfig;
 use walbust_publish::PipelineConfig;
@@ -228,6 +229,8 @@ impl fmt::Debug for SourceConfig {
 pub struct SinksConfig {
     pub redis: Option<RedisSinkConfig>,
     pub kafka: Option<KafkaSinkConfig>,
+    /// `sinks.http`: purges by surrogate key (Varnish xkey, Fastly) or a signed webhook.
+    pub http: Option<HttpSinkConfig>,
     /// `sinks.discard: {}`: confirms every batch without sending it anywhere. For
     /// `walbust-bench` only (it measures walbust without sink costs), hence absent from the
     /// README: it acknowledges WAL while invalidating nothing.
@@ -473,11 +476,14 @@ impl Config {
         if self.rules.as_os_str().is_empty() {
             return Err(invalid("rules", "must name the rules file".into()));
         }
-        if self.sinks.redis.is_none() && self.sinks.kafka.is_none() && self.sinks.discard.is_none()
+        if self.sinks.redis.is_none()
+            && self.sinks.kafka.is_none()
+            && self.sinks.http.is_none()
+            && self.sinks.discard.is_none()
         {
             return Err(invalid(
                 "sinks",
-                "no sink configured: add sinks.redis, sinks.kafka or both".into(),
+                "no sink configured: add sinks.redis, sinks.kafka, sinks.http or several".into(),
             ));
         }
         let mut errors = Vec::new();
@@ -486,6 +492,9 @@ impl Config {
         }
         if let Some(kafka) = &self.sinks.kafka {
             errors.extend(kafka.validate().err().unwrap_or_default());
+        }
+        if let Some(http) = &self.sinks.http {
+            errors.extend(http.validate().err().unwrap_or_default());
         }
         errors.extend(self.publish.pipeline().validate().err().unwrap_or_default());
         if let Some(first) = errors.into_iter().next() {
@@ -1219,7 +1228,34 @@ sinks: {}
 "#;
         assert_eq!(
             error_of(text),
-            "walbust.yaml: sinks: no sink configured: add sinks.redis, sinks.kafka or both"
+            "walbust.yaml: sinks: no sink configured: add sinks.redis, sinks.kafka, sinks.http or several"
+        );
+    }
+
+    #[test]
+    fn the_http_sink_alone_is_enough_and_its_secret_is_interpolated_and_hidden() {
+        let text = r#"
+source: { url: "postgres://a@b/c", publication: p, slot: s }
+rules: r.yaml
+sinks:
+  http:
+    url: https://hooks.example/walbust
+    format: webhook
+    secret: ${HOOK_SECRET}
+    headers: { X-Team: cache }
+"#;
+        let cfg = Config::parse(text, "walbust.yaml", |v| {
+            (v == "HOOK_SECRET").then(|| "hunter2".into())
+        })
+        .unwrap();
+        let http = cfg.sinks.http.as_ref().unwrap();
+        assert_eq!(http.secret.as_deref(), Some("hunter2"));
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+
+        let unsigned = text.replace("    secret: ${HOOK_SECRET}\n", "");
+        assert_eq!(
+            error_of(&unsigned),
+            "walbust.yaml: sinks.http.secret: required for webhook: receivers verify the signature with it"
         );
     }
 
@@ -1349,6 +1385,15 @@ sinks: { discard: {} }
         let default = minimal.sinks.kafka.as_ref().unwrap();
         assert_eq!(kafka.max_record_bytes, default.max_record_bytes);
         assert_eq!(kafka.key, default.key);
+
+        let http = readme.sinks.http.as_ref().unwrap();
+        let default = HttpSinkConfig::new(http.url.clone(), http.format);
+        assert_eq!(http.send(), default.send(), "sinks.http.send");
+        let without_send = HttpSinkConfig {
+            send: None,
+            ..http.clone()
+        };
+        assert_eq!(without_send, default, "sinks.http defaults");
 
         assert_eq!(readme.publish, minimal.publish, "publish defaults");
     }

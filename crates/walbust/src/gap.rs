@@ -544,7 +544,9 @@ fn judge(marker: &Marker, system: &str, slot: Option<u64>) -> Verdict {
 }
 
 /// Purges the rules' coverage from Redis and sends a flush-all record to
-/// Kafka, retrying each sink until it confirms.
+/// Kafka, retrying each sink until it confirms. The HTTP sink gets the
+/// coverage and the flush-all pattern: a cache purges the constant tags and
+/// its `flush_all_key`, a webhook receiver empties its cache.
 pub(crate) async fn purge(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Result<()> {
     let coverage = rules.coverage();
     let extra = &cfg.source.gap_purge;
@@ -557,11 +559,13 @@ pub(crate) async fn purge(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]
     }
     let mut flush_all = empty_batch();
     flush_all.patterns = vec!["*".to_string()];
+    let mut http_batch = redis_batch.clone();
+    http_batch.patterns = merged(&http_batch.patterns, &flush_all.patterns);
     for sink in sinks {
-        let batch = if sink.name() == "kafka" {
-            &flush_all
-        } else {
-            &redis_batch
+        let batch = match sink.name() {
+            walbust_publish::kafka_sink::NAME => &flush_all,
+            walbust_publish::http_sink::NAME => &http_batch,
+            _ => &redis_batch,
         };
         let mut attempt = 0u32;
         loop {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use walbust_flow::{Backoff, Chain};
+use walbust_publish::http_sink::HttpSink;
 use walbust_publish::kafka_sink::KafkaSink;
 use walbust_publish::redis_sink::RedisSink;
 use walbust_publish::{BatchObserver, Pipeline, PipelineHandle, Sink};
@@ -506,6 +507,10 @@ async fn connect_sinks(
     }
     if let Some(kafka) = &cfg.sinks.kafka {
         let sink = KafkaSink::new(kafka.clone(), &cfg.source.slot).context("sink kafka")?;
+        sinks.push(Arc::new(sink));
+    }
+    if let Some(http) = &cfg.sinks.http {
+        let sink = HttpSink::new(http.clone()).context("sink http")?;
         sinks.push(Arc::new(sink));
     }
     if cfg.sinks.discard.is_some() {
