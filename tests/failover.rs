@@ -252,3 +252,24 @@ async fn failover_on_a_server_without_failover_slots_is_refused() {
     );
     assert!(!slot_exists(&db, "walbust").await, "no slot was created");
 }
+
+/// An existing slot made without `failover` becomes a failover slot when
+/// walbust starts with `source.failover: true` (Postgres 17+).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_slot_is_made_a_failover_slot() {
+    let bindir = walbust_testkit::pg18_bindir().expect("Postgres 18 server programs");
+    let pg = Postgres::start_with_bindir(bindir, &[]).expect("start Postgres 18");
+    let svc = Services::start_with(pg, walbust_testkit::Kafka::start().expect("Kafka"));
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT pg_create_logical_replication_slot('walbust', 'pgoutput')")
+        .await
+        .unwrap();
+    assert!(!slot(&db).await.unwrap().1, "made without failover");
+    let config = failover_config(&svc, &svc.pg.url());
+    let mut walbust = Walbust::start(&config);
+    wait_slot_active(&db, &mut walbust, "walbust").await;
+    assert!(slot(&db).await.unwrap().1, "{}", walbust.log());
+}
