@@ -77,6 +77,19 @@ CREATE EVENT TRIGGER walbust_ddl_guard ON ddl_command_end
     EXECUTE FUNCTION walbust_guard.ddl_guard();
 -- END DDL guard
 
+-- The gap marker: one row per slot walbust streamed from, copied to
+-- standbys with the data, so that a gap (the slot dropped or lost, a
+-- failover to a standby without it) is told without Redis.
+CREATE SCHEMA IF NOT EXISTS walbust_marker;
+CREATE TABLE IF NOT EXISTS walbust_marker.slots (
+    slot name PRIMARY KEY,
+    system_identifier text NOT NULL,
+    first_streamed timestamptz NOT NULL DEFAULT now(),
+    last_started timestamptz NOT NULL DEFAULT now()
+);
+GRANT USAGE ON SCHEMA walbust_marker TO walbust;
+GRANT SELECT, INSERT, UPDATE, DELETE ON walbust_marker.slots TO walbust;
+
 -- The slot: walbust's only checkpoint. Or set source.create: true.
 SELECT pg_create_logical_replication_slot('walbust', 'pgoutput');
 

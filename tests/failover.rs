@@ -41,20 +41,36 @@ async fn slot(db: &tokio_postgres::Client) -> Option<(bool, bool, String)> {
 }
 
 /// Writes the rules and a configuration streaming from `url` with
-/// `source.failover: true`, Redis as the sink.
-fn failover_config(svc: &Services, url: &str) -> std::path::PathBuf {
+/// `source_extra` lines under `source:`, Redis as the sink.
+fn write_config(svc: &Services, url: &str, source_extra: &str) -> std::path::PathBuf {
     std::fs::write(svc.dir.path().join("rules.yaml"), RULES).unwrap();
     let config = svc.dir.path().join("walbust.yaml");
     std::fs::write(
         &config,
         format!(
             "{}sinks:\n  redis:\n    url: \"{}\"\n",
-            source_yaml(url, "walbust", "  failover: true\n", "rules.yaml"),
+            source_yaml(url, "walbust", source_extra, "rules.yaml"),
             svc.redis.url()
         ),
     )
     .unwrap();
     config
+}
+
+/// [`write_config`] with `source.failover: true`.
+fn failover_config(svc: &Services, url: &str) -> std::path::PathBuf {
+    write_config(svc, url, "  failover: true\n")
+}
+
+/// A multi-host `source.url`: the primary of `svc`, then `standby`.
+fn both_hosts(svc: &Services, standby: &Postgres) -> String {
+    format!(
+        "postgres://{user}:{password}@127.0.0.1:{p1},127.0.0.1:{p2}/postgres?target_session_attrs=read-write",
+        user = svc.pg.user(),
+        password = svc.pg.password(),
+        p1 = svc.pg.port(),
+        p2 = standby.port(),
+    )
 }
 
 /// Updates rows `ids` one transaction each, 5 ms apart, recording those
@@ -95,13 +111,7 @@ async fn a_promoted_standby_keeps_the_failover_slot_and_walbust_follows_it() {
     .await
     .unwrap();
 
-    let url = format!(
-        "postgres://{user}:{password}@127.0.0.1:{p1},127.0.0.1:{p2}/postgres?target_session_attrs=read-write",
-        user = svc.pg.user(),
-        password = svc.pg.password(),
-        p1 = svc.pg.port(),
-        p2 = standby.port(),
-    );
+    let url = both_hosts(&svc, &standby);
     let config = failover_config(&svc, &url);
     let mut walbust = Walbust::start(&config);
     wait_slot_active(&db, &mut walbust, "walbust").await;
@@ -272,4 +282,84 @@ async fn an_existing_slot_is_made_a_failover_slot() {
     let mut walbust = Walbust::start(&config);
     wait_slot_active(&db, &mut walbust, "walbust").await;
     assert!(slot(&db).await.unwrap().1, "{}", walbust.log());
+}
+
+/// Without failover slots (Postgres 15) a promoted standby has no slot. The
+/// database's gap marker (table walbust_marker.slots), which physical replication
+/// copied to the standby, tells the gap even with Redis flushed (its marker
+/// gone): walbust refuses by default, and with `source.on_gap: purge` it
+/// purges what the rules cover and streams from a new slot on the new
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_without_the_slot_is_a_gap_told_by_the_database_marker() {
+    let primary = Postgres::start().expect("start the primary");
+    let standby = Postgres::start_replica(&primary, None).expect("start the standby");
+    let svc = Services::start_with(primary, walbust_testkit::Kafka::start().expect("Kafka"));
+    let db = svc.pg.connect().await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, 10) g;",
+    )
+    .await
+    .unwrap();
+    let url = both_hosts(&svc, &standby);
+    let config = write_config(&svc, &url, "");
+    let mut walbust = Walbust::start(&config);
+    wait_slot_active(&db, &mut walbust, "walbust").await;
+    // The marker row reaches the standby with the rest of the data.
+    let standby_db = standby.connect().await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the marker on the standby",
+        || async {
+            standby_db
+                .query_opt(
+                    "SELECT 1 FROM walbust_marker.slots WHERE slot = 'walbust'",
+                    &[],
+                )
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+
+    svc.pg.stop().expect("stop the primary");
+    standby.promote().expect("promote the standby");
+    let mut redis = svc.redis.connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    set_keys(&mut redis, &["item:1", "item:2", "unrelated"]).await;
+
+    let out = run_to_exit(&config).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("table walbust_marker.slots"), "{stderr}");
+    assert!(stderr.contains("promoted without it"), "{stderr}");
+    assert!(
+        exists(&mut redis, "item:1").await,
+        "nothing purged on a refusal"
+    );
+
+    purge_on_gap(&config);
+    let new_primary = standby.connect().await.unwrap();
+    let mut walbust = Walbust::start(&config);
+    wait_slot_active(&new_primary, &mut walbust, "walbust").await;
+    assert_invalidated(
+        &mut redis,
+        &["item:1", "item:2"],
+        &["unrelated"],
+        "the gap purge",
+    )
+    .await;
+    set_keys(&mut redis, &["item:3"]).await;
+    new_primary
+        .execute("UPDATE items SET v = 1 WHERE id = 3", &[])
+        .await
+        .unwrap();
+    assert_invalidated(&mut redis, &["item:3"], &["unrelated"], "after the gap").await;
 }

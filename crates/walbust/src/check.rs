@@ -19,7 +19,8 @@
 //! | `warning:` | a TOAST-able column is used in a template of a rule that reacts to updates, without `REPLICA IDENTITY FULL`: an UPDATE that does not touch it sends it as unchanged TOAST and the template is skipped |
 //! | `warning:` | a table glob matches no table, or a table outside the publication |
 //! | `error:` | the role cannot open a replication connection (no `REPLICATION`, pg_hba.conf) |
-//! | `error:` | the gap marker in Redis says the slot is gone or the server is another one ([`crate::gap::find`]) and `source.on_gap` is `refuse` |
+//! | `error:` | a gap marker (the Redis key, or the row in the database's `walbust_marker.slots`) says the slot is gone or the server is another one ([`crate::gap::find_gap`]) and `source.on_gap` is `refuse` |
+//! | `warning:` | with `source.failover`: `synchronized_standby_slots` is empty, or a standby of a multi-host `source.url` would not keep the slot over a promotion |
 //! | `error:` | a replica of `source.replicas` is unreachable or not a standby (`pg_is_in_recovery()` false); `ok:` lines show each replica's replay lag |
 //! | `error:` | the Redis user may not run a command walbust needs ([`crate::acl`]); `warning:` if one could not be verified |
 //! | `error:` | `sinks.redis.leases` or `watermark` on, and the Redis has no Functions (before 7) |
@@ -90,8 +91,8 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
             }
             if let Some(redis) = cfg.sinks.redis.as_ref().filter(|_| !sinks.is_empty()) {
                 redis_acl(&cfg, redis, &rules, &mut report).await;
-                gap_refused = gap_marker(&cfg, redis, &mut report).await;
             }
+            gap_refused = gap_marker(&cfg, &mut report).await;
         }
         Err(e) => report.error(Chain(e.as_ref()).to_string()),
     }
@@ -235,12 +236,8 @@ async fn redis_functions(
 
 /// What `run` will find in the gap marker: a gap is refused with
 /// `source.on_gap: refuse` (true), purged with `purge`.
-async fn gap_marker(
-    cfg: &Config,
-    redis: &walbust_publish::redis_sink::RedisSinkConfig,
-    report: &mut Report,
-) -> bool {
-    let found = match crate::gap::find(cfg, redis, None).await {
+async fn gap_marker(cfg: &Config, report: &mut Report) -> bool {
+    let found = match crate::gap::find_gap(cfg, None).await {
         Ok(Some(found)) => found,
         Ok(None) => return false,
         Err(e) => {
@@ -248,14 +245,14 @@ async fn gap_marker(
             return false;
         }
     };
-    let crate::gap::Verdict::Gap(why) = found.verdict else {
+    let Some(crate::gap::GapFound { marker, why }) = found else {
         return false;
     };
     match cfg.source.on_gap {
         crate::config::OnGap::Refuse => report.error(
             crate::gap::GapError {
                 slot: cfg.source.slot.clone(),
-                key: found.key,
+                key: marker,
                 why,
             }
             .to_string(),

@@ -79,7 +79,7 @@ struct Marker {
 /// A gap was found and the configuration says to refuse.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "walbust ran before on slot \"{slot}\" ({why}; marker in Redis key {key}): changes since then are unknowable and caches may be stale. Run `walbust reset-gap` with this configuration (it purges what the rules cover and removes the marker) and start again, or set source.on_gap: purge"
+    "walbust ran before on slot \"{slot}\" ({why}; marker: {key}): changes since then are unknowable and caches may be stale. Run `walbust reset-gap` with this configuration (it purges what the rules cover and removes the marker) and start again, or set source.on_gap: purge"
 )]
 pub struct GapError {
     pub slot: String,
@@ -105,20 +105,16 @@ pub async fn guard(
     sinks: &[Arc<dyn Sink>],
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Option<()>> {
-    let Some(redis_cfg) = &cfg.sinks.redis else {
-        tracing::warn!("gap detection needs the Redis sink for its marker; without it a dropped or lost slot cannot be told from a first start");
-        return Ok(Some(()));
-    };
-    let Some(found) = find(cfg, redis_cfg, Some(shutdown)).await? else {
+    let Some(found) = find_gap(cfg, Some(shutdown)).await? else {
         return Ok(None);
     };
-    let Verdict::Gap(why) = found.verdict else {
+    let Some(GapFound { marker, why }) = found else {
         return Ok(Some(()));
     };
     match cfg.source.on_gap {
         OnGap::Refuse => Err(GapError {
             slot: cfg.source.slot.clone(),
-            key: found.key,
+            key: marker,
             why,
         }
         .into()),
@@ -131,9 +127,96 @@ pub async fn guard(
     }
 }
 
+/// A gap one of the markers tells.
+pub struct GapFound {
+    /// Which marker: `table walbust_marker.slots` or `Redis key ...`.
+    pub marker: String,
+    /// Why it is a gap, in words.
+    pub why: String,
+}
+
+/// Asks the database's marker ([`crate::db_marker`]), then the Redis one,
+/// whether the stream has a gap; waits for Postgres and Redis while they
+/// come up (`None` when shutdown was requested meanwhile; without
+/// `shutdown`, as `walbust check --db` asks, it does not wait). Changes
+/// nothing.
+pub async fn find_gap(
+    cfg: &Config,
+    shutdown: Option<&watch::Receiver<bool>>,
+) -> Result<Option<Option<GapFound>>> {
+    // The Redis marker first: it knows positions, so it tells more cases,
+    // and more precisely.
+    if let Some(redis_cfg) = &cfg.sinks.redis {
+        let Some(found) = find(cfg, redis_cfg, shutdown).await? else {
+            return Ok(None);
+        };
+        if let Verdict::Gap(why) = found.verdict {
+            return Ok(Some(Some(GapFound {
+                marker: format!("Redis key {}", found.key),
+                why,
+            })));
+        }
+    }
+    let in_db = until_ready(shutdown, "postgres", || async {
+        let read = async {
+            let control = walbust_cdc::source::connect(&cfg.source.url).await?;
+            let marker = crate::db_marker::read(&control, &cfg.source.slot)
+                .await
+                .map_err(|source| walbust_cdc::SourceError::Query {
+                    what: "read the gap marker table",
+                    source,
+                })?;
+            let slot = walbust_cdc::source::slot_position(&control, &cfg.source.slot).await?;
+            Ok((marker, slot.is_some()))
+        };
+        read.await
+            .map_err(|e| Attempt::stream(StreamError::Source(e)))
+    })
+    .await?;
+    let Some((db_marker, slot_exists)) = in_db else {
+        return Ok(None);
+    };
+    if cfg.sinks.redis.is_none() && db_marker == crate::db_marker::DbMarker::NoTable {
+        tracing::warn!("no gap marker: without the Redis sink, gap detection needs the table walbust_marker.slots in the database (walbust setup creates it, as does source.create: true); a dropped or lost slot cannot be told from a first start");
+    }
+    Ok(Some(
+        match crate::db_marker::judge(&db_marker, slot_exists) {
+            Verdict::Gap(why) => Some(GapFound {
+                marker: format!("table {}", crate::db_marker::TABLE),
+                why,
+            }),
+            Verdict::Continuous => None,
+        },
+    ))
+}
+
+/// Records in the database that walbust streams the slot (see
+/// [`crate::db_marker`]), creating the table with `source.create: true`.
+/// A failure is a warning: the Redis marker still stands, and `walbust
+/// check --db` reports a missing table.
+pub async fn mark_db(cfg: &Config, system: &str) {
+    let marked = async {
+        let control = walbust_cdc::source::connect(&cfg.source.url).await?;
+        if crate::db_marker::ensure(&control, cfg.source.create).await? {
+            crate::db_marker::write(&control, &cfg.source.slot, system).await?;
+            return Ok(true);
+        }
+        anyhow::Ok(false)
+    };
+    match marked.await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "the gap marker table walbust_marker.slots does not exist: run `walbust setup` (or set source.create: true) so that a gap is detected without Redis, after a failover too"
+        ),
+        Err(e) => tracing::warn!(error = %walbust_flow::Chain(e.as_ref()), "could not write the gap marker into the database"),
+    }
+}
+
 /// Removes the gap marker (after a purge stood in for the changes it
 /// guarded): the next start is a first start on whatever slot it finds.
 async fn remove_marker(cfg: &Config) -> Result<()> {
+    let control = walbust_cdc::source::connect(&cfg.source.url).await?;
+    crate::db_marker::remove(&control, &cfg.source.slot).await?;
     let Some(redis_cfg) = &cfg.sinks.redis else {
         return Ok(());
     };

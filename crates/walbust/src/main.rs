@@ -8,6 +8,7 @@
 mod acl;
 mod check;
 mod config;
+mod db_marker;
 mod demo;
 mod explain;
 mod gap;

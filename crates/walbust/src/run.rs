@@ -111,6 +111,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             // committed before the purge, so nothing can be re-cached stale.
             crate::gap::purge(&cfg, &rules, &sinks).await?;
         }
+        crate::gap::mark_db(&cfg, &system).await;
         let marker = crate::gap::mark(&cfg, system).await?;
         let _keeper = marker.as_ref().map(crate::gap::MarkerHandle::keep_present);
         tracing::info!(

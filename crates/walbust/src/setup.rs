@@ -307,6 +307,20 @@ END"
     if !walbust_cdc::window::GUARD_SQL.ends_with('\n') {
         w.push('\n');
     }
+
+    // The gap marker table.
+    w.push_str(&format!(
+        "
+-- The gap marker: one row per slot walbust streamed from, copied to
+-- standbys with the data, so that a gap (the slot dropped or lost, a
+-- failover to a standby without it) is told without Redis. walbust writes
+-- its row once per start; it needs nothing else in this database.
+{}
+GRANT USAGE ON SCHEMA walbust_marker TO {role_id};
+GRANT SELECT, INSERT, UPDATE, DELETE ON walbust_marker.slots TO {role_id};
+",
+        crate::db_marker::CREATE_SQL
+    ));
     w.push_str(COMMIT);
     w.push('\n');
 
@@ -318,6 +332,12 @@ END"
         )?;
     } else {
         let slot_lit = quote_literal(slot);
+        // (slot_name, plugin, temporary, twophase, failover), Postgres 17+.
+        let failover = if cfg.source.failover {
+            ", false, false, true"
+        } else {
+            ""
+        };
         w.push_str(&format!(
             "-- The slot: walbust's only checkpoint; it keeps the WAL walbust has not
 -- confirmed yet. Created after COMMIT (see above); creating it waits for
@@ -328,7 +348,7 @@ END"
     IF EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = {slot_lit}) THEN
         RAISE NOTICE '{NOTICE_PREFIX}slot % exists (`walbust check --db` checks its kind and state)', {slot_lit};
     ELSE
-        PERFORM pg_create_logical_replication_slot({slot_lit}, 'pgoutput');
+        PERFORM pg_create_logical_replication_slot({slot_lit}, 'pgoutput'{failover});
         RAISE NOTICE '{NOTICE_PREFIX}created slot %', {slot_lit};
     END IF;
 END"

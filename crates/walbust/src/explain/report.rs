@@ -502,22 +502,30 @@ rules:
 
     #[test]
     fn values_longer_than_a_format_width_are_aligned() {
-        // 70,000 characters: more than `{:<width$}` takes (65,535).
-        let long = "x".repeat(70_000);
-        let r = report(&change(
-            Op::Insert,
-            None,
-            Some(&format!(r#"{{"id":"1","category_id":"{long}"}}"#)),
-        ));
+        // A tag of 65,536 characters, the longest max_key_bytes allows: more
+        // than `{:<width$}` takes (65,535).
+        let long = "x".repeat(65_536 - "category:".len());
+        let rules = RULES.replace("prefix: \"app:\"", "prefix: \"app:\"\nmax_key_bytes: 65536");
+        let set = RuleSet::from_yaml(&rules, "rules.yaml").unwrap();
+        let r = evaluate(
+            &set,
+            &change(
+                Op::Insert,
+                None,
+                Some(&format!(r#"{{"id":"1","category_id":"{long}"}}"#)),
+            ),
+        )
+        .unwrap();
         let text = r.to_text();
         let tag = format!("category:{long}");
         assert!(
-            text.contains(&format!("\n  {tag}  <- rule 1 (line 5)\n")),
+            text.contains(&format!("\n  {tag}  <- rule 1 (line 6)\n")),
             "the long tag is not listed"
         );
+        // (One line further down: max_key_bytes went in above the rules.)
         // The other tags are padded to the long one's width.
         let pad = " ".repeat(tag.len() - "products".len());
-        assert!(text.contains(&format!("\n  products{pad}  <- rule 1 (line 5)\n")));
+        assert!(text.contains(&format!("\n  products{pad}  <- rule 1 (line 6)\n")));
     }
 
     #[test]
