@@ -1594,3 +1594,214 @@ async fn such_market() {
     .await;
     ex.finish();
 }
+
+// ---------------------------------------------------------------------------
+// time-driven invalidation (`at:`), across restarts
+
+/// Milliseconds since the Unix epoch, by this machine's clock (the one
+/// walbust's applier reads too).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// The schedule walbust keeps for slot `walbust`: (member, due ms).
+async fn schedule(redis: &mut MultiplexedConnection) -> Vec<(String, i64)> {
+    let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg("walbust:schedule:walbust")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(redis)
+        .await
+        .unwrap();
+    entries.into_iter().map(|(m, s)| (m, s as i64)).collect()
+}
+
+/// Inserts a promotion that started yesterday and ends `ends_in` from now;
+/// returns its end (ms since the Unix epoch) and the WAL position before
+/// its commit (acknowledged once the slot's confirmed position passes it).
+async fn promotion_ending(db: &mut tokio_postgres::Client, id: &str, ends_in: &str) -> (i64, u64) {
+    let sql = format!(
+        "INSERT INTO promotions (id, code, discount_percent, starts_at, ends_at) \
+         VALUES ('{id}', '{id}', 10, now() - interval '1 day', clock_timestamp() + interval '{ends_in}')"
+    );
+    let (_, before, _) = commit(db, &sql).await;
+    let row = db
+        .query_one(
+            "SELECT floor(extract(epoch FROM ends_at) * 1000)::bigint FROM promotions WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), before)
+}
+
+/// Waits until `key` is gone, checking on the way that it stays until
+/// `due_ms`; returns when (ms) it was seen gone.
+async fn gone_at_its_time(
+    redis: &mut MultiplexedConnection,
+    key: &str,
+    due_ms: i64,
+    what: &str,
+    walbust: &Walbust,
+) -> i64 {
+    let deadline = due_ms + 10_000;
+    loop {
+        let before = now_ms();
+        let present = exists(redis, key).await;
+        if !present {
+            assert!(
+                before >= due_ms,
+                "{what}: {key} removed {} ms before its time",
+                due_ms - before
+            );
+            return now_ms();
+        }
+        assert!(
+            before < deadline,
+            "{what}: {key} still cached 10 s after its time; log:\n{}",
+            walbust.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audiotailoc_promotions_end_on_time_across_restarts() {
+    let dir = example_dir("audiotailoc");
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.expect("connect to Postgres");
+    db.batch_execute(&read(&dir.join("schema.sql")))
+        .await
+        .expect("schema.sql");
+    let mut redis = svc.redis.connection().await.expect("connect to Redis");
+    let metrics = walbust_testkit::free_port();
+    let config = svc.write_config_with(
+        &read(&dir.join("rules.yaml")),
+        true,
+        &format!("metrics:\n  listen: \"127.0.0.1:{metrics}\"\n"),
+    );
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+
+    // 1. A promotion ends 2 s after its commit: its keys go at its end.
+    let (due, lsn) = promotion_ending(&mut db, "FLASH1", "2 seconds").await;
+    wait_confirmed_past(&db, lsn).await;
+    // Cached again after the commit's invalidation, as a reader would.
+    set_keys(
+        &mut redis,
+        &["promotions:active", "promotion:FLASH1", "promotion:OTHER"],
+    )
+    .await;
+    let pending = schedule(&mut redis).await;
+    assert_eq!(
+        pending.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        [due],
+        "one entry, at the promotion's end (starts_at was before the commit)"
+    );
+    let removed = gone_at_its_time(&mut redis, "promotions:active", due, "running", &walbust).await;
+    assert!(
+        removed - due < 2_000,
+        "removed {} ms after its time",
+        removed - due
+    );
+    assert!(!exists(&mut redis, "promotion:FLASH1").await);
+    assert!(
+        exists(&mut redis, "promotion:OTHER").await,
+        "other keys stay"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the applied entry to leave the schedule",
+        || async {
+            let mut r = svc.redis.connection().await.unwrap();
+            schedule(&mut r).await.is_empty().then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "walbust_scheduled_applied_total 1",
+        || async { (metric(metrics, "walbust_scheduled_applied_total") == 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(metric(metrics, "walbust_scheduled_pending"), 0.0);
+    // Kafka consumers got it as a normal record, with when it was due and
+    // the LSN of the commit that scheduled it.
+    let records = kafka_records(&svc.kafka, 2);
+    let scheduled: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.get("due_ts").is_some())
+        .collect();
+    assert_eq!(scheduled.len(), 1, "{records:?}");
+    assert_eq!(scheduled[0]["v"], 1);
+    let mut keys = strings(&scheduled[0]["keys"]);
+    keys.sort();
+    assert_eq!(keys, ["promotion:FLASH1", "promotions:active"]);
+    let original = records
+        .iter()
+        .find(|r| {
+            r.get("due_ts").is_none()
+                && strings(&r["keys"]).contains(&"promotion:FLASH1".to_owned())
+        })
+        .expect("the commit's own record");
+    assert_eq!(scheduled[0]["lsn"], original["lsn"]);
+
+    // 2. walbust restarts between the commit and the end: the schedule is
+    //    in Redis, the new process applies it on time.
+    let (due, lsn) = promotion_ending(&mut db, "FLASH2", "3 seconds").await;
+    wait_confirmed_past(&db, lsn).await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+    set_keys(&mut redis, &["promotions:active", "promotion:FLASH2"]).await;
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    assert!(
+        now_ms() < due,
+        "the restart took longer than the promotion had left"
+    );
+    let removed =
+        gone_at_its_time(&mut redis, "promotion:FLASH2", due, "restarted", &walbust).await;
+    assert!(
+        removed - due < 2_000,
+        "removed {} ms after its time",
+        removed - due
+    );
+
+    // 3. walbust is down when the promotion ends: applied as soon as it is
+    //    back.
+    let (due, lsn) = promotion_ending(&mut db, "FLASH3", "1 second").await;
+    wait_confirmed_past(&db, lsn).await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+    set_keys(&mut redis, &["promotions:active", "promotion:FLASH3"]).await;
+    eventually(
+        Duration::from_secs(10),
+        "the promotion's end to pass",
+        || async { (now_ms() > due + 200).then_some(()) },
+    )
+    .await;
+    assert!(
+        exists(&mut redis, "promotion:FLASH3").await,
+        "nobody applied it while down"
+    );
+    assert_eq!(schedule(&mut redis).await.len(), 1);
+    let mut walbust = Walbust::start(&config);
+    assert_invalidated(
+        &mut redis,
+        &["promotion:FLASH3", "promotions:active"],
+        &[],
+        "past due at start",
+    )
+    .await;
+    eventually(Duration::from_secs(5), "an empty schedule", || async {
+        let mut r = svc.redis.connection().await.unwrap();
+        schedule(&mut r).await.is_empty().then_some(())
+    })
+    .await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+}

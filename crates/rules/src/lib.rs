@@ -257,6 +257,7 @@ mod explicit;
 mod hash;
 mod row;
 mod ruleset;
+mod schedule;
 mod syntax;
 mod template;
 
@@ -273,6 +274,7 @@ pub use ruleset::{
     TableName, DEFAULT_MAX_KEYS_PER_TX, DEFAULT_MAX_KEY_BYTES, MAX_MAX_KEY_BYTES,
     SUPPORTED_VERSION,
 };
+pub use schedule::{parse_timestamp, Scheduled};
 pub use template::Side;
 
 #[cfg(test)]
