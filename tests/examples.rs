@@ -102,6 +102,7 @@ impl Example {
         db.batch_execute(&read(&dir.join("schema.sql")))
             .await
             .unwrap_or_else(|e| panic!("{name}: schema.sql: {e:?}"));
+        Self::install_setup_functions(&db).await;
         db.batch_execute(seed)
             .await
             .unwrap_or_else(|e| panic!("{name}: seed: {e:?}"));
@@ -130,6 +131,15 @@ impl Example {
             records: 0,
             fences: 0,
         }
+    }
+
+    /// Installs what `walbust setup` adds for applications: walbust_refresh.
+    async fn install_setup_functions(db: &tokio_postgres::Client) {
+        db.batch_execute(&read(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/walbust_refresh.sql"),
+        ))
+        .await
+        .expect("walbust_refresh.sql");
     }
 
     async fn reset_cache(&mut self) {
@@ -297,6 +307,30 @@ impl Example {
             self.walbust.log()
         );
     }
+}
+
+/// The materialized view `view` holds, row for row, what `query` computes
+/// now over the view's columns `cols`: walbust_refresh refreshed it in the
+/// transaction that invalidated.
+async fn assert_view_fresh(db: &tokio_postgres::Client, view: &str, cols: &str, query: &str) {
+    let count = |sql: String| async move {
+        let row = db
+            .query_one(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        row.get::<_, i64>(0)
+    };
+    let fresh = count(format!("SELECT count(*) FROM ({query}) q")).await;
+    let seen = count(format!("SELECT count(*) FROM {view}")).await;
+    let same = count(format!(
+        "SELECT count(*) FROM (SELECT * FROM ({query}) q EXCEPT SELECT {cols} FROM {view}) d"
+    ))
+    .await;
+    assert_eq!(
+        (seen, same),
+        (fresh, 0),
+        "{view} is not what its query gives now"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -477,6 +511,26 @@ async fn restaurant() {
         tags: &["restaurant-analytics"],
         ..Step::default()
     })
+    .await;
+    ex.step(Step {
+        what: "the daily sales view is refreshed: the analytics with it",
+        sql: "SELECT walbust_refresh('restaurant_daily_sales', '{\"tags\":[\"restaurant-analytics\"]}')",
+        removed: &[
+            "restaurant:1:analytics",
+            "restaurant:2:analytics",
+            "tag:restaurant-analytics",
+        ],
+        tags: &["restaurant-analytics"],
+        ..Step::default()
+    })
+    .await;
+    assert_view_fresh(
+        &ex.db,
+        "restaurant_daily_sales",
+        "restaurant_id, day, orders",
+        "SELECT restaurant_id, (created_at AT TIME ZONE 'UTC')::date, count(*) FROM orders \
+         WHERE status <> 'cancelled' GROUP BY 1, 2",
+    )
     .await;
     ex.step(Step {
         what: "TRUNCATE orders",
@@ -1090,6 +1144,8 @@ const CONTENT_ANALYSIS: Fixture = Fixture {
         "user:1",
         "user:2",
         "user:3",
+        // The admin overview, from the materialized view risk_overview.
+        "dashboard:overview",
         // Not derived from these tables.
         "model-cache:gpt-4o",
         "rate-limit:1",
@@ -1239,6 +1295,21 @@ async fn content_analysis() {
         keys: &["user:2"],
         ..Step::default()
     })
+    .await;
+    ex.step(Step {
+        what: "the risk overview is refreshed: its dashboard with it",
+        sql: "SELECT walbust_refresh('risk_overview', '{\"keys\":[\"dashboard:overview\"]}')",
+        removed: &["dashboard:overview"],
+        keys: &["dashboard:overview"],
+        ..Step::default()
+    })
+    .await;
+    assert_view_fresh(
+        &ex.db,
+        "risk_overview",
+        "risk_level, results",
+        "SELECT risk_level, count(*) FROM analysis_results GROUP BY risk_level",
+    )
     .await;
     ex.finish();
 }

@@ -87,3 +87,20 @@ $$;
 
 SELECT create_orders_partition(month::date)
 FROM generate_series(date '2025-01-01', date '2025-03-01', interval '1 month') AS month;
+
+-- Daily sales per restaurant for the owners' analytics pages, refreshed by
+-- a job (every few minutes), which purges the analytics caches in the same
+-- transaction (`walbust setup` installs walbust_refresh):
+--   SELECT walbust_refresh('restaurant_daily_sales', '{"tags":["restaurant-analytics"]}');
+-- The application adds each restaurant:<id>:analytics key to the tag set
+-- tag:restaurant-analytics when it caches it. The unique index lets the
+-- refresh run CONCURRENTLY (readers keep the old content meanwhile).
+CREATE MATERIALIZED VIEW restaurant_daily_sales AS
+SELECT restaurant_id,
+       (created_at AT TIME ZONE 'UTC')::date AS day,
+       count(*) AS orders,
+       sum(total_cents) AS revenue_cents
+FROM orders
+WHERE status <> 'cancelled'
+GROUP BY 1, 2;
+CREATE UNIQUE INDEX restaurant_daily_sales_key ON restaurant_daily_sales (restaurant_id, day);
