@@ -25,6 +25,11 @@ use support::*;
 /// Prefix of the keys walbust keeps for itself in Redis.
 const WALBUST_OWN: &str = "walbust:";
 
+/// The Redis sink settings of the examples: the refresh stream for rules
+/// with `refresh: true` (under `walbust:`, so not a cache entry here) and
+/// fenced fills for the warmer.
+const EXAMPLE_REDIS: &str = "    refresh_stream: \"walbust:refresh\"\n    leases: true\n";
+
 /// What an example caches before every step.
 struct Fixture {
     /// Cache keys (and unrelated keys that must survive).
@@ -108,9 +113,10 @@ impl Example {
             .unwrap_or_else(|e| panic!("{name}: seed: {e:?}"));
         let redis = svc.redis.connection().await.expect("connect to Redis");
         let metrics = walbust_testkit::free_port();
-        let config = svc.write_config_with(
+        let config = svc.write_config_sinks(
             &read(&dir.join("rules.yaml")),
-            true,
+            Some(EXAMPLE_REDIS),
+            Some(""),
             &format!("metrics:\n  listen: \"127.0.0.1:{metrics}\"\n"),
         );
         // Nothing exists yet: with `source.create: true` check says what
@@ -1875,4 +1881,104 @@ async fn audiotailoc_promotions_end_on_time_across_restarts() {
     .await;
     walbust.signal("TERM");
     assert!(walbust.wait(Duration::from_secs(30)).success());
+}
+
+// ---------------------------------------------------------------------------
+// the example warmer (refresh: true)
+
+/// `node examples/warmer/warmer.mjs` for the restaurant app, killed on drop.
+struct Warmer(std::process::Child);
+
+impl Warmer {
+    fn start(svc: &Services) -> Warmer {
+        let dir = example_dir("warmer");
+        assert!(
+            dir.join("node_modules").exists(),
+            "examples/warmer is not installed: run npm ci in examples/warmer (scripts/test.sh does)"
+        );
+        let child = Command::new("node")
+            .arg(dir.join("warmer.mjs"))
+            .env("REDIS_URL", svc.redis.url())
+            .env("DATABASE_URL", svc.pg.url())
+            .env("WARMER_LOADERS", example_dir("restaurant").join("warm.mjs"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run node ({e}): install Node.js"));
+        Warmer(child)
+    }
+}
+
+impl Drop for Warmer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `key` holds something other than "stale" (a warmer filled
+/// it), and returns it as JSON.
+async fn refilled(svc: &Services, key: &str) -> Value {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{key} refilled"),
+        || async {
+            let mut r = svc.redis.connection().await.unwrap();
+            let v: Option<String> = redis::cmd("GET").arg(key).query_async(&mut r).await.ok()?;
+            v.filter(|v| v != "stale")
+                .map(|v| serde_json::from_str(&v).expect("JSON"))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restaurant_warmer_refills_purged_hot_keys() {
+    let mut ex = Example::start("restaurant", RESTAURANT, RESTAURANT_SEED).await;
+    let _warmer = Warmer::start(&ex.svc);
+    ex.reset_cache().await;
+    let r = &mut ex.redis;
+    for key in ["restaurant:1", "restaurant:1:menu"] {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("stale")
+            .query_async(r)
+            .await
+            .unwrap();
+    }
+    let xid = ex
+        .commit("UPDATE restaurants SET name = 'Trattoria Due', is_open = false WHERE id = 1")
+        .await;
+    ex.record_for("warmer", xid).await;
+
+    // walbust purged both; the warmer read the stream, recomputed them from
+    // Postgres and filled them through the lease.
+    let page = refilled(&ex.svc, "restaurant:1").await;
+    assert_eq!(page["name"], "Trattoria Due");
+    assert_eq!(page["is_open"], false);
+    let menu = refilled(&ex.svc, "restaurant:1:menu").await;
+    let names: Vec<&str> = menu
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Mains", "Drinks"]);
+    // The stream holds one entry for the batch, with both keys.
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("walbust:refresh")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut ex.redis)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let keys = &entries[0]
+        .1
+        .iter()
+        .find(|(f, _)| f == "keys")
+        .expect("keys field")
+        .1;
+    assert_eq!(keys, r#"["restaurant:1","restaurant:1:menu"]"#);
+    assert_eq!(ex.metric("walbust_refresh_keys_total"), Some(2.0));
+    ex.finish();
 }
