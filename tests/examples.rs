@@ -874,6 +874,42 @@ async fn hero_tasks() {
         patterns: &["hero_tasks:v1:search:*"],
     })
     .await;
+    // A task falls overdue at its due date without any write: `at:`
+    // scheduled its keys for midnight (UTC) of that date.
+    let xid = ex
+        .commit(
+            "INSERT INTO hero_tasks (id, title, assignee_id, due_date) \
+             VALUES (9050, 'Ship it', 7, current_date + 1)",
+        )
+        .await;
+    ex.record_for("a task due tomorrow", xid).await;
+    let due: i64 = ex
+        .db
+        .query_one(
+            "SELECT floor(extract(epoch FROM due_date::timestamp AT TIME ZONE 'UTC') * 1000)::bigint \
+             FROM hero_tasks WHERE id = 9050",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let entries = schedule(&mut ex.redis).await;
+    let (entry, _) = entries
+        .iter()
+        .find(|(_, at)| *at == due)
+        .unwrap_or_else(|| panic!("no entry at the due date {due}: {entries:?}"));
+    let entry: Value = serde_json::from_str(entry).unwrap();
+    let keys = strings(&entry["keys"]);
+    for key in [
+        "hero_tasks:v1:user_tasks:7",
+        "hero_tasks:v1:task:9050",
+        "hero_tasks:v1:stats:global",
+    ] {
+        assert!(
+            keys.contains(&key.to_owned()),
+            "{key} not scheduled: {entry}"
+        );
+    }
     ex.finish();
 }
 
