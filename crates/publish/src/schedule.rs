@@ -37,6 +37,9 @@ const PER_ROUND: usize = 100;
 
 /// Applies due schedule entries through every sink; see the module docs.
 pub struct Applier {
+    /// Whether the rules in effect schedule anything: the schedule is not read otherwise
+    /// (a Redis user without the sorted-set commands is fine without `at:` rules).
+    active: Box<dyn Fn() -> bool + Send + Sync>,
     store: Arc<RedisSink>,
     sinks: Arc<[Arc<dyn Sink>]>,
     retry: Backoff,
@@ -54,6 +57,7 @@ impl Applier {
         slot: impl Into<String>,
     ) -> Self {
         Self {
+            active: Box::new(|| true),
             store,
             sinks: sinks.into(),
             retry,
@@ -62,13 +66,24 @@ impl Applier {
         }
     }
 
+    /// Reads the schedule only while `active` says the rules in effect have `at:`. Entries
+    /// left by rules since removed wait until a rule with `at:` is back.
+    pub fn with_active(mut self, active: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.active = Box::new(active);
+        self
+    }
+
     /// Runs until `shutdown` turns true. Errors reading the schedule are logged and retried at
     /// the next poll; a sink that refuses a scheduled batch for good is logged and the entry is
     /// kept and tried again after `retry.max`.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         gauge!(m::SCHEDULED_PENDING).set(0.0);
         loop {
-            let pause = match self.round().await {
+            let pause = match if (self.active)() {
+                self.round().await
+            } else {
+                Ok(false)
+            } {
                 Ok(more) if more => Duration::ZERO,
                 Ok(_) => self.poll,
                 Err(err) => {

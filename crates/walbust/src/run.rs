@@ -81,7 +81,11 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         }
     }
     let _probes = ProbeGuard(spawn_probes(&sinks));
-    let _applier = match spawn_applier(&cfg, &sinks, &shutdown).await? {
+    let scheduling = {
+        let in_effect = rules_rx.clone();
+        move || in_effect.borrow().rules().iter().any(|r| !r.at.is_empty())
+    };
+    let _applier = match spawn_applier(&cfg, &sinks, &shutdown, scheduling).await? {
         Some(applier) => ProbeGuard(applier),
         None => return Ok(()),
     };
@@ -208,6 +212,7 @@ async fn spawn_applier(
     cfg: &Config,
     sinks: &[Arc<dyn Sink>],
     shutdown: &watch::Receiver<bool>,
+    active: impl Fn() -> bool + Send + Sync + 'static,
 ) -> Result<Option<tokio::task::JoinHandle<()>>> {
     let Some(redis) = &cfg.sinks.redis else {
         return Ok(Some(tokio::spawn(async {})));
@@ -233,7 +238,8 @@ async fn spawn_applier(
             max: pipeline.retry_max,
         },
         cfg.source.slot.clone(),
-    );
+    )
+    .with_active(active);
     Ok(Some(tokio::spawn(applier.run(shutdown.clone()))))
 }
 

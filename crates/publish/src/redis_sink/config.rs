@@ -272,6 +272,21 @@ impl RedisSinkConfig {
             );
         }
         errors.check(self.unlink_chunk > 0, "unlink_chunk", "must be at least 1");
+        errors.check(
+            self.schedule_horizon_days > 0,
+            "schedule_horizon_days",
+            "must be at least 1",
+        );
+        errors.check(
+            self.refresh_stream.as_ref().is_none_or(|c| !c.is_empty()),
+            "refresh_stream",
+            "must not be empty (leave it out to turn the refresh stream off)",
+        );
+        errors.check(
+            self.refresh_stream_maxlen > 0,
+            "refresh_stream_maxlen",
+            "must be at least 1",
+        );
         errors.check(self.scan_count > 0, "scan_count", "must be at least 1");
         errors.check(
             self.publish_channel.as_ref().is_none_or(|c| !c.is_empty()),
