@@ -56,3 +56,45 @@ pub fn notes(cfg: &Config, rules: &RuleSet) -> Vec<String> {
         _ => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: &str = r#"
+version: 1
+rules:
+  - table: promotions
+    keys: ["promotion:{code}", "promotions:active"]
+    at: ["{ends_at}"]
+  - table: restaurants
+    keys: ["restaurant:{id}"]
+    refresh: true
+"#;
+
+    fn config(sinks: &str) -> Config {
+        let text = format!(
+            "source:\n  url: postgres://walbust@db/app\n  publication: walbust\n  slot: walbust\nrules: rules.yaml\nsinks:\n{sinks}"
+        );
+        Config::parse(&text, "walbust.yaml", |_| None).unwrap()
+    }
+
+    #[test]
+    fn kafka_alone_cannot_keep_a_schedule_nor_a_refresh_stream() {
+        let rules = RuleSet::from_yaml(RULES, "rules.yaml").unwrap();
+        let kafka = config("  kafka:\n    brokers: k:9092\n    topic: t\n");
+        let found = problems(&kafka, &rules);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("rule 1 (promotions): `at:` needs sinks.redis"));
+        assert!(found[1].contains("needs sinks.redis.refresh_stream"));
+
+        let redis =
+            config("  redis:\n    url: redis://cache:6379\n    refresh_stream: walbust:refresh\n");
+        assert!(problems(&redis, &rules).is_empty());
+        let notes = notes(&redis, &rules);
+        assert!(
+            notes[0].contains("more than 400 days ahead are refused"),
+            "{notes:?}"
+        );
+    }
+}
