@@ -59,6 +59,13 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             }),
         )
         .with_in_effect(in_effect_rx)
+        .with_validate({
+            let cfg = cfg.clone();
+            Box::new(move |set| {
+                let problems = crate::time_rules::problems(&cfg, set);
+                (!problems.is_empty()).then(|| problems.join("; "))
+            })
+        })
         .spawn(rules_tx, shutdown.clone()),
     );
 
