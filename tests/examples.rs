@@ -519,6 +519,35 @@ async fn restaurant() {
     })
     .await;
     ex.step(Step {
+        what: "a holiday closure is planned: the page and menu now and at both ends",
+        sql: "INSERT INTO opening_exceptions (restaurant_id, starts_at, ends_at, note) \
+              VALUES (1, now() + interval '1 day', now() + interval '2 days', 'holiday')",
+        removed: &["restaurant:1", "restaurant:1:menu"],
+        keys: &["restaurant:1", "restaurant:1:menu"],
+        ..Step::default()
+    })
+    .await;
+    let times: Vec<i64> = ex
+        .db
+        .query_one(
+            "SELECT ARRAY[floor(extract(epoch FROM starts_at) * 1000)::bigint, \
+                          floor(extract(epoch FROM ends_at) * 1000)::bigint] \
+             FROM opening_exceptions WHERE restaurant_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let scheduled: Vec<i64> = schedule(&mut ex.redis)
+        .await
+        .into_iter()
+        .map(|(_, at)| at)
+        .collect();
+    assert_eq!(
+        scheduled, times,
+        "the closure's start and end are scheduled"
+    );
+    ex.step(Step {
         what: "the daily sales view is refreshed: the analytics with it",
         sql: "SELECT walbust_refresh('restaurant_daily_sales', '{\"tags\":[\"restaurant-analytics\"]}')",
         removed: &[
