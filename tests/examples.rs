@@ -1894,7 +1894,7 @@ async fn audiotailoc_promotions_end_on_time_across_restarts() {
 
     // 2. walbust restarts between the commit and the end: the schedule is
     //    in Redis, the new process applies it on time.
-    let (due, lsn) = promotion_ending(&mut db, "FLASH2", "3 seconds").await;
+    let (due, lsn) = promotion_ending(&mut db, "FLASH2", "5 seconds").await;
     wait_confirmed_past(&db, lsn).await;
     walbust.signal("TERM");
     assert!(walbust.wait(Duration::from_secs(30)).success());
