@@ -374,6 +374,13 @@ const RESTAURANT: Fixture = Fixture {
     ],
 };
 
+/// What a purge of tag `restaurant-analytics` removes from the fixture.
+const ANALYTICS_PURGED: &[&str] = &[
+    "restaurant:1:analytics",
+    "restaurant:2:analytics",
+    "tag:restaurant-analytics",
+];
+
 const RESTAURANT_SEED: &str = "
 INSERT INTO restaurants (id, name, cuisine) VALUES (1, 'Trattoria Uno', 'italian'), (2, 'Pho 2', 'vietnamese');
 INSERT INTO menus (id, restaurant_id, name, position) VALUES (1, 1, 'Mains', 1), (2, 1, 'Drinks', 2), (3, 2, 'All day', 1);
@@ -509,11 +516,7 @@ async fn restaurant() {
         what: "the retention job truncates a partition and says so",
         sql: "TRUNCATE orders_2025_02; \
               SELECT pg_logical_emit_message(true, 'walbust', '{\"tags\":[\"restaurant-analytics\"]}')",
-        removed: &[
-            "restaurant:1:analytics",
-            "restaurant:2:analytics",
-            "tag:restaurant-analytics",
-        ],
+        removed: ANALYTICS_PURGED,
         tags: &["restaurant-analytics"],
         ..Step::default()
     })
@@ -550,11 +553,7 @@ async fn restaurant() {
     ex.step(Step {
         what: "the daily sales view is refreshed: the analytics with it",
         sql: "SELECT walbust_refresh('restaurant_daily_sales', '{\"tags\":[\"restaurant-analytics\"]}')",
-        removed: &[
-            "restaurant:1:analytics",
-            "restaurant:2:analytics",
-            "tag:restaurant-analytics",
-        ],
+        removed: ANALYTICS_PURGED,
         tags: &["restaurant-analytics"],
         ..Step::default()
     })
@@ -570,11 +569,7 @@ async fn restaurant() {
     ex.step(Step {
         what: "TRUNCATE orders",
         sql: "TRUNCATE orders",
-        removed: &[
-            "restaurant:1:analytics",
-            "restaurant:2:analytics",
-            "tag:restaurant-analytics",
-        ],
+        removed: ANALYTICS_PURGED,
         tags: &["restaurant-analytics"],
         ..Step::default()
     })
