@@ -13,6 +13,8 @@ walbust_install_pg18
 # The Node subscriber package: its own tests (node:test), and the build that
 # tests/node_subscriber.rs runs against walbust. No install scripts run.
 (cd clients/node && npm ci --ignore-scripts --no-audit --no-fund && npm test)
+# The example warmer (examples/warmer), run by tests/examples.rs.
+(cd examples/warmer && npm ci --ignore-scripts --no-audit --no-fund)
 
 if cargo nextest --version >/dev/null 2>&1; then
     exec cargo nextest run --workspace --profile ci "$@"

@@ -19,10 +19,51 @@ const DATABASE: &str = "shop";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_setup_script_fits_the_shipped_rules_and_configuration() {
-    let (svc, shop) = fresh_shop().await;
+    let (svc, mut shop) = fresh_shop().await;
     let admin = svc.pg.connect().await.unwrap();
     psql(&svc.pg, DATABASE, &deploy_file("postgres-setup.sql")).await;
     let setup = read_text(&deploy_file("postgres-setup.sql"));
+    // The same walbust_refresh as `walbust setup` installs, and it works: a
+    // view of the shop refreshed with its invalidation.
+    let refresh = read_text(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/walbust_refresh.sql"),
+    );
+    assert!(
+        setup.contains(&refresh),
+        "deploy/postgres-setup.sql lacks walbust_refresh as `walbust setup` prints it"
+    );
+    // In a transaction rolled back: nothing of it reaches the slot.
+    let tx = shop.transaction().await.unwrap();
+    tx.batch_execute(
+        "CREATE MATERIALIZED VIEW walbust_deploy_probe AS SELECT 1 AS one; \
+         CREATE UNIQUE INDEX ON walbust_deploy_probe (one)",
+    )
+    .await
+    .unwrap();
+    let concurrently: bool = tx
+        .query_one(
+            "SELECT walbust_refresh('walbust_deploy_probe', '{\"keys\":[\"probe\"]}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        concurrently,
+        "a populated view with a unique index refreshes concurrently"
+    );
+    let refused = tx
+        .query_one(
+            "SELECT walbust_refresh('walbust_deploy_probe', '{\"key\":[\"probe\"]}')",
+            &[],
+        )
+        .await
+        .expect_err("an unknown field is refused");
+    assert!(
+        format!("{refused:?}").contains("unknown field"),
+        "{refused:?}"
+    );
+    tx.rollback().await.unwrap();
 
     // pg_hba.conf: the superuser's lines and the script's, nothing else (no
     // `replication` line for walbust).

@@ -25,6 +25,11 @@ use support::*;
 /// Prefix of the keys walbust keeps for itself in Redis.
 const WALBUST_OWN: &str = "walbust:";
 
+/// The Redis sink settings of the examples: the refresh stream for rules
+/// with `refresh: true` (under `walbust:`, so not a cache entry here) and
+/// fenced fills for the warmer.
+const EXAMPLE_REDIS: &str = "    refresh_stream: \"walbust:refresh\"\n    leases: true\n";
+
 /// What an example caches before every step.
 struct Fixture {
     /// Cache keys (and unrelated keys that must survive).
@@ -102,14 +107,16 @@ impl Example {
         db.batch_execute(&read(&dir.join("schema.sql")))
             .await
             .unwrap_or_else(|e| panic!("{name}: schema.sql: {e:?}"));
+        Self::install_setup_functions(&db).await;
         db.batch_execute(seed)
             .await
             .unwrap_or_else(|e| panic!("{name}: seed: {e:?}"));
         let redis = svc.redis.connection().await.expect("connect to Redis");
         let metrics = walbust_testkit::free_port();
-        let config = svc.write_config_with(
+        let config = svc.write_config_sinks(
             &read(&dir.join("rules.yaml")),
-            true,
+            Some(EXAMPLE_REDIS),
+            Some(""),
             &format!("metrics:\n  listen: \"127.0.0.1:{metrics}\"\n"),
         );
         // Nothing exists yet: with `source.create: true` check says what
@@ -130,6 +137,15 @@ impl Example {
             records: 0,
             fences: 0,
         }
+    }
+
+    /// Installs what `walbust setup` adds for applications: walbust_refresh.
+    async fn install_setup_functions(db: &tokio_postgres::Client) {
+        db.batch_execute(&read(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/walbust_refresh.sql"),
+        ))
+        .await
+        .expect("walbust_refresh.sql");
     }
 
     async fn reset_cache(&mut self) {
@@ -299,6 +315,30 @@ impl Example {
     }
 }
 
+/// The materialized view `view` holds, row for row, what `query` computes
+/// now over the view's columns `cols`: walbust_refresh refreshed it in the
+/// transaction that invalidated.
+async fn assert_view_fresh(db: &tokio_postgres::Client, view: &str, cols: &str, query: &str) {
+    let count = |sql: String| async move {
+        let row = db
+            .query_one(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        row.get::<_, i64>(0)
+    };
+    let fresh = count(format!("SELECT count(*) FROM ({query}) q")).await;
+    let seen = count(format!("SELECT count(*) FROM {view}")).await;
+    let same = count(format!(
+        "SELECT count(*) FROM (SELECT * FROM ({query}) q EXCEPT SELECT {cols} FROM {view}) d"
+    ))
+    .await;
+    assert_eq!(
+        (seen, same),
+        (fresh, 0),
+        "{view} is not what its query gives now"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // restaurant
 
@@ -333,6 +373,13 @@ const RESTAURANT: Fixture = Fixture {
         ),
     ],
 };
+
+/// What a purge of tag `restaurant-analytics` removes from the fixture.
+const ANALYTICS_PURGED: &[&str] = &[
+    "restaurant:1:analytics",
+    "restaurant:2:analytics",
+    "tag:restaurant-analytics",
+];
 
 const RESTAURANT_SEED: &str = "
 INSERT INTO restaurants (id, name, cuisine) VALUES (1, 'Trattoria Uno', 'italian'), (2, 'Pho 2', 'vietnamese');
@@ -469,23 +516,60 @@ async fn restaurant() {
         what: "the retention job truncates a partition and says so",
         sql: "TRUNCATE orders_2025_02; \
               SELECT pg_logical_emit_message(true, 'walbust', '{\"tags\":[\"restaurant-analytics\"]}')",
-        removed: &[
-            "restaurant:1:analytics",
-            "restaurant:2:analytics",
-            "tag:restaurant-analytics",
-        ],
+        removed: ANALYTICS_PURGED,
         tags: &["restaurant-analytics"],
         ..Step::default()
     })
     .await;
     ex.step(Step {
+        what: "a holiday closure is planned: the page and menu now and at both ends",
+        sql: "INSERT INTO opening_exceptions (restaurant_id, starts_at, ends_at, note) \
+              VALUES (1, now() + interval '1 day', now() + interval '2 days', 'holiday')",
+        removed: &["restaurant:1", "restaurant:1:menu"],
+        keys: &["restaurant:1", "restaurant:1:menu"],
+        ..Step::default()
+    })
+    .await;
+    let times: Vec<i64> = ex
+        .db
+        .query_one(
+            "SELECT ARRAY[floor(extract(epoch FROM starts_at) * 1000)::bigint, \
+                          floor(extract(epoch FROM ends_at) * 1000)::bigint] \
+             FROM opening_exceptions WHERE restaurant_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let scheduled: Vec<i64> = schedule(&mut ex.redis)
+        .await
+        .into_iter()
+        .map(|(_, at)| at)
+        .collect();
+    assert_eq!(
+        scheduled, times,
+        "the closure's start and end are scheduled"
+    );
+    ex.step(Step {
+        what: "the daily sales view is refreshed: the analytics with it",
+        sql: "SELECT walbust_refresh('restaurant_daily_sales', '{\"tags\":[\"restaurant-analytics\"]}')",
+        removed: ANALYTICS_PURGED,
+        tags: &["restaurant-analytics"],
+        ..Step::default()
+    })
+    .await;
+    assert_view_fresh(
+        &ex.db,
+        "restaurant_daily_sales",
+        "restaurant_id, day, orders",
+        "SELECT restaurant_id, (created_at AT TIME ZONE 'UTC')::date, count(*) FROM orders \
+         WHERE status <> 'cancelled' GROUP BY 1, 2",
+    )
+    .await;
+    ex.step(Step {
         what: "TRUNCATE orders",
         sql: "TRUNCATE orders",
-        removed: &[
-            "restaurant:1:analytics",
-            "restaurant:2:analytics",
-            "tag:restaurant-analytics",
-        ],
+        removed: ANALYTICS_PURGED,
         tags: &["restaurant-analytics"],
         ..Step::default()
     })
@@ -814,6 +898,42 @@ async fn hero_tasks() {
         patterns: &["hero_tasks:v1:search:*"],
     })
     .await;
+    // A task falls overdue at its due date without any write: `at:`
+    // scheduled its keys for midnight (UTC) of that date.
+    let xid = ex
+        .commit(
+            "INSERT INTO hero_tasks (id, title, assignee_id, due_date) \
+             VALUES (9050, 'Ship it', 7, current_date + 1)",
+        )
+        .await;
+    ex.record_for("a task due tomorrow", xid).await;
+    let due: i64 = ex
+        .db
+        .query_one(
+            "SELECT floor(extract(epoch FROM due_date::timestamp AT TIME ZONE 'UTC') * 1000)::bigint \
+             FROM hero_tasks WHERE id = 9050",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let entries = schedule(&mut ex.redis).await;
+    let (entry, _) = entries
+        .iter()
+        .find(|(_, at)| *at == due)
+        .unwrap_or_else(|| panic!("no entry at the due date {due}: {entries:?}"));
+    let entry: Value = serde_json::from_str(entry).unwrap();
+    let keys = strings(&entry["keys"]);
+    for key in [
+        "hero_tasks:v1:user_tasks:7",
+        "hero_tasks:v1:task:9050",
+        "hero_tasks:v1:stats:global",
+    ] {
+        assert!(
+            keys.contains(&key.to_owned()),
+            "{key} not scheduled: {entry}"
+        );
+    }
     ex.finish();
 }
 
@@ -1090,6 +1210,8 @@ const CONTENT_ANALYSIS: Fixture = Fixture {
         "user:1",
         "user:2",
         "user:3",
+        // The admin overview, from the materialized view risk_overview.
+        "dashboard:overview",
         // Not derived from these tables.
         "model-cache:gpt-4o",
         "rate-limit:1",
@@ -1239,6 +1361,21 @@ async fn content_analysis() {
         keys: &["user:2"],
         ..Step::default()
     })
+    .await;
+    ex.step(Step {
+        what: "the risk overview is refreshed: its dashboard with it",
+        sql: "SELECT walbust_refresh('risk_overview', '{\"keys\":[\"dashboard:overview\"]}')",
+        removed: &["dashboard:overview"],
+        keys: &["dashboard:overview"],
+        ..Step::default()
+    })
+    .await;
+    assert_view_fresh(
+        &ex.db,
+        "risk_overview",
+        "risk_level, results",
+        "SELECT risk_level, count(*) FROM analysis_results GROUP BY risk_level",
+    )
     .await;
     ex.finish();
 }
@@ -1592,5 +1729,316 @@ async fn such_market() {
         ..Step::default()
     })
     .await;
+    ex.finish();
+}
+
+// ---------------------------------------------------------------------------
+// time-driven invalidation (`at:`), across restarts
+
+/// Milliseconds since the Unix epoch, by this machine's clock (the one
+/// walbust's applier reads too).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// The schedule walbust keeps for slot `walbust`: (member, due ms).
+async fn schedule(redis: &mut MultiplexedConnection) -> Vec<(String, i64)> {
+    let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg("walbust:schedule:walbust")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(redis)
+        .await
+        .unwrap();
+    entries.into_iter().map(|(m, s)| (m, s as i64)).collect()
+}
+
+/// Inserts a promotion that started yesterday and ends `ends_in` from now;
+/// returns its end (ms since the Unix epoch) and the WAL position before
+/// its commit (acknowledged once the slot's confirmed position passes it).
+async fn promotion_ending(db: &mut tokio_postgres::Client, id: &str, ends_in: &str) -> (i64, u64) {
+    let sql = format!(
+        "INSERT INTO promotions (id, code, discount_percent, starts_at, ends_at) \
+         VALUES ('{id}', '{id}', 10, now() - interval '1 day', clock_timestamp() + interval '{ends_in}')"
+    );
+    let (_, before, _) = commit(db, &sql).await;
+    let row = db
+        .query_one(
+            "SELECT floor(extract(epoch FROM ends_at) * 1000)::bigint FROM promotions WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), before)
+}
+
+/// Waits until `key` is gone, checking on the way that it stays until
+/// `due_ms`; returns when (ms) it was seen gone.
+async fn gone_at_its_time(
+    redis: &mut MultiplexedConnection,
+    key: &str,
+    due_ms: i64,
+    what: &str,
+    walbust: &Walbust,
+) -> i64 {
+    let deadline = due_ms + 10_000;
+    loop {
+        let before = now_ms();
+        let present = exists(redis, key).await;
+        if !present {
+            assert!(
+                before >= due_ms,
+                "{what}: {key} removed {} ms before its time",
+                due_ms - before
+            );
+            return now_ms();
+        }
+        assert!(
+            before < deadline,
+            "{what}: {key} still cached 10 s after its time; log:\n{}",
+            walbust.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audiotailoc_promotions_end_on_time_across_restarts() {
+    let dir = example_dir("audiotailoc");
+    let svc = Services::start();
+    let mut db = svc.pg.connect().await.expect("connect to Postgres");
+    db.batch_execute(&read(&dir.join("schema.sql")))
+        .await
+        .expect("schema.sql");
+    let mut redis = svc.redis.connection().await.expect("connect to Redis");
+    let metrics = walbust_testkit::free_port();
+    let config = svc.write_config_with(
+        &read(&dir.join("rules.yaml")),
+        true,
+        &format!("metrics:\n  listen: \"127.0.0.1:{metrics}\"\n"),
+    );
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+
+    // 1. A promotion ends 2 s after its commit: its keys go at its end.
+    let (due, lsn) = promotion_ending(&mut db, "FLASH1", "2 seconds").await;
+    wait_confirmed_past(&db, lsn).await;
+    // Cached again after the commit's invalidation, as a reader would.
+    set_keys(
+        &mut redis,
+        &["promotions:active", "promotion:FLASH1", "promotion:OTHER"],
+    )
+    .await;
+    let pending = schedule(&mut redis).await;
+    assert_eq!(
+        pending.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        [due],
+        "one entry, at the promotion's end (starts_at was before the commit)"
+    );
+    let removed = gone_at_its_time(&mut redis, "promotions:active", due, "running", &walbust).await;
+    assert!(
+        removed - due < 2_000,
+        "removed {} ms after its time",
+        removed - due
+    );
+    assert!(!exists(&mut redis, "promotion:FLASH1").await);
+    assert!(
+        exists(&mut redis, "promotion:OTHER").await,
+        "other keys stay"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the applied entry to leave the schedule",
+        || async {
+            let mut r = svc.redis.connection().await.unwrap();
+            schedule(&mut r).await.is_empty().then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "walbust_scheduled_applied_total 1",
+        || async { (metric(metrics, "walbust_scheduled_applied_total") == 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(metric(metrics, "walbust_scheduled_pending"), 0.0);
+    // Kafka consumers got it as a normal record, with when it was due and
+    // the LSN of the commit that scheduled it.
+    let records = kafka_records(&svc.kafka, 2);
+    let scheduled: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.get("due_ts").is_some())
+        .collect();
+    assert_eq!(scheduled.len(), 1, "{records:?}");
+    assert_eq!(scheduled[0]["v"], 1);
+    let mut keys = strings(&scheduled[0]["keys"]);
+    keys.sort();
+    assert_eq!(keys, ["promotion:FLASH1", "promotions:active"]);
+    let original = records
+        .iter()
+        .find(|r| {
+            r.get("due_ts").is_none()
+                && strings(&r["keys"]).contains(&"promotion:FLASH1".to_owned())
+        })
+        .expect("the commit's own record");
+    assert_eq!(scheduled[0]["lsn"], original["lsn"]);
+
+    // 2. walbust restarts between the commit and the end: the schedule is
+    //    in Redis, the new process applies it on time.
+    let (due, lsn) = promotion_ending(&mut db, "FLASH2", "5 seconds").await;
+    wait_confirmed_past(&db, lsn).await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+    set_keys(&mut redis, &["promotions:active", "promotion:FLASH2"]).await;
+    let mut walbust = Walbust::start(&config);
+    wait_streaming(&db, &mut walbust).await;
+    assert!(
+        now_ms() < due,
+        "the restart took longer than the promotion had left"
+    );
+    let removed =
+        gone_at_its_time(&mut redis, "promotion:FLASH2", due, "restarted", &walbust).await;
+    assert!(
+        removed - due < 2_000,
+        "removed {} ms after its time",
+        removed - due
+    );
+
+    // 3. walbust is down when the promotion ends: applied as soon as it is
+    //    back.
+    let (due, lsn) = promotion_ending(&mut db, "FLASH3", "1 second").await;
+    wait_confirmed_past(&db, lsn).await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+    set_keys(&mut redis, &["promotions:active", "promotion:FLASH3"]).await;
+    eventually(
+        Duration::from_secs(10),
+        "the promotion's end to pass",
+        || async { (now_ms() > due + 200).then_some(()) },
+    )
+    .await;
+    assert!(
+        exists(&mut redis, "promotion:FLASH3").await,
+        "nobody applied it while down"
+    );
+    assert_eq!(schedule(&mut redis).await.len(), 1);
+    let mut walbust = Walbust::start(&config);
+    assert_invalidated(
+        &mut redis,
+        &["promotion:FLASH3", "promotions:active"],
+        &[],
+        "past due at start",
+    )
+    .await;
+    eventually(Duration::from_secs(5), "an empty schedule", || async {
+        let mut r = svc.redis.connection().await.unwrap();
+        schedule(&mut r).await.is_empty().then_some(())
+    })
+    .await;
+    walbust.signal("TERM");
+    assert!(walbust.wait(Duration::from_secs(30)).success());
+}
+
+// ---------------------------------------------------------------------------
+// the example warmer (refresh: true)
+
+/// `node examples/warmer/warmer.mjs` for the restaurant app, killed on drop.
+struct Warmer(std::process::Child);
+
+impl Warmer {
+    fn start(svc: &Services) -> Warmer {
+        let dir = example_dir("warmer");
+        assert!(
+            dir.join("node_modules").exists(),
+            "examples/warmer is not installed: run npm ci in examples/warmer (scripts/test.sh does)"
+        );
+        let child = Command::new("node")
+            .arg(dir.join("warmer.mjs"))
+            .env("REDIS_URL", svc.redis.url())
+            .env("DATABASE_URL", svc.pg.url())
+            .env("WARMER_LOADERS", example_dir("restaurant").join("warm.mjs"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run node ({e}): install Node.js"));
+        Warmer(child)
+    }
+}
+
+impl Drop for Warmer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `key` holds something other than "stale" (a warmer filled
+/// it), and returns it as JSON.
+async fn refilled(svc: &Services, key: &str) -> Value {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{key} refilled"),
+        || async {
+            let mut r = svc.redis.connection().await.unwrap();
+            let v: Option<String> = redis::cmd("GET").arg(key).query_async(&mut r).await.ok()?;
+            v.filter(|v| v != "stale")
+                .map(|v| serde_json::from_str(&v).expect("JSON"))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restaurant_warmer_refills_purged_hot_keys() {
+    let mut ex = Example::start("restaurant", RESTAURANT, RESTAURANT_SEED).await;
+    let _warmer = Warmer::start(&ex.svc);
+    ex.reset_cache().await;
+    let r = &mut ex.redis;
+    for key in ["restaurant:1", "restaurant:1:menu"] {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("stale")
+            .query_async(r)
+            .await
+            .unwrap();
+    }
+    let xid = ex
+        .commit("UPDATE restaurants SET name = 'Trattoria Due', is_open = false WHERE id = 1")
+        .await;
+    ex.record_for("warmer", xid).await;
+
+    // walbust purged both; the warmer read the stream, recomputed them from
+    // Postgres and filled them through the lease.
+    let page = refilled(&ex.svc, "restaurant:1").await;
+    assert_eq!(page["name"], "Trattoria Due");
+    assert_eq!(page["is_open"], false);
+    let menu = refilled(&ex.svc, "restaurant:1:menu").await;
+    let names: Vec<&str> = menu
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Mains", "Drinks"]);
+    // The stream holds one entry for the batch, with both keys.
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("walbust:refresh")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut ex.redis)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let keys = &entries[0]
+        .1
+        .iter()
+        .find(|(f, _)| f == "keys")
+        .expect("keys field")
+        .1;
+    assert_eq!(keys, r#"["restaurant:1","restaurant:1:menu"]"#);
+    assert_eq!(ex.metric("walbust_refresh_keys_total"), Some(2.0));
     ex.finish();
 }

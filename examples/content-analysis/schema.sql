@@ -49,3 +49,18 @@ CREATE TABLE analysis_results (
 -- but then `changed: [content]` cannot see the old content: rule 2 of
 -- rules.yaml would have to fire on every update.
 ALTER TABLE analysis_results REPLICA IDENTITY FULL;
+
+-- The admin overview: results per risk level over every user. Too costly
+-- to aggregate per request, so it is a materialized view that a job
+-- refreshes every few minutes, purging its cache in the same transaction:
+--   SELECT walbust_refresh('risk_overview', '{"keys":["dashboard:overview"]}');
+-- (`walbust setup` installs walbust_refresh). The unique index lets it
+-- refresh CONCURRENTLY: readers keep seeing the old content meanwhile, and
+-- the cache is purged exactly when the new content is visible.
+CREATE MATERIALIZED VIEW risk_overview AS
+SELECT risk_level,
+       count(*) AS results,
+       count(*) FILTER (WHERE reviewed_at IS NULL) AS unreviewed
+FROM analysis_results
+GROUP BY risk_level;
+CREATE UNIQUE INDEX risk_overview_level ON risk_overview (risk_level);

@@ -10,6 +10,11 @@
  * Fields may be added to version 1; they are ignored. A record of another
  * version is refused: its meaning is unknown, so nothing of it is applied.
  * A pattern `*` stands for everything (walbust sends it after a gap).
+ *
+ * A scheduled invalidation (a rule with `at:`, applied when a row's
+ * timestamp came) carries `due_ts`, when it was due; its `lsn` is that of
+ * the commit that scheduled it, older than records already applied (the
+ * watermark never moves back).
  */
 
 import { parseLsn } from "./lsn";
@@ -36,6 +41,8 @@ export interface InvalidationRecord {
   tags: string[];
   /** Redis glob patterns of keys to remove; `*` is everything. */
   patterns: string[];
+  /** Only on scheduled invalidations: when they were due (RFC 3339, UTC). */
+  due_ts?: string;
 }
 
 /** A parsed record, with its LSN as a number. */
@@ -104,7 +111,12 @@ export function parseRecord(payload: string | Uint8Array): ParsedRecord {
   if (!Array.isArray(xids) || !xids.every((x) => Number.isSafeInteger(x) && x >= 0)) {
     throw new RecordError("malformed", "xids is not an array of transaction ids");
   }
+  const dueTs = o.due_ts;
+  if (dueTs !== undefined && typeof dueTs !== "string") {
+    throw new RecordError("malformed", "due_ts is not a string");
+  }
   return {
+    ...(dueTs === undefined ? {} : { due_ts: dueTs }),
     v: RECORD_VERSION,
     lsn: o.lsn,
     lsnValue,

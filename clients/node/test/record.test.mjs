@@ -21,6 +21,14 @@ test("parses the documented record", () => {
   assert.deepEqual(parseRecord(Buffer.from(DOC)), r, "bytes as Kafka delivers them");
 });
 
+test("reads scheduled invalidations", () => {
+  const r = parseRecord(DOC.replace('"xids"', '"due_ts":"2026-11-22T11:00:00.000000Z","xids"'));
+  assert.equal(r.due_ts, "2026-11-22T11:00:00.000000Z");
+  assert.deepEqual(r.keys, ["product:42"]);
+  assert.equal(parseRecord(DOC).due_ts, undefined);
+  assert.throws(() => parseRecord(DOC.replace('"xids"', '"due_ts":5,"xids"')), RecordError);
+});
+
 test("ignores unknown fields", () => {
   const r = parseRecord('{"v":1,"lsn":"1/0","added_later":{"x":1},"keys":["k"],"tags":[],"patterns":[]}');
   assert.deepEqual(r.keys, ["k"]);

@@ -459,6 +459,9 @@ fn record_outcome(outcome: &walbust_rules::Outcome) {
     if outcome.refused > 0 {
         metrics::counter!(m::LONG_KEYS_REFUSED).increment(u64::from(outcome.refused));
     }
+    if outcome.unreadable_at > 0 {
+        metrics::counter!(m::SCHEDULE_UNREADABLE).increment(u64::from(outcome.unreadable_at));
+    }
     if outcome.oversize > 0 {
         metrics::counter!(m::OVERSIZE_PATTERNS).increment(u64::from(outcome.oversize));
     }

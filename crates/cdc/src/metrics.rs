@@ -31,6 +31,9 @@ pub const LONG_KEYS_REFUSED: &str = "walbust_rule_long_keys_refused_total";
 /// Patterns rendered longer than `max_key_bytes`, replaced by their rule's
 /// `on_oversize` cover.
 pub const OVERSIZE_PATTERNS: &str = "walbust_rule_oversize_patterns_total";
+/// `at:` values that are not a timestamp walbust can read; nothing was
+/// scheduled for them.
+pub const SCHEDULE_UNREADABLE: &str = "walbust_scheduled_unreadable_total";
 /// Rules bound in degraded form to a table's description, label `reason`
 /// ([`DEGRADED_MISSING_COLUMN`], [`DEGRADED_OLD_NOT_SENT`]): they fall back
 /// to wider invalidations instead of stopping the stream.
@@ -132,12 +135,13 @@ const LABELLED_COUNTERS: [(&str, &str, &[&str]); 5] = [
 ];
 
 /// Every counter without a label.
-const PLAIN_COUNTERS: [&str; 11] = [
+const PLAIN_COUNTERS: [&str; 12] = [
     TRANSACTIONS,
     WAL_BYTES,
     MISSING_VALUES,
     LONG_KEYS_REFUSED,
     OVERSIZE_PATTERNS,
+    SCHEDULE_UNREADABLE,
     NULL_VALUES,
     ESCALATIONS,
     ACK_CEILING_FAILURES,
@@ -268,6 +272,10 @@ pub fn describe() {
     describe_counter!(
         LONG_KEYS_REFUSED,
         "Keys and tags longer than max_key_bytes dropped under on_long_key: refuse"
+    );
+    describe_counter!(
+        SCHEDULE_UNREADABLE,
+        "at: values that are not a timestamp walbust can read; nothing was scheduled for them"
     );
     describe_counter!(
         OVERSIZE_PATTERNS,

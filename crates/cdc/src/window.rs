@@ -216,6 +216,7 @@ impl WindowGuard {
             keys: coverage.keys,
             tags: coverage.tags,
             patterns: coverage.patterns,
+            ..Default::default()
         };
         purge.extend(self.extra.clone());
         Ok(Verdict::Purge(purge))

@@ -36,6 +36,26 @@ pub struct Batch {
     pub tags: Vec<String>,
     /// Key patterns (Redis glob syntax) to purge, deduplicated, in ascending byte order.
     pub patterns: Vec<String>,
+    /// Invalidations to apply again later (rules with `at:`), kept by the sink that stores the
+    /// schedule (Redis) before it confirms the batch.
+    pub schedule: Vec<ScheduledEntry>,
+    /// Keys of rules with `refresh: true`, for the refresh stream; deduplicated, ascending.
+    pub refresh: Vec<String>,
+    /// Set on a batch that applies a scheduled entry: when it was due (µs since the Unix
+    /// epoch). `lsn` and `commit_time_micros` are then those of the transaction that
+    /// scheduled it, and `end_lsn` is `None` (nothing to acknowledge).
+    pub due_unix_micros: Option<i64>,
+}
+
+/// One scheduled invalidation and the transaction that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledEntry {
+    /// Commit LSN of the transaction.
+    pub lsn: u64,
+    /// Its commit time (µs since the Postgres epoch).
+    pub commit_time_micros: i64,
+    /// When and what.
+    pub due: walbust_rules::Scheduled,
 }
 
 impl Batch {
@@ -46,7 +66,10 @@ impl Batch {
 
     /// True when the batch invalidates nothing (it may still complete transactions).
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.tags.is_empty() && self.patterns.is_empty()
+        self.keys.is_empty()
+            && self.tags.is_empty()
+            && self.patterns.is_empty()
+            && self.schedule.is_empty()
     }
 
     /// The first WAL position at which every transaction of the batch is committed: one past the
@@ -87,6 +110,8 @@ pub(crate) struct Accumulator {
     keys: BTreeSet<String>,
     tags: BTreeSet<String>,
     patterns: BTreeSet<String>,
+    refresh: BTreeSet<String>,
+    schedule: Vec<ScheduledEntry>,
     /// Bytes of the distinct entries held, the measure `max_bytes` bounds.
     bytes: usize,
     xids: Vec<u32>,
@@ -131,13 +156,27 @@ impl Accumulator {
                 if self.open.is_none() {
                     return Err(SequenceError::ChangesWithoutBegin);
                 }
-                if inv.keys.is_empty() && inv.tags.is_empty() && inv.patterns.is_empty() {
+                if inv.is_empty() {
                     return Ok(None);
                 }
                 self.contribute(now, true);
                 self.bytes += insert_all(&mut self.keys, inv.keys);
                 self.bytes += insert_all(&mut self.tags, inv.tags);
                 self.bytes += insert_all(&mut self.patterns, inv.patterns);
+                self.bytes += insert_all(&mut self.refresh, inv.refresh);
+                if let Some(tx) = self.open {
+                    for due in inv.schedule {
+                        self.bytes += [&due.keys, &due.tags, &due.patterns]
+                            .iter()
+                            .map(|l| l.iter().map(String::len).sum::<usize>())
+                            .sum::<usize>();
+                        self.schedule.push(ScheduledEntry {
+                            lsn: tx.commit_lsn,
+                            commit_time_micros: tx.commit_time_micros,
+                            due,
+                        });
+                    }
+                }
                 Ok(None)
             }
             Item::Commit { end_lsn } => {
@@ -176,7 +215,7 @@ impl Accumulator {
 
     /// Distinct keys, tags and patterns held.
     pub(crate) fn entries(&self) -> usize {
-        self.keys.len() + self.tags.len() + self.patterns.len()
+        self.keys.len() + self.tags.len() + self.patterns.len() + self.schedule.len()
     }
 
     /// Bytes of the distinct entries held.
@@ -215,6 +254,9 @@ impl Accumulator {
             keys: std::mem::take(&mut self.keys).into_iter().collect(),
             tags: std::mem::take(&mut self.tags).into_iter().collect(),
             patterns: std::mem::take(&mut self.patterns).into_iter().collect(),
+            schedule: std::mem::take(&mut self.schedule),
+            refresh: std::mem::take(&mut self.refresh).into_iter().collect(),
+            due_unix_micros: None,
         };
         self.bytes = 0;
         self.open_in_batch = false;
@@ -246,6 +288,7 @@ mod tests {
             keys: own(keys),
             tags: own(tags),
             patterns: own(patterns),
+            ..Default::default()
         }
     }
 

@@ -33,11 +33,13 @@ pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod redis_sink;
+pub mod schedule;
 pub mod sink;
 
-pub use batch::{Batch, Item, SequenceError};
+pub use batch::{Batch, Item, ScheduledEntry, SequenceError};
 pub use config::ConfigError;
 pub use pipeline::{
-    BatchObserver, BatchReport, Pipeline, PipelineConfig, PipelineError, PipelineHandle, SinkReport,
+    publish_everywhere, BatchObserver, BatchReport, Pipeline, PipelineConfig, PipelineError,
+    PipelineHandle, SinkReport,
 };
 pub use sink::{Sink, SinkError, SinkErrorKind};

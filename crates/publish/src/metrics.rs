@@ -69,6 +69,17 @@ pub const HTTP_REQUESTS: &str = "walbust_http_requests_total";
 pub const HTTP_ENTRIES_SKIPPED: &str = "walbust_http_entries_skipped_total";
 /// Batches whose patterns or unsendable entries the HTTP sink purged as its `flush_all_key`.
 pub const HTTP_FLUSH_ALL: &str = "walbust_http_flush_all_total";
+/// Scheduled invalidations (`at:`) waiting in the schedule (its size, read by the applier).
+pub const SCHEDULED_PENDING: &str = "walbust_scheduled_pending";
+/// Scheduled invalidations stored with their batch.
+pub const SCHEDULED_ADDED: &str = "walbust_scheduled_added_total";
+/// Scheduled invalidations applied by every sink and removed from the schedule.
+pub const SCHEDULED_APPLIED: &str = "walbust_scheduled_applied_total";
+/// Scheduled invalidations not stored, by `reason`: `horizon` (due later than
+/// `schedule_horizon_days`), `invalid` (a stored entry walbust cannot read, removed).
+pub const SCHEDULED_REFUSED: &str = "walbust_scheduled_refused_total";
+/// Keys appended to the refresh stream.
+pub const REFRESH_KEYS: &str = "walbust_refresh_keys_total";
 
 /// Registers every counter of the publishing side at 0 with the installed
 /// recorder, for each of the sinks named (their [`Sink::name`](crate::Sink::name)) and each
@@ -99,7 +110,15 @@ pub fn register_counters(sinks: &[&'static str]) {
         REDIS_SCAN_CALLS,
         REDIS_PATTERN_KEYS_MATCHED,
         REDIS_PATTERN_KEYS_REMOVED,
+        SCHEDULED_ADDED,
+        SCHEDULED_APPLIED,
+        REFRESH_KEYS,
     ];
+    if sinks.contains(&crate::redis_sink::NAME) {
+        for reason in ["horizon", "invalid"] {
+            metrics::counter!(SCHEDULED_REFUSED, LABEL_REASON => reason).increment(0);
+        }
+    }
     let kafka = [KAFKA_RECORDS, KAFKA_RECORD_BYTES, KAFKA_OVERSIZE_ENTRIES];
     if sinks.contains(&crate::http_sink::NAME) {
         for class in ["2xx", "3xx", "4xx", "5xx", "other", "failed"] {
@@ -204,6 +223,31 @@ pub fn describe() {
         REDIS_PATTERN_KEYS_REMOVED,
         Unit::Count,
         "Keys removed by pattern purges."
+    );
+    describe_gauge!(
+        SCHEDULED_PENDING,
+        Unit::Count,
+        "Scheduled invalidations (at:) waiting in the schedule."
+    );
+    describe_counter!(
+        SCHEDULED_ADDED,
+        Unit::Count,
+        "Scheduled invalidations (at:) stored with their batch."
+    );
+    describe_counter!(
+        SCHEDULED_APPLIED,
+        Unit::Count,
+        "Scheduled invalidations applied by every sink and removed from the schedule."
+    );
+    describe_counter!(
+        SCHEDULED_REFUSED,
+        Unit::Count,
+        "Scheduled invalidations not stored or dropped, by reason (horizon, invalid)."
+    );
+    describe_counter!(
+        REFRESH_KEYS,
+        Unit::Count,
+        "Keys appended to the refresh stream for warmers."
     );
     describe_counter!(
         KAFKA_RECORDS,

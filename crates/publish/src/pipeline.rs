@@ -558,6 +558,24 @@ async fn deliver(
     Delivered { seq, batch, result }
 }
 
+/// Publishes `batch` to every sink in parallel, each retried on its own with backoff until it
+/// confirms (the pipeline's path, for batches that come from elsewhere than the WAL: scheduled
+/// invalidations). `Err` on an error retrying cannot fix.
+pub async fn publish_everywhere(
+    batch: &Batch,
+    sinks: &[Arc<dyn Sink>],
+    retry: Backoff,
+    slot: &str,
+) -> Result<(), PipelineError> {
+    futures::future::try_join_all(
+        sinks
+            .iter()
+            .map(|sink| publish_with_retry(sink.as_ref(), batch, retry, slot)),
+    )
+    .await
+    .map(drop)
+}
+
 /// Publishes until the sink confirms, backing off exponentially with jitter between attempts.
 /// Retriable errors are retried forever (skipping would lose invalidations); any other error ends
 /// the pipeline.

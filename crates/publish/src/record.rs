@@ -11,6 +11,11 @@
 //! - `xids`: ids of the transactions whose invalidations the record carries.
 //! - `keys`, `tags`, `patterns`: what to invalidate. Invalidation is idempotent and order-free;
 //!   a record can arrive more than once.
+//! - `due_ts` (optional, only on scheduled invalidations of rules with `at:`): when the entry
+//!   was due, RFC 3339 UTC. `lsn`, `commit_ts` and `xids` are then those of the transaction
+//!   that scheduled it (`xids` may be empty), so the record's `lsn` can be older than records
+//!   already received: it is no new position in the WAL. Version 1 readers that ignore the
+//!   field simply invalidate.
 //!
 //! A batch too large for one record is split ([`encode_split`]): every part repeats `v`, `lsn`,
 //! `commit_ts` and `xids` and carries a disjoint share of the entries. The record is written by
@@ -106,10 +111,15 @@ pub fn encode_split(batch: &Batch, max_bytes: usize) -> Result<Vec<Vec<u8>>, Rec
 /// The fields every part repeats, up to and including `"xids":[...]`.
 fn head(batch: &Batch) -> String {
     let mut head = format!(
-        "{{\"v\":{RECORD_VERSION},\"lsn\":\"{}\",\"commit_ts\":\"{}\",\"xids\":[",
+        "{{\"v\":{RECORD_VERSION},\"lsn\":\"{}\",\"commit_ts\":\"{}\",",
         format_lsn(batch.lsn),
         format_rfc3339(batch.commit_time_micros)
     );
+    if let Some(due) = batch.due_unix_micros {
+        let due = due.saturating_sub(crate::redis_sink::schedule::pg_to_unix_micros(0));
+        head.push_str(&format!("\"due_ts\":\"{}\",", format_rfc3339(due)));
+    }
+    head.push_str("\"xids\":[");
     for (i, xid) in batch.xids.iter().enumerate() {
         if i > 0 {
             head.push(',');
@@ -165,11 +175,28 @@ mod tests {
             keys,
             tags,
             patterns,
+            ..Default::default()
         }
     }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn scheduled_records_say_when_they_were_due() {
+        let mut b = batch(strings(&["promotions:active"]), vec![], vec![]);
+        b.due_unix_micros = Some(1_795_345_200_000_000);
+        b.xids.clear();
+        let text = String::from_utf8(encode(&b)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"v":1,"lsn":"0/16B3748","commit_ts":"2026-11-22T10:00:00.123456Z","due_ts":"2026-11-22T11:00:00.000000Z","xids":[],"keys":["promotions:active"],"tags":[],"patterns":[]}"#
+        );
+        let parts = encode_split(&b, 200).unwrap();
+        assert!(parts
+            .iter()
+            .all(|p| String::from_utf8_lossy(p).contains("\"due_ts\"")));
     }
 
     #[test]

@@ -185,6 +185,7 @@ async fn broker_down_then_up_is_retried_and_delivered() {
             keys: vec!["product:7".into()],
             tags: vec![],
             patterns: vec![],
+            ..Default::default()
         },
     )
     .await;

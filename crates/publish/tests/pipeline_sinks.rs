@@ -15,6 +15,7 @@ fn changes(keys: &[String]) -> Item {
         keys: keys.to_vec(),
         tags: vec![],
         patterns: vec![],
+        ..Default::default()
     })
 }
 

@@ -44,6 +44,7 @@ async fn retrying_run_of_one_tag(sink: Arc<Watched>) -> Run {
             keys: vec![],
             tags: vec!["category:3".into()],
             patterns: vec![],
+            ..Default::default()
         },
     )
     .await;

@@ -13,7 +13,11 @@ use crate::condition::{Cond, Truth};
 use crate::hash::{push_hash, HASH_LEN};
 use crate::row::{Change, Op, OpSet, RowValues};
 use crate::ruleset::{Degraded, LongKeyPolicy, TableName};
+use crate::schedule::{read_due, Due, Scheduled};
 use crate::template::{Overlong, Side, Skip, Template};
+
+/// Longest `at:` value read as a timestamp; anything longer is unreadable.
+const MAX_TIMESTAMP_LEN: usize = 64;
 
 /// What a transaction (or a change) invalidates. Order-preserving; lists may
 /// hold duplicates across changes (coalescing is the publisher's job), but
@@ -26,6 +30,14 @@ pub struct Invalidations {
     pub tags: Vec<String>,
     /// Redis glob patterns whose matching keys to delete.
     pub patterns: Vec<String>,
+    /// Invalidations to apply again later (rules with `at:`), one entry per
+    /// rule, row and due time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<Scheduled>,
+    /// Keys of rules with `refresh: true`, for the refresh stream. Each is
+    /// in `keys` too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refresh: Vec<String>,
 }
 
 impl Invalidations {
@@ -33,8 +45,12 @@ impl Invalidations {
         Self::default()
     }
 
+    /// Nothing to invalidate now or later.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.tags.is_empty() && self.patterns.is_empty()
+        self.keys.is_empty()
+            && self.tags.is_empty()
+            && self.patterns.is_empty()
+            && self.schedule.is_empty()
     }
 
     /// Keys + tags + patterns.
@@ -47,6 +63,8 @@ impl Invalidations {
         self.keys.extend(other.keys);
         self.tags.extend(other.tags);
         self.patterns.extend(other.patterns);
+        self.schedule.extend(other.schedule);
+        self.refresh.extend(other.refresh);
     }
 
     /// Empties the lists, keeping their capacity.
@@ -54,6 +72,8 @@ impl Invalidations {
         self.keys.clear();
         self.tags.clear();
         self.patterns.clear();
+        self.schedule.clear();
+        self.refresh.clear();
     }
 }
 
@@ -78,6 +98,9 @@ pub struct Outcome {
     /// Patterns longer than `max_key_bytes`, replaced by what their rule's
     /// `on_oversize` names.
     pub oversize: u32,
+    /// `at:` values that are not a timestamp walbust can read (see
+    /// [`crate::parse_timestamp`]); nothing was scheduled for them.
+    pub unreadable_at: u32,
 }
 
 impl AddAssign for Outcome {
@@ -88,6 +111,7 @@ impl AddAssign for Outcome {
         self.escalated += o.escalated;
         self.refused += o.refused;
         self.oversize += o.oversize;
+        self.unreadable_at += o.unreadable_at;
     }
 }
 
@@ -198,6 +222,11 @@ pub(crate) struct BoundRule {
     /// For each pattern template (in the order of `patterns`), what stands
     /// in for it when it renders longer than `max_key_bytes`.
     pub pattern_covers: Vec<Cover>,
+    /// `at:` templates (one placeholder each): when to invalidate the
+    /// rule's output for the row again.
+    pub at: Vec<Template<usize>>,
+    /// `refresh: true`: the rule's keys also go to the refresh stream.
+    pub refresh: bool,
 }
 
 /// Constant invalidations that stand in for a pattern too long to send.
@@ -308,7 +337,7 @@ impl BoundTable {
             if !update && !r.ops.contains(Op::Delete) {
                 continue;
             }
-            for t in r.keys.iter().chain(&r.tags).chain(&r.patterns) {
+            for t in r.keys.iter().chain(&r.tags).chain(&r.patterns).chain(&r.at) {
                 idx.extend(t.holes().filter(|h| h.side != Side::New).map(|h| h.column));
             }
             if let Some(when) = &r.when {
@@ -330,7 +359,7 @@ impl BoundTable {
     pub fn used_columns(&self) -> Vec<usize> {
         let mut idx: Vec<usize> = Vec::new();
         for r in &self.rules {
-            for t in r.keys.iter().chain(&r.tags).chain(&r.patterns) {
+            for t in r.keys.iter().chain(&r.tags).chain(&r.patterns).chain(&r.at) {
                 idx.extend(t.holes().map(|h| h.column));
             }
             if let Some(when) = &r.when {
@@ -367,6 +396,7 @@ impl BoundTable {
             old_unsent: &self.old_unsent,
         };
         let from = (out.keys.len(), out.tags.len(), out.patterns.len());
+        let refresh_from = out.refresh.len();
         let mut outcome = Outcome::default();
         for rule in &self.rules {
             if !rule.ops.contains(op) {
@@ -390,8 +420,37 @@ impl BoundTable {
                 continue;
             }
             self.render_rule(rule, &change, state, out, from, &mut outcome);
+            if (rule.refresh || !rule.at.is_empty()) && !state.escalated {
+                let row = self.row_output(rule, &change);
+                if rule.refresh {
+                    for k in &row.keys {
+                        push_unique(&mut out.refresh, refresh_from, k);
+                    }
+                }
+                if !rule.at.is_empty() && !row.is_empty() {
+                    schedule_row(rule, &change, row, state, out, &mut outcome);
+                }
+            }
         }
         outcome
+    }
+
+    /// Everything `rule` names for this row, its constants included,
+    /// whatever the transaction already sent: a scheduled entry or a
+    /// refresh stands alone.
+    fn row_output(&self, rule: &BoundRule, change: &Change<'_>) -> Invalidations {
+        let mut row = Invalidations::default();
+        push_constants(rule, &mut row, (0, 0, 0));
+        let (mut scratch, mut ignored) = (RuleState::default(), Outcome::default());
+        self.render_rule(
+            rule,
+            change,
+            &mut scratch,
+            &mut row,
+            (0, 0, 0),
+            &mut ignored,
+        );
+        row
     }
 
     fn render_rule(
@@ -506,6 +565,55 @@ impl BoundTable {
             }
         }
         outcome
+    }
+}
+
+/// Schedules `row` (what `rule` names for this change) at each time its
+/// `at:` templates read. A NULL or `infinity` schedules nothing; a value
+/// that is not a timestamp is counted. Each entry counts against the rule's
+/// `max_keys_per_tx` like a rendered key: an escalated rule schedules no
+/// more in the transaction.
+fn schedule_row(
+    rule: &BoundRule,
+    change: &Change<'_>,
+    row: Invalidations,
+    state: &mut RuleState,
+    out: &mut Invalidations,
+    outcome: &mut Outcome,
+) {
+    let mut dues: Vec<i64> = Vec::new();
+    for template in &rule.at {
+        for &view in template.views(change) {
+            match template.render(change, view, "", false, MAX_TIMESTAMP_LEN, Overlong::Refuse) {
+                Ok(text) => match read_due(&text) {
+                    Due::At(due) if !dues.contains(&due) => dues.push(due),
+                    Due::At(_) | Due::Never => {}
+                    Due::Unreadable => outcome.unreadable_at += 1,
+                },
+                Err(Skip::TooLong) => outcome.unreadable_at += 1,
+                Err(Skip::Missing) => outcome.missing += 1,
+                Err(Skip::Null | Skip::NotApplicable) => {}
+            }
+        }
+    }
+    for due in dues {
+        if rule.has_fallback && state.emitted >= rule.max_keys_per_tx {
+            state.escalated = true;
+            outcome.escalated += 1;
+            return;
+        }
+        state.emitted += 1;
+        out.schedule.push(Scheduled {
+            due_unix_micros: due,
+            keys: row.keys.clone(),
+            tags: row.tags.clone(),
+            patterns: row.patterns.clone(),
+            refresh: if rule.refresh {
+                row.keys.clone()
+            } else {
+                Vec::new()
+            },
+        });
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `row` | [`Op`], [`Datum`], [`RowValues`]: how a change is seen |
 //! | `explicit` | `pg_logical_emit_message` payloads: [`parse_explicit`] |
 //! | `hash` | the `{col:hash}` / long-key hash: [`hash_value`] |
+//! | `schedule` | `at:`: [`Scheduled`] entries, timestamps read by [`parse_timestamp`] |
 //!
 //! The work is split in three stages so the per-change path does as little
 //! as possible: [`RuleSet::from_yaml`] checks everything that needs no
@@ -40,6 +41,8 @@
 //!     patterns: ["product-list:*"]
 //!     max_keys_per_tx: 50000            # optional, overrides the global budget
 //!     on_oversize: fallback             # optional, overrides the global one
+//!     at: ["{starts_at}", "{ends_at}"]  # optional: invalidate the row's output again then
+//!     refresh: true                     # optional: its keys also go to the refresh stream
 //! ```
 //!
 //! Every mapping rejects unknown fields. A rule needs at least one of
@@ -201,6 +204,33 @@
 //! if any part is true) and a rule whose condition ends unknown fires: an
 //! extra invalidation costs a cache miss, a missed one serves stale data.
 //!
+//! ## Scheduled invalidation (`at`)
+//!
+//! `at:` lists templates that are each exactly one placeholder (`{col}`,
+//! `{old.col}`, `{new.col}`; no literal text, no `:hash`) naming a
+//! timestamp: besides its output at commit, the rule's whole output for the
+//! row (its placeholder-free keys, tags and patterns included, even when the
+//! transaction sent them already) goes into [`Invalidations::schedule`] once
+//! per distinct time, as a [`Scheduled`] entry. `{col}` reads sides as in
+//! keys: an update that moved the time schedules the old and the new one.
+//!
+//! Values are read by [`parse_timestamp`]: Postgres's ISO output of
+//! `timestamptz` (`2026-12-04 19:40:00.5+00`, any offset), of `timestamp`
+//! (no offset: read as UTC), or of `date` (its midnight, UTC). NULL,
+//! `infinity` and `-infinity` schedule nothing; anything else (another
+//! `DateStyle`, a BC date) schedules nothing and counts in
+//! [`Outcome::unreadable_at`]. A value that did not arrive counts in
+//! [`Outcome::missing`]. Each entry counts against `max_keys_per_tx` like a
+//! rendered key; an escalated rule schedules nothing more in the
+//! transaction. When and how entries are stored and applied is the
+//! publisher's business (walbust: a Redis sorted set, see the README).
+//!
+//! ## Refresh (`refresh: true`)
+//!
+//! The keys the rule renders for a change (its constant keys included) are
+//! also listed in [`Invalidations::refresh`], for a stream that cache
+//! warmers read. A rule with `refresh: true` needs `keys`.
+//!
 //! ## Explicit invalidations
 //!
 //! Applications can invalidate from inside a transaction, so the
@@ -257,6 +287,7 @@ mod explicit;
 mod hash;
 mod row;
 mod ruleset;
+mod schedule;
 mod syntax;
 mod template;
 
@@ -273,6 +304,7 @@ pub use ruleset::{
     TableName, DEFAULT_MAX_KEYS_PER_TX, DEFAULT_MAX_KEY_BYTES, MAX_MAX_KEY_BYTES,
     SUPPORTED_VERSION,
 };
+pub use schedule::{parse_timestamp, Scheduled};
 pub use template::Side;
 
 #[cfg(test)]

@@ -172,6 +172,11 @@ pub struct RuleInfo {
     /// back to when its key budget runs out, and what TRUNCATE can
     /// invalidate. A rule without one is never escalated.
     pub has_fallback: bool,
+    /// Its `at:` templates as written: when the rule's output for a row is
+    /// invalidated again.
+    pub at: Vec<String>,
+    /// `refresh: true`: its keys also go to the refresh stream.
+    pub refresh: bool,
 }
 
 /// A column name as written, with where it was written (for bind errors).
@@ -220,6 +225,9 @@ struct CompiledRule {
     templates: Vec<TemplateEntry>,
     max_keys_per_tx: u32,
     on_oversize: OversizePolicy,
+    /// `at:` templates (one placeholder each).
+    at: Vec<TemplateEntry>,
+    refresh: bool,
 }
 
 /// What a rule set covers; see [`RuleSet::coverage`].
@@ -415,6 +423,8 @@ impl RuleSet {
                 column: at.column,
                 on: compiled.ops.to_vec(),
                 has_fallback: compiled.has_fallback(),
+                at: compiled.at.iter().map(|t| t.source.clone()).collect(),
+                refresh: compiled.refresh,
             });
             rules.push(compiled);
         }
@@ -565,7 +575,7 @@ impl RuleSet {
     pub fn columns_read(&self, schema: &str, table: &str) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         for rule in self.rules.iter().filter(|r| r.table.matches(schema, table)) {
-            let holes = rule.templates.iter().flat_map(|t| t.template.holes());
+            let holes = (rule.templates.iter().chain(&rule.at)).flat_map(|t| t.template.holes());
             let mut read: Vec<&str> = holes.map(|h| h.column.as_str()).collect();
             if let Some(when) = &rule.when {
                 when.columns(&mut |n: &Named| read.push(n.name.as_str()));
@@ -648,7 +658,9 @@ impl RuleSet {
             })?),
         };
         let (mut keys, mut tags, mut patterns) = (Vec::new(), Vec::new(), Vec::new());
-        for entry in &rule.templates {
+        let mut at = Vec::new();
+        let at_len = rule.at.len();
+        for (i, entry) in rule.at.iter().chain(&rule.templates).enumerate() {
             let bound = entry.template.try_map(|hole| {
                 b.index_of(&hole.column).ok_or_else(|| {
                     missing(
@@ -656,10 +668,19 @@ impl RuleSet {
                             name: hole.column.clone(),
                             at: entry.at,
                         },
-                        format!("in {} template {:?}", entry.kind.as_str(), entry.source),
+                        match i < at_len {
+                            true => format!("in at template {:?}", entry.source),
+                            false => {
+                                format!("in {} template {:?}", entry.kind.as_str(), entry.source)
+                            }
+                        },
                     )
                 })
             })?;
+            if i < at_len {
+                at.push(bound);
+                continue;
+            }
             match entry.kind {
                 Kind::Key => keys.push(bound),
                 Kind::Tag => tags.push(bound),
@@ -688,6 +709,8 @@ impl RuleSet {
             has_fallback: rule.has_fallback(),
             fallback: Vec::new(),
             pattern_covers,
+            at,
+            refresh: rule.refresh,
         })
     }
 
@@ -1038,7 +1061,51 @@ fn compile_rule(
             .on_oversize
             .as_ref()
             .map_or(defaults.on_oversize, |o| oversize_policy(o.value)),
+        at: Vec::new(),
+        refresh: doc.refresh.as_ref().is_some_and(|r| r.value),
     };
+    if let Some(refresh) = doc.refresh.as_ref().filter(|r| r.value) {
+        if doc.keys.is_empty() {
+            return Err(cx.err(
+                Position::of(refresh),
+                "refresh: true needs keys: the refresh stream carries the rule's keys",
+            ));
+        }
+    }
+    for (i, entry) in doc.at.iter().enumerate() {
+        let at = Position::of(entry);
+        if doc.at[..i].iter().any(|e| e.value == entry.value) {
+            return Err(cx.err(at, format!("duplicate at template {:?}", entry.value)));
+        }
+        let template = Template::parse(&entry.value).map_err(|m| cx.err(at, m))?;
+        let single = {
+            let mut holes = template.holes();
+            match (holes.next(), holes.next()) {
+                (Some(h), None) => !h.hash && template.literal_text().is_empty(),
+                _ => false,
+            }
+        };
+        if !single {
+            return Err(cx.err(
+                at,
+                format!(
+                    "at template {:?} must be one placeholder naming a timestamp column, \
+                     like \"{{ends_at}}\"",
+                    entry.value
+                ),
+            ));
+        }
+        if let Some(why) = never_renders(&template, ops) {
+            return Err(cx.err(at, format!("at template {:?} {why}", entry.value)));
+        }
+        rule.at.push(TemplateEntry {
+            // Bound apart from the key templates (see `bind_rule`).
+            kind: Kind::Key,
+            source: entry.value.clone(),
+            at,
+            template,
+        });
+    }
 
     if doc.keys.is_empty() && doc.tags.is_empty() && doc.patterns.is_empty() {
         return Err(cx.err(

@@ -57,6 +57,12 @@ pub(crate) struct RuleDoc {
     pub patterns: Vec<Spanned<String>>,
     pub max_keys_per_tx: Option<Spanned<u32>>,
     pub on_oversize: Option<Spanned<OversizeDoc>>,
+    /// Timestamps (one placeholder each) at which the rule's output for the
+    /// row is invalidated again.
+    #[serde(default)]
+    pub at: Vec<Spanned<String>>,
+    /// The rule's keys also go to the refresh stream for warmers.
+    pub refresh: Option<Spanned<bool>>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

@@ -5,6 +5,10 @@
 //!  "xids":[1234],"keys":["product:42"],"tags":["category:3"],"patterns":["product-list:*"]}
 //! ```
 //!
+//! A scheduled invalidation (a rule with `at:`, applied when a row's timestamp came) is a normal
+//! record with `due_ts`, when it was due; its `lsn` is that of the commit that scheduled it, so
+//! it can be older than records already applied (the watermark never moves back).
+//!
 //! Fields may be added within a version: unknown ones are ignored. A record of another `v` is
 //! refused ([`RecordError::UnknownVersion`]), because its fields may mean something else.
 
@@ -36,6 +40,9 @@ pub struct Record {
     /// Redis glob patterns of keys to drop; `*` drops everything.
     #[serde(default)]
     pub patterns: Vec<String>,
+    /// Only on scheduled invalidations: when they were due, RFC 3339 UTC (kept as text).
+    #[serde(default)]
+    pub due_ts: Option<String>,
 }
 
 /// Why a payload was not applied. [`RecordError::reason`] is the metric label.
@@ -117,6 +124,21 @@ mod tests {
         assert_eq!(record.tags, ["category:3"]);
         assert_eq!(record.patterns, ["product-list:*"]);
         assert_eq!(record.entries(), 3);
+    }
+
+    #[test]
+    fn reads_scheduled_records() {
+        let text = DOCUMENTED.replace(
+            "\"xids\"",
+            "\"due_ts\":\"2026-11-22T11:00:00.000000Z\",\"xids\"",
+        );
+        let record = Record::parse(text.as_bytes()).unwrap();
+        assert_eq!(
+            record.due_ts.as_deref(),
+            Some("2026-11-22T11:00:00.000000Z")
+        );
+        assert_eq!(record.keys, ["product:42"]);
+        assert_eq!(Record::parse(DOCUMENTED.as_bytes()).unwrap().due_ts, None);
     }
 
     #[test]

@@ -173,6 +173,36 @@ pub fn needs(cfg: &Config, redis: &RedisSinkConfig, rules: &RuleSet) -> Vec<Need
             None,
         );
     }
+    if rules.rules().iter().any(|r| !r.at.is_empty()) {
+        let key = walbust_publish::redis_sink::schedule::schedule_key(Some(&cfg.source.slot));
+        let feature = "scheduled invalidation (at:)";
+        need(
+            "zadd",
+            feature,
+            vec![key.clone(), "0".into(), "{}".into()],
+            None,
+        );
+        for (command, args) in [
+            ("zrange", vec!["0", "0"]),
+            ("zcard", vec![]),
+            ("zrem", vec!["{}"]),
+        ] {
+            let mut probe = redis::cmd(command);
+            probe.arg(&key).arg(&args);
+            let mut full = vec![key.clone()];
+            full.extend(args.iter().map(|a| (*a).to_owned()));
+            // ZREM of a member walbust never writes changes nothing.
+            need(command, feature, full, Some(probe));
+        }
+    }
+    if let Some(stream) = &redis.refresh_stream {
+        need(
+            "xadd",
+            "refresh_stream",
+            vec![stream.clone(), "*".into(), "keys".into(), "[]".into()],
+            None,
+        );
+    }
     if cfg.source.on_gap == OnGap::Purge {
         need(
             "del",

@@ -52,6 +52,10 @@ pub(crate) fn load(path: &Path, connects: bool) -> Result<(Config, Vec<Unset>, R
     };
     let (cfg, unset) = loaded.map_err(fail_config)?;
     let rules = RuleSet::load(&cfg.rules).map_err(fail_config)?;
+    let problems = crate::time_rules::problems(&cfg, &rules);
+    if !problems.is_empty() {
+        return Err(fail_config(problems.join("; ")));
+    }
     Ok((cfg, unset, rules))
 }
 
@@ -74,6 +78,9 @@ pub async fn check(path: &Path, db: bool) -> ExitCode {
     );
     for var in &unset {
         println!("note: {var}");
+    }
+    for note in crate::time_rules::notes(&cfg, &rules) {
+        println!("{note}");
     }
     if !db {
         return ExitCode::SUCCESS;

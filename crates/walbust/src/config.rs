@@ -195,6 +195,7 @@ impl GapPurge {
             keys: self.keys.clone(),
             tags: self.tags.clone(),
             patterns: self.patterns.clone(),
+            ..Default::default()
         }
     }
 }

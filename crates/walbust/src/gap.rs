@@ -685,6 +685,7 @@ fn empty_batch() -> Batch {
         keys: Vec::new(),
         tags: Vec::new(),
         patterns: Vec::new(),
+        ..Default::default()
     }
 }
 

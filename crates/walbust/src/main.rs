@@ -19,6 +19,7 @@ mod run;
 mod setup;
 mod tail;
 mod telemetry;
+mod time_rules;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -70,7 +70,13 @@ pub struct Reloader {
     seen: Option<u64>,
     /// The last error reported, to report a lasting one once.
     last_error: Option<String>,
+    /// What the rest of the configuration refuses in a rule set (see
+    /// [`Self::with_validate`]).
+    validate: Option<Validate>,
 }
+
+/// Why a rule set cannot run under the configuration, if it cannot.
+pub type Validate = Box<dyn Fn(&RuleSet) -> Option<String> + Send + Sync>;
 
 /// What one attempt found.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,7 +99,16 @@ impl Reloader {
             offered: None,
             seen: current,
             last_error: None,
+            validate: None,
         }
+    }
+
+    /// Refuses a new rule set that `validate` finds a reason against (rules
+    /// with `at:` without the Redis sink that keeps the schedule), as `run`
+    /// refuses it at start.
+    pub fn with_validate(mut self, validate: Validate) -> Reloader {
+        self.validate = Some(validate);
+        self
     }
 
     /// Takes the reader's rules in effect as the ones to fall back on and
@@ -195,6 +210,10 @@ impl Reloader {
                 return Attempt::Refused;
             }
         };
+        if let Some(why) = self.validate.as_ref().and_then(|v| v(&set)) {
+            self.refuse(forced, why);
+            return Attempt::Refused;
+        }
         if let Some(check) = &self.check {
             let verdict = tokio::time::timeout(DB_CHECK_TIMEOUT, database_refusal(check, &set))
                 .await
@@ -388,6 +407,22 @@ mod tests {
         std::fs::write(&path, V2).unwrap();
         assert_eq!(r.attempt(false, &tx).await, Attempt::Applied);
         assert_eq!(first_key(&rx.borrow()), ["t2:1"]);
+    }
+
+    #[tokio::test]
+    async fn what_the_configuration_refuses_is_not_applied() {
+        let (_dir, path, r, tx) = setup(V1);
+        let mut r = r.with_validate(Box::new(|set: &RuleSet| {
+            set.rules()
+                .iter()
+                .any(|rule| !rule.at.is_empty())
+                .then(|| "at: needs sinks.redis".to_owned())
+        }));
+        let rx = tx.subscribe();
+        std::fs::write(&path, V2.replace("keys:", "at: [\"{id}\"]\n    keys:")).unwrap();
+        assert_eq!(r.attempt(false, &tx).await, Attempt::Refused);
+        assert_eq!(first_key(&rx.borrow()), ["t:1"]);
+        assert_eq!(r.last_error.as_deref(), Some("at: needs sinks.redis"));
     }
 
     #[tokio::test]

@@ -41,6 +41,10 @@ pub struct Hooks {
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> Result<()> {
     let rules = Arc::new(RuleSet::load(&cfg.rules)?);
     tracing::info!(rules = rules.rules().len(), file = %cfg.rules.display(), "rules loaded");
+    let problems = crate::time_rules::problems(&cfg, &rules);
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
     // Watch the rules file (and SIGHUP) from right after loading it, so that
     // no edit falls between the two; the reader takes a new set at its next
     // transaction boundary. The guard stops the watcher however run returns.
@@ -56,6 +60,13 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
             }),
         )
         .with_in_effect(in_effect_rx)
+        .with_validate({
+            let cfg = cfg.clone();
+            Box::new(move |set| {
+                let problems = crate::time_rules::problems(&cfg, set);
+                (!problems.is_empty()).then(|| problems.join("; "))
+            })
+        })
         .spawn(rules_tx, shutdown.clone()),
     );
 
@@ -78,6 +89,14 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         }
     }
     let _probes = ProbeGuard(spawn_probes(&sinks));
+    let scheduling = {
+        let in_effect = rules_rx.clone();
+        move || in_effect.borrow().rules().iter().any(|r| !r.at.is_empty())
+    };
+    let _applier = match spawn_applier(&cfg, &sinks, &shutdown, scheduling).await? {
+        Some(applier) => ProbeGuard(applier),
+        None => return Ok(()),
+    };
 
     let spec = walbust_cdc::SourceSpec {
         url: cfg.source.url.clone(),
@@ -193,6 +212,45 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         tracing::info!(slot = %cfg.source.slot, lsn = %walbust_pgoutput::format_lsn(confirmed_lsn), "stopped");
         return Ok(());
     }
+}
+
+/// Starts the applier of scheduled invalidations (`at:`) when a Redis sink
+/// holds the schedule, on a connection of its own: entries past due (walbust
+/// was down at their time) are applied at once. `None` when shutdown was
+/// requested meanwhile; a task that does nothing without Redis.
+async fn spawn_applier(
+    cfg: &Config,
+    sinks: &[Arc<dyn Sink>],
+    shutdown: &watch::Receiver<bool>,
+    active: impl Fn() -> bool + Send + Sync + 'static,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(redis) = &cfg.sinks.redis else {
+        return Ok(Some(tokio::spawn(async {})));
+    };
+    let connect = || async {
+        RedisSink::connect(redis.clone())
+            .await
+            .map(|sink| sink.with_slot(&cfg.source.slot))
+            .map_err(Attempt::sink)
+    };
+    let Some(store) = until_ready(Some(shutdown), "redis", connect)
+        .await
+        .context("sink redis (schedule)")?
+    else {
+        return Ok(None);
+    };
+    let pipeline = cfg.publish.pipeline();
+    let applier = walbust_publish::schedule::Applier::new(
+        Arc::new(store),
+        sinks.to_vec(),
+        Backoff {
+            min: pipeline.retry_min,
+            max: pipeline.retry_max,
+        },
+        cfg.source.slot.clone(),
+    )
+    .with_active(active);
+    Ok(Some(tokio::spawn(applier.run(shutdown.clone()))))
 }
 
 /// The gate of `source.replicas`, none without replicas.

@@ -47,6 +47,10 @@ use crate::{fail, fail_config};
 /// Ends the script's transaction; the slot comes after it.
 const COMMIT: &str = "\nCOMMIT;\n";
 
+/// `walbust_refresh(view, invalidations)`: refreshes a materialized view and
+/// emits its explicit invalidation in the same transaction.
+pub const REFRESH_SQL: &str = include_str!("walbust_refresh.sql");
+
 /// Prefix of the notices the script raises: what `--apply` prints.
 const NOTICE_PREFIX: &str = "walbust setup: ";
 
@@ -321,6 +325,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON walbust_marker.slots TO {role_id};
 ",
         crate::db_marker::CREATE_SQL
     ));
+    // Materialized views refreshed with their invalidation.
+    w.push('\n');
+    w.push_str(REFRESH_SQL);
     w.push_str(COMMIT);
     w.push('\n');
 

@@ -368,11 +368,13 @@ mod tests {
             keys: vec!["product:1".into()],
             tags: vec!["category:3".into(), "products".into()],
             patterns: vec![],
+            ..Default::default()
         });
         tx.add(Invalidations {
             keys: vec!["product:1".into(), "product:2".into()],
             tags: vec![],
             patterns: vec![],
+            ..Default::default()
         });
         let changes = vec![("public.products".to_owned(), Op::Update, 2)];
         let text = tx.text(0x16B3778, &changes);

@@ -97,6 +97,7 @@ fn inv(keys: &[&str]) -> walbust_rules::Invalidations {
         keys: keys.iter().map(|k| k.to_string()).collect(),
         tags: Vec::new(),
         patterns: Vec::new(),
+        ..Default::default()
     }
 }
 

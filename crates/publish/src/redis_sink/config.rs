@@ -26,6 +26,10 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 10_000;
 /// Default for [`RedisSinkConfig::lease_ttl_ms`].
 pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
+/// Default [`RedisSinkConfig::schedule_horizon_days`]: a little over a year.
+pub const DEFAULT_SCHEDULE_HORIZON_DAYS: u32 = 400;
+/// Default [`RedisSinkConfig::refresh_stream_maxlen`].
+pub const DEFAULT_REFRESH_STREAM_MAXLEN: u64 = 100_000;
 
 /// How tags are purged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -97,6 +101,19 @@ pub struct RedisSinkConfig {
     /// Certificates of a `rediss://` connection: a private CA, a client certificate.
     #[serde(default)]
     pub tls: Option<RedisTlsConfig>,
+    /// Scheduled invalidations (`at:` in rules) due later than this many days after their
+    /// commit are refused (counted in `walbust_scheduled_refused_total`, never stored), so that
+    /// a far-future or mistyped timestamp cannot sit in the schedule forever.
+    #[serde(default = "default_schedule_horizon_days")]
+    pub schedule_horizon_days: u32,
+    /// Name of a Redis Stream that receives, after each batch's invalidation, the keys of rules
+    /// with `refresh: true` (one entry per batch: fields `lsn` and `keys`, a JSON array), for
+    /// cache warmers. Off when unset; rules with `refresh: true` then refuse to start.
+    #[serde(default)]
+    pub refresh_stream: Option<String>,
+    /// The stream is capped near this many entries (`XADD ... MAXLEN ~`).
+    #[serde(default = "default_refresh_stream_maxlen")]
+    pub refresh_stream_maxlen: u64,
 }
 
 /// TLS settings of a `rediss://` URL (`sinks.redis.tls`), for one Redis and every node of a
@@ -134,6 +151,12 @@ fn default_response_timeout_ms() -> u64 {
 fn default_lease_ttl_ms() -> u64 {
     DEFAULT_LEASE_TTL_MS
 }
+fn default_schedule_horizon_days() -> u32 {
+    DEFAULT_SCHEDULE_HORIZON_DAYS
+}
+fn default_refresh_stream_maxlen() -> u64 {
+    DEFAULT_REFRESH_STREAM_MAXLEN
+}
 
 // By hand, so the URL (which may hold a password) is never printed.
 impl fmt::Debug for RedisSinkConfig {
@@ -152,6 +175,9 @@ impl fmt::Debug for RedisSinkConfig {
             .field("lease_ttl_ms", &self.lease_ttl_ms)
             .field("watermark", &self.watermark)
             .field("tls", &self.tls)
+            .field("schedule_horizon_days", &self.schedule_horizon_days)
+            .field("refresh_stream", &self.refresh_stream)
+            .field("refresh_stream_maxlen", &self.refresh_stream_maxlen)
             .finish()
     }
 }
@@ -173,6 +199,9 @@ impl RedisSinkConfig {
             lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
             watermark: false,
             tls: None,
+            schedule_horizon_days: DEFAULT_SCHEDULE_HORIZON_DAYS,
+            refresh_stream: None,
+            refresh_stream_maxlen: DEFAULT_REFRESH_STREAM_MAXLEN,
         }
     }
 
@@ -243,6 +272,21 @@ impl RedisSinkConfig {
             );
         }
         errors.check(self.unlink_chunk > 0, "unlink_chunk", "must be at least 1");
+        errors.check(
+            self.schedule_horizon_days > 0,
+            "schedule_horizon_days",
+            "must be at least 1",
+        );
+        errors.check(
+            self.refresh_stream.as_ref().is_none_or(|c| !c.is_empty()),
+            "refresh_stream",
+            "must not be empty (leave it out to turn the refresh stream off)",
+        );
+        errors.check(
+            self.refresh_stream_maxlen > 0,
+            "refresh_stream_maxlen",
+            "must be at least 1",
+        );
         errors.check(self.scan_count > 0, "scan_count", "must be at least 1");
         errors.check(
             self.publish_channel.as_ref().is_none_or(|c| !c.is_empty()),

@@ -11,7 +11,11 @@
 //! - tags, `set` strategy: a Lua script removes each tag set's members and the set, atomically;
 //! - tags, `version` strategy: `INCR <tag_prefix><tag>`;
 //! - patterns: `SCAN <cursor> MATCH <pattern> COUNT <scan_count>`, `UNLINK` what it finds;
-//! - `publish_channel`: `PUBLISH` of the batch's JSON record, once the rest is done.
+//! - `publish_channel`: `PUBLISH` of the batch's JSON record, once the rest is done;
+//! - scheduled invalidations (`at:`): `ZADD walbust:schedule:<slot>` in the same last round
+//!   trip, before the batch counts as confirmed ([`schedule`]);
+//! - `refresh_stream`: `XADD <stream> MAXLEN ~ <n> * lsn <lsn> keys <json>` after the
+//!   invalidation, for warmers.
 //!
 //! With `leases` (or `watermark`) the sink loads the Redis Functions library `walbust`
 //! ([`functions`]: fenced fills, read-your-writes) before publishing; with `watermark`, each
@@ -29,11 +33,13 @@
 mod config;
 pub mod functions;
 pub mod request;
+pub mod schedule;
 mod sink;
 
 pub use config::{
     RedisSinkConfig, TagStrategy, CONFIG_PATH, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LEASE_TTL_MS,
-    DEFAULT_RESPONSE_TIMEOUT_MS, DEFAULT_SCAN_COUNT, DEFAULT_SET_TAG_PREFIX, DEFAULT_UNLINK_CHUNK,
+    DEFAULT_REFRESH_STREAM_MAXLEN, DEFAULT_RESPONSE_TIMEOUT_MS, DEFAULT_SCAN_COUNT,
+    DEFAULT_SCHEDULE_HORIZON_DAYS, DEFAULT_SET_TAG_PREFIX, DEFAULT_UNLINK_CHUNK,
     DEFAULT_VERSION_TAG_PREFIX,
 };
 pub use sink::{redis_error, RedisConnection, RedisSink, NAME};

@@ -15,7 +15,7 @@ use redis::{
 use tracing::{debug, warn};
 
 use super::config::{RedisSinkConfig, TagStrategy};
-use super::{functions, request};
+use super::{functions, request, schedule};
 use crate::batch::Batch;
 use crate::metrics as m;
 use crate::record;
@@ -353,6 +353,93 @@ impl RedisSink {
         Some(cmd)
     }
 
+    /// The sorted set of this sink's schedule.
+    pub fn schedule_key(&self) -> String {
+        schedule::schedule_key(self.slot.as_deref())
+    }
+
+    /// Adds `ZADD`s of the batch's scheduled entries to `pipe`; returns how many. An entry due
+    /// no later than its commit is left out (the commit's own invalidation came after it), one
+    /// due beyond `schedule_horizon_days` from now is refused and counted.
+    fn schedule_adds(&self, batch: &Batch, pipe: &mut redis::Pipeline) -> u64 {
+        if batch.schedule.is_empty() {
+            return 0;
+        }
+        let now = walbust_pgoutput::time::now_micros();
+        let horizon = i64::from(self.cfg.schedule_horizon_days) * 86_400_000_000;
+        let key = self.schedule_key();
+        let (mut added, mut refused) = (0, 0);
+        for entry in &batch.schedule {
+            let due = entry.due.due_unix_micros;
+            if due <= schedule::pg_to_unix_micros(entry.commit_time_micros) {
+                continue;
+            }
+            if due > schedule::pg_to_unix_micros(now).saturating_add(horizon) {
+                refused += 1;
+                continue;
+            }
+            let (member, score) = schedule::encode(entry);
+            pipe.cmd("ZADD").arg(&key).arg(score).arg(member).ignore();
+            added += 1;
+        }
+        if refused > 0 {
+            counter!(m::SCHEDULED_REFUSED, m::LABEL_REASON => "horizon").increment(refused);
+            warn!(
+                refused,
+                horizon_days = self.cfg.schedule_horizon_days,
+                "redis: scheduled invalidations due beyond the horizon were not stored"
+            );
+        }
+        added
+    }
+
+    /// Up to `limit` schedule entries due at `now_ms` (ms since the Unix epoch) or earlier,
+    /// as stored (members), oldest first.
+    pub async fn schedule_due(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, SinkError> {
+        redis::cmd("ZRANGE")
+            .arg(self.schedule_key())
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|err| redis_error("redis: reading the schedule failed", err))
+    }
+
+    /// The score (due ms) of the earliest entry, if any, and the number of entries.
+    pub async fn schedule_state(&self) -> Result<(Option<i64>, u64), SinkError> {
+        let key = self.schedule_key();
+        let (first, len): (Vec<(String, f64)>, u64) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("ZCARD")
+            .arg(&key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|err| redis_error("redis: reading the schedule failed", err))?;
+        Ok((first.first().map(|(_, score)| *score as i64), len))
+    }
+
+    /// Removes applied (or unreadable) entries from the schedule.
+    pub async fn schedule_remove(&self, members: &[String]) -> Result<(), SinkError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("ZREM")
+            .arg(self.schedule_key())
+            .arg(members)
+            .query_async::<u64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(|err| redis_error("redis: removing applied schedule entries failed", err))
+    }
+
     async fn publish_batch(&self, batch: &Batch) -> Result<(), SinkError> {
         // The watermark goes out with the batch's last command, after every invalidation: at
         // the end of the UNLINK pipeline when that is all the batch sends (one connection
@@ -370,6 +457,21 @@ impl RedisSink {
             self.purge_patterns(&batch.patterns),
         )?;
         let mut last = redis::pipe();
+        let scheduled = self.schedule_adds(batch, &mut last);
+        if let (Some(stream), false) = (&self.cfg.refresh_stream, batch.refresh.is_empty()) {
+            // After the invalidation: a warmer that reads the entry finds the keys gone.
+            last.cmd("XADD")
+                .arg(stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.cfg.refresh_stream_maxlen)
+                .arg("*")
+                .arg("lsn")
+                .arg(walbust_pgoutput::format_lsn(batch.lsn))
+                .arg("keys")
+                .arg(serde_json::to_string(&batch.refresh).unwrap_or_default())
+                .ignore();
+        }
         if let Some(channel) = &self.cfg.publish_channel {
             // After the purge, so a subscriber that reacts by reading Redis finds the keys gone.
             last.cmd("PUBLISH")
@@ -383,13 +485,17 @@ impl RedisSink {
         if !last.is_empty() {
             let context = match &self.cfg.publish_channel {
                 Some(_) => "redis: PUBLISH failed",
-                None => "redis: raising the watermark failed",
+                None => "redis: storing the schedule, the refresh stream or the watermark failed",
             };
             last.exec_async(&mut self.conn.clone())
                 .await
                 .map_err(|err| redis_error(context, err))?;
         }
         counter!(m::REDIS_KEYS_REMOVED).increment(keys_removed);
+        counter!(m::SCHEDULED_ADDED).increment(scheduled);
+        if self.cfg.refresh_stream.is_some() {
+            counter!(m::REFRESH_KEYS).increment(batch.refresh.len() as u64);
+        }
         counter!(m::REDIS_TAG_MEMBERS_REMOVED).increment(tags_purged.members);
         if tags_purged.wrong_type > 0 {
             counter!(m::REDIS_WRONGTYPE_KEYS).increment(tags_purged.wrong_type);

@@ -33,6 +33,7 @@ pub fn batch(keys: Vec<String>, tags: Vec<String>, patterns: Vec<String>) -> Bat
         keys,
         tags,
         patterns,
+        ..Default::default()
     }
 }
 

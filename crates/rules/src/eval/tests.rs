@@ -696,6 +696,7 @@ fn outcome_adds_up() {
         escalated: 4,
         refused: 5,
         oversize: 6,
+        unreadable_at: 7,
     };
     a += a;
     assert_eq!(
@@ -707,6 +708,7 @@ fn outcome_adds_up() {
             escalated: 8,
             refused: 10,
             oversize: 12,
+            unreadable_at: 14,
         }
     );
 }
@@ -720,6 +722,7 @@ fn invalidations_helpers() {
         keys: vec!["k2".into()],
         tags: vec!["t".into()],
         patterns: vec!["p*".into()],
+        ..Invalidations::default()
     };
     a.extend(b);
     assert_eq!(a.keys, ["k", "k2"]);
@@ -812,4 +815,145 @@ fn an_old_value_the_replica_identity_does_not_send_falls_back() {
     assert!(full.degraded().is_empty());
     let (out, o) = eval(&full, Op::Update, None, Some(&new));
     assert_eq!((out.keys.len(), out.patterns.len(), o.missing), (2, 0, 0));
+}
+
+/// `at:` schedules the rule's whole output for the row (constants too) at
+/// each timestamp; NULL and `infinity` schedule nothing, text that is no
+/// timestamp is counted.
+#[test]
+fn at_schedules_the_rows_output_at_each_timestamp() {
+    let t = table(
+        r#"
+prefix: "app:"
+rules:
+  - table: t
+    keys: ["promotions:active", "item:{id}"]
+    tags: ["category:{category_id}"]
+    at: ["{status}", "{name}"]
+"#,
+    );
+    let new = row(&[
+        Some("1"),
+        Some("3"),
+        Some("1970-01-01 00:00:10"),
+        Some("1970-01-01 00:00:20+00"),
+        None,
+    ]);
+    let (out, outcome) = eval(&t, Op::Insert, None, Some(&new));
+    assert_eq!(out.keys, ["app:promotions:active", "app:item:1"]);
+    let dues: Vec<i64> = out.schedule.iter().map(|s| s.due_unix_micros).collect();
+    assert_eq!(dues, [10_000_000, 20_000_000]);
+    for s in &out.schedule {
+        assert_eq!(s.keys, ["app:promotions:active", "app:item:1"]);
+        assert_eq!(s.tags, ["category:3"]);
+        assert!(s.refresh.is_empty());
+    }
+    assert_eq!(outcome.unreadable_at, 0);
+
+    // The second row of the transaction still schedules the constant key.
+    let mut budget = TxBudget::default();
+    let _ = eval_with(&t, Op::Insert, None, Some(&new), &mut budget);
+    let other = row(&[Some("2"), Some("3"), None, Some("soon"), None]);
+    let (out, outcome) = eval_with(&t, Op::Insert, None, Some(&other), &mut budget);
+    assert!(
+        out.schedule.is_empty(),
+        "NULL schedules nothing, junk is counted"
+    );
+    assert_eq!(outcome.unreadable_at, 1);
+    let never = row(&[
+        Some("2"),
+        Some("3"),
+        Some("infinity"),
+        Some("1970-01-01 00:00:30"),
+        None,
+    ]);
+    let (out, outcome) = eval_with(&t, Op::Insert, None, Some(&never), &mut budget);
+    assert_eq!(outcome.unreadable_at, 0);
+    assert_eq!(
+        out.keys,
+        ["app:item:2"],
+        "constants went out with the first row"
+    );
+    assert_eq!(out.schedule.len(), 1);
+    assert_eq!(
+        out.schedule[0].keys,
+        ["app:promotions:active", "app:item:2"]
+    );
+}
+
+#[test]
+fn at_on_update_reads_both_rows() {
+    let t = table(
+        r#"
+rules:
+  - table: t
+    keys: ["item:{id}"]
+    at: ["{status}"]
+"#,
+    );
+    let old = row(&[Some("1"), None, Some("1970-01-01 00:00:10"), None, None]);
+    let new = row(&[Some("1"), None, Some("1970-01-01 00:00:20"), None, None]);
+    let (out, _) = eval(&t, Op::Update, Some(&old), Some(&new));
+    let dues: Vec<i64> = out.schedule.iter().map(|s| s.due_unix_micros).collect();
+    assert_eq!(dues, [10_000_000, 20_000_000]);
+}
+
+#[test]
+fn refresh_lists_the_rules_keys() {
+    let t = table(
+        r#"
+rules:
+  - table: t
+    keys: ["item:{id}", "home"]
+    refresh: true
+  - table: t
+    keys: ["cold:{id}"]
+"#,
+    );
+    let new = row(&[Some("7"), None, None, None, None]);
+    let (out, _) = eval(&t, Op::Insert, None, Some(&new));
+    assert_eq!(out.keys, ["home", "item:7", "cold:7"]);
+    assert_eq!(out.refresh, ["home", "item:7"]);
+    assert!(out.schedule.is_empty());
+}
+
+#[test]
+fn at_and_refresh_are_checked_on_load() {
+    for (yaml, want) in [
+        (
+            "keys: [\"k:{id}\"]\n    at: [\"due:{status}\"]",
+            "must be one placeholder",
+        ),
+        (
+            "keys: [\"k:{id}\"]\n    at: [\"{status:hash}\"]",
+            "must be one placeholder",
+        ),
+        (
+            "keys: [\"k:{id}\"]\n    at: [\"{status}\", \"{status}\"]",
+            "duplicate at template",
+        ),
+        (
+            "tags: [\"t\"]\n    refresh: true",
+            "refresh: true needs keys",
+        ),
+        (
+            "keys: [\"k\"]\n    on: [insert]\n    at: [\"{old.status}\"]",
+            "at template",
+        ),
+    ] {
+        let src = format!("version: 1\nrules:\n  - table: t\n    {yaml}\n");
+        let err = RuleSet::from_yaml(&src, "rules.yaml")
+            .expect_err(&src)
+            .to_string();
+        assert!(err.contains(want), "{err}\n{src}");
+    }
+    let src = "version: 1\nrules:\n  - table: t\n    keys: [\"k\"]\n    at: [\"{due}\"]\n";
+    let set = RuleSet::from_yaml(src, "rules.yaml").unwrap();
+    let err = set
+        .bind("public", "t", COLS)
+        .expect_err("no column due")
+        .to_string();
+    assert!(err.contains("in at template"), "{err}");
+    assert_eq!(set.rules()[0].at, ["{due}"]);
+    assert_eq!(set.columns_read("public", "t"), ["due"]);
 }

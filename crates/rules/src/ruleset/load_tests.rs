@@ -84,7 +84,7 @@ fn global_settings() {
 fn yaml_errors_carry_parser_positions() {
     assert_eq!(
         err(&rule("    keys: [\"k\"]\n    bogus: 1\n")),
-        "rules.yaml:5:5: unknown field `bogus`, expected one of table, on, prefix, when, keys, tags, patterns, max_keys_per_tx, on_oversize"
+        "rules.yaml:5:5: unknown field `bogus`, expected one of table, on, prefix, when, keys, tags, patterns, max_keys_per_tx, on_oversize, at, refresh"
     );
     assert_eq!(
         err(&rule("    on: [insert, upsert]\n    keys: [\"k\"]\n")),

@@ -45,6 +45,13 @@ pub(super) struct Report {
     notes: Vec<String>,
 }
 
+/// A due time (µs since the Unix epoch) as RFC 3339 UTC.
+fn due_text(unix_micros: i64) -> String {
+    walbust_pgoutput::time::format_rfc3339(
+        unix_micros.saturating_sub(walbust_pgoutput::time::PG_EPOCH_UNIX_SECS * 1_000_000),
+    )
+}
+
 /// The most columns a rule set can name that the JSON objects do not.
 const MAX_UNNAMED_COLUMNS: usize = 4096;
 
@@ -243,6 +250,12 @@ impl Report {
                     o.refused
                 ));
             }
+            if o.unreadable_at > 0 {
+                notes.push(format!(
+                    "{who}: {} at: value(s) are not a timestamp walbust can read: nothing scheduled for them; counted in walbust_scheduled_unreadable_total",
+                    o.unreadable_at
+                ));
+            }
             if o.escalated > 0 {
                 notes.push(format!(
                     "{who}: ran out of its max_keys_per_tx budget and fell back to its constant tags and patterns"
@@ -315,10 +328,52 @@ impl Report {
                 }
             }
         }
+        if !self.out.schedule.is_empty() {
+            let _ = writeln!(
+                s,
+                "schedule (invalidated again then, by the Redis sink's schedule):"
+            );
+        }
+        for (due, by) in self.scheduled() {
+            let rules = by
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                s,
+                "  at {}  <- rule {rules}: keys [{}] tags [{}] patterns [{}]",
+                due_text(due.due_unix_micros),
+                due.keys.join(", "),
+                due.tags.join(", "),
+                due.patterns.join(", ")
+            );
+        }
+        if !self.out.refresh.is_empty() {
+            let _ = writeln!(s, "refresh stream: {}", self.out.refresh.join(", "));
+        }
         for note in self.outcome_notes() {
             let _ = writeln!(s, "note: {note}");
         }
         s
+    }
+
+    /// Each scheduled entry with the rules (numbered from 1) that made it.
+    fn scheduled(&self) -> Vec<(&walbust_rules::Scheduled, Vec<usize>)> {
+        self.out
+            .schedule
+            .iter()
+            .map(|due| {
+                let by = self
+                    .rules
+                    .iter()
+                    .flatten()
+                    .filter(|r| r.out.schedule.contains(due))
+                    .map(|r| r.info.index + 1)
+                    .collect();
+                (due, by)
+            })
+            .collect()
     }
 
     pub(super) fn to_json(&self) -> Value {
@@ -362,6 +417,21 @@ impl Report {
             })
             .collect();
         obj["rules"] = Value::Array(rules);
+        obj["schedule"] = Value::Array(
+            self.scheduled()
+                .into_iter()
+                .map(|(due, by)| {
+                    json!({
+                        "due": due_text(due.due_unix_micros),
+                        "rules": by,
+                        "keys": due.keys,
+                        "tags": due.tags,
+                        "patterns": due.patterns,
+                    })
+                })
+                .collect(),
+        );
+        obj["refresh"] = json!(self.out.refresh);
         obj["attributed"] = Value::Bool(self.rules.is_some() || self.unmatched);
         obj["notes"] = json!(self.outcome_notes());
         obj
@@ -526,6 +596,50 @@ rules:
         // The other tags are padded to the long one's width.
         let pad = " ".repeat(tag.len() - "products".len());
         assert!(text.contains(&format!("\n  products{pad}  <- rule 1 (line 6)\n")));
+    }
+
+    #[test]
+    fn the_schedule_a_change_creates_is_shown() {
+        let rules = r#"
+version: 1
+rules:
+  - table: promotions
+    keys: ["promotion:{code}", "promotions:active"]
+    at: ["{starts_at}", "{ends_at}"]
+    refresh: true
+"#;
+        let set = RuleSet::from_yaml(rules, "rules.yaml").unwrap();
+        let c = Change {
+            table: TableName::new("public", "promotions"),
+            op: Op::Insert,
+            old: None,
+            new: Some(
+                parse_row(
+                    "--new",
+                    r#"{"code":"FLASH","starts_at":"2026-12-01 00:00:00+00","ends_at":"soon"}"#,
+                )
+                .unwrap(),
+            ),
+        };
+        let r = evaluate(&set, &c).unwrap();
+        let text = r.to_text();
+        assert!(
+            text.contains(
+                "  at 2026-12-01T00:00:00.000000Z  <- rule 1: keys [promotions:active, promotion:FLASH] tags [] patterns []"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("refresh stream: promotions:active, promotion:FLASH"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 at: value(s) are not a timestamp"),
+            "{text}"
+        );
+        let json = r.to_json();
+        assert_eq!(json["schedule"][0]["due"], "2026-12-01T00:00:00.000000Z");
+        assert_eq!(json["schedule"][0]["rules"], json!([1]));
     }
 
     #[test]
