@@ -37,4 +37,4 @@ pub use config::ConfigError;
 pub use pipeline::{
     BatchObserver, BatchReport, Pipeline, PipelineConfig, PipelineError, PipelineHandle, SinkReport,
 };
-pub use sink::{Sink, SinkError, SinkErrorKind};
+pub use sink::{settled, Settling, Sink, SinkError, SinkErrorKind};
