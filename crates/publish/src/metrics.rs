@@ -51,7 +51,7 @@ pub const REDIS_PATTERN_KEYS_MATCHED: &str = "walbust_redis_pattern_keys_matched
 pub const REDIS_PATTERN_KEYS_REMOVED: &str = "walbust_redis_pattern_keys_removed_total";
 /// Duration of one pattern walk (every primary of a cluster, in parallel).
 pub const REDIS_PATTERN_WALK_SECONDS: &str = "walbust_redis_pattern_walk_seconds";
-/// Keys a pattern walk went over (`DBSIZE` of each walked node at the walk's start).
+/// Keys a pattern walk went over, about: `scan_count` per `SCAN` call, every node together.
 pub const REDIS_PATTERN_WALK_KEYS_SCANNED: &str = "walbust_redis_pattern_walk_keys_scanned";
 /// Pattern walks running now (0 or 1: one walk at a time, merged).
 pub const REDIS_PATTERN_WALKS_IN_PROGRESS: &str = "walbust_redis_pattern_walks_in_progress";
@@ -207,7 +207,7 @@ pub fn describe() {
     describe_histogram!(
         REDIS_PATTERN_WALK_KEYS_SCANNED,
         Unit::Count,
-        "Keys a pattern walk went over (DBSIZE of each walked node at its start)."
+        "Keys a pattern walk went over, about (scan_count per SCAN call, every node together)."
     );
     describe_gauge!(
         REDIS_PATTERN_WALKS_IN_PROGRESS,

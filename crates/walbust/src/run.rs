@@ -39,6 +39,7 @@ pub struct Hooks {
 /// acknowledges it and returns.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> Result<()> {
     let rules = Arc::new(RuleSet::load(&cfg.rules)?);
+    crate::check::versioned_patterns(&cfg, &rules).map_err(anyhow::Error::msg)?;
     tracing::info!(rules = rules.rules().len(), file = %cfg.rules.display(), "rules loaded");
     // Watch the rules file (and SIGHUP) from right after loading it, so that
     // no edit falls between the two; the reader takes a new set at its next
