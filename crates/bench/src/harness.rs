@@ -112,6 +112,8 @@ pub struct Options {
     pub w4_sizes: Vec<u64>,
     pub w4_rate: u32,
     pub w4_seconds: u64,
+    /// W4: `sinks.redis.pattern_strategy` (`walk` or `version`).
+    pub w4_pattern_strategy: String,
     pub run_pattern_walks: bool,
     /// walbust runs of each drain (after pg_recvlogical).
     pub drain_sinks: Vec<Sinks>,
@@ -139,6 +141,7 @@ impl Options {
             w4_sizes: vec![0, 100_000, 1_000_000, 4_000_000],
             w4_rate: 500,
             w4_seconds: 30,
+            w4_pattern_strategy: "walk".into(),
             run_pattern_walks: false,
             drain_sinks: vec![
                 Sinks::RedisKafka,

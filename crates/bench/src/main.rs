@@ -80,6 +80,9 @@ struct Args {
     /// W4: seconds of load per run.
     #[arg(long)]
     w4_seconds: Option<u64>,
+    /// W4: `sinks.redis.pattern_strategy`, walk or version.
+    #[arg(long)]
+    w4_pattern_strategy: Option<String>,
     /// walbust sink sets for the drains: redis+kafka, discard, redis, kafka.
     #[arg(long, value_delimiter = ',')]
     drain_sinks: Option<Vec<String>>,
@@ -170,6 +173,12 @@ fn options(args: &Args) -> Result<Options> {
     }
     if let Some(n) = args.w4_seconds {
         opts.w4_seconds = n;
+    }
+    if let Some(strategy) = &args.w4_pattern_strategy {
+        if !matches!(strategy.as_str(), "walk" | "version") {
+            bail!("--w4-pattern-strategy: walk or version, not {strategy:?}");
+        }
+        opts.w4_pattern_strategy = strategy.clone();
     }
     let only: Vec<String> = args.only.iter().map(|w| w.to_ascii_lowercase()).collect();
     for w in &only {

@@ -343,23 +343,23 @@ impl Report {
             let _ = writeln!(
                 s,
                 "**W4**: Redis holds N unrelated keys; {} single-row UPDATE transactions per second \
-                 for {} s, each invalidating one key and one pattern of its own (Redis sink, \
-                 pattern_strategy walk). Keys and patterns: from the client seeing its COMMIT \
+                 for {} s, each invalidating one key and one pattern of its own (Redis sink). Keys and patterns: from the client seeing its COMMIT \
                  acknowledged to Redis announcing the removal (keyspace notifications); confirm: \
                  walbust's commit-to-confirm summary; kept up: the slot confirmed everything within \
                  two walk durations (+1 s) of the load's end\n",
                 first.rate_target, first.seconds_target
             );
             s.push_str(
-                "| N | achieved tx/s | key p50 / p99 / max ms | pattern p50 / p99 / max ms | missed keys / patterns | confirm p50 / p99 ms | walks | patterns per walk | walk p50 / max ms | catch-up s | kept up | patterns within 2 walks | load |\n\
-                 |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n",
+                "| N | strategy | achieved tx/s | key p50 / p99 / max ms | pattern p50 / p99 / max ms | missed keys / patterns | confirm p50 / p99 ms | walks | patterns per walk | walk p50 / max ms | catch-up s | kept up | patterns within 2 walks | load |\n\
+                 |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n",
             );
             for w in &self.pattern_walks {
                 let yes = |b: bool| if b { "yes" } else { "**no**" };
                 let _ = writeln!(
                     s,
-                    "| {} | {:.0} | {} / {} / {} | {} / {} / {} | {} / {} | {} / {} | {} | {} | {} / {} | {:.2} | {} | {} | {:.2} |",
+                    "| {} | {} | {:.0} | {} / {} / {} | {} / {} / {} | {} / {} | {} / {} | {} | {} | {} / {} | {:.2} | {} | {} | {:.2} |",
                     w.unrelated_keys,
+                    w.pattern_strategy,
                     w.achieved_tps,
                     opt(w.key_p50_ms, 2),
                     opt(w.key_p99_ms, 2),

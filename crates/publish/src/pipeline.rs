@@ -85,10 +85,12 @@ const BEAT: &str = "pipeline";
 const BEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// Batches applied by every sink and still settling (pattern walks running) at most; beyond, the
-/// pipeline dispatches nothing new until one settles. Walks are merged, so settling batches
-/// mostly wait for the same one or two walks; the bound only keeps memory in check when walks
-/// take very long.
-pub const MAX_SETTLING: usize = 4096;
+/// pipeline dispatches nothing new until one settles, and keys wait. Enough for about two
+/// minutes of single-transaction batches at 500 tx/s behind walks, so that keys never wait for
+/// the walks of millions of keys (4096 was not: at 4M keys, walks of 4 to 6 s held keys for
+/// seconds once it was reached); a settling batch of a few entries weighs a few hundred bytes,
+/// so the bound keeps memory within tens of MiB.
+pub const MAX_SETTLING: usize = 65_536;
 
 /// Items taken from the channel in one go before the loop considers dispatching.
 const ITEMS_PER_ROUND: usize = 1024;
