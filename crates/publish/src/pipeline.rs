@@ -109,7 +109,10 @@ pub struct PipelineConfig {
     /// How long a batch may wait for more transactions while the input is idle. Zero: publish as
     /// soon as the input is idle.
     pub max_delay: Duration,
-    /// Batches published and not yet confirmed at the same time (at least 1).
+    /// Batches published and not yet applied by every sink at the same time (at least 1). A
+    /// batch whose sinks left work running (pattern walks, [`Sink::publish_staged`]) leaves its
+    /// slot once applied and settles beside, up to [`MAX_SETTLING`] of them; it is still
+    /// acknowledged only in its turn, after it settled.
     pub max_in_flight: usize,
     /// Capacity of the item channel from the reader.
     pub channel_capacity: usize,
