@@ -305,3 +305,28 @@ async fn version_strategy_bumps_the_prefix_counter_without_a_walk() {
         .unwrap();
     assert!(!exists(&mut conn, "x:1:detail").await);
 }
+
+/// With the watermark on, a later batch must not raise it past a pending walk: the walk stays
+/// inside its batch, and the watermark moves once it ended.
+#[tokio::test]
+async fn with_the_watermark_the_walk_stays_inside_its_batch() {
+    let (redis, mut conn) = setup().await;
+    fill(&mut conn, 5_000).await;
+    set_all(&mut conn, &pages("plist:3:", 20)).await;
+    let mut cfg = RedisSinkConfig::new(redis.url());
+    cfg.scan_count = 10;
+    cfg.watermark = true;
+    let sink = RedisSink::connect(cfg).await.unwrap().with_slot("s");
+    let rest = sink
+        .publish_staged(&batch(
+            strings(["product:3"]),
+            vec![],
+            strings(["plist:3:*"]),
+        ))
+        .await
+        .unwrap();
+    assert!(rest.is_none(), "settled inside the publish");
+    assert_eq!(count_keys(&mut conn, "plist:3:*").await, 0);
+    let watermark: Option<String> = conn.get("walbust:lsn:s").await.unwrap();
+    assert_eq!(watermark.as_deref(), Some("0/16B3800"));
+}
