@@ -509,6 +509,24 @@ impl Bench {
         walbust_pgoutput::parse_lsn(row.get::<_, &str>(0)).context("unparsable LSN")
     }
 
+    /// Scrapes walbust's metrics, stops it (it must exit cleanly) and drops its slot.
+    async fn scrape_and_stop(
+        &self,
+        metrics: &str,
+        proc: &mut Proc,
+        slot: &str,
+    ) -> Result<prom::Metrics> {
+        let scraped = prom::scrape(metrics).await;
+        let status = proc.terminate(Duration::from_secs(30)).await?;
+        ensure!(
+            status.success(),
+            "walbust exited with {status}; its log ends with:\n{}",
+            proc.log_tail()
+        );
+        self.drop_slot(slot).await?;
+        scraped
+    }
+
     /// Writes the end mark after a load and waits (at most `limit_s`) until walbust's `slot`
     /// confirmed it; returns the seconds that took.
     async fn mark_and_catch_up(&self, slot: &str, proc: &mut Proc, limit_s: u64) -> Result<f64> {
@@ -872,15 +890,7 @@ impl Bench {
         let stats = proc.sample();
         walsender.sample();
         let side_after = self.side_cpu().await;
-        let scraped = prom::scrape(&metrics).await;
-        let status = proc.terminate(Duration::from_secs(30)).await?;
-        ensure!(
-            status.success(),
-            "walbust exited with {status}; its log ends with:\n{}",
-            proc.log_tail()
-        );
-        self.drop_slot(&slot).await?;
-        let scraped = scraped?;
+        let scraped = self.scrape_and_stop(&metrics, &mut proc, &slot).await?;
         let quantiles = scraped.quantiles(walbust_publish::metrics::COMMIT_TO_CONFIRM_SECONDS);
         let replica_wait = with_replica
             .then(|| scraped.quantiles(walbust_cdc::metrics::REPLICA_WAIT_SECONDS))

@@ -18,7 +18,6 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{load_average, Bench, Sinks, POLL, TABLE};
-use crate::prom;
 
 /// The rules of W4: one key and one pattern per account.
 const RULES: &str = r#"version: 1
@@ -240,21 +239,13 @@ impl Bench {
             tokio::time::sleep(POLL).await;
         }
         listener.abort();
-        let scraped = prom::scrape(&metrics).await;
-        let status = proc.terminate(Duration::from_secs(30)).await?;
-        ensure!(
-            status.success(),
-            "walbust exited with {status}; its log ends with:\n{}",
-            proc.log_tail()
-        );
-        self.drop_slot(&slot).await?;
+        let scraped = self.scrape_and_stop(&metrics, &mut proc, &slot).await?;
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
             .arg("notify-keyspace-events")
             .arg("")
             .query_async(&mut conn)
             .await?;
-        let scraped = scraped?;
         if strategy == "version" {
             let last = committed.last().map_or(2, |(aid, _)| *aid);
             let bumped: Option<u64> = redis::cmd("GET")
