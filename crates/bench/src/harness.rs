@@ -22,9 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use tokio::process::Command;
 
+pub use pattern_walks::PatternWalks;
+
 use crate::procs::{self, Proc};
 use crate::prom;
 use crate::report::{mib, Drain, DrainRun, Latency, Machine, Setup};
+
+mod pattern_walks;
 
 /// The table every workload updates, shaped like pgbench's `pgbench_accounts`.
 const TABLE: &str = "bench_accounts";
@@ -104,6 +108,13 @@ pub struct Options {
     pub run_single_row_backlog: bool,
     pub run_one_big_transaction: bool,
     pub run_latency_under_load: bool,
+    /// W4: Redis sizes (unrelated keys), one run each.
+    pub w4_sizes: Vec<u64>,
+    pub w4_rate: u32,
+    pub w4_seconds: u64,
+    /// W4: `sinks.redis.pattern_strategy` (`walk` or `version`).
+    pub w4_pattern_strategy: String,
+    pub run_pattern_walks: bool,
     /// walbust runs of each drain (after pg_recvlogical).
     pub drain_sinks: Vec<Sinks>,
     /// W3 runs, one per entry.
@@ -127,6 +138,11 @@ impl Options {
             run_single_row_backlog: true,
             run_one_big_transaction: true,
             run_latency_under_load: true,
+            w4_sizes: vec![0, 100_000, 1_000_000, 4_000_000],
+            w4_rate: 500,
+            w4_seconds: 30,
+            w4_pattern_strategy: "walk".into(),
+            run_pattern_walks: false,
             drain_sinks: vec![
                 Sinks::RedisKafka,
                 Sinks::Discard,
@@ -147,6 +163,8 @@ impl Options {
             w3_rate: 500,
             w3_seconds: 5,
             w3_replica: false,
+            w4_sizes: vec![0, 10_000],
+            w4_seconds: 3,
             ..Options::full(walbust)
         }
     }
@@ -491,6 +509,47 @@ impl Bench {
         walbust_pgoutput::parse_lsn(row.get::<_, &str>(0)).context("unparsable LSN")
     }
 
+    /// Scrapes walbust's metrics, stops it (it must exit cleanly) and drops its slot.
+    async fn scrape_and_stop(
+        &self,
+        metrics: &str,
+        proc: &mut Proc,
+        slot: &str,
+    ) -> Result<prom::Metrics> {
+        let scraped = prom::scrape(metrics).await;
+        let status = proc.terminate(Duration::from_secs(30)).await?;
+        ensure!(
+            status.success(),
+            "walbust exited with {status}; its log ends with:\n{}",
+            proc.log_tail()
+        );
+        self.drop_slot(slot).await?;
+        scraped
+    }
+
+    /// Writes the end mark after a load and waits (at most `limit_s`) until walbust's `slot`
+    /// confirmed it; returns the seconds that took.
+    async fn mark_and_catch_up(&self, slot: &str, proc: &mut Proc, limit_s: u64) -> Result<f64> {
+        let end = self
+            .marked_transaction(&format!(
+                "UPDATE {TABLE} SET abalance = abalance + 1 WHERE aid = 1"
+            ))
+            .await?;
+        let load_end = Instant::now();
+        loop {
+            if self.slot_state(slot).await?.0.is_some_and(|c| c >= end) {
+                return Ok(load_end.elapsed().as_secs_f64());
+            }
+            proc.ensure_running()?;
+            ensure!(
+                load_end.elapsed() < Duration::from_secs(limit_s),
+                "walbust did not catch up within {limit_s} s after the load; its log ends with:\n{}",
+                proc.log_tail()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// The slot's `confirmed_flush_lsn` and the pid of the walsender serving it.
     async fn slot_state(&self, slot: &str) -> Result<(Option<u64>, Option<i32>)> {
         let row = self
@@ -827,37 +886,11 @@ impl Bench {
             String::from_utf8_lossy(&output.stderr)
         );
         let pgbench = PgbenchOutput::parse(&stdout);
-        let end = self
-            .marked_transaction(&format!(
-                "UPDATE {TABLE} SET abalance = abalance + 1 WHERE aid = 1"
-            ))
-            .await?;
-        let load_end = Instant::now();
-        loop {
-            if self.slot_state(&slot).await?.0.is_some_and(|c| c >= end) {
-                break;
-            }
-            proc.ensure_running()?;
-            ensure!(
-                load_end.elapsed() < Duration::from_secs(300),
-                "walbust did not catch up within 300 s after the load; its log ends with:\n{}",
-                proc.log_tail()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-        let catch_up_seconds = load_end.elapsed().as_secs_f64();
+        let catch_up_seconds = self.mark_and_catch_up(&slot, &mut proc, 300).await?;
         let stats = proc.sample();
         walsender.sample();
         let side_after = self.side_cpu().await;
-        let scraped = prom::scrape(&metrics).await;
-        let status = proc.terminate(Duration::from_secs(30)).await?;
-        ensure!(
-            status.success(),
-            "walbust exited with {status}; its log ends with:\n{}",
-            proc.log_tail()
-        );
-        self.drop_slot(&slot).await?;
-        let scraped = scraped?;
+        let scraped = self.scrape_and_stop(&metrics, &mut proc, &slot).await?;
         let quantiles = scraped.quantiles(walbust_publish::metrics::COMMIT_TO_CONFIRM_SECONDS);
         let replica_wait = with_replica
             .then(|| scraped.quantiles(walbust_cdc::metrics::REPLICA_WAIT_SECONDS))

@@ -7,6 +7,10 @@
 //! - W3: a steady rate of single-row UPDATEs (pgbench, `synchronous_commit=on`) while walbust
 //!   streams; commit-to-confirm percentiles from walbust's own metric, per sink, and once more
 //!   with a streaming replica in `source.replicas` (what waiting for the replica adds).
+//! - W4: pattern walks under load: Redis pre-filled with N unrelated keys, a steady rate of
+//!   transactions each invalidating one key and one distinct pattern; commit-to-removal of the
+//!   keys and of the patterns' keys measured from Redis's keyspace notifications, walks and
+//!   commit-to-confirm from walbust's metrics ([`harness::PatternWalks`]).
 //!
 //! It prints Markdown tables, writes every figure as JSON and, with `--docs`, adds the tables to
 //! docs/benchmarks.md. `--quick` uses small sizes: the smoke test runs it to check the harness,
@@ -52,8 +56,8 @@ struct Args {
     /// temporary folder, removed at the end.
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Workloads to run, comma-separated: w1, w2, w3.
-    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
+    /// Workloads to run, comma-separated: w1, w2, w3, w4.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4")]
     only: Vec<String>,
     /// W1: transactions in the backlog.
     #[arg(long)]
@@ -67,6 +71,18 @@ struct Args {
     /// W3: seconds of load.
     #[arg(long)]
     w3_seconds: Option<u64>,
+    /// W4: unrelated keys in Redis, one run each (default 0,100000,1000000,4000000).
+    #[arg(long, value_delimiter = ',')]
+    w4_sizes: Option<Vec<u64>>,
+    /// W4: transactions per second.
+    #[arg(long)]
+    w4_rate: Option<u32>,
+    /// W4: seconds of load per run.
+    #[arg(long)]
+    w4_seconds: Option<u64>,
+    /// W4: `sinks.redis.pattern_strategy`, walk or version.
+    #[arg(long)]
+    w4_pattern_strategy: Option<String>,
     /// walbust sink sets for the drains: redis+kafka, discard, redis, kafka.
     #[arg(long, value_delimiter = ',')]
     drain_sinks: Option<Vec<String>>,
@@ -149,15 +165,31 @@ fn options(args: &Args) -> Result<Options> {
     if let Some(n) = args.w3_seconds {
         opts.w3_seconds = n;
     }
+    if let Some(sizes) = &args.w4_sizes {
+        opts.w4_sizes = sizes.clone();
+    }
+    if let Some(n) = args.w4_rate {
+        opts.w4_rate = n;
+    }
+    if let Some(n) = args.w4_seconds {
+        opts.w4_seconds = n;
+    }
+    if let Some(strategy) = &args.w4_pattern_strategy {
+        if !matches!(strategy.as_str(), "walk" | "version") {
+            bail!("--w4-pattern-strategy: walk or version, not {strategy:?}");
+        }
+        opts.w4_pattern_strategy = strategy.clone();
+    }
     let only: Vec<String> = args.only.iter().map(|w| w.to_ascii_lowercase()).collect();
     for w in &only {
-        if !matches!(w.as_str(), "w1" | "w2" | "w3") {
-            bail!("--only: unknown workload {w:?} (w1, w2, w3)");
+        if !matches!(w.as_str(), "w1" | "w2" | "w3" | "w4") {
+            bail!("--only: unknown workload {w:?} (w1, w2, w3, w4)");
         }
     }
     opts.run_single_row_backlog = only.iter().any(|w| w == "w1");
     opts.run_one_big_transaction = only.iter().any(|w| w == "w2");
     opts.run_latency_under_load = only.iter().any(|w| w == "w3");
+    opts.run_pattern_walks = only.iter().any(|w| w == "w4");
     opts.work_dir = args.work_dir.clone();
     if let Some(on) = args.w3_replica {
         opts.w3_replica = on;
@@ -192,6 +224,7 @@ async fn run(opts: Options) -> Result<Report> {
     );
     let latency_sinks = opts.latency_sinks.clone();
     let w3_replica = opts.w3_replica;
+    let (run_pattern_walks, w4_sizes) = (opts.run_pattern_walks, opts.w4_sizes.clone());
     let mut bench = Bench::start(opts).await?;
     let machine = bench.machine().await;
     let setup = bench.setup();
@@ -211,6 +244,12 @@ async fn run(opts: Options) -> Result<Report> {
             latency.push(bench.latency_under_load(sinks, true).await?);
         }
     }
+    let mut pattern_walks = Vec::new();
+    if run_pattern_walks {
+        for &size in &w4_sizes {
+            pattern_walks.push(bench.pattern_walks(size).await?);
+        }
+    }
     drop(bench);
     let targets = report::targets(&drains, &latency);
     Ok(Report {
@@ -223,6 +262,7 @@ async fn run(opts: Options) -> Result<Report> {
         load_after: harness::load_average(),
         drains,
         latency,
+        pattern_walks,
         targets,
     })
 }

@@ -28,6 +28,9 @@ pub struct Report {
     pub load_after: [f64; 3],
     pub drains: Vec<Drain>,
     pub latency: Vec<Latency>,
+    /// W4, one run per Redis size.
+    #[serde(default)]
+    pub pattern_walks: Vec<crate::harness::PatternWalks>,
     pub targets: Vec<Target>,
 }
 
@@ -332,6 +335,50 @@ impl Report {
                         (None, None) => "–".to_owned(),
                         (p50, p99) => format!("{} / {}", opt(p50, 2), opt(p99, 2)),
                     },
+                );
+            }
+            s.push('\n');
+        }
+        if let Some(first) = self.pattern_walks.first() {
+            let _ = writeln!(
+                s,
+                "**W4**: Redis holds N unrelated keys; {} single-row UPDATE transactions per second \
+                 for {} s, each invalidating one key and one pattern of its own (Redis sink). Keys and patterns: from the client seeing its COMMIT \
+                 acknowledged to Redis announcing the removal (keyspace notifications); confirm: \
+                 walbust's commit-to-confirm summary; kept up: the slot confirmed everything within \
+                 two walk durations (+1 s) of the load's end\n",
+                first.rate_target, first.seconds_target
+            );
+            s.push_str(
+                "| N | strategy | achieved tx/s | key p50 / p99 / max ms | pattern p50 / p99 / max ms | missed keys / patterns | confirm p50 / p99 ms | walks | patterns per walk | walk p50 / max ms | catch-up s | kept up | patterns within 2 walks | load |\n\
+                 |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n",
+            );
+            for w in &self.pattern_walks {
+                let yes = |b: bool| if b { "yes" } else { "**no**" };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.0} | {} / {} / {} | {} / {} / {} | {} / {} | {} / {} | {} | {} | {} / {} | {:.2} | {} | {} | {:.2} |",
+                    w.unrelated_keys,
+                    w.pattern_strategy,
+                    w.achieved_tps,
+                    opt(w.key_p50_ms, 2),
+                    opt(w.key_p99_ms, 2),
+                    opt(w.key_max_ms, 2),
+                    opt(w.pattern_p50_ms, 1),
+                    opt(w.pattern_p99_ms, 1),
+                    opt(w.pattern_max_ms, 1),
+                    w.keys_missed,
+                    w.patterns_missed,
+                    opt(w.confirm_p50_ms, 1),
+                    opt(w.confirm_p99_ms, 1),
+                    w.walks,
+                    opt(w.patterns_per_walk, 1),
+                    opt(w.walk_p50_ms, 1),
+                    opt(w.walk_max_ms, 1),
+                    w.catch_up_seconds,
+                    yes(w.kept_up()),
+                    yes(w.patterns_within_two_walks()),
+                    w.load_before[0],
                 );
             }
             s.push('\n');

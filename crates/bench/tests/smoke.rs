@@ -139,6 +139,24 @@ fn quick_mode_measures_every_workload_and_reports_every_figure() {
         assert!(l["changes_seen"].as_u64().unwrap() >= transactions, "{l}");
     }
 
+    // W4: pattern walks at each quick size; every key and every pattern's key was seen removed.
+    let walks = report["pattern_walks"].as_array().unwrap();
+    let sizes: Vec<u64> = walks
+        .iter()
+        .map(|w| w["unrelated_keys"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [0, 10_000]);
+    for w in walks {
+        assert_eq!(w["keys_missed"], 0, "{w}");
+        assert_eq!(w["patterns_missed"], 0, "{w}");
+        assert!(w["walks"].as_u64().unwrap() > 0, "{w}");
+        assert!(number(w, "key_p99_ms") <= number(w, "key_max_ms"), "{w}");
+    }
+    assert!(
+        stdout.contains("| N | strategy | achieved tx/s |"),
+        "{stdout}"
+    );
+
     // Every target has a verdict (met or not: speed is not this test's business).
     let targets = report["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 7);

@@ -42,4 +42,4 @@ pub use pipeline::{
     publish_everywhere, BatchObserver, BatchReport, Pipeline, PipelineConfig, PipelineError,
     PipelineHandle, SinkReport,
 };
-pub use sink::{Sink, SinkError, SinkErrorKind};
+pub use sink::{settled, Settling, Sink, SinkError, SinkErrorKind};

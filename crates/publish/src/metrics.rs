@@ -54,6 +54,17 @@ pub const REDIS_SCAN_CALLS: &str = "walbust_redis_pattern_scan_calls_total";
 pub const REDIS_PATTERN_KEYS_MATCHED: &str = "walbust_redis_pattern_keys_matched_total";
 /// Keys removed by pattern purges.
 pub const REDIS_PATTERN_KEYS_REMOVED: &str = "walbust_redis_pattern_keys_removed_total";
+/// Duration of one pattern walk (every primary of a cluster, in parallel).
+pub const REDIS_PATTERN_WALK_SECONDS: &str = "walbust_redis_pattern_walk_seconds";
+/// Keys a pattern walk went over, about: `scan_count` per `SCAN` call, every node together.
+pub const REDIS_PATTERN_WALK_KEYS_SCANNED: &str = "walbust_redis_pattern_walk_keys_scanned";
+/// Pattern walks running now (0 or 1: one walk at a time, merged).
+pub const REDIS_PATTERN_WALKS_IN_PROGRESS: &str = "walbust_redis_pattern_walks_in_progress";
+/// Distinct patterns served by one walk.
+pub const REDIS_PATTERNS_PER_WALK: &str = "walbust_redis_patterns_per_walk";
+/// Age of the oldest pattern submitted and not yet purged by a finished walk (0 when none).
+pub const REDIS_PATTERN_OLDEST_PENDING_SECONDS: &str =
+    "walbust_redis_pattern_oldest_pending_seconds";
 
 /// Kafka records acknowledged by the broker.
 pub const KAFKA_RECORDS: &str = "walbust_kafka_records_total";
@@ -138,6 +149,11 @@ pub fn register_counters(sinks: &[&'static str]) {
                 metrics::counter!(name).increment(0);
             }
         }
+    }
+    if sinks.contains(&crate::redis_sink::NAME) {
+        // Gauges the alerts read, present from the start.
+        metrics::gauge!(REDIS_PATTERN_WALKS_IN_PROGRESS).set(0.0);
+        metrics::gauge!(REDIS_PATTERN_OLDEST_PENDING_SECONDS).set(0.0);
     }
 }
 
@@ -248,6 +264,31 @@ pub fn describe() {
         REFRESH_KEYS,
         Unit::Count,
         "Keys appended to the refresh stream for warmers."
+    );
+    describe_histogram!(
+        REDIS_PATTERN_WALK_SECONDS,
+        Unit::Seconds,
+        "Duration of one pattern walk (every primary of a cluster, in parallel)."
+    );
+    describe_histogram!(
+        REDIS_PATTERN_WALK_KEYS_SCANNED,
+        Unit::Count,
+        "Keys a pattern walk went over, about (scan_count per SCAN call, every node together)."
+    );
+    describe_gauge!(
+        REDIS_PATTERN_WALKS_IN_PROGRESS,
+        Unit::Count,
+        "Pattern walks running now."
+    );
+    describe_histogram!(
+        REDIS_PATTERNS_PER_WALK,
+        Unit::Count,
+        "Distinct patterns served by one walk (merged while the previous walk ran)."
+    );
+    describe_gauge!(
+        REDIS_PATTERN_OLDEST_PENDING_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest pattern not yet purged by a finished walk; 0 when none waits."
     );
     describe_counter!(
         KAFKA_RECORDS,

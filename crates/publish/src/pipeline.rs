@@ -30,6 +30,14 @@
 //! Sinks confirm in any order, but acknowledgement follows dispatch order: the watch only ever
 //! carries the end LSN of a transaction whose every part, and everything before it, is confirmed
 //! by every sink.
+//!
+//! A sink can confirm in two stages ([`Sink::publish_staged`]): the Redis sink applies keys and
+//! tags at once and leaves its pattern walk running. The batch then leaves its in-flight slot
+//! (the next batch goes out, its keys do not wait for the walk) and *settles* beside the loop:
+//! it is confirmed, and acknowledged in its turn, only when the walk finished. A settling batch
+//! whose walk failed is published again, whole, with the same backoff, until it settles; nothing
+//! after it is acknowledged meanwhile. At most [`MAX_SETTLING`] batches settle at once; beyond,
+//! nothing new is dispatched (bounded memory, backpressure as for in-flight batches).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -51,7 +59,7 @@ use walbust_flow::{health, Backoff, Chain, Feed, Gate, Item};
 use crate::batch::{Accumulator, Batch, SequenceError};
 use crate::config::{ConfigError, Errors};
 use crate::metrics as m;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{Settling, Sink, SinkError};
 use walbust_pgoutput::format_lsn;
 use walbust_pgoutput::time::to_system_time;
 
@@ -76,6 +84,14 @@ const BEAT: &str = "pipeline";
 /// How often the waiting pipeline tells the health registry it is not stuck.
 const BEAT_EVERY: Duration = Duration::from_secs(5);
 
+/// Batches applied by every sink and still settling (pattern walks running) at most; beyond, the
+/// pipeline dispatches nothing new until one settles, and keys wait. Enough for about two
+/// minutes of single-transaction batches at 500 tx/s behind walks, so that keys never wait for
+/// the walks of millions of keys (4096 was not: at 4M keys, walks of 4 to 6 s held keys for
+/// seconds once it was reached); a settling batch of a few entries weighs a few hundred bytes,
+/// so the bound keeps memory within tens of MiB.
+pub const MAX_SETTLING: usize = 65_536;
+
 /// Items taken from the channel in one go before the loop considers dispatching.
 const ITEMS_PER_ROUND: usize = 1024;
 
@@ -93,7 +109,10 @@ pub struct PipelineConfig {
     /// How long a batch may wait for more transactions while the input is idle. Zero: publish as
     /// soon as the input is idle.
     pub max_delay: Duration,
-    /// Batches published and not yet confirmed at the same time (at least 1).
+    /// Batches published and not yet applied by every sink at the same time (at least 1). A
+    /// batch whose sinks left work running (pattern walks, [`Sink::publish_staged`]) leaves its
+    /// slot once applied and settles beside, up to [`MAX_SETTLING`] of them; it is still
+    /// acknowledged only in its turn, after it settled.
     pub max_in_flight: usize,
     /// Capacity of the item channel from the reader.
     pub channel_capacity: usize,
@@ -270,6 +289,13 @@ struct Pending {
     confirmed: bool,
 }
 
+/// A batch's first stage: every sink applied it, some may have left work running.
+struct Applied {
+    seq: u64,
+    batch: Arc<Batch>,
+    result: Result<Vec<(SinkReport, Option<Settling>)>, PipelineError>,
+}
+
 /// A batch's outcome, returned by its delivery future.
 struct Delivered {
     seq: u64,
@@ -278,6 +304,7 @@ struct Delivered {
 }
 
 enum Event {
+    Applied(Applied),
     Delivered(Delivered),
     Item(Option<Item>),
     Deadline,
@@ -292,7 +319,9 @@ struct Runner {
     rx: mpsc::Receiver<Item>,
     watch: watch::Sender<u64>,
     acc: Accumulator,
-    running: FuturesUnordered<BoxFuture<'static, Delivered>>,
+    running: FuturesUnordered<BoxFuture<'static, Applied>>,
+    /// Batches applied whose sinks still work on them (see the module docs).
+    settling: FuturesUnordered<BoxFuture<'static, Delivered>>,
     pending: VecDeque<Pending>,
     next_seq: u64,
     confirmed: u64,
@@ -317,6 +346,7 @@ impl Runner {
             watch,
             acc: Accumulator::default(),
             running: FuturesUnordered::new(),
+            settling: FuturesUnordered::new(),
             pending: VecDeque::new(),
             next_seq: 0,
             confirmed: 0,
@@ -352,12 +382,17 @@ impl Runner {
             }
 
             // 2. Dispatch if allowed and due.
-            let slot_free = self.running.len() < self.cfg.max_in_flight;
+            let slot_free =
+                self.running.len() < self.cfg.max_in_flight && self.settling.len() < MAX_SETTLING;
             if slot_free && self.acc.has_work() && self.due(Instant::now()) {
                 self.dispatch();
                 continue;
             }
-            if self.closed && !self.acc.has_work() && self.running.is_empty() {
+            if self.closed
+                && !self.acc.has_work()
+                && self.running.is_empty()
+                && self.settling.is_empty()
+            {
                 break;
             }
 
@@ -371,12 +406,14 @@ impl Runner {
             let reading = !self.closed && !self.full();
             let event = tokio::select! {
                 biased;
-                Some(done) = self.running.next(), if !self.running.is_empty() => Event::Delivered(done),
+                Some(done) = self.running.next(), if !self.running.is_empty() => Event::Applied(done),
+                Some(done) = self.settling.next(), if !self.settling.is_empty() => Event::Delivered(done),
                 item = self.rx.recv(), if reading => Event::Item(item),
                 () = sleep_until(deadline), if deadline.is_some() => Event::Deadline,
                 _ = beat.tick() => Event::Beat,
             };
             match event {
+                Event::Applied(done) => self.applied(done)?,
                 Event::Delivered(done) => self.delivered(done)?,
                 Event::Item(Some(item)) => self.push(item)?,
                 Event::Item(None) => self.closed = true,
@@ -440,7 +477,7 @@ impl Runner {
         let delivery = if batch.is_empty() || self.sinks.is_empty() {
             // Nothing to invalidate: the batch only completes transactions, and is confirmed in
             // its turn without bothering the sinks.
-            futures::future::ready(Delivered {
+            futures::future::ready(Applied {
                 seq,
                 batch,
                 result: Ok(Vec::new()),
@@ -470,7 +507,49 @@ impl Runner {
             .boxed()
         };
         self.running.push(delivery);
-        gauge!(m::PIPELINE_IN_FLIGHT).set(self.running.len() as f64);
+        self.report_in_flight();
+    }
+
+    fn report_in_flight(&self) {
+        gauge!(m::PIPELINE_IN_FLIGHT).set((self.running.len() + self.settling.len()) as f64);
+    }
+
+    /// A batch's first stage ended: confirmed at once when no sink left work running, else it
+    /// settles beside the loop and frees its in-flight slot.
+    fn applied(&mut self, done: Applied) -> Result<(), PipelineError> {
+        let staged = done.result?;
+        if staged.iter().all(|(_, rest)| rest.is_none()) {
+            let reports = staged.into_iter().map(|(report, _)| report).collect();
+            return self.delivered(Delivered {
+                seq: done.seq,
+                batch: done.batch,
+                result: Ok(reports),
+            });
+        }
+        let (seq, batch) = (done.seq, done.batch);
+        let settles = staged
+            .into_iter()
+            .zip(self.sinks.iter())
+            .map(|((report, rest), sink)| {
+                settle(
+                    sink.clone(),
+                    batch.clone(),
+                    report,
+                    rest,
+                    self.retry_policy(),
+                    self.cfg.slot.clone().into(),
+                )
+            });
+        let settles: Vec<_> = settles.collect();
+        self.settling.push(
+            async move {
+                let result = futures::future::try_join_all(settles).await;
+                Delivered { seq, batch, result }
+            }
+            .boxed(),
+        );
+        self.report_in_flight();
+        Ok(())
     }
 
     fn retry_policy(&self) -> Backoff {
@@ -481,7 +560,7 @@ impl Runner {
     }
 
     fn delivered(&mut self, done: Delivered) -> Result<(), PipelineError> {
-        gauge!(m::PIPELINE_IN_FLIGHT).set(self.running.len() as f64);
+        self.report_in_flight();
         let reports = done.result?;
         counter!(m::PIPELINE_BATCHES).increment(1);
         if !done.batch.is_empty() {
@@ -545,17 +624,85 @@ async fn deliver(
     gate: Option<Arc<dyn Gate>>,
     retry: Backoff,
     slot: Arc<str>,
-) -> Delivered {
+) -> Applied {
     if let Some(gate) = gate {
         gate.wait(batch.visible_from()).await;
     }
     let result = futures::future::try_join_all(
         sinks
             .iter()
-            .map(|sink| publish_with_retry(sink.as_ref(), &batch, retry, &slot)),
+            .map(|sink| publish_with_retry(sink.as_ref(), &batch, retry, &slot, Stage::First)),
     )
     .await;
-    Delivered { seq, batch, result }
+    Applied { seq, batch, result }
+}
+
+/// Waits for what a sink left running on a batch; when that fails and retrying can help,
+/// publishes the whole batch to that sink again, with backoff, until it is confirmed.
+async fn settle(
+    sink: Arc<dyn Sink>,
+    batch: Arc<Batch>,
+    report: SinkReport,
+    rest: Option<Settling>,
+    retry: Backoff,
+    slot: Arc<str>,
+) -> Result<SinkReport, PipelineError> {
+    let Some(rest) = rest else {
+        return Ok(report);
+    };
+    let name = sink.name();
+    let since = Instant::now();
+    let err = match rest.await {
+        Ok(()) => {
+            return Ok(SinkReport {
+                elapsed: report.elapsed + since.elapsed(),
+                ..report
+            })
+        }
+        Err(err) => err,
+    };
+    counter!(m::SINK_ERRORS, m::LABEL_SINK => name, m::LABEL_KIND => err.kind().as_str())
+        .increment(1);
+    if !err.retriable() {
+        error!(
+            slot = &*slot,
+            lsn = %format_lsn(batch.lsn),
+            sink = name,
+            kind = %err.kind(),
+            error = %Chain(&err),
+            "publish failed (while settling) and retrying cannot help; stopping"
+        );
+        return Err(PipelineError::Sink {
+            sink: name,
+            source: err,
+        });
+    }
+    counter!(m::SINK_RETRIES, m::LABEL_SINK => name).increment(1);
+    warn!(
+        slot = &*slot,
+        lsn = %format_lsn(batch.lsn),
+        sink = name,
+        kind = %err.kind(),
+        error = %Chain(&err),
+        retry_in_ms = retry.min.as_millis() as u64,
+        "publish failed while settling; publishing the whole batch again"
+    );
+    tokio::time::sleep(retry.min).await;
+    let (again, _) = publish_with_retry(sink.as_ref(), &batch, retry, &slot, Stage::Whole).await?;
+    Ok(SinkReport {
+        attempts: report.attempts + again.attempts,
+        elapsed: report.elapsed + since.elapsed(),
+        ..again
+    })
+}
+
+/// What [`publish_with_retry`] asks of a sink.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// [`Sink::publish_staged`]: may leave work running.
+    First,
+    /// [`Sink::publish`]: the whole batch.
+    Whole,
 }
 
 /// Publishes `batch` to every sink in parallel, each retried on its own with backoff until it
@@ -570,7 +717,7 @@ pub async fn publish_everywhere(
     futures::future::try_join_all(
         sinks
             .iter()
-            .map(|sink| publish_with_retry(sink.as_ref(), batch, retry, slot)),
+            .map(|sink| publish_with_retry(sink.as_ref(), batch, retry, slot, Stage::Whole)),
     )
     .await
     .map(drop)
@@ -584,7 +731,8 @@ async fn publish_with_retry(
     batch: &Batch,
     retry: Backoff,
     slot: &str,
-) -> Result<SinkReport, PipelineError> {
+    stage: Stage,
+) -> Result<(SinkReport, Option<Settling>), PipelineError> {
     let name = sink.name();
     let lsn = format_lsn(batch.lsn);
     let started = Instant::now();
@@ -594,8 +742,16 @@ async fn publish_with_retry(
         attempts_ref.fetch_add(1, Ordering::Relaxed);
         let t = Instant::now();
         let watched = health().attempt(name);
-        let result = sink.publish(batch).await;
-        watched.ended(result.as_ref().map_err(|e| Chain(e).to_string()).copied());
+        let result = match stage {
+            Stage::First => sink.publish_staged(batch).await,
+            Stage::Whole => sink.publish(batch).await.map(|()| None),
+        };
+        watched.ended(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| Chain(e).to_string()),
+        );
         histogram!(m::SINK_PUBLISH_SECONDS, m::LABEL_SINK => name)
             .record(t.elapsed().as_secs_f64());
         if let Err(err) = &result {
@@ -626,7 +782,7 @@ async fn publish_with_retry(
         .await;
     let attempts = attempts.load(Ordering::Relaxed);
     match result {
-        Ok(()) => {
+        Ok(rest) => {
             counter!(m::SINK_BATCHES, m::LABEL_SINK => name).increment(1);
             counter!(m::SINK_KEYS, m::LABEL_SINK => name).increment(batch.keys.len() as u64);
             counter!(m::SINK_TAGS, m::LABEL_SINK => name).increment(batch.tags.len() as u64);
@@ -635,11 +791,14 @@ async fn publish_with_retry(
             if attempts > 1 {
                 info!(slot, lsn = %lsn, sink = name, attempts, "batch confirmed after retries");
             }
-            Ok(SinkReport {
-                sink: name,
-                elapsed: started.elapsed(),
-                attempts,
-            })
+            Ok((
+                SinkReport {
+                    sink: name,
+                    elapsed: started.elapsed(),
+                    attempts,
+                },
+                rest,
+            ))
         }
         Err(source) => {
             error!(

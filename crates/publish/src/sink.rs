@@ -12,6 +12,23 @@ use futures::future::BoxFuture;
 
 use crate::batch::Batch;
 
+/// What a staged publish leaves running ([`Sink::publish_staged`]): resolves `Ok` once the rest
+/// of the batch is applied, with the same meaning as [`Sink::publish`]'s `Ok`.
+pub type Settling = BoxFuture<'static, Result<(), SinkError>>;
+
+/// The whole of a staged publish: waits for what [`Sink::publish_staged`] left running. A sink
+/// that overrides `publish_staged` implements [`Sink::publish`] with it.
+pub fn settled<'a>(
+    staged: BoxFuture<'a, Result<Option<Settling>, SinkError>>,
+) -> BoxFuture<'a, Result<(), SinkError>> {
+    Box::pin(async move {
+        if let Some(rest) = staged.await? {
+            rest.await?;
+        }
+        Ok(())
+    })
+}
+
 /// A destination for invalidation batches (Redis, Kafka, HTTP caches).
 ///
 /// # Contract
@@ -36,6 +53,21 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Applies `batch` downstream; `Ok` means durably confirmed (see the trait docs).
     fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Applies `batch` in two stages: the returned future resolves once the quick part is
+    /// applied (for Redis: keys, tags, versioned patterns), with what is left running (pattern
+    /// walks), if anything. The batch counts as confirmed only when that [`Settling`] resolved
+    /// `Ok`; an `Err` from it fails the publish like an `Err` from [`Sink::publish`] (the
+    /// pipeline publishes the whole batch again). Meanwhile the pipeline goes on with later
+    /// batches, whose quick parts do not wait, but acknowledges nothing past this batch.
+    ///
+    /// By default: [`Sink::publish`], with nothing left running.
+    fn publish_staged<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Option<Settling>, SinkError>> {
+        Box::pin(async move { self.publish(batch).await.map(|()| None) })
+    }
 
     /// Checks that the destination is reachable and usable: Redis `PING`, Kafka metadata for the
     /// topic (a missing topic is an error), a connection to the HTTP endpoint. Used at start-up

@@ -479,6 +479,26 @@ impl RuleSet {
         &self.infos
     }
 
+    /// Every pattern the rules produce, in the shape they render (each placeholder filled with
+    /// the plain value `x`, under the rule's prefixes), with its rule. Row values are escaped
+    /// into patterns, so every rendering has this shape: a check of the sample (a literal prefix
+    /// then one `*`, for versioned patterns) holds for all of them.
+    pub fn pattern_samples(&self) -> Vec<(&RuleInfo, String)> {
+        let mut out = Vec::new();
+        for (info, rule) in self.infos.iter().zip(&self.rules) {
+            for p in &rule.const_patterns {
+                out.push((info, p.clone()));
+            }
+            for t in rule.templates.iter().filter(|t| t.kind == Kind::Pattern) {
+                out.push((
+                    info,
+                    format!("{}{}", rule.pattern_prefix, t.template.sample("x")),
+                ));
+            }
+        }
+        out
+    }
+
     /// Compiles the rules that match table `schema.table` against its
     /// columns (in the order the replication stream sends them; a row's
     /// [`crate::RowValues::get`] takes indexes into this list).

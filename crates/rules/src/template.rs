@@ -248,6 +248,19 @@ impl<C> Template<C> {
         out
     }
 
+    /// The template rendered with every placeholder as `value`, literal text as written: the
+    /// shape of what it renders, for checks of that shape.
+    pub fn sample(&self, value: &str) -> String {
+        let mut out = String::with_capacity(self.literal_len + 8);
+        for s in &self.segments {
+            match s {
+                Segment::Lit(l) => out.push_str(l),
+                Segment::Hole(_) => out.push_str(value),
+            }
+        }
+        out
+    }
+
     /// A Redis glob matching everything this template can render: each
     /// placeholder becomes `*`. `escape_literals` is set for key and tag
     /// templates, whose literal text has no glob meaning; pattern templates

@@ -114,7 +114,7 @@
 
 mod apply;
 mod cache;
-pub mod glob;
+pub use walbust_glob as glob;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod lsn;

@@ -18,7 +18,7 @@
 
 use redis::{ErrorKind, ServerErrorKind};
 use walbust_publish::redis_sink::{
-    functions, request, RedisConnection, RedisSinkConfig, TagStrategy,
+    functions, request, PatternStrategy, RedisConnection, RedisSinkConfig, TagStrategy,
 };
 use walbust_rules::RuleSet;
 
@@ -126,6 +126,14 @@ pub fn needs(cfg: &Config, redis: &RedisSinkConfig, rules: &RuleSet) -> Vec<Need
         vec!["0".into(), "MATCH".into(), probe_key.clone()],
         Some(cmd(&["SCAN", "0", "MATCH", &probe_key, "COUNT", "1"])),
     );
+    if redis.pattern_strategy == PatternStrategy::Version {
+        need(
+            "incr",
+            "pattern purges (version strategy)",
+            vec![format!("{}acl-probe:", redis.pattern_prefix())],
+            None,
+        );
+    }
     match redis.tag_strategy {
         TagStrategy::Set => {
             let script = request::tag_set_purge_script();

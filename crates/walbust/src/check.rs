@@ -56,7 +56,44 @@ pub(crate) fn load(path: &Path, connects: bool) -> Result<(Config, Vec<Unset>, R
     if !problems.is_empty() {
         return Err(fail_config(problems.join("; ")));
     }
+    versioned_patterns(&cfg, &rules).map_err(fail_config)?;
     Ok((cfg, unset, rules))
+}
+
+/// With `sinks.redis.pattern_strategy: version`, refuses rules whose patterns cannot be a
+/// counter: each must render a non-empty literal prefix then one `*` (`plist:{id}:*`), the
+/// prefix the counter stands for. The error names each such rule and pattern shape.
+pub(crate) fn versioned_patterns(cfg: &Config, rules: &RuleSet) -> Result<(), String> {
+    use walbust_publish::redis_sink::PatternStrategy;
+    let Some(redis) = &cfg.sinks.redis else {
+        return Ok(());
+    };
+    if redis.pattern_strategy != PatternStrategy::Version {
+        return Ok(());
+    }
+    let refused: Vec<String> = rules
+        .pattern_samples()
+        .into_iter()
+        .filter(|(_, sample)| walbust_glob::Glob::new(sample).prefix_star().is_none())
+        .map(|(info, sample)| {
+            format!(
+                "rule {} ({}, line {}): pattern `{sample}`",
+                info.index + 1,
+                info.table,
+                info.line
+            )
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "sinks.redis.pattern_strategy: version needs patterns made of a literal prefix then one \
+         `*` (such as \"plist:{{id}}:*\"), the prefix whose counter they bump; these are not \
+         (shown with each placeholder as x): {}. Use pattern_strategy: walk, or change the \
+         patterns",
+        refused.join("; ")
+    ))
 }
 
 pub async fn check(path: &Path, db: bool) -> ExitCode {
@@ -883,5 +920,58 @@ fn sends(ident: &Identity) -> String {
         }
         (_, true) => "sends no old values".to_owned(),
         (_, false) => format!("sends old values of {} only", ident.columns.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn cfg(strategy: &str) -> Config {
+        let text = format!(
+            r#"
+source: {{ url: "postgres://a@b/c", publication: p, slot: s }}
+rules: r.yaml
+sinks: {{ redis: {{ url: "redis://h", pattern_strategy: {strategy} }} }}
+"#
+        );
+        Config::parse(&text, "walbust.yaml", env).unwrap()
+    }
+
+    const RULES: &str = r#"
+version: 1
+rules:
+  - table: products
+    keys: ["product:{id}"]
+    patterns: ["plist:{category_id}:*", "product-list:*"]
+  - table: orders
+    patterns: ["*:orders:{id}", "order:{id}:*:page"]
+"#;
+
+    #[test]
+    fn versioned_patterns_need_a_literal_prefix_then_one_star() {
+        let rules = RuleSet::from_yaml(RULES, "rules.yaml").unwrap();
+        assert_eq!(versioned_patterns(&cfg("walk"), &rules), Ok(()));
+        let err = versioned_patterns(&cfg("version"), &rules).unwrap_err();
+        assert!(
+            err.contains("rule 2 (orders, line 7): pattern `*:orders:x`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("rule 2 (orders, line 7): pattern `order:x:*:page`"),
+            "{err}"
+        );
+        assert!(!err.contains("`plist"), "{err}");
+        assert!(!err.contains("rule 1"), "{err}");
+        let good = RuleSet::from_yaml(
+            "version: 1\nrules:\n  - table: products\n    patterns: [\"plist:{category_id}:*\"]\n",
+            "rules.yaml",
+        )
+        .unwrap();
+        assert_eq!(versioned_patterns(&cfg("version"), &good), Ok(()));
     }
 }

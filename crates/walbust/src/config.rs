@@ -1376,8 +1376,14 @@ sinks: { discard: {} }
         let redis = readme.sinks.redis.as_ref().unwrap();
         let default = RedisSinkConfig::new(redis.url.clone());
         assert_eq!(redis.tag_prefix(), default.tag_prefix(), "tag_prefix");
+        assert_eq!(
+            redis.pattern_prefix(),
+            default.pattern_prefix(),
+            "pattern_prefix"
+        );
         let without_prefix = RedisSinkConfig {
             tag_prefix: None,
+            pattern_prefix: None,
             ..redis.clone()
         };
         assert_eq!(without_prefix, default, "sinks.redis defaults");

@@ -472,14 +472,17 @@ impl MarkerHandle {
         }))
     }
 
-    /// Writes the marker under a new run id and without a stop position.
+    /// Writes the marker under this run's id and without a stop position.
     /// Runs before walbust acknowledges anything on a new replication
     /// session, so that a stop position recorded by another walbust (which
     /// streamed the slot before this one took it over) is gone before this
     /// one moves the slot past it.
     pub async fn renew(&self) -> Result<()> {
         let mut marked = self.0.lock().await;
-        marked.marker.run = Some(run_id());
+        // One run id per start: the sessions of one walbust are one run.
+        if marked.marker.run.is_none() {
+            marked.marker.run = Some(run_id());
+        }
         marked.marker.stopped_at = None;
         marked.marker.acked_up_to = None;
         let text = serde_json::to_string(&marked.marker)?;

@@ -40,6 +40,7 @@ pub struct Hooks {
 /// acknowledges it and returns.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> Result<()> {
     let rules = Arc::new(RuleSet::load(&cfg.rules)?);
+    crate::check::versioned_patterns(&cfg, &rules).map_err(anyhow::Error::msg)?;
     tracing::info!(rules = rules.rules().len(), file = %cfg.rules.display(), "rules loaded");
     let problems = crate::time_rules::problems(&cfg, &rules);
     if !problems.is_empty() {

@@ -678,3 +678,97 @@ async fn a_gate_holds_batches_until_it_opens_while_the_next_batch_grows() {
     drop(tx);
     task.await.unwrap().unwrap();
 }
+
+/// A sink that applies the quick part of each batch at once and leaves the rest running until
+/// the test releases it (one permit per rest); the first rest can be told to fail.
+struct StagedSink {
+    quick: Mutex<Vec<u64>>,
+    settled: Arc<Mutex<Vec<u64>>>,
+    release: Arc<Semaphore>,
+    fail_first_rest: std::sync::atomic::AtomicBool,
+}
+
+impl StagedSink {
+    fn new(fail_first_rest: bool) -> Arc<Self> {
+        Arc::new(Self {
+            quick: Mutex::new(Vec::new()),
+            settled: Arc::new(Mutex::new(Vec::new())),
+            release: Arc::new(Semaphore::new(0)),
+            fail_first_rest: fail_first_rest.into(),
+        })
+    }
+}
+
+impl Sink for StagedSink {
+    fn name(&self) -> &'static str {
+        "staged"
+    }
+
+    fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        crate::sink::settled(self.publish_staged(batch))
+    }
+
+    fn publish_staged<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Option<Settling>, SinkError>> {
+        async move {
+            self.quick.lock().unwrap().push(batch.lsn);
+            let (release, settled, lsn) = (self.release.clone(), self.settled.clone(), batch.lsn);
+            let fail = self.fail_first_rest.swap(false, Ordering::SeqCst);
+            let rest: Settling = async move {
+                release.acquire().await.unwrap().forget();
+                if fail {
+                    return Err(SinkError::new(SinkErrorKind::Connect, "walk failed"));
+                }
+                settled.lock().unwrap().push(lsn);
+                Ok(())
+            }
+            .boxed();
+            Ok(Some(rest))
+        }
+        .boxed()
+    }
+
+    fn health<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>> {
+        async { Ok(()) }.boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_settling_batch_frees_its_slot_but_holds_the_acknowledgement() {
+    let sink = StagedSink::new(true);
+    let (tx, confirmed, task) = parts(Pipeline::spawn(cfg(), vec![sink.clone() as Arc<dyn Sink>]));
+
+    send_tx(&tx, 1, &["k1"]).await;
+    eventually("first batch applied", || {
+        sink.quick.lock().unwrap().len() == 1
+    })
+    .await;
+    send_tx(&tx, 2, &["k2"]).await;
+    eventually("second batch applied while the first settles", || {
+        sink.quick.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(
+        *confirmed.borrow(),
+        0,
+        "nothing acknowledged while batch 1 settles"
+    );
+
+    // The first permit goes to batch 1's rest, which fails: batch 1 is published again, whole.
+    sink.release.add_permits(1);
+    eventually("batch 1 published again", || {
+        sink.quick.lock().unwrap().len() == 3
+    })
+    .await;
+    assert_eq!(*confirmed.borrow(), 0);
+    assert_eq!(sink.quick.lock().unwrap()[2], lsn(1));
+    sink.release.add_permits(2);
+    eventually("both confirmed", || *confirmed.borrow() == lsn(2) + 8).await;
+    let mut settled = sink.settled.lock().unwrap().clone();
+    settled.sort_unstable();
+    assert_eq!(settled, [lsn(1), lsn(2)]);
+    drop(tx);
+    task.await.unwrap().unwrap();
+}

@@ -20,6 +20,8 @@ pub const DEFAULT_SET_TAG_PREFIX: &str = "tag:";
 /// Default tag prefix for [`TagStrategy::Version`]. Different from the `set` one, so switching
 /// strategies never meets a key of the other type.
 pub const DEFAULT_VERSION_TAG_PREFIX: &str = "tagver:";
+/// Default prefix of the counters of [`PatternStrategy::Version`].
+pub const DEFAULT_PATTERN_PREFIX: &str = "patver:";
 /// Default for [`RedisSinkConfig::connect_timeout_ms`].
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default for [`RedisSinkConfig::response_timeout_ms`].
@@ -50,6 +52,24 @@ pub enum TagStrategy {
     Version,
 }
 
+/// How patterns are purged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatternStrategy {
+    /// Walk the keyspace (`SCAN MATCH`) and unlink what matches. Costs the whole keyspace per
+    /// walk, whatever the pattern; walks run beside the key path and one walk serves every
+    /// pattern pending when it starts, so keys and tags never wait for them, but a pattern is
+    /// purged (and its batch confirmed) only after a walk, seconds on millions of keys.
+    #[default]
+    Walk,
+    /// For a pattern that is a literal prefix then one `*` (`plist:42:*`): increment the counter
+    /// `<pattern_prefix><literal prefix>` (`patver:plist:42:`) that the application puts into
+    /// the keys under that prefix, as for versioned tags. O(1): no walk; old keys are never read
+    /// again and expire on their own. `walbust check` refuses rules whose patterns do not have
+    /// that shape; a pattern without it arriving anyway is walked.
+    Version,
+}
+
 /// Configuration of the Redis sink (`sinks.redis` in walbust's configuration file).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +89,13 @@ pub struct RedisSinkConfig {
     /// strategy, [`DEFAULT_VERSION_TAG_PREFIX`] for `version` (see [`Self::tag_prefix`]).
     #[serde(default)]
     pub tag_prefix: Option<String>,
+    /// How patterns are purged: `walk` (default) or `version`.
+    #[serde(default)]
+    pub pattern_strategy: PatternStrategy,
+    /// Prefix of the per-pattern counters of the `version` pattern strategy. Default:
+    /// [`DEFAULT_PATTERN_PREFIX`].
+    #[serde(default)]
+    pub pattern_prefix: Option<String>,
     /// Keys per `UNLINK` command.
     #[serde(default = "default_unlink_chunk")]
     pub unlink_chunk: usize,
@@ -166,6 +193,8 @@ impl fmt::Debug for RedisSinkConfig {
             .field("cluster", &self.cluster)
             .field("tag_strategy", &self.tag_strategy)
             .field("tag_prefix", &self.tag_prefix)
+            .field("pattern_strategy", &self.pattern_strategy)
+            .field("pattern_prefix", &self.pattern_prefix)
             .field("unlink_chunk", &self.unlink_chunk)
             .field("scan_count", &self.scan_count)
             .field("publish_channel", &self.publish_channel)
@@ -190,6 +219,8 @@ impl RedisSinkConfig {
             cluster: false,
             tag_strategy: TagStrategy::default(),
             tag_prefix: None,
+            pattern_strategy: PatternStrategy::default(),
+            pattern_prefix: None,
             unlink_chunk: DEFAULT_UNLINK_CHUNK,
             scan_count: DEFAULT_SCAN_COUNT,
             publish_channel: None,
@@ -222,6 +253,13 @@ impl RedisSinkConfig {
             (None, TagStrategy::Set) => DEFAULT_SET_TAG_PREFIX,
             (None, TagStrategy::Version) => DEFAULT_VERSION_TAG_PREFIX,
         }
+    }
+
+    /// The prefix of versioned patterns' counters in effect.
+    pub fn pattern_prefix(&self) -> &str {
+        self.pattern_prefix
+            .as_deref()
+            .unwrap_or(DEFAULT_PATTERN_PREFIX)
     }
 
     /// [`Self::connect_timeout_ms`] as a duration.
@@ -271,6 +309,11 @@ impl RedisSinkConfig {
                 "cert_file and key_file go together: give both or neither",
             );
         }
+        errors.check(
+            self.pattern_prefix.as_ref().is_none_or(|p| !p.is_empty()),
+            "pattern_prefix",
+            "must not be empty (counters would mix with cache keys)",
+        );
         errors.check(self.unlink_chunk > 0, "unlink_chunk", "must be at least 1");
         errors.check(
             self.schedule_horizon_days > 0,

@@ -10,7 +10,11 @@
 //! - keys: `UNLINK` in chunks of `unlink_chunk` keys;
 //! - tags, `set` strategy: a Lua script removes each tag set's members and the set, atomically;
 //! - tags, `version` strategy: `INCR <tag_prefix><tag>`;
-//! - patterns: `SCAN <cursor> MATCH <pattern> COUNT <scan_count>`, `UNLINK` what it finds;
+//! - patterns, `walk` strategy: `SCAN <cursor> MATCH <pattern> COUNT <scan_count>`, `UNLINK`
+//!   what matches, in merged walks beside the key path (`walk`: one walk serves every pending
+//!   pattern; keys and tags never wait for it);
+//! - patterns, `version` strategy: `INCR <pattern_prefix><literal prefix>` for `prefix*`
+//!   patterns, O(1);
 //! - `publish_channel`: `PUBLISH` of the batch's JSON record, once the rest is done;
 //! - scheduled invalidations (`at:`): `ZADD walbust:schedule:<slot>` in the same last round
 //!   trip, before the batch counts as confirmed ([`schedule`]);
@@ -35,11 +39,12 @@ pub mod functions;
 pub mod request;
 pub mod schedule;
 mod sink;
+mod walk;
 
 pub use config::{
-    RedisSinkConfig, TagStrategy, CONFIG_PATH, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LEASE_TTL_MS,
-    DEFAULT_REFRESH_STREAM_MAXLEN, DEFAULT_RESPONSE_TIMEOUT_MS, DEFAULT_SCAN_COUNT,
-    DEFAULT_SCHEDULE_HORIZON_DAYS, DEFAULT_SET_TAG_PREFIX, DEFAULT_UNLINK_CHUNK,
-    DEFAULT_VERSION_TAG_PREFIX,
+    PatternStrategy, RedisSinkConfig, TagStrategy, CONFIG_PATH, DEFAULT_CONNECT_TIMEOUT_MS,
+    DEFAULT_LEASE_TTL_MS, DEFAULT_PATTERN_PREFIX, DEFAULT_REFRESH_STREAM_MAXLEN,
+    DEFAULT_RESPONSE_TIMEOUT_MS, DEFAULT_SCAN_COUNT, DEFAULT_SCHEDULE_HORIZON_DAYS,
+    DEFAULT_SET_TAG_PREFIX, DEFAULT_UNLINK_CHUNK, DEFAULT_VERSION_TAG_PREFIX,
 };
-pub use sink::{redis_error, RedisConnection, RedisSink, NAME};
+pub use sink::{pattern_counter_key, redis_error, RedisConnection, RedisSink, NAME};

@@ -108,7 +108,7 @@ pub fn incr_pipeline(prefix: &str, tags: &[String]) -> Pipeline {
 }
 
 /// `SCAN <cursor> MATCH <pattern> COUNT <count>`.
-pub fn scan(cursor: u64, pattern: &str, count: usize) -> Cmd {
+pub fn scan(cursor: u64, pattern: &[u8], count: usize) -> Cmd {
     let mut cmd = redis::cmd("SCAN");
     cmd.arg(cursor)
         .arg("MATCH")
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn scan_command() {
         assert_eq!(
-            args(&scan(17, "product-list:\\*", 1000)),
+            args(&scan(17, b"product-list:\\*", 1000)),
             ["SCAN", "17", "MATCH", "product-list:\\*", "COUNT", "1000"]
         );
     }

@@ -14,18 +14,18 @@ use redis::{
 };
 use tracing::{debug, warn};
 
-use super::config::{RedisSinkConfig, TagStrategy};
+use walbust_glob::Glob;
+
+use super::config::{PatternStrategy, RedisSinkConfig, TagStrategy};
+use super::walk::{self, ScanTarget, Walker};
 use super::{functions, request, schedule};
 use crate::batch::Batch;
 use crate::metrics as m;
 use crate::record;
-use crate::sink::{Sink, SinkError, SinkErrorKind};
+use crate::sink::{Settling, Sink, SinkError, SinkErrorKind};
 
 /// The sink's name ([`Sink::name`](crate::Sink::name)), its `sink` metric label.
 pub const NAME: &str = "redis";
-
-/// Patterns purged at the same time within one batch; each is its own `SCAN` walk.
-const PATTERN_CONCURRENCY: usize = 4;
 
 /// Requests in flight at once against a cluster (one per slot group). The connection multiplexes
 /// them, so they travel pipelined to each node.
@@ -38,7 +38,7 @@ const CLUSTER_RETRIES: u32 = 3;
 
 /// One Redis, or a Redis Cluster. Both reconnect by themselves and are cheap to clone.
 #[derive(Clone)]
-enum Connection {
+pub(super) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -233,27 +233,27 @@ impl TagsPurged {
     }
 }
 
-/// Where one `SCAN` walk runs: the single Redis, or one primary of the cluster.
-#[derive(Debug, Clone)]
-enum ScanTarget {
-    Single,
-    Primary(request::Primary),
-}
-
 /// The Redis sink. Cheap to share: the connection is multiplexed and reconnects by itself after
 /// a failure (the failing publish returns a retriable error and the pipeline tries again).
 ///
 /// With [`RedisSinkConfig::cluster`], commands are grouped by hash slot
 /// ([`request::slot_chunks`]) and sent concurrently, each routed to its slot's primary; pattern
-/// `SCAN`s walk every primary. A `SCAN` walk guarantees to see the keys that stay on its node for
-/// the whole walk: a key migrating between nodes during a resharding can be missed by a pattern
-/// purge.
+/// `SCAN`s walk every primary, in parallel. A `SCAN` walk guarantees to see the keys that stay on
+/// its node for the whole walk: a key migrating between nodes during a resharding can be missed
+/// by a pattern purge.
+///
+/// Pattern walks run beside the key path (module `walk`): a batch's keys and tags are applied
+/// without waiting for them, several pending patterns share one walk, and
+/// [`Sink::publish_staged`] hands the pipeline the walk still running, so later batches' keys do
+/// not wait for it either.
 pub struct RedisSink {
     cfg: RedisSinkConfig,
     conn: Connection,
     purge_script: Script,
     /// The replication slot, which names the watermark key ([`Self::with_slot`]).
     slot: Option<String>,
+    /// Runs the pattern walks, merged, beside the key path.
+    walker: Walker,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -271,6 +271,7 @@ impl RedisSink {
         validate(&cfg)?;
         let conn = Connection::open(&cfg).await?;
         Ok(Self {
+            walker: Walker::new(conn.clone(), cfg.scan_count, cfg.unlink_chunk),
             cfg,
             conn,
             purge_script: request::tag_set_purge_script(),
@@ -320,7 +321,7 @@ impl RedisSink {
         let Connection::Cluster(conn) = &self.conn else {
             return Ok(());
         };
-        for target in self.scan_targets().await? {
+        for target in walk::scan_targets(&self.conn).await? {
             let ScanTarget::Primary(primary) = target else {
                 continue;
             };
@@ -440,7 +441,15 @@ impl RedisSink {
             .map_err(|err| redis_error("redis: removing applied schedule entries failed", err))
     }
 
-    async fn publish_batch(&self, batch: &Batch) -> Result<(), SinkError> {
+    /// Applies `batch`: keys, tags and versioned patterns at once; walked patterns go to the
+    /// [`Walker`]. Returns what is left running (the walk, then the batch's last command) when
+    /// the walk may finish after this returns: see [`RedisSinkConfig::pattern_strategy`] and
+    /// the watermark below.
+    async fn apply(&self, batch: &Batch) -> Result<Option<Settling>, SinkError> {
+        let (versioned, walked) = self.split_patterns(&batch.patterns);
+        // Started first, so the walk runs while keys and tags are applied; they never wait
+        // for it.
+        let walk = (!walked.is_empty()).then(|| self.walker.submit(&walked));
         // The watermark goes out with the batch's last command, after every invalidation: at
         // the end of the UNLINK pipeline when that is all the batch sends (one connection
         // keeps the order), else with the PUBLISH or alone once the rest is confirmed.
@@ -454,48 +463,9 @@ impl RedisSink {
         let (keys_removed, tags_purged, ()) = futures::try_join!(
             self.unlink_keys(&batch.keys, with_keys),
             self.purge_tags(&batch.tags),
-            self.purge_patterns(&batch.patterns),
+            self.bump_pattern_versions(&versioned),
         )?;
-        let mut last = redis::pipe();
-        let scheduled = self.schedule_adds(batch, &mut last);
-        if let (Some(stream), false) = (&self.cfg.refresh_stream, batch.refresh.is_empty()) {
-            // After the invalidation: a warmer that reads the entry finds the keys gone.
-            last.cmd("XADD")
-                .arg(stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.cfg.refresh_stream_maxlen)
-                .arg("*")
-                .arg("lsn")
-                .arg(walbust_pgoutput::format_lsn(batch.lsn))
-                .arg("keys")
-                .arg(serde_json::to_string(&batch.refresh).unwrap_or_default())
-                .ignore();
-        }
-        if let Some(channel) = &self.cfg.publish_channel {
-            // After the purge, so a subscriber that reacts by reading Redis finds the keys gone.
-            last.cmd("PUBLISH")
-                .arg(channel)
-                .arg(record::encode(batch))
-                .ignore();
-        }
-        if let Some(cmd) = watermark {
-            last.add_command(cmd).ignore();
-        }
-        if !last.is_empty() {
-            let context = match &self.cfg.publish_channel {
-                Some(_) => "redis: PUBLISH failed",
-                None => "redis: storing the schedule, the refresh stream or the watermark failed",
-            };
-            last.exec_async(&mut self.conn.clone())
-                .await
-                .map_err(|err| redis_error(context, err))?;
-        }
         counter!(m::REDIS_KEYS_REMOVED).increment(keys_removed);
-        counter!(m::SCHEDULED_ADDED).increment(scheduled);
-        if self.cfg.refresh_stream.is_some() {
-            counter!(m::REFRESH_KEYS).increment(batch.refresh.len() as u64);
-        }
         counter!(m::REDIS_TAG_MEMBERS_REMOVED).increment(tags_purged.members);
         if tags_purged.wrong_type > 0 {
             counter!(m::REDIS_WRONGTYPE_KEYS).increment(tags_purged.wrong_type);
@@ -512,43 +482,129 @@ impl RedisSink {
             tags = batch.tags.len(),
             tag_members_removed = tags_purged.members,
             patterns = batch.patterns.len(),
-            "redis batch applied"
+            walked_patterns = walked.len(),
+            "redis batch applied (keys and tags)"
         );
-        Ok(())
+        // The batch's last round trip, after every invalidation, walks included: its
+        // scheduled invalidations (stored before the batch counts as confirmed), the refresh
+        // stream entry, the PUBLISH and the watermark.
+        let mut last = redis::pipe();
+        let scheduled = self.schedule_adds(batch, &mut last);
+        let refreshed = match (&self.cfg.refresh_stream, batch.refresh.is_empty()) {
+            (Some(stream), false) => {
+                // After the invalidation: a warmer that reads the entry finds the keys gone.
+                last.cmd("XADD")
+                    .arg(stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.cfg.refresh_stream_maxlen)
+                    .arg("*")
+                    .arg("lsn")
+                    .arg(walbust_pgoutput::format_lsn(batch.lsn))
+                    .arg("keys")
+                    .arg(serde_json::to_string(&batch.refresh).unwrap_or_default())
+                    .ignore();
+                batch.refresh.len() as u64
+            }
+            _ => 0,
+        };
+        if let Some(channel) = &self.cfg.publish_channel {
+            // After the purge, walks included, so a subscriber that reacts by reading Redis
+            // finds the keys gone.
+            last.cmd("PUBLISH")
+                .arg(channel)
+                .arg(record::encode(batch))
+                .ignore();
+        }
+        if let Some(cmd) = watermark {
+            last.add_command(cmd).ignore();
+        }
+        let context = match &self.cfg.publish_channel {
+            Some(_) => "redis: PUBLISH failed",
+            None => "redis: storing the schedule, the refresh stream or the watermark failed",
+        };
+        let conn = self.conn.clone();
+        let rest = async move {
+            if let Some(walk) = walk {
+                walk.await?;
+            }
+            if !last.is_empty() {
+                last.exec_async(&mut conn.clone())
+                    .await
+                    .map_err(|err| redis_error(context, err))?;
+            }
+            counter!(m::SCHEDULED_ADDED).increment(scheduled);
+            counter!(m::REFRESH_KEYS).increment(refreshed);
+            Ok(())
+        };
+        // With the watermark on, a later batch must not raise it while this batch's walk
+        // runs: the batch settles here, in its publish, and batches stay in order
+        // (`publish.max_in_flight: 1`). Keys and tags above still did not wait for the walk.
+        if walked.is_empty() || self.cfg.watermark {
+            rest.await?;
+            return Ok(None);
+        }
+        Ok(Some(rest.boxed()))
+    }
+
+    /// The batch's patterns bumped as counters ([`PatternStrategy::Version`], a literal prefix
+    /// then one `*`), as counter keys, and those that need a walk.
+    fn split_patterns(&self, patterns: &[String]) -> (Vec<String>, Vec<String>) {
+        if self.cfg.pattern_strategy == PatternStrategy::Walk {
+            return (Vec::new(), patterns.to_vec());
+        }
+        let prefix = self.cfg.pattern_prefix();
+        let mut versioned = Vec::new();
+        let mut walked = Vec::new();
+        for pattern in patterns {
+            match Glob::new(pattern).prefix_star() {
+                Some(literal) => versioned.push(pattern_counter_key(prefix, &literal)),
+                // `walbust check` refuses rules whose patterns lack a literal prefix under this
+                // strategy; one that arrives anyway (a TRUNCATE's pattern, an older rule) is
+                // still purged, by a walk, rather than lost.
+                None => walked.push(pattern.clone()),
+            }
+        }
+        (versioned, walked)
+    }
+
+    /// `INCR`s the counters of versioned patterns.
+    async fn bump_pattern_versions(&self, counters: &[String]) -> Result<(), SinkError> {
+        self.incr_all(counters)
+            .await
+            .map_err(|err| redis_error("redis: INCR of pattern versions failed", err))
+    }
+
+    /// `INCR`s every key: one pipeline, or against a cluster one per slot group.
+    async fn incr_all(&self, keys: &[String]) -> RedisResult<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if let Connection::Single(_) = self.conn {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.add_command(request::incr(key)).ignore();
+            }
+            return pipe.exec_async(&mut self.conn.clone()).await;
+        }
+        let requests = request::slot_chunks(keys, self.cfg.unlink_chunk)
+            .into_iter()
+            .map(|group| {
+                let mut pipe = redis::pipe();
+                for key in group {
+                    pipe.add_command(request::incr(key)).ignore();
+                }
+                let mut conn = self.conn.clone();
+                async move { pipe.exec_async(&mut conn).await }
+            })
+            .collect();
+        concurrently(requests).await.map(|_: Vec<()>| ())
     }
 
     /// `UNLINK`s the keys; returns how many existed. `tail` (single Redis only) rides at the
     /// end of the same pipeline.
     async fn unlink_keys(&self, keys: &[String], tail: Option<Cmd>) -> Result<u64, SinkError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let context = "redis: UNLINK of keys failed";
-        let removed: Vec<u64> = match &self.conn {
-            Connection::Single(_) => {
-                let mut conn = self.conn.clone();
-                let mut pipe = request::unlink_pipeline(keys, self.cfg.unlink_chunk);
-                if let Some(tail) = tail {
-                    pipe.add_command(tail).ignore();
-                }
-                pipe.query_async(&mut conn)
-                    .await
-                    .map_err(|err| redis_error(context, err))?
-            }
-            Connection::Cluster(_) => {
-                let requests = request::slot_chunks(keys, self.cfg.unlink_chunk)
-                    .into_iter()
-                    .map(|group| {
-                        let (cmd, mut conn) = (request::unlink(&group), self.conn.clone());
-                        async move { cmd.query_async(&mut conn).await }
-                    })
-                    .collect();
-                concurrently(requests)
-                    .await
-                    .map_err(|err| redis_error(context, err))?
-            }
-        };
-        Ok(removed.iter().sum())
+        unlink_on(&self.conn, self.cfg.unlink_chunk, keys, tail).await
     }
 
     /// Purges tags by the configured strategy.
@@ -557,184 +613,87 @@ impl RedisSink {
             return Ok(TagsPurged::default());
         }
         let prefix = self.cfg.tag_prefix();
-        if let Connection::Cluster(_) = self.conn {
-            return self.purge_tags_cluster(prefix, tags).await;
-        }
-        let mut conn = self.conn.clone();
-        match self.cfg.tag_strategy {
-            TagStrategy::Version => {
-                request::incr_pipeline(prefix, tags)
-                    .exec_async(&mut conn)
-                    .await
-                    .map_err(|err| redis_error("redis: INCR of tag versions failed", err))?;
-                Ok(TagsPurged::default())
-            }
-            TagStrategy::Set => {
-                let mut purged = TagsPurged::default();
-                for group in request::key_chunks(tags, self.cfg.unlink_chunk) {
-                    let mut invocation = self.purge_script.prepare_invoke();
-                    for tag in group {
-                        invocation.key(request::tag_key(prefix, tag));
-                    }
-                    // Loads the script again by itself if Redis lost it (restart, SCRIPT FLUSH).
-                    let reply: (u64, u64) = invocation
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(|err| redis_error("redis: tag purge script failed", err))?;
-                    purged.add(reply);
-                }
-                Ok(purged)
-            }
-        }
-    }
-
-    /// Tags against a cluster: each tag's key is routed to its slot's primary. The `set` script
-    /// takes the sets of one slot at a time (a script's keys must share a slot).
-    async fn purge_tags_cluster(
-        &self,
-        prefix: &str,
-        tags: &[String],
-    ) -> Result<TagsPurged, SinkError> {
         let keys: Vec<String> = tags.iter().map(|t| request::tag_key(prefix, t)).collect();
-        let groups = request::slot_chunks(&keys, self.cfg.unlink_chunk);
-        match self.cfg.tag_strategy {
-            TagStrategy::Version => {
-                let requests = groups
-                    .into_iter()
-                    .map(|group| {
-                        let mut pipe = redis::pipe();
-                        for key in group {
-                            pipe.add_command(request::incr(key)).ignore();
-                        }
-                        let mut conn = self.conn.clone();
-                        async move { pipe.exec_async(&mut conn).await }
-                    })
-                    .collect();
-                concurrently(requests)
-                    .await
-                    .map_err(|err| redis_error("redis: INCR of tag versions failed", err))?;
-                Ok(TagsPurged::default())
-            }
-            TagStrategy::Set => {
-                let requests = groups
-                    .into_iter()
-                    .map(|group| {
-                        let mut invocation = self.purge_script.prepare_invoke();
-                        for key in group {
-                            invocation.key(key.as_str());
-                        }
-                        let mut conn = self.conn.clone();
-                        // Loads the script again by itself if a node lost it.
-                        async move { invocation.invoke_async::<(u64, u64)>(&mut conn).await }
-                    })
-                    .collect();
-                let replies = concurrently(requests)
-                    .await
-                    .map_err(|err| redis_error("redis: tag purge script failed", err))?;
-                let mut purged = TagsPurged::default();
-                replies.into_iter().for_each(|reply| purged.add(reply));
-                Ok(purged)
-            }
+        if self.cfg.tag_strategy == TagStrategy::Version {
+            self.incr_all(&keys)
+                .await
+                .map_err(|err| redis_error("redis: INCR of tag versions failed", err))?;
+            return Ok(TagsPurged::default());
         }
-    }
-
-    async fn purge_patterns(&self, patterns: &[String]) -> Result<(), SinkError> {
-        if patterns.is_empty() {
-            return Ok(());
-        }
-        let targets = self.scan_targets().await?;
-        for group in patterns.chunks(PATTERN_CONCURRENCY) {
-            futures::future::try_join_all(group.iter().flat_map(|pattern| {
-                targets
-                    .iter()
-                    .map(move |target| self.purge_pattern(pattern, target))
-            }))
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Where pattern walks run: the single Redis, or every primary of the cluster (read from
-    /// `CLUSTER SLOTS` for each batch, so a changed topology is followed).
-    async fn scan_targets(&self) -> Result<Vec<ScanTarget>, SinkError> {
-        if let Connection::Single(_) = self.conn {
-            return Ok(vec![ScanTarget::Single]);
-        }
-        let mut conn = self.conn.clone();
-        let reply: Value = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut conn)
-            .await
-            .map_err(|err| redis_error("redis: CLUSTER SLOTS failed", err))?;
-        let primaries = request::cluster_primaries(&reply).map_err(|reason| {
-            SinkError::new(
-                SinkErrorKind::Protocol,
-                format!("redis: cannot list the cluster's primaries: {reason}"),
-            )
-        })?;
-        Ok(primaries.into_iter().map(ScanTarget::Primary).collect())
-    }
-
-    /// One `SCAN` step on `target`.
-    async fn scan_step(
-        &self,
-        target: &ScanTarget,
-        cursor: u64,
-        pattern: &str,
-    ) -> RedisResult<(u64, Vec<String>)> {
-        let cmd = request::scan(cursor, pattern, self.cfg.scan_count);
-        match (&self.conn, target) {
-            (Connection::Cluster(conn), ScanTarget::Primary(primary)) => {
-                // Routed by a slot the primary serves: the client's slot map finds the node.
-                let route = Route::new(primary.slot, SlotAddr::Master);
-                let reply = conn
-                    .clone()
-                    .route_command(
-                        cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await?;
-                Ok(redis::from_redis_value(reply)?)
-            }
-            _ => cmd.query_async(&mut self.conn.clone()).await,
-        }
-    }
-
-    /// Walks one node's keyspace with `SCAN MATCH` and unlinks what matches. Keys present for
-    /// the whole walk are guaranteed to be seen; deleting while scanning is allowed by `SCAN`.
-    async fn purge_pattern(&self, pattern: &str, target: &ScanTarget) -> Result<(), SinkError> {
-        let (mut calls, mut matched, mut removed) = (0u64, 0u64, 0u64);
-        let mut cursor = 0u64;
-        let result = loop {
-            let (next, keys) = match self.scan_step(target, cursor, pattern).await {
-                Ok(step) => step,
-                Err(err) => break Err(redis_error("redis: SCAN for a pattern failed", err)),
-            };
-            calls += 1;
-            matched += keys.len() as u64;
-            if !keys.is_empty() {
-                match self.unlink_keys(&keys, None).await {
-                    Ok(count) => removed += count,
-                    Err(err) => {
-                        break Err(SinkError::with_source(
-                            err.kind(),
-                            "redis: UNLINK of pattern matches failed",
-                            err,
-                        ))
-                    }
-                }
-            }
-            if next == 0 {
-                break Ok(());
-            }
-            cursor = next;
+        // Groups of sets per script call: against a cluster each within one slot (a script's
+        // keys must share a slot), sent concurrently to the slots' primaries.
+        let groups: Vec<Vec<&String>> = match self.conn {
+            Connection::Single(_) => request::key_chunks(&keys, self.cfg.unlink_chunk)
+                .map(|group| group.iter().collect())
+                .collect(),
+            Connection::Cluster(_) => request::slot_chunks(&keys, self.cfg.unlink_chunk),
         };
-        // Counted even when the walk failed half-way: the work was done.
-        counter!(m::REDIS_SCAN_CALLS).increment(calls);
-        counter!(m::REDIS_PATTERN_KEYS_MATCHED).increment(matched);
-        counter!(m::REDIS_PATTERN_KEYS_REMOVED).increment(removed);
-        result
+        let requests = groups
+            .into_iter()
+            .map(|group| {
+                let mut invocation = self.purge_script.prepare_invoke();
+                for key in group {
+                    invocation.key(key.as_str());
+                }
+                let mut conn = self.conn.clone();
+                // Loads the script again by itself if Redis (a node) lost it (restart,
+                // SCRIPT FLUSH).
+                async move { invocation.invoke_async::<(u64, u64)>(&mut conn).await }
+            })
+            .collect();
+        let replies = concurrently(requests)
+            .await
+            .map_err(|err| redis_error("redis: tag purge script failed", err))?;
+        let mut purged = TagsPurged::default();
+        replies.into_iter().for_each(|reply| purged.add(reply));
+        Ok(purged)
     }
+}
+
+/// `UNLINK`s the keys on `conn`, `chunk` keys a command; returns how many existed. `tail`
+/// (single Redis only) rides at the end of the same pipeline. Against a cluster, one command per
+/// slot group, routed to its primary.
+pub(super) async fn unlink_on(
+    conn: &Connection,
+    chunk: usize,
+    keys: &[String],
+    tail: Option<Cmd>,
+) -> Result<u64, SinkError> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let context = "redis: UNLINK of keys failed";
+    let removed: Vec<u64> = match conn {
+        Connection::Single(_) => {
+            let mut pipe = request::unlink_pipeline(keys, chunk);
+            if let Some(tail) = tail {
+                pipe.add_command(tail).ignore();
+            }
+            pipe.query_async(&mut conn.clone())
+                .await
+                .map_err(|err| redis_error(context, err))?
+        }
+        Connection::Cluster(_) => {
+            let requests = request::slot_chunks(keys, chunk)
+                .into_iter()
+                .map(|group| {
+                    let (cmd, mut conn) = (request::unlink(&group), conn.clone());
+                    async move { cmd.query_async(&mut conn).await }
+                })
+                .collect();
+            concurrently(requests)
+                .await
+                .map_err(|err| redis_error(context, err))?
+        }
+    };
+    Ok(removed.iter().sum())
+}
+
+/// The counter of a versioned pattern's literal prefix: `<pattern_prefix><literal prefix>`
+/// (`patver:plist:42:` for `plist:42:*`), which applications put into the keys the pattern
+/// covers.
+pub fn pattern_counter_key(prefix: &str, literal: &[u8]) -> String {
+    format!("{prefix}{}", String::from_utf8_lossy(literal))
 }
 
 impl Sink for RedisSink {
@@ -743,8 +702,15 @@ impl Sink for RedisSink {
     }
 
     fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
+        crate::sink::settled(self.publish_staged(batch))
+    }
+
+    fn publish_staged<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> BoxFuture<'a, Result<Option<Settling>, SinkError>> {
         async move {
-            match self.publish_batch(batch).await {
+            match self.apply(batch).await {
                 // After a failure the connection manager starts reconnecting,
                 // and the next request first gets the outcome of that
                 // attempt, which may have been made while Redis was still
@@ -752,7 +718,7 @@ impl Sink for RedisSink {
                 // connection instead, so recovery does not lose a whole
                 // backoff interval. Invalidation is idempotent, so repeating
                 // the batch is harmless.
-                Err(e) if e.kind() == SinkErrorKind::Connect => self.publish_batch(batch).await,
+                Err(e) if e.kind() == SinkErrorKind::Connect => self.apply(batch).await,
                 other => other,
             }
         }

@@ -10,6 +10,10 @@
 //! Matching works on bytes, as Redis does (a `?` matches one byte of a multi-byte character).
 //! One quirk is kept on purpose: like Redis, a pattern made of `*` only does not match the empty
 //! key.
+//!
+//! Shared by the subscriber (local caches drop what a pattern drops in Redis) and walbust's Redis
+//! sink, whose merged pattern walks match every pending pattern against each scanned key here,
+//! client-side, with one `SCAN` for all of them ([`common_prefix`], [`escape`]).
 
 /// A compiled pattern. Cheap to clone; matching does not allocate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +55,77 @@ impl Glob {
 
     /// Whether `key` matches, as Redis would decide.
     pub fn matches(&self, key: &str) -> bool {
-        let key = key.as_bytes();
+        self.matches_bytes(key.as_bytes())
+    }
+
+    /// [`Self::matches`] on bytes (Redis keys need not be UTF-8).
+    pub fn matches_bytes(&self, key: &[u8]) -> bool {
         key.starts_with(&self.pattern[..self.literal_prefix])
             && match_here(&self.pattern, key, 0, &mut false)
     }
+
+    /// The bytes every matching key starts with, escapes resolved: `list:a\*b:*` gives
+    /// `list:a*b:`. Empty when the pattern starts with `*`, `?` or `[`.
+    pub fn literal_prefix(&self) -> Vec<u8> {
+        let mut prefix = Vec::new();
+        let mut rest = &self.pattern[..];
+        loop {
+            match rest {
+                [b'*' | b'?' | b'[', ..] | [] => return prefix,
+                // A trailing backslash is a plain byte.
+                [b'\\', escaped, tail @ ..] => {
+                    prefix.push(*escaped);
+                    rest = tail;
+                }
+                [byte, tail @ ..] => {
+                    prefix.push(*byte);
+                    rest = tail;
+                }
+            }
+        }
+    }
+
+    /// The literal prefix when the pattern is that prefix followed by one `*` and nothing else
+    /// (`list:42:*`), the shape a prefix counter can stand for exactly; `None` otherwise, and
+    /// for an empty prefix.
+    pub fn prefix_star(&self) -> Option<Vec<u8>> {
+        let prefix = self.literal_prefix();
+        let literal = escape(&prefix);
+        (!prefix.is_empty() && self.pattern[..] == [&literal[..], b"*"].concat()).then_some(prefix)
+    }
+}
+
+/// The longest byte prefix every pattern's [`Glob::literal_prefix`] shares: a `SCAN MATCH` of
+/// `escape(prefix)*` returns a superset of the keys any of them matches.
+pub fn common_prefix<'a>(globs: impl IntoIterator<Item = &'a Glob>) -> Vec<u8> {
+    let mut common: Option<Vec<u8>> = None;
+    for glob in globs {
+        let prefix = glob.literal_prefix();
+        common = Some(match common {
+            None => prefix,
+            Some(mut c) => {
+                let same = c.iter().zip(&prefix).take_while(|(a, b)| a == b).count();
+                c.truncate(same);
+                c
+            }
+        });
+        if common.as_ref().is_some_and(Vec::is_empty) {
+            break;
+        }
+    }
+    common.unwrap_or_default()
+}
+
+/// `bytes` as a pattern that matches exactly them: `* ? [ ] \\` get a backslash.
+pub fn escape(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// Redis's `stringmatchlen`, on slices. `skip_longer` is Redis's shortcut: once a `*` tried
@@ -253,6 +324,51 @@ mod tests {
         assert!(!Glob::new("a*").is_match_all());
         assert!(!Glob::new("").is_match_all());
         assert!(!Glob::new("\\*").is_match_all());
+    }
+
+    #[test]
+    fn literal_prefixes_resolve_escapes() {
+        let p = |s: &str| String::from_utf8(Glob::new(s).literal_prefix()).unwrap();
+        assert_eq!(p("plist:42:*"), "plist:42:");
+        assert_eq!(p("plist:a\\*b:*"), "plist:a*b:");
+        assert_eq!(p("plist:a\\\\b:?x"), "plist:a\\b:");
+        assert_eq!(p("*:detail"), "");
+        assert_eq!(p("k[ab]"), "k");
+        assert_eq!(p("exact"), "exact");
+        assert_eq!(p("a\\"), "a\\", "a trailing backslash is a plain byte");
+    }
+
+    #[test]
+    fn prefix_star_is_a_literal_then_one_star() {
+        let p = |s: &str| {
+            Glob::new(s)
+                .prefix_star()
+                .map(|p| String::from_utf8(p).unwrap())
+        };
+        assert_eq!(p("plist:42:*").as_deref(), Some("plist:42:"));
+        assert_eq!(p("plist:a\\*b:*").as_deref(), Some("plist:a*b:"));
+        assert_eq!(p("plist:*:page"), None);
+        assert_eq!(p("plist:4?:*"), None);
+        assert_eq!(p("*"), None);
+        assert_eq!(p("plist:42:"), None, "no star: one key, not a prefix");
+        assert_eq!(p("plist:**"), None);
+    }
+
+    #[test]
+    fn common_prefix_and_escape() {
+        let globs: Vec<Glob> = ["plist:1:*", "plist:12:*", "plist:a\\*:*"]
+            .iter()
+            .map(|s| Glob::new(s))
+            .collect();
+        assert_eq!(common_prefix(&globs), b"plist:");
+        assert_eq!(common_prefix(&globs[..1]), b"plist:1:");
+        assert_eq!(common_prefix(&[Glob::new("*x"), Glob::new("a*")]), b"");
+        assert_eq!(common_prefix(&[]), b"");
+        assert_eq!(escape(b"a*b?[c]\\"), b"a\\*b\\?\\[c\\]\\\\");
+        let glob =
+            Glob::new(std::str::from_utf8(&[escape(b"x*[y]"), b"*".to_vec()].concat()).unwrap());
+        assert!(glob.matches("x*[y]z"));
+        assert!(!glob.matches("xa[y]z"));
     }
 
     #[test]
