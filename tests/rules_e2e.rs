@@ -1231,6 +1231,11 @@ async fn a_huge_value_is_hashed_or_covered_and_never_held_per_template() {
         (metric(port, "walbust_rule_oversize_patterns_total") == 1.0).then_some(())
     })
     .await;
+    assert_eq!(
+        metric(port, "walbust_rule_long_keys_hashed_total"),
+        2.0,
+        "the key and the tag"
+    );
     assert_eq!(metric(port, "walbust_kafka_oversize_entries_total"), 0.0);
     assert!(walbust.is_running());
 

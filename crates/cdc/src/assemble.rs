@@ -462,6 +462,9 @@ fn record_outcome(outcome: &walbust_rules::Outcome) {
     if outcome.unreadable_at > 0 {
         metrics::counter!(m::SCHEDULE_UNREADABLE).increment(u64::from(outcome.unreadable_at));
     }
+    if outcome.hashed > 0 {
+        metrics::counter!(m::LONG_KEYS_HASHED).increment(u64::from(outcome.hashed));
+    }
     if outcome.oversize > 0 {
         metrics::counter!(m::OVERSIZE_PATTERNS).increment(u64::from(outcome.oversize));
     }

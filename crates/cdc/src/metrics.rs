@@ -28,6 +28,9 @@ pub const LAG_SECONDS: &str = "walbust_replication_lag_seconds";
 pub const MISSING_VALUES: &str = "walbust_rule_missing_values_total";
 /// Keys and tags longer than `max_key_bytes` dropped under `on_long_key: refuse`.
 pub const LONG_KEYS_REFUSED: &str = "walbust_rule_long_keys_refused_total";
+/// Keys and tags rendered longer than `max_key_bytes`, hashed under
+/// `on_long_key: hash`.
+pub const LONG_KEYS_HASHED: &str = "walbust_rule_long_keys_hashed_total";
 /// Patterns rendered longer than `max_key_bytes`, replaced by their rule's
 /// `on_oversize` cover.
 pub const OVERSIZE_PATTERNS: &str = "walbust_rule_oversize_patterns_total";
@@ -135,11 +138,12 @@ const LABELLED_COUNTERS: [(&str, &str, &[&str]); 5] = [
 ];
 
 /// Every counter without a label.
-const PLAIN_COUNTERS: [&str; 12] = [
+const PLAIN_COUNTERS: [&str; 13] = [
     TRANSACTIONS,
     WAL_BYTES,
     MISSING_VALUES,
     LONG_KEYS_REFUSED,
+    LONG_KEYS_HASHED,
     OVERSIZE_PATTERNS,
     SCHEDULE_UNREADABLE,
     NULL_VALUES,
@@ -276,6 +280,10 @@ pub fn describe() {
     describe_counter!(
         SCHEDULE_UNREADABLE,
         "at: values that are not a timestamp walbust can read; nothing was scheduled for them"
+    );
+    describe_counter!(
+        LONG_KEYS_HASHED,
+        "Keys and tags longer than max_key_bytes, hashed under on_long_key: hash"
     );
     describe_counter!(
         OVERSIZE_PATTERNS,

@@ -98,6 +98,9 @@ pub struct Outcome {
     /// Patterns longer than `max_key_bytes`, replaced by what their rule's
     /// `on_oversize` names.
     pub oversize: u32,
+    /// Keys and tags longer than `max_key_bytes`, hashed under
+    /// `on_long_key: hash`.
+    pub hashed: u32,
     /// `at:` values that are not a timestamp walbust can read (see
     /// [`crate::parse_timestamp`]); nothing was scheduled for them.
     pub unreadable_at: u32,
@@ -111,6 +114,7 @@ impl AddAssign for Outcome {
         self.escalated += o.escalated;
         self.refused += o.refused;
         self.oversize += o.oversize;
+        self.hashed += o.hashed;
         self.unreadable_at += o.unreadable_at;
     }
 }
@@ -483,7 +487,7 @@ impl BoundTable {
                     (_, LongKeyPolicy::Hash) => Overlong::Hash,
                 };
                 for &view in views {
-                    let rendered = match template.render(
+                    let rendered = match template.render_noting(
                         change,
                         view,
                         prefix,
@@ -491,7 +495,10 @@ impl BoundTable {
                         self.limit.max_key_bytes,
                         overlong,
                     ) {
-                        Ok(s) => s,
+                        Ok((s, hashed)) => {
+                            outcome.hashed += u32::from(hashed);
+                            s
+                        }
                         Err(Skip::Missing) => {
                             missing = true;
                             continue;

@@ -370,6 +370,21 @@ impl Template<usize> {
         max_len: usize,
         overlong: Overlong,
     ) -> Result<String, Skip> {
+        self.render_noting(change, view, prefix, escape, max_len, overlong)
+            .map(|(text, _)| text)
+    }
+
+    /// [`render`](Self::render), and whether the result was hashed because
+    /// it would have been longer than `max_len`.
+    pub fn render_noting(
+        &self,
+        change: &Change<'_>,
+        view: View,
+        prefix: &str,
+        escape: bool,
+        max_len: usize,
+        overlong: Overlong,
+    ) -> Result<(String, bool), Skip> {
         // Values of the first holes, kept from the sizing pass so that the
         // row is read once per hole; templates rarely have more.
         const KEPT: usize = 8;
@@ -424,7 +439,7 @@ impl Template<usize> {
             }
         }
         piece.finish();
-        Ok(out)
+        Ok((out, hashed))
     }
 }
 

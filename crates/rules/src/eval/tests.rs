@@ -196,7 +196,7 @@ fn long_keys_hash_or_refuse() {
         [format!("p:#{}", crate::hash_value(&format!("n:{long}")))]
     );
     assert!(out.keys[0].len() <= 32);
-    assert_eq!(o.refused, 0);
+    assert_eq!((o.refused, o.hashed), (0, 1));
 
     let t = table(&format!("on_long_key: refuse\n{rules}"));
     let (out, o) = eval(&t, Op::Insert, None, Some(&a));
@@ -221,7 +221,7 @@ fn long_tags_follow_the_long_key_policy() {
             "c:3".to_owned()
         ]
     );
-    assert_eq!(o.refused, 0);
+    assert_eq!((o.refused, o.hashed), (0, 1));
 
     let (out, o) = eval(
         &table(&format!("on_long_key: refuse\n{rules}")),
@@ -697,6 +697,7 @@ fn outcome_adds_up() {
         refused: 5,
         oversize: 6,
         unreadable_at: 7,
+        hashed: 8,
     };
     a += a;
     assert_eq!(
@@ -709,6 +710,7 @@ fn outcome_adds_up() {
             refused: 10,
             oversize: 12,
             unreadable_at: 14,
+            hashed: 16,
         }
     );
 }
