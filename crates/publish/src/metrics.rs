@@ -89,6 +89,8 @@ pub const SCHEDULED_APPLIED: &str = "walbust_scheduled_applied_total";
 /// Scheduled invalidations not stored, by `reason`: `horizon` (due later than
 /// `schedule_horizon_days`), `invalid` (a stored entry walbust cannot read, removed).
 pub const SCHEDULED_REFUSED: &str = "walbust_scheduled_refused_total";
+/// Batches whose `WAIT` reached fewer replicas than `sinks.redis.wait_replicas` (then retried).
+pub const REDIS_WAIT_SHORTFALLS: &str = "walbust_redis_wait_shortfalls_total";
 /// Keys appended to the refresh stream.
 pub const REFRESH_KEYS: &str = "walbust_refresh_keys_total";
 
@@ -124,6 +126,7 @@ pub fn register_counters(sinks: &[&'static str]) {
         SCHEDULED_ADDED,
         SCHEDULED_APPLIED,
         REFRESH_KEYS,
+        REDIS_WAIT_SHORTFALLS,
     ];
     if sinks.contains(&crate::redis_sink::NAME) {
         for reason in ["horizon", "invalid"] {
@@ -239,6 +242,11 @@ pub fn describe() {
         REDIS_PATTERN_KEYS_REMOVED,
         Unit::Count,
         "Keys removed by pattern purges."
+    );
+    describe_counter!(
+        REDIS_WAIT_SHORTFALLS,
+        Unit::Count,
+        "Batches whose WAIT reached fewer replicas than sinks.redis.wait_replicas (retried)."
     );
     describe_gauge!(
         SCHEDULED_PENDING,

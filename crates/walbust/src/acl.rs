@@ -203,6 +203,14 @@ pub fn needs(cfg: &Config, redis: &RedisSinkConfig, rules: &RuleSet) -> Vec<Need
             need(command, feature, full, Some(probe));
         }
     }
+    if redis.wait_replicas > 0 {
+        need(
+            "wait",
+            "wait_replicas",
+            vec!["1".into(), "0".into()],
+            Some(cmd(&["WAIT", "0", "0"])),
+        );
+    }
     if let Some(stream) = &redis.refresh_stream {
         need(
             "xadd",

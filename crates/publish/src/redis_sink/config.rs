@@ -26,6 +26,8 @@ pub const DEFAULT_PATTERN_PREFIX: &str = "patver:";
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default for [`RedisSinkConfig::response_timeout_ms`].
 pub const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 10_000;
+/// Default [`RedisSinkConfig::wait_timeout_ms`].
+pub const DEFAULT_WAIT_TIMEOUT_MS: u64 = 1_000;
 /// Default for [`RedisSinkConfig::lease_ttl_ms`].
 pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
 /// Default [`RedisSinkConfig::schedule_horizon_days`]: a little over a year.
@@ -141,6 +143,16 @@ pub struct RedisSinkConfig {
     /// The stream is capped near this many entries (`XADD ... MAXLEN ~`).
     #[serde(default = "default_refresh_stream_maxlen")]
     pub refresh_stream_maxlen: u64,
+    /// After each batch, `WAIT` until this many replicas (of every primary, on a cluster)
+    /// acknowledged its writes, so that an invalidation acknowledged to Postgres survives a
+    /// Redis failover. A `WAIT` that reaches fewer within [`Self::wait_timeout_ms`] fails the
+    /// batch, which is retried like any failed batch (nothing is acknowledged meanwhile). 0
+    /// (the default): no `WAIT`.
+    #[serde(default)]
+    pub wait_replicas: u32,
+    /// How long one `WAIT` may take, in milliseconds (below `response_timeout_ms`).
+    #[serde(default = "default_wait_timeout_ms")]
+    pub wait_timeout_ms: u64,
 }
 
 /// TLS settings of a `rediss://` URL (`sinks.redis.tls`), for one Redis and every node of a
@@ -184,6 +196,9 @@ fn default_schedule_horizon_days() -> u32 {
 fn default_refresh_stream_maxlen() -> u64 {
     DEFAULT_REFRESH_STREAM_MAXLEN
 }
+fn default_wait_timeout_ms() -> u64 {
+    DEFAULT_WAIT_TIMEOUT_MS
+}
 
 // By hand, so the URL (which may hold a password) is never printed.
 impl fmt::Debug for RedisSinkConfig {
@@ -207,6 +222,8 @@ impl fmt::Debug for RedisSinkConfig {
             .field("schedule_horizon_days", &self.schedule_horizon_days)
             .field("refresh_stream", &self.refresh_stream)
             .field("refresh_stream_maxlen", &self.refresh_stream_maxlen)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout_ms", &self.wait_timeout_ms)
             .finish()
     }
 }
@@ -233,6 +250,8 @@ impl RedisSinkConfig {
             schedule_horizon_days: DEFAULT_SCHEDULE_HORIZON_DAYS,
             refresh_stream: None,
             refresh_stream_maxlen: DEFAULT_REFRESH_STREAM_MAXLEN,
+            wait_replicas: 0,
+            wait_timeout_ms: DEFAULT_WAIT_TIMEOUT_MS,
         }
     }
 
@@ -315,6 +334,12 @@ impl RedisSinkConfig {
             "must not be empty (counters would mix with cache keys)",
         );
         errors.check(self.unlink_chunk > 0, "unlink_chunk", "must be at least 1");
+        errors.check(
+            self.wait_replicas == 0
+                || (self.wait_timeout_ms > 0 && self.wait_timeout_ms < self.response_timeout_ms),
+            "wait_timeout_ms",
+            "must be above 0 and below response_timeout_ms (a WAIT longer than the reply timeout would be cut off)",
+        );
         errors.check(
             self.schedule_horizon_days > 0,
             "schedule_horizon_days",

@@ -264,6 +264,32 @@ impl std::fmt::Debug for RedisSink {
     }
 }
 
+/// `WAIT replicas timeout` on `conn`: every write this connection sent so far (the batch's
+/// included) reached `replicas` replicas, on every primary of a cluster (the client sends it to
+/// each and keeps the smallest answer); fewer is a retriable failure of the batch.
+async fn wait_for_replicas(
+    conn: &Connection,
+    replicas: u32,
+    timeout_ms: u64,
+) -> Result<(), SinkError> {
+    let reached: i64 = redis::cmd("WAIT")
+        .arg(replicas)
+        .arg(timeout_ms)
+        .query_async(&mut conn.clone())
+        .await
+        .map_err(|err| redis_error("redis: WAIT for replicas failed", err))?;
+    if reached < i64::from(replicas) {
+        counter!(m::REDIS_WAIT_SHORTFALLS).increment(1);
+        return Err(SinkError::new(
+            SinkErrorKind::Unavailable,
+            format!(
+                "redis: WAIT reached {reached} of {replicas} replicas within {timeout_ms} ms (sinks.redis.wait_replicas); the batch is retried"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl RedisSink {
     /// Validates `cfg` and connects. Fails if Redis cannot be reached now; once connected, the
     /// connection is re-established on its own after failures.
@@ -524,6 +550,7 @@ impl RedisSink {
             None => "redis: storing the schedule, the refresh stream or the watermark failed",
         };
         let conn = self.conn.clone();
+        let (replicas, wait_ms) = (self.cfg.wait_replicas, self.cfg.wait_timeout_ms);
         let rest = async move {
             if let Some(walk) = walk {
                 walk.await?;
@@ -532,6 +559,9 @@ impl RedisSink {
                 last.exec_async(&mut conn.clone())
                     .await
                     .map_err(|err| redis_error(context, err))?;
+            }
+            if replicas > 0 {
+                wait_for_replicas(&conn, replicas, wait_ms).await?;
             }
             counter!(m::SCHEDULED_ADDED).increment(scheduled);
             counter!(m::REFRESH_KEYS).increment(refreshed);
