@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fault-injection ("torture") run of walbust on throwaway Postgres, Redis and
-# Kafka: kills, SIGTERMs, Postgres crashes, walsender terminations and sink
-# outages at random moments, checking that every committed change was
-# invalidated. Method and results: docs/reliability.md.
+# Fault-injection ("torture") run of walbust on throwaway Postgres 18 (a
+# primary and a failover standby), Redis and Kafka: kills, SIGTERMs, Postgres
+# crashes and failovers, standby takeovers, walsender terminations, schema
+# and slot changes and sink outages at random moments, checking that every
+# committed change was invalidated. Method and results: docs/reliability.md.
 #
 #   scripts/torture.sh --quick        the test suite's short run (about a minute)
 #   scripts/torture.sh --cycles 40    a medium run (minutes)
@@ -18,6 +19,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 walbust_require_cargo
 walbust_install_missing
+walbust_install_pg18
 
 export WALBUST_TORTURE_COMMAND="scripts/torture.sh $*"
 profile=""

@@ -243,31 +243,77 @@ impl Postgres {
         primary: &Postgres,
         physical_slot: &str,
     ) -> Result<Postgres, Error> {
+        Self::start_failover_standby_with(primary, physical_slot, &[])
+    }
+
+    /// Like [`start_failover_standby`](Self::start_failover_standby), with
+    /// extra `postgresql.conf` settings (which override the standby's own).
+    pub fn start_failover_standby_with(
+        primary: &Postgres,
+        physical_slot: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<Postgres, Error> {
         let bindir = primary.bindir.clone();
         let mut standby =
             Postgres::new_instance(bindir, &primary.superuser, Some(&primary.password))?;
+        standby.base_backup_for_failover(primary, physical_slot)?;
+        let extra = failover_standby_settings(physical_slot, settings)?;
+        standby.start_on_free_port(&extra)?;
+        Ok(standby)
+    }
+
+    /// Makes this server, typically a former primary after a failover, a
+    /// fresh failover standby of `primary`, on the same port: it is stopped
+    /// (immediately), its data directory replaced by a base backup of
+    /// `primary` streaming through the new physical slot `physical_slot`,
+    /// and started with the settings of
+    /// [`start_failover_standby_with`](Self::start_failover_standby_with).
+    /// Both must share superuser and password (a standby and its former
+    /// primary do).
+    pub fn rejoin_as_failover_standby(
+        &self,
+        primary: &Postgres,
+        physical_slot: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<(), Error> {
+        self.stop()?;
+        fs::remove_dir_all(&self.data_dir)
+            .map_err(|e| Error::io(format!("could not remove {}", self.data_dir.display()), e))?;
+        self.base_backup_for_failover(primary, physical_slot)?;
+        self.write_conf(&failover_standby_settings(physical_slot, settings)?)?;
+        self.pg_ctl_start()
+    }
+
+    /// `pg_basebackup` of `primary` into this instance's (absent) data
+    /// directory, creating the physical slot and writing the standby's
+    /// `primary_conninfo` with a database name, which slot synchronization
+    /// needs.
+    fn base_backup_for_failover(
+        &self,
+        primary: &Postgres,
+        physical_slot: &str,
+    ) -> Result<(), Error> {
+        if !process::is_executable(&self.bindir.join("pg_basebackup")) {
+            return Err(Error::MissingBinary {
+                name: "pg_basebackup".to_owned(),
+                searched: format!("in {}", self.bindir.display()),
+                hint: INSTALL_HINT.to_owned(),
+            });
+        }
         let conninfo = format!(
             "host={} port={} user={} dbname={DATABASE}",
             primary.socket_dir.display(),
             primary.port,
             primary.superuser
         );
-        let mut cmd = standby.command("pg_basebackup");
+        let mut cmd = self.command("pg_basebackup");
         cmd.arg("-D")
-            .arg(&standby.data_dir)
+            .arg(&self.data_dir)
             .arg("-d")
             .arg(&conninfo)
             .args(["-C", "-S", physical_slot])
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
-        process::run(&mut cmd)?;
-        let settings = [
-            ("hot_standby", "on"),
-            ("hot_standby_feedback", "on"),
-            ("sync_replication_slots", "on"),
-            ("primary_slot_name", physical_slot),
-        ];
-        standby.start_on_free_port(&render_settings(&settings)?)?;
-        Ok(standby)
+        process::run(&mut cmd).map(drop)
     }
 
     /// Promotes this standby to a primary (`pg_ctl promote`), waiting until
@@ -754,6 +800,18 @@ fn resolve_bindir() -> Result<PathBuf, Error> {
 
 /// Renders caller settings as postgresql.conf lines, refusing anything that
 /// could break out of its line.
+/// A failover standby's settings, then `extra`.
+fn failover_standby_settings(physical_slot: &str, extra: &[(&str, &str)]) -> Result<String, Error> {
+    let mut settings = vec![
+        ("hot_standby", "on"),
+        ("hot_standby_feedback", "on"),
+        ("sync_replication_slots", "on"),
+        ("primary_slot_name", physical_slot),
+    ];
+    settings.extend_from_slice(extra);
+    render_settings(&settings)
+}
+
 fn render_settings(settings: &[(&str, &str)]) -> Result<String, Error> {
     let mut out = String::new();
     for (name, value) in settings {

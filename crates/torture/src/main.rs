@@ -50,20 +50,22 @@ const COMMAND_ENV: &str = "WALBUST_TORTURE_COMMAND";
 #[command(
     name = "walbust-torture",
     about = "Injects faults into walbust and its services and checks that no committed change goes uninvalidated",
-    long_about = "Runs walbust on throwaway Postgres, Redis (append-only file, fsync always) and a mock \
+    long_about = "Runs walbust on a throwaway Postgres 18 primary and failover standby, Redis (append-only file, fsync always) and a mock \
 Kafka cluster. A workload writes sequenced rows, each change with a tag of its own, while each cycle \
 injects one fault at a random moment: kill -9 or SIGTERM of walbust, an immediate Postgres stop (also \
 during a large UPDATE), termination of the walsender (also while a large transaction streams), a Redis \
-or Kafka outage. After each cycle every committed change must show in Redis (its version counter) and \
+or Kafka outage, schema, publication and slot changes, a Postgres failover, a standby walbust taking \
+over from a killed one. After each cycle every committed change must show in Redis (its version counter) and \
 in a Kafka record. Prints a table of the results, optionally appends it to a Markdown file and writes \
 JSON."
 )]
 struct Args {
-    /// The test suite's short run: 12 cycles mixing every fault kind, short outages.
+    /// The test suite's short run: 18 cycles mixing every fault kind, short outages.
     #[arg(long, conflicts_with_all = ["full", "cycles"])]
     quick: bool,
     /// The acceptance run: 200 kill -9, 20 SIGTERM, 50 Postgres crashes, 20 walsender
-    /// terminations, 10 Redis and 10 Kafka outages of 15 s to 5 min. Takes about 1.5 hours.
+    /// terminations, 10 Redis and 10 Kafka outages of 15 s to 5 min, 10 Postgres failovers,
+    /// 20 standby takeovers and 40 schema, publication and slot changes. Takes about 1.5 hours.
     #[arg(long, conflicts_with = "cycles")]
     full: bool,
     /// Run this many cycles, mixing every fault kind.
@@ -99,7 +101,8 @@ struct Args {
     settle_secs: Option<u64>,
     /// With --cycles: inject only this fault kind (repeatable), to reproduce a finding. Kinds:
     /// walbust-kill, walbust-term, postgres-crash, postgres-crash-large-tx, walsender-kill,
-    /// walsender-kill-large-tx, redis-outage, kafka-outage.
+    /// walsender-kill-large-tx, redis-outage, kafka-outage, publication-blink, table-rename,
+    /// slot-replace, column-rename-mid-tx, postgres-failover, standby-takeover.
     #[arg(long, value_parser = parse_fault)]
     only: Vec<Fault>,
     /// Go on after a cycle whose changes did not all show in time.

@@ -41,11 +41,20 @@ pub enum Fault {
     /// writes in between: the change in between is decoded without the
     /// column.
     ColumnRenameMidTx,
+    /// The primary stopped at once (`-m immediate`) once the standby keeps
+    /// a synchronized copy of the slot, the standby promoted after a
+    /// pause, the former primary rebuilt as its standby: walbust follows
+    /// the two-host `source.url` to the new primary and its synced slot.
+    PostgresFailover,
+    /// A second walbust started beside the running one waits as a
+    /// standby; the running one is killed (`kill -9`) and the standby
+    /// takes the slot over.
+    StandbyTakeover,
 }
 
 impl Fault {
     /// Every kind, in the order of the report's rows.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 14] = [
         Fault::WalbustKill,
         Fault::WalbustTerm,
         Fault::PostgresCrash,
@@ -58,6 +67,8 @@ impl Fault {
         Fault::TableRename,
         Fault::SlotReplace,
         Fault::ColumnRenameMidTx,
+        Fault::PostgresFailover,
+        Fault::StandbyTakeover,
     ];
 
     /// How the report names it.
@@ -75,6 +86,8 @@ impl Fault {
             Fault::TableRename => "table renamed and renamed back",
             Fault::SlotReplace => "slot dropped and created again while streaming",
             Fault::ColumnRenameMidTx => "rule column renamed and back inside a transaction",
+            Fault::PostgresFailover => "Postgres failover (primary stopped, standby promoted)",
+            Fault::StandbyTakeover => "standby walbust takes over from a killed one",
         }
     }
 
@@ -98,6 +111,8 @@ impl Fault {
             Fault::TableRename => "table-rename",
             Fault::SlotReplace => "slot-replace",
             Fault::ColumnRenameMidTx => "column-rename-mid-tx",
+            Fault::PostgresFailover => "postgres-failover",
+            Fault::StandbyTakeover => "standby-takeover",
         }
     }
 
@@ -163,12 +178,13 @@ pub enum Mode {
     /// `--cycles N`: N cycles mixing every fault kind.
     Cycles(usize),
     /// The acceptance run: at least 200 kills, 50 Postgres crashes, 20
-    /// walsender terminations and sink outages of 15 s to 5 min.
+    /// walsender terminations, 10 failovers, 20 standby takeovers and sink
+    /// outages of 15 s to 5 min.
     Full,
 }
 
 /// Cycles per fault kind in the full run.
-pub const FULL_COUNTS: [(Fault, usize); 12] = [
+pub const FULL_COUNTS: [(Fault, usize); 14] = [
     (Fault::WalbustKill, 200),
     (Fault::WalbustTerm, 20),
     (Fault::PostgresCrash, 35),
@@ -181,12 +197,14 @@ pub const FULL_COUNTS: [(Fault, usize); 12] = [
     (Fault::TableRename, 10),
     (Fault::SlotReplace, 10),
     (Fault::ColumnRenameMidTx, 10),
+    (Fault::PostgresFailover, 10),
+    (Fault::StandbyTakeover, 20),
 ];
 
 /// Sink outages of the full run are spread evenly over this range.
 pub const FULL_OUTAGE: Span = Span::millis(15_000, 300_000);
 
-/// The quick run: each kind once, the cheap ones twice, 16 cycles.
+/// The quick run: each kind once, the cheap ones twice, 18 cycles.
 const QUICK_EXTRA: [Fault; 4] = [
     Fault::WalbustKill,
     Fault::PostgresCrash,
@@ -244,8 +262,8 @@ impl Mode {
                 f
             }
             Mode::Cycles(n) => {
-                // Blocks of every kind in random order: any 8 consecutive
-                // cycles from a block boundary mix every kind.
+                // Blocks of every kind in random order: every block of
+                // `Fault::ALL.len()` cycles from the start mixes every kind.
                 let mut f = Vec::with_capacity(n);
                 while f.len() < n {
                     let mut block = kinds.clone();
@@ -416,6 +434,8 @@ mod tests {
         assert!(kills >= 200, "{kills}");
         assert!(crashes >= 50, "{crashes}");
         assert!(walsenders >= 20, "{walsenders}");
+        assert!(count(&plan, Fault::PostgresFailover) >= 10);
+        assert!(count(&plan, Fault::StandbyTakeover) >= 20);
         assert!(outages.len() >= 10, "{}", outages.len());
         assert_eq!(outages.iter().min(), Some(&Duration::from_secs(15)));
         assert_eq!(outages.iter().max(), Some(&Duration::from_secs(300)));
@@ -427,8 +447,8 @@ mod tests {
     #[test]
     fn cycles_mode_mixes_every_kind_in_each_block() {
         let mut rng = Rng::new(3);
-        let plan = Mode::Cycles(24).plan(Span::millis(1, 2), &[], &mut rng);
-        assert_eq!(plan.len(), 24);
+        let plan = Mode::Cycles(2 * Fault::ALL.len()).plan(Span::millis(1, 2), &[], &mut rng);
+        assert_eq!(plan.len(), 2 * Fault::ALL.len());
         for block in plan.chunks(Fault::ALL.len()).take(2) {
             for fault in Fault::ALL {
                 assert_eq!(block.iter().filter(|c| c.fault == fault).count(), 1);

@@ -41,6 +41,9 @@ pub struct CycleRecord {
     pub large_delivered_at_cut: Option<u64>,
     /// With a Postgres crash during the large UPDATE: what became of it.
     pub large_outcome: Option<&'static str>,
+    /// With a failover or a standby takeover: how long after the
+    /// primary's stop or the active walbust's kill walbust streamed again.
+    pub resumed_ms: Option<u64>,
     pub note: String,
 }
 
@@ -274,8 +277,10 @@ impl Report {
             }
         ));
         s.push_str(&format!(
-            "walbust at its default settings but `source.on_gap: purge`{}; Postgres with `wal_sender_timeout = 10s`; Redis \
-             with an append-only file fsynced on every write.\n\n",
+            "walbust at its default settings but `source.on_gap: purge` and `source.failover: true` with \
+             both Postgres hosts in `source.url`{}; Postgres 18, a primary and a failover standby \
+             (synchronous, slot synchronization), `wal_sender_timeout = 10s`; Redis with an \
+             append-only file fsynced on every write.\n\n",
             if self.kafka_properties.is_empty() {
                 String::new()
             } else {
@@ -367,6 +372,44 @@ impl Report {
                 count(LARGE_ACK_LOST),
                 count(LARGE_ABORTED),
             ));
+        }
+        for (fault, what) in [
+            (
+                Fault::StandbyTakeover,
+                "- Standby takeovers: the standby walbust streamed the slot",
+            ),
+            (
+                Fault::PostgresFailover,
+                "- Postgres failovers: walbust streamed from the promoted standby",
+            ),
+        ] {
+            let mut took: Vec<u64> = self
+                .cycles
+                .iter()
+                .filter(|c| c.fault == fault)
+                .filter_map(|c| c.resumed_ms)
+                .collect();
+            let of = self.cycles.iter().filter(|c| c.fault == fault).count();
+            if of == 0 {
+                continue;
+            }
+            took.sort_unstable();
+            let at = |q: usize| secs(Duration::from_millis(took[(took.len() - 1) * q / 100]));
+            let after = match fault {
+                Fault::StandbyTakeover => "after the active one's `kill -9`",
+                _ => "after the primary's immediate stop (promotion 0 to 2 s after it)",
+            };
+            if took.is_empty() {
+                s.push_str(&format!("{what} in none of {of} cycles.\n"));
+            } else {
+                s.push_str(&format!(
+                    "{what} {after} in {} (min) / {} (median) / {} (max), {} of {of} cycles.\n",
+                    at(0),
+                    at(50),
+                    at(100),
+                    took.len()
+                ));
+            }
         }
         if self.ok {
             s.push_str("- Result: **no lost invalidation, no finding.**\n");

@@ -42,6 +42,14 @@ const TERM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the walsender-in-a-large-transaction fault waits for walbust to
 /// start delivering the transaction before it strikes anyway.
 const LARGE_DELIVERY_WAIT: Duration = Duration::from_secs(60);
+/// How long a failover waits for the standby to keep a synchronized copy
+/// of the slot before it strikes anyway (a failover without the slot: a
+/// gap walbust must tell from its database marker and purge).
+const SYNC_WAIT: Duration = Duration::from_secs(120);
+/// How long failure detection takes before the standby is promoted.
+const FAILOVER_DETECT: Span = Span::millis(0, 2_000);
+/// What a standby walbust logs while another one streams the slot.
+const STANDBY_LINE: &str = "waiting as a standby";
 
 /// Everything a run needs to know.
 #[derive(Debug, Clone)]
@@ -94,6 +102,10 @@ struct Run<'a> {
     cut_at: Option<u64>,
     /// The large UPDATE a crash struck in the cycle being run.
     crashed_large: Option<LargeTx>,
+    /// For a failover or a takeover in the cycle being run: how long after
+    /// the primary's stop or the active walbust's kill walbust streamed
+    /// the slot again.
+    resumed: Option<Duration>,
     /// Held by the writer for each transaction: a fault that writes
     /// around DDL itself holds it to pause the writer.
     gate: Arc<tokio::sync::Mutex<()>>,
@@ -149,6 +161,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         large_took: Duration::from_secs(2),
         cut_at: None,
         crashed_large: None,
+        resumed: None,
         gate: Arc::clone(&gate),
     };
     run.walbust.start()?;
@@ -159,7 +172,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         let pg = Arc::clone(&run.svc.pg);
         Arc::new(move || {
             let pg = Arc::clone(&pg);
-            Box::pin(async move { Ok(pg.connect().await?) })
+            Box::pin(async move { pg.connect().await })
         })
     };
     let writer = tokio::spawn(workload::write(
@@ -186,6 +199,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         let record = run.record(i, *cycle, first, began, &settled, note);
         run.cut_at = None;
         run.crashed_large = None;
+        run.resumed = None;
         eprintln!("{}", record.line(plan.len()));
         run.cycles.push(record);
         // A writer that died (a bug in the workload) would leave the
@@ -470,6 +484,8 @@ impl Run<'_> {
                     if answered { "" } else { " (answer lost)" }
                 )
             }
+            Fault::PostgresFailover => self.fail_over().await?,
+            Fault::StandbyTakeover => self.take_over().await?,
             Fault::KafkaOutage => {
                 let kafka = Arc::clone(&self.svc.kafka);
                 blocking(move || kafka.broker_down()).await?;
@@ -519,8 +535,8 @@ impl Run<'_> {
              WHERE slot_name = '{SLOT}' AND active_pid IS NOT NULL"
         );
         let replace = format!(
-            "SELECT pg_drop_replication_slot('{SLOT}'), \
-             pg_create_logical_replication_slot('{SLOT}', 'pgoutput')"
+            "SELECT pg_drop_replication_slot('{SLOT}'); {}",
+            services::create_slot_sql()
         );
         let deadline = Instant::now() + START_TIMEOUT;
         let mut attempts = 0;
@@ -542,25 +558,164 @@ impl Run<'_> {
     }
 
     async fn crash_postgres(&self) -> Result<()> {
-        let pg = Arc::clone(&self.svc.pg);
+        let pg = self.svc.pg.primary();
         blocking(move || pg.stop()).await
     }
 
     async fn start_postgres(&self) -> Result<()> {
-        let pg = Arc::clone(&self.svc.pg);
+        let pg = self.svc.pg.primary();
         blocking(move || pg.restart()).await
     }
 
-    /// Terminates walbust's walsender, waiting for one to exist. None (and a
-    /// finding) if walbust is not streaming.
-    async fn terminate_walsender(&mut self, db: &Client) -> Result<Option<i32>> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let pid = loop {
-            self.check_alive()?;
-            if let Some(pid) = services::walsender_pid(db).await? {
-                break pid;
+    /// Waits until the standby keeps a synchronized copy of the slot
+    /// (false if it does not within [`SYNC_WAIT`]), then fails over while
+    /// the writer goes on, and waits for walbust to stream from the new
+    /// primary.
+    async fn fail_over(&mut self) -> Result<String> {
+        let synced = self.wait_slot_synced().await?;
+        let detect = FAILOVER_DETECT.pick(&mut self.rng);
+        let new_primary = self.svc.pg.standby();
+        let pair = Arc::clone(&self.svc.pg);
+        let stopped = Instant::now();
+        let failover = tokio::task::spawn_blocking(move || pair.fail_over(detect));
+        // The new primary was a standby until now: connect to it directly
+        // and watch for walbust's walsender there.
+        let db = loop {
+            match new_primary.connect().await {
+                Ok(db) => break db,
+                Err(e) if stopped.elapsed() > START_TIMEOUT => {
+                    return Err(e).context("cannot connect to the new primary")
+                }
+                Err(_) => sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let resumed = self
+            .wait_walsender(&db, None)
+            .await?
+            .map(|_| stopped.elapsed());
+        let (promoted, rebuilt) = failover.await.context("the failover panicked")??;
+        if !synced {
+            // The promoted server has no slot: walbust purges (on_gap).
+            lock(&self.ledger).hidden_until(Instant::now());
+        }
+        self.resumed = resumed;
+        Ok(format!(
+            "{}; promoted {} after the stop (in {}); walbust streaming {}; the former primary \
+             rebuilt as standby in {}",
+            if synced {
+                "slot synced to the standby"
+            } else {
+                "slot NOT synced to the standby (a gap)"
+            },
+            secs(detect),
+            secs(promoted),
+            resumed.map_or_else(
+                || "never".to_owned(),
+                |d| format!("{} after the stop", secs(d))
+            ),
+            secs(rebuilt),
+        ))
+    }
+
+    /// Whether the standby keeps a synchronized copy of the slot, waiting
+    /// up to [`SYNC_WAIT`]. The standby keeps a synced slot once the
+    /// primary's has moved past what it replayed; a running-transactions
+    /// record now and then helps (the writer goes on meanwhile).
+    async fn wait_slot_synced(&mut self) -> Result<bool> {
+        let deadline = Instant::now() + SYNC_WAIT;
+        let standby = self.svc.pg.standby();
+        let standby = standby
+            .connect()
+            .await
+            .context("cannot connect to the standby")?;
+        let primary = self.svc.db(Duration::from_secs(30)).await?;
+        loop {
+            if services::slot_synced(&standby).await? {
+                return Ok(true);
             }
             if Instant::now() > deadline {
+                return Ok(false);
+            }
+            let _ = primary
+                .batch_execute("SELECT pg_log_standby_snapshot()")
+                .await;
+            sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A second walbust waits as a standby while the first streams; the
+    /// first is killed and the standby must take the slot over.
+    async fn take_over(&mut self) -> Result<String> {
+        let db = self.svc.db(Duration::from_secs(30)).await?;
+        let Some((active, _)) = self.wait_walsender(&db, None).await? else {
+            return Ok("walbust was not streaming: no takeover".to_owned());
+        };
+        let began = Instant::now();
+        self.walbust.start_standby()?;
+        let standby_log = self.walbust.last_log();
+        let deadline = began + START_TIMEOUT;
+        let waiting = loop {
+            if let Some(status) = self.walbust.standby_exited()? {
+                let tail = log_tail(&standby_log);
+                self.finding(
+                    Some(standby_log.clone()),
+                    format!("the standby walbust exited on its own ({status})"),
+                    Some(tail),
+                );
+                return Ok("the standby exited".to_owned());
+            }
+            if std::fs::read_to_string(&standby_log).is_ok_and(|t| t.contains(STANDBY_LINE)) {
+                break began.elapsed();
+            }
+            if Instant::now() > deadline {
+                let tail = log_tail(&standby_log);
+                self.finding(
+                    Some(standby_log.clone()),
+                    format!("the second walbust did not report waiting as a standby in {START_TIMEOUT:?}"),
+                    Some(tail),
+                );
+                break began.elapsed();
+            }
+            sleep(Duration::from_millis(20)).await;
+        };
+        // Postgres lets one session stream a slot: still the first one's.
+        let holder = services::walsender_pid(&db).await?;
+        if holder != Some(active) {
+            self.finding(
+                Some(standby_log.clone()),
+                format!(
+                    "the slot changed hands while both walbusts ran (walsender {active} -> {holder:?})"
+                ),
+                Some(log_tail(&standby_log)),
+            );
+        }
+        let killed = Instant::now();
+        self.walbust.kill_for_takeover()?;
+        let resumed = self.wait_walsender(&db, Some(active)).await?;
+        self.resumed = resumed.map(|_| killed.elapsed());
+        Ok(format!(
+            "standby waiting {} after its start; streaming {} after the kill",
+            secs(waiting),
+            self.resumed.map_or_else(|| "never".to_owned(), secs)
+        ))
+    }
+
+    /// Waits for walbust's walsender on `db`, one other than `not` (a
+    /// finding if none comes within [`START_TIMEOUT`]). Returns its pid and
+    /// how long that took.
+    async fn wait_walsender(
+        &mut self,
+        db: &Client,
+        not: Option<i32>,
+    ) -> Result<Option<(i32, Duration)>> {
+        let began = Instant::now();
+        loop {
+            self.check_alive()?;
+            match services::walsender_pid(db).await? {
+                Some(pid) if Some(pid) != not => return Ok(Some((pid, began.elapsed()))),
+                _ => {}
+            }
+            if began.elapsed() > START_TIMEOUT {
                 let log = self.walbust.last_log();
                 let tail = log_tail(&log);
                 self.finding(
@@ -571,6 +726,14 @@ impl Run<'_> {
                 return Ok(None);
             }
             sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Terminates walbust's walsender, waiting for one to exist. None (and a
+    /// finding) if walbust is not streaming.
+    async fn terminate_walsender(&mut self, db: &Client) -> Result<Option<i32>> {
+        let Some((pid, _)) = self.wait_walsender(db, None).await? else {
+            return Ok(None);
         };
         db.execute("SELECT pg_terminate_backend($1)", &[&pid])
             .await
@@ -680,6 +843,9 @@ impl Run<'_> {
             took_ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
             ok: !settled.overdue,
             large_delivered_at_cut: self.cut_at,
+            resumed_ms: self
+                .resumed
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             large_outcome: self.crashed_large.as_ref().map(|large| {
                 let committed = large
                     .changes

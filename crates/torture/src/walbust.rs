@@ -51,6 +51,8 @@ pub struct Walbust {
     log_filter: String,
     starts: u32,
     running: Option<Running>,
+    /// A second walbust on the same slot, waiting to take over.
+    standby: Option<Running>,
 }
 
 impl Walbust {
@@ -62,6 +64,7 @@ impl Walbust {
             log_filter: log_filter.to_owned(),
             starts: 0,
             running: None,
+            standby: None,
         }
     }
 
@@ -75,6 +78,46 @@ impl Walbust {
         if self.running.is_some() {
             bail!("walbust is already running");
         }
+        self.running = Some(self.spawn()?);
+        Ok(())
+    }
+
+    /// Starts a second walbust with the same configuration beside the
+    /// running one: it finds the slot in use and waits as a standby.
+    pub fn start_standby(&mut self) -> Result<()> {
+        if self.standby.is_some() {
+            bail!("a standby walbust is already running");
+        }
+        self.standby = Some(self.spawn()?);
+        Ok(())
+    }
+
+    /// `kill -9` of the running walbust; the standby becomes the running
+    /// one (whose log is then [`Walbust::last_log`]).
+    pub fn kill_for_takeover(&mut self) -> Result<()> {
+        let Some(standby) = self.standby.take() else {
+            bail!("no standby walbust to take over");
+        };
+        self.kill()?;
+        self.running = Some(standby);
+        Ok(())
+    }
+
+    /// The standby's exit status, if it exited (it never should).
+    pub fn standby_exited(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(r) = self.standby.as_mut() else {
+            return Ok(None);
+        };
+        let status = r.child.try_wait().context("cannot check on walbust")?;
+        if status.is_some() {
+            if let Some(mut r) = self.standby.take() {
+                r.reap_guard();
+            }
+        }
+        Ok(status)
+    }
+
+    fn spawn(&mut self) -> Result<Running> {
         self.starts += 1;
         let log = self.logs.join(format!("walbust-{:03}.log", self.starts));
         let file =
@@ -100,8 +143,7 @@ impl Walbust {
             .process_group(0)
             .spawn()
             .ok();
-        self.running = Some(Running { child, guard });
-        Ok(())
+        Ok(Running { child, guard })
     }
 
     /// `kill -9`, then reaps it.
@@ -171,6 +213,11 @@ impl Walbust {
 impl Drop for Walbust {
     fn drop(&mut self) {
         let _ = self.kill();
+        if let Some(mut r) = self.standby.take() {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+            r.reap_guard();
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The short torture run, as part of the test suite: at least 10 cycles
 //! mixing every fault kind (kill -9, SIGTERM, Postgres crashes, walsender
-//! terminations, Redis and Kafka outages) against real throwaway servers.
+//! terminations, Redis and Kafka outages, schema and slot changes, a
+//! Postgres failover, a standby walbust's takeover) against real throwaway
+//! servers (Postgres 18, a primary and a failover standby).
 //! It fails if a single committed change was not invalidated in Redis or in
 //! Kafka, if an uncommitted one was, if walbust hung or exited on its own.
 //!
@@ -159,7 +161,18 @@ fn quick_torture_run_loses_no_invalidation() {
         "a cycle failed its check",
     );
     let rows = report["rows"].as_array().expect("rows");
-    check(rows.len() == 12, "not every fault kind has a row");
+    check(rows.len() == 14, "not every fault kind has a row");
+    // After a failover walbust streamed from the promoted standby, after a
+    // takeover the standby walbust streamed the slot.
+    for fault in ["postgres-failover", "standby-takeover"] {
+        check(
+            cycles
+                .iter()
+                .filter(|c| c["fault"] == fault)
+                .all(|c| c["resumed_ms"].is_u64()),
+            &format!("walbust did not stream again after {fault}"),
+        );
+    }
     for row in rows {
         check(
             number(row, "cycles") >= 1,
