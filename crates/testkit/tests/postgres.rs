@@ -400,3 +400,51 @@ async fn a_delayed_replica_shows_the_old_row_first() {
         committed_at.elapsed()
     );
 }
+
+/// A failover and back: the standby is promoted, the former primary is
+/// rebuilt as its standby on its old port and follows it, and the same
+/// can be done the other way round (Postgres 18: failover standbys).
+#[tokio::test]
+async fn a_former_primary_rejoins_as_the_standby_of_the_promoted_one() {
+    const SLOT: &str = "standby_slot";
+    let bindir = walbust_testkit::pg18_bindir().expect("Postgres 18 server programs");
+    let a = Postgres::start_with_bindir(bindir, &[]).expect("start a");
+    let db = a.connect().await.expect("connect a");
+    db.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')",
+    )
+    .await
+    .expect("create t");
+    let b = Postgres::start_failover_standby(&a, SLOT).expect("start b");
+    drop(db);
+
+    for (primary, standby, value) in [(&a, &b, "on b"), (&b, &a, "on a again")] {
+        let port = primary.port();
+        primary.stop().expect("stop the primary");
+        standby.promote().expect("promote the standby");
+        primary
+            .rejoin_as_failover_standby(standby, SLOT, &[])
+            .expect("rejoin as standby");
+        assert_eq!(primary.port(), port, "the rejoined server keeps its port");
+        let new_db = standby.connect().await.expect("connect the new primary");
+        new_db
+            .execute("UPDATE t SET v = $1 WHERE id = 1", &[&value])
+            .await
+            .expect("write on the new primary");
+        let follower = primary
+            .connect()
+            .await
+            .expect("connect the rejoined server");
+        let recovering: bool = follower
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .expect("pg_is_in_recovery")
+            .get(0);
+        assert!(recovering, "the rejoined server is a standby");
+        let seen = eventually(std::time::Duration::from_secs(20), || async {
+            value_on(&follower).await.filter(|v| v == value)
+        })
+        .await;
+        assert_eq!(seen.as_deref(), Some(value), "the rejoined server follows");
+    }
+}
