@@ -41,7 +41,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use backon::Retryable;
@@ -650,45 +650,26 @@ async fn settle(
     let Some(rest) = rest else {
         return Ok(report);
     };
-    let name = sink.name();
     let since = Instant::now();
     let err = match rest.await {
         Ok(()) => {
+            count_confirmed(sink.name(), &batch);
             return Ok(SinkReport {
                 elapsed: report.elapsed + since.elapsed(),
                 ..report
-            })
+            });
         }
         Err(err) => err,
     };
-    counter!(m::SINK_ERRORS, m::LABEL_SINK => name, m::LABEL_KIND => err.kind().as_str())
-        .increment(1);
-    if !err.retriable() {
-        error!(
-            slot = &*slot,
-            lsn = %format_lsn(batch.lsn),
-            sink = name,
-            kind = %err.kind(),
-            error = %Chain(&err),
-            "publish failed (while settling) and retrying cannot help; stopping"
-        );
-        return Err(PipelineError::Sink {
-            sink: name,
-            source: err,
-        });
-    }
-    counter!(m::SINK_RETRIES, m::LABEL_SINK => name).increment(1);
-    warn!(
-        slot = &*slot,
-        lsn = %format_lsn(batch.lsn),
-        sink = name,
-        kind = %err.kind(),
-        error = %Chain(&err),
-        retry_in_ms = retry.min.as_millis() as u64,
-        "publish failed while settling; publishing the whole batch again"
-    );
-    tokio::time::sleep(retry.min).await;
-    let (again, _) = publish_with_retry(sink.as_ref(), &batch, retry, &slot, Stage::Whole).await?;
+    // The failed rest counts as the first attempt of publishing the whole batch again.
+    let (again, _) = publish_with_retry(
+        sink.as_ref(),
+        &batch,
+        retry,
+        &slot,
+        Stage::After(Mutex::new(Some(err))),
+    )
+    .await?;
     Ok(SinkReport {
         attempts: report.attempts + again.attempts,
         elapsed: report.elapsed + since.elapsed(),
@@ -697,12 +678,22 @@ async fn settle(
 }
 
 /// What [`publish_with_retry`] asks of a sink.
-#[derive(Clone, Copy)]
 enum Stage {
     /// [`Sink::publish_staged`]: may leave work running.
     First,
     /// [`Sink::publish`]: the whole batch.
     Whole,
+    /// [`Sink::publish`] after the work a first stage left running failed with this error: it
+    /// is handled as the outcome of the first attempt (counted, retried or fatal).
+    After(Mutex<Option<SinkError>>),
+}
+
+/// Counts a batch the sink confirmed, once whatever stages it took.
+fn count_confirmed(name: &'static str, batch: &Batch) {
+    counter!(m::SINK_BATCHES, m::LABEL_SINK => name).increment(1);
+    counter!(m::SINK_KEYS, m::LABEL_SINK => name).increment(batch.keys.len() as u64);
+    counter!(m::SINK_TAGS, m::LABEL_SINK => name).increment(batch.tags.len() as u64);
+    counter!(m::SINK_PATTERNS, m::LABEL_SINK => name).increment(batch.patterns.len() as u64);
 }
 
 /// Publishes `batch` to every sink in parallel, each retried on its own with backoff until it
@@ -738,13 +729,21 @@ async fn publish_with_retry(
     let started = Instant::now();
     let attempts = AtomicU32::new(0);
     let attempts_ref = &attempts;
+    let stage = &stage;
     let attempt = move || async move {
         attempts_ref.fetch_add(1, Ordering::Relaxed);
+        if let Stage::After(failed) = stage {
+            if let Some(err) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                counter!(m::SINK_ERRORS, m::LABEL_SINK => name, m::LABEL_KIND => err.kind().as_str())
+                    .increment(1);
+                return Err(err);
+            }
+        }
         let t = Instant::now();
         let watched = health().attempt(name);
         let result = match stage {
             Stage::First => sink.publish_staged(batch).await,
-            Stage::Whole => sink.publish(batch).await.map(|()| None),
+            Stage::Whole | Stage::After(_) => sink.publish(batch).await.map(|()| None),
         };
         watched.ended(
             result
@@ -783,11 +782,10 @@ async fn publish_with_retry(
     let attempts = attempts.load(Ordering::Relaxed);
     match result {
         Ok(rest) => {
-            counter!(m::SINK_BATCHES, m::LABEL_SINK => name).increment(1);
-            counter!(m::SINK_KEYS, m::LABEL_SINK => name).increment(batch.keys.len() as u64);
-            counter!(m::SINK_TAGS, m::LABEL_SINK => name).increment(batch.tags.len() as u64);
-            counter!(m::SINK_PATTERNS, m::LABEL_SINK => name)
-                .increment(batch.patterns.len() as u64);
+            // A batch with work left running counts once that work is done (in `settle`).
+            if rest.is_none() {
+                count_confirmed(name, batch);
+            }
             if attempts > 1 {
                 info!(slot, lsn = %lsn, sink = name, attempts, "batch confirmed after retries");
             }
