@@ -52,12 +52,22 @@ pub(crate) fn load(path: &Path, connects: bool) -> Result<(Config, Vec<Unset>, R
     };
     let (cfg, unset) = loaded.map_err(fail_config)?;
     let rules = RuleSet::load(&cfg.rules).map_err(fail_config)?;
-    let problems = crate::time_rules::problems(&cfg, &rules);
-    if !problems.is_empty() {
-        return Err(fail_config(problems.join("; ")));
-    }
-    versioned_patterns(&cfg, &rules).map_err(fail_config)?;
+    rule_problems(&cfg, &rules).map_err(fail_config)?;
     Ok((cfg, unset, rules))
+}
+
+/// What the configuration refuses in a rule set, as one message: the same at start-up, in
+/// `check` and for every reload of the rules file.
+pub(crate) fn rule_problems(cfg: &Config, rules: &RuleSet) -> Result<(), String> {
+    let mut problems = crate::time_rules::problems(cfg, rules);
+    if let Err(e) = versioned_patterns(cfg, rules) {
+        problems.push(e);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 /// With `sinks.redis.pattern_strategy: version`, refuses rules whose patterns cannot be a
@@ -973,5 +983,15 @@ rules:
         )
         .unwrap();
         assert_eq!(versioned_patterns(&cfg("version"), &good), Ok(()));
+    }
+
+    /// Start-up, `check` and reloads all judge a rule set by `rule_problems`, which
+    /// includes the version strategy's patterns.
+    #[test]
+    fn rule_problems_refuse_patterns_the_version_strategy_cannot_count() {
+        let rules = RuleSet::from_yaml(RULES, "rules.yaml").unwrap();
+        assert_eq!(rule_problems(&cfg("walk"), &rules), Ok(()));
+        let err = rule_problems(&cfg("version"), &rules).unwrap_err();
+        assert!(err.contains("pattern `*:orders:x`"), "{err}");
     }
 }

@@ -40,12 +40,8 @@ pub struct Hooks {
 /// acknowledges it and returns.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> Result<()> {
     let rules = Arc::new(RuleSet::load(&cfg.rules)?);
-    crate::check::versioned_patterns(&cfg, &rules).map_err(anyhow::Error::msg)?;
+    crate::check::rule_problems(&cfg, &rules).map_err(anyhow::Error::msg)?;
     tracing::info!(rules = rules.rules().len(), file = %cfg.rules.display(), "rules loaded");
-    let problems = crate::time_rules::problems(&cfg, &rules);
-    if !problems.is_empty() {
-        anyhow::bail!("{}", problems.join("; "));
-    }
     // Watch the rules file (and SIGHUP) from right after loading it, so that
     // no edit falls between the two; the reader takes a new set at its next
     // transaction boundary. The guard stops the watcher however run returns.
@@ -63,10 +59,7 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>, hooks: Hooks) -> 
         .with_in_effect(in_effect_rx)
         .with_validate({
             let cfg = cfg.clone();
-            Box::new(move |set| {
-                let problems = crate::time_rules::problems(&cfg, set);
-                (!problems.is_empty()).then(|| problems.join("; "))
-            })
+            Box::new(move |set| crate::check::rule_problems(&cfg, set).err())
         })
         .spawn(rules_tx, shutdown.clone()),
     );
