@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use walbust_flow::Item;
-use walbust_rules::{Invalidations, Op, RuleSet, TxBudget};
+use walbust_rules::{Invalidations, Op, RuleSet, Scheduled, TxBudget};
 
 use crate::error::StreamError;
 use crate::metrics as m;
@@ -420,6 +420,8 @@ struct Marks {
     keys: usize,
     tags: usize,
     patterns: usize,
+    schedule: usize,
+    refresh: usize,
 }
 
 impl Marks {
@@ -428,21 +430,24 @@ impl Marks {
             keys: inv.keys.len(),
             tags: inv.tags.len(),
             patterns: inv.patterns.len(),
+            schedule: inv.schedule.len(),
+            refresh: inv.refresh.len(),
         }
     }
 
-    /// Bytes of the entries `inv` gained since these marks.
+    /// Bytes of the entries `inv` gained since these marks, scheduled ones included.
     fn bytes_since(&self, inv: &Invalidations) -> usize {
-        let bytes = |list: &[String], from: usize| -> usize {
-            list.get(from..)
-                .unwrap_or_default()
+        fn from<T>(list: &[T], at: usize) -> &[T] {
+            list.get(at..).unwrap_or_default()
+        }
+        walbust_rules::bytes_of(from(&inv.keys, self.keys))
+            + walbust_rules::bytes_of(from(&inv.tags, self.tags))
+            + walbust_rules::bytes_of(from(&inv.patterns, self.patterns))
+            + walbust_rules::bytes_of(from(&inv.refresh, self.refresh))
+            + from(&inv.schedule, self.schedule)
                 .iter()
-                .map(String::len)
-                .sum()
-        };
-        bytes(&inv.keys, self.keys)
-            + bytes(&inv.tags, self.tags)
-            + bytes(&inv.patterns, self.patterns)
+                .map(Scheduled::bytes)
+                .sum::<usize>()
     }
 }
 
@@ -599,6 +604,25 @@ rules:
             chunks.iter().all(|&bytes| bytes < CHUNK_BYTES + 1024 + 16),
             "{chunks:?}"
         );
+    }
+
+    /// Scheduled invalidations and refresh keys count towards the chunk's bytes too.
+    #[test]
+    fn scheduled_entries_count_towards_the_chunk_bytes() {
+        let mut inv = Invalidations::new();
+        inv.keys.push("k".repeat(10));
+        let marks = Marks::of(&inv);
+        inv.keys.push("k".repeat(100));
+        inv.refresh.push("r".repeat(100));
+        inv.schedule.push(Scheduled {
+            due_unix_micros: 0,
+            keys: vec!["s".repeat(1000)],
+            tags: vec!["t".repeat(10)],
+            patterns: Vec::new(),
+            refresh: vec!["s".repeat(1000)],
+        });
+        assert_eq!(marks.bytes_since(&inv), 100 + 100 + 1000 + 10 + 1000);
+        assert_eq!(Marks::default().bytes_since(&inv), 10 + 2210);
     }
 
     #[test]

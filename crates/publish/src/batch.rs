@@ -166,10 +166,7 @@ impl Accumulator {
                 self.bytes += insert_all(&mut self.refresh, inv.refresh);
                 if let Some(tx) = self.open {
                     for due in inv.schedule {
-                        self.bytes += [&due.keys, &due.tags, &due.patterns]
-                            .iter()
-                            .map(|l| l.iter().map(String::len).sum::<usize>())
-                            .sum::<usize>();
+                        self.bytes += due.bytes();
                         self.schedule.push(ScheduledEntry {
                             lsn: tx.commit_lsn,
                             commit_time_micros: tx.commit_time_micros,

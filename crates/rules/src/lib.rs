@@ -304,7 +304,7 @@ pub use ruleset::{
     TableName, DEFAULT_MAX_KEYS_PER_TX, DEFAULT_MAX_KEY_BYTES, MAX_MAX_KEY_BYTES,
     SUPPORTED_VERSION,
 };
-pub use schedule::{parse_timestamp, Scheduled};
+pub use schedule::{bytes_of, parse_timestamp, Scheduled};
 pub use template::Side;
 
 #[cfg(test)]

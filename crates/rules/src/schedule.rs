@@ -23,6 +23,21 @@ pub struct Scheduled {
     pub refresh: Vec<String>,
 }
 
+impl Scheduled {
+    /// Bytes of its entries: what it costs to hold until it is stored.
+    pub fn bytes(&self) -> usize {
+        [&self.keys, &self.tags, &self.patterns, &self.refresh]
+            .into_iter()
+            .map(|list| bytes_of(list))
+            .sum()
+    }
+}
+
+/// Bytes of the strings in `list`.
+pub fn bytes_of(list: &[String]) -> usize {
+    list.iter().map(String::len).sum()
+}
+
 /// What reading an `at:` value gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Due {

@@ -32,6 +32,30 @@ impl Running {
             let _ = guard.wait();
         }
     }
+
+    /// `kill -9`, then reaps it.
+    fn kill(mut self) -> Result<()> {
+        // kill() fails only if it already exited; wait() reaps either way.
+        let _ = self.child.kill();
+        self.child.wait().context("cannot reap walbust")?;
+        self.reap_guard();
+        Ok(())
+    }
+
+    /// The exit status of the process in `slot` if it exited, which then
+    /// empties the slot (its log stays).
+    fn exited(slot: &mut Option<Running>) -> Result<Option<ExitStatus>> {
+        let Some(r) = slot.as_mut() else {
+            return Ok(None);
+        };
+        let status = r.child.try_wait().context("cannot check on walbust")?;
+        if status.is_some() {
+            if let Some(mut r) = slot.take() {
+                r.reap_guard();
+            }
+        }
+        Ok(status)
+    }
 }
 
 /// How a SIGTERM went.
@@ -105,16 +129,7 @@ impl Walbust {
 
     /// The standby's exit status, if it exited (it never should).
     pub fn standby_exited(&mut self) -> Result<Option<ExitStatus>> {
-        let Some(r) = self.standby.as_mut() else {
-            return Ok(None);
-        };
-        let status = r.child.try_wait().context("cannot check on walbust")?;
-        if status.is_some() {
-            if let Some(mut r) = self.standby.take() {
-                r.reap_guard();
-            }
-        }
-        Ok(status)
+        Running::exited(&mut self.standby)
     }
 
     fn spawn(&mut self) -> Result<Running> {
@@ -148,13 +163,7 @@ impl Walbust {
 
     /// `kill -9`, then reaps it.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut r) = self.running.take() {
-            // kill() fails only if it already exited; wait() reaps either way.
-            let _ = r.child.kill();
-            r.child.wait().context("cannot reap walbust")?;
-            r.reap_guard();
-        }
-        Ok(())
+        self.running.take().map_or(Ok(()), Running::kill)
     }
 
     /// SIGTERM, then waits up to `timeout` for the exit; kills it if it
@@ -181,14 +190,7 @@ impl Walbust {
 
     /// The exit status if the process exited on its own (it never should).
     pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        let Some(r) = self.running.as_mut() else {
-            return Ok(None);
-        };
-        let status = r.child.try_wait().context("cannot check on walbust")?;
-        if status.is_some() {
-            self.forget();
-        }
-        Ok(status)
+        Running::exited(&mut self.running)
     }
 
     /// Drops the handle of an exited process (its log stays, see
@@ -213,10 +215,8 @@ impl Walbust {
 impl Drop for Walbust {
     fn drop(&mut self) {
         let _ = self.kill();
-        if let Some(mut r) = self.standby.take() {
-            let _ = r.child.kill();
-            let _ = r.child.wait();
-            r.reap_guard();
+        if let Some(standby) = self.standby.take() {
+            let _ = standby.kill();
         }
     }
 }
