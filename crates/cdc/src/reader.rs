@@ -463,11 +463,17 @@ impl Session {
     /// Checks the source (when configured) and opens a replication
     /// connection that resumes at the slot's confirmed position.
     async fn connect(&mut self) -> Result<(), StreamError> {
-        let control = match &self.catalog {
+        let (control_host, control) = match &self.catalog {
             Some(url) if self.checks.is_some() || self.spec.binary => {
-                Some(source::connect(url).await.map_err(StreamError::Source)?)
+                let (host, client) = source::connect_indexed(url)
+                    .await
+                    .map_err(StreamError::Source)?;
+                (
+                    Some(host).filter(|_| url == self.spec.conn.url()),
+                    Some(client),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
         let mut resumes_at = None;
         let mut make_failover = false;
@@ -499,13 +505,18 @@ impl Session {
             self.asm.relations_mut().set_type_renderings(types);
         }
         // With several hosts, the one that is the primary now: after a
-        // promotion, the next session streams from the new primary.
-        let conn = self
-            .spec
-            .conn
-            .primary()
-            .await
-            .map_err(StreamError::Source)?;
+        // promotion, the next session streams from the new primary. The
+        // control connection found it already when it came from the same
+        // URL: the slot checked is the slot streamed.
+        let conn = match control_host {
+            Some(host) => self.spec.conn.at_host(host),
+            None => self
+                .spec
+                .conn
+                .primary()
+                .await
+                .map_err(StreamError::Source)?,
+        };
         let cfg = conn
             .replication_config(&self.spec.slot, &self.spec.publication)
             .with_status_interval(self.spec.status_interval)

@@ -265,13 +265,23 @@ impl ConnParams {
         if self.hosts.len() <= 1 {
             return Ok(self.clone());
         }
-        let index = primary_host(&self.url).await?;
+        Ok(self.at_host(primary_host(&self.url).await?))
+    }
+
+    /// These parameters with host number `index` of the URL (as
+    /// [`connect_indexed`] found it).
+    pub fn at_host(&self, index: usize) -> ConnParams {
         let mut params = self.clone();
         if let Some((host, port)) = self.hosts.get(index) {
             params.host.clone_from(host);
             params.port = *port;
         }
-        Ok(params)
+        params
+    }
+
+    /// The URL these parameters come from.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// A replication connection to these parameters (TLS included) for
@@ -359,17 +369,28 @@ pub async fn connect_with_notices(
     Ok((open(url, Some(tx)).await?, rx))
 }
 
+/// Like [`connect`], and which host of the URL it connected to (0 with one
+/// host; with several, the primary's, see [`primary_host`]).
+pub async fn connect_indexed(url: &str) -> Result<(usize, Client), SourceError> {
+    open_indexed(url, None).await
+}
+
 async fn open(
     url: &str,
     notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> Result<Client, SourceError> {
+    open_indexed(url, notices).await.map(|(_, client)| client)
+}
+
+async fn open_indexed(
+    url: &str,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<(usize, Client), SourceError> {
     let (cfg, tls) = parse_url(url)?;
     if cfg.get_hosts().len() > 1 {
-        return connect_primary(&cfg, &tls, notices)
-            .await
-            .map(|(_, client)| client);
+        return connect_primary(&cfg, &tls, notices).await;
     }
-    open_config(&cfg, &tls, notices).await
+    Ok((0, open_config(&cfg, &tls, notices).await?))
 }
 
 async fn open_config(
@@ -1061,12 +1082,8 @@ async fn ensure_slot(client: &Client, spec: &SourceSpec) -> Result<SlotState, So
 
 /// The server's major version, e.g. 17.
 pub async fn server_major(client: &Client) -> Result<u32, SourceError> {
-    let row = client
-        .query_one("SHOW server_version_num", &[])
-        .await
-        .map_err(|e| SourceError::query("SHOW server_version_num", e))?;
-    let num: String = row.get(0);
-    Ok(num.trim().parse::<u32>().unwrap_or(0) / 10_000)
+    let version = crate::catalog::server_version(client).await?;
+    Ok(u32::try_from(version / 10_000).unwrap_or(0))
 }
 
 /// Refuses `source.failover` on a server without failover slots.
