@@ -198,26 +198,16 @@ impl Postgres {
         apply_delay: Option<Duration>,
     ) -> Result<Postgres, Error> {
         let bindir = primary.bindir.clone();
-        if !process::is_executable(&bindir.join("pg_basebackup")) {
-            return Err(Error::MissingBinary {
-                name: "pg_basebackup".to_owned(),
-                searched: format!("in {}", bindir.display()),
-                hint: INSTALL_HINT.to_owned(),
-            });
-        }
         let mut replica =
             Postgres::new_instance(bindir, &primary.superuser, Some(&primary.password))?;
-        // Over the primary's socket, which testkit's pg_hba.conf trusts for
-        // replication: no password lands in the replica's configuration.
-        let mut cmd = replica.command("pg_basebackup");
-        cmd.arg("-D")
-            .arg(&replica.data_dir)
-            .arg("-h")
-            .arg(&primary.socket_dir)
-            .args(["-p", &primary.port.to_string()])
-            .args(["-U", &primary.superuser])
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
-        process::run(&mut cmd)?;
+        replica.base_backup(&[
+            "-h".to_owned(),
+            primary.socket_dir.display().to_string(),
+            "-p".to_owned(),
+            primary.port.to_string(),
+            "-U".to_owned(),
+            primary.superuser.clone(),
+        ])?;
         let mut settings = vec![("hot_standby", "on".to_owned())];
         if let Some(delay) = apply_delay {
             settings.push((
@@ -293,6 +283,25 @@ impl Postgres {
         primary: &Postgres,
         physical_slot: &str,
     ) -> Result<(), Error> {
+        self.base_backup(&[
+            "-d".to_owned(),
+            format!(
+                "host={} port={} user={} dbname={DATABASE}",
+                primary.socket_dir.display(),
+                primary.port,
+                primary.superuser
+            ),
+            "-C".to_owned(),
+            "-S".to_owned(),
+            physical_slot.to_owned(),
+        ])
+    }
+
+    /// `pg_basebackup` into this instance's (absent) data directory, with
+    /// `source` naming the primary, writing the standby's configuration
+    /// (`-R`). Over the primary's socket, which testkit's pg_hba.conf
+    /// trusts for replication: no password lands in the configuration.
+    fn base_backup(&self, source: &[String]) -> Result<(), Error> {
         if !process::is_executable(&self.bindir.join("pg_basebackup")) {
             return Err(Error::MissingBinary {
                 name: "pg_basebackup".to_owned(),
@@ -300,19 +309,16 @@ impl Postgres {
                 hint: INSTALL_HINT.to_owned(),
             });
         }
-        let conninfo = format!(
-            "host={} port={} user={} dbname={DATABASE}",
-            primary.socket_dir.display(),
-            primary.port,
-            primary.superuser
-        );
         let mut cmd = self.command("pg_basebackup");
-        cmd.arg("-D")
-            .arg(&self.data_dir)
-            .arg("-d")
-            .arg(&conninfo)
-            .args(["-C", "-S", physical_slot])
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
+        cmd.arg("-D").arg(&self.data_dir).args(source).args([
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            "-w",
+        ]);
         process::run(&mut cmd).map(drop)
     }
 
