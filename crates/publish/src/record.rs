@@ -63,6 +63,17 @@ pub fn encode(batch: &Batch) -> Vec<u8> {
 /// Encodes the batch as records of at most `max_bytes` bytes each, in as few records as a greedy
 /// fill allows (keys first, then tags, then patterns).
 pub fn encode_split(batch: &Batch, max_bytes: usize) -> Result<Vec<Vec<u8>>, RecordTooLarge> {
+    encode_split_by(batch, max_bytes, usize::MAX)
+}
+
+/// [`encode_split`], each record also carrying at most `max_entries` keys, tags and patterns
+/// together (at least one).
+pub fn encode_split_by(
+    batch: &Batch,
+    max_bytes: usize,
+    max_entries: usize,
+) -> Result<Vec<Vec<u8>>, RecordTooLarge> {
+    let max_entries = max_entries.max(1);
     let head = head(batch);
     let overhead = assemble(&head, &[&[], &[], &[]]).len();
     if overhead > max_bytes {
@@ -77,6 +88,7 @@ pub fn encode_split(batch: &Batch, max_bytes: usize) -> Result<Vec<Vec<u8>>, Rec
     let mut records = Vec::new();
     let mut part: [Vec<String>; 3] = Default::default();
     let mut size = overhead;
+    let mut count = 0;
     let lists = [&batch.keys, &batch.tags, &batch.patterns];
     for (field_index, list) in lists.into_iter().enumerate() {
         for entry in list {
@@ -85,10 +97,11 @@ pub fn encode_split(batch: &Batch, max_bytes: usize) -> Result<Vec<Vec<u8>>, Rec
             let cost = |part: &[Vec<String>; 3]| {
                 escaped.len() + usize::from(!part[field_index].is_empty())
             };
-            if size + cost(&part) > max_bytes && part.iter().any(|v| !v.is_empty()) {
+            if (size + cost(&part) > max_bytes || count == max_entries) && count > 0 {
                 records.push(assemble(&head, &part.each_ref().map(|v| v.as_slice())));
                 part = Default::default();
                 size = overhead;
+                count = 0;
             }
             if size + cost(&part) > max_bytes {
                 return Err(RecordTooLarge {
@@ -99,10 +112,11 @@ pub fn encode_split(batch: &Batch, max_bytes: usize) -> Result<Vec<Vec<u8>>, Rec
                 });
             }
             size += cost(&part);
+            count += 1;
             part[field_index].push(escaped);
         }
     }
-    if records.is_empty() || part.iter().any(|v| !v.is_empty()) {
+    if records.is_empty() || count > 0 {
         records.push(assemble(&head, &part.each_ref().map(|v| v.as_slice())));
     }
     Ok(records)

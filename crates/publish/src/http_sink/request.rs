@@ -94,33 +94,8 @@ pub fn surrogate_purges(
 /// carries at most `max_entries` keys, tags and patterns together. Every part repeats the
 /// batch's `lsn`, `commit_ts` and `xids`.
 pub fn webhook_bodies(batch: &Batch, max_entries: usize) -> Vec<Vec<u8>> {
-    let max_entries = max_entries.max(1);
-    let total = batch.keys.len() + batch.tags.len() + batch.patterns.len();
-    if total <= max_entries {
-        return vec![record::encode(batch)];
-    }
-    let empty = Batch {
-        keys: Vec::new(),
-        tags: Vec::new(),
-        patterns: Vec::new(),
-        ..batch.clone()
-    };
-    // Every entry with the index of its list (keys, tags, patterns), in record order.
-    let entries: Vec<(usize, &String)> = [&batch.keys, &batch.tags, &batch.patterns]
-        .into_iter()
-        .enumerate()
-        .flat_map(|(list, entries)| entries.iter().map(move |entry| (list, entry)))
-        .collect();
-    entries
-        .chunks(max_entries)
-        .map(|chunk| {
-            let mut part = empty.clone();
-            for &(list, entry) in chunk {
-                [&mut part.keys, &mut part.tags, &mut part.patterns][list].push(entry.clone());
-            }
-            record::encode(&part)
-        })
-        .collect()
+    // Without a byte limit no entry can be too large.
+    record::encode_split_by(batch, usize::MAX, max_entries).unwrap_or_default()
 }
 
 /// The `X-Walbust-Signature` value of `body`: `sha256=` and the lowercase hex HMAC-SHA256 of

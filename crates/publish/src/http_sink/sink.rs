@@ -255,15 +255,24 @@ impl HttpSink {
     }
 
     /// One request on a kept connection, or on a new one when the kept one fails: a server may
-    /// close an idle connection just as it is reused, and purges are safe to repeat.
+    /// close an idle connection just as it is reused, and purges are safe to repeat. Sent twice
+    /// at most; anything beyond is the pipeline's retry, with its backoff and its counts.
     async fn exchange(&self, prepared: &Prepared) -> Result<StatusCode, SinkError> {
-        while let Some(sender) = self.take_idle() {
+        if let Some(sender) = self.take_idle() {
             if let Ok(status) = self.round_trip(sender, prepared).await {
                 return Ok(status);
             }
         }
         let sender = self.connect().await?;
         self.round_trip(sender, prepared).await
+    }
+
+    /// Keeps a connection for the next request, if there is room.
+    fn put_idle(&self, sender: SendRequest<Full<Bytes>>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
     }
 
     fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
@@ -305,10 +314,7 @@ impl HttpSink {
             .await
             .is_ok();
         if drained && !sender.is_closed() {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_IDLE {
-                idle.push(sender);
-            }
+            self.put_idle(sender);
         }
         Ok(status)
     }
@@ -416,10 +422,7 @@ impl HttpSink {
                     ),
                 )
             })??;
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE {
-            idle.push(sender);
-        }
+        self.put_idle(sender);
         Ok(())
     }
 }
