@@ -112,9 +112,30 @@ pub fn now_micros() -> i64 {
     from_system_time(SystemTime::now())
 }
 
+/// Microseconds between the Unix epoch and the Postgres epoch.
+const PG_EPOCH_UNIX_MICROS: i64 = PG_EPOCH_UNIX_SECS * 1_000_000;
+
+/// A Postgres timestamp (µs since 2000-01-01 UTC) as µs since the Unix epoch.
+pub fn pg_to_unix_micros(pg_micros: i64) -> i64 {
+    pg_micros.saturating_add(PG_EPOCH_UNIX_MICROS)
+}
+
+/// µs since the Unix epoch as a Postgres timestamp.
+pub fn unix_to_pg_micros(unix_micros: i64) -> i64 {
+    unix_micros.saturating_sub(PG_EPOCH_UNIX_MICROS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_and_postgres_micros_convert_both_ways() {
+        assert_eq!(pg_to_unix_micros(0), 946_684_800_000_000);
+        assert_eq!(unix_to_pg_micros(946_684_800_000_001), 1);
+        assert_eq!(unix_to_pg_micros(pg_to_unix_micros(-5)), -5);
+        assert_eq!(pg_to_unix_micros(i64::MAX), i64::MAX);
+    }
 
     #[test]
     fn timestamps_at_known_points() {

@@ -130,7 +130,7 @@ fn head(batch: &Batch) -> String {
         format_rfc3339(batch.commit_time_micros)
     );
     if let Some(due) = batch.due_unix_micros {
-        let due = due.saturating_sub(crate::redis_sink::schedule::pg_to_unix_micros(0));
+        let due = walbust_pgoutput::time::unix_to_pg_micros(due);
         head.push_str(&format!("\"due_ts\":\"{}\",", format_rfc3339(due)));
     }
     head.push_str("\"xids\":[");

@@ -100,9 +100,9 @@ impl Applier {
 
     /// Applies what is due now; `Ok(true)` when a full round was taken (more may be due).
     async fn round(&self) -> Result<bool, crate::SinkError> {
-        let now_ms = walbust_pgoutput::time::now_micros()
-            .saturating_add(schedule::pg_to_unix_micros(0))
-            .div_euclid(1000);
+        let now_ms =
+            walbust_pgoutput::time::pg_to_unix_micros(walbust_pgoutput::time::now_micros())
+                .div_euclid(1000);
         let due = self.store.schedule_due(now_ms, PER_ROUND).await?;
         let full = due.len() == PER_ROUND;
         for member in due {

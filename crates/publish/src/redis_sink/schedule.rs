@@ -23,14 +23,6 @@ pub fn schedule_key(slot: Option<&str>) -> String {
     }
 }
 
-/// Microseconds between the Unix epoch and the Postgres epoch (2000-01-01 UTC).
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
-/// A commit time (µs since the Postgres epoch) as µs since the Unix epoch.
-pub fn pg_to_unix_micros(pg_micros: i64) -> i64 {
-    pg_micros.saturating_add(PG_EPOCH_UNIX_MICROS)
-}
-
 /// A schedule entry as stored (the sorted set's member).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Stored {

@@ -15,6 +15,7 @@ use redis::{
 use tracing::{debug, warn};
 
 use walbust_glob::Glob;
+use walbust_pgoutput::time::{pg_to_unix_micros, MICROS_PER_DAY};
 
 use super::config::{PatternStrategy, RedisSinkConfig, TagStrategy};
 use super::walk::{self, ScanTarget, Walker};
@@ -393,15 +394,15 @@ impl RedisSink {
             return 0;
         }
         let now = walbust_pgoutput::time::now_micros();
-        let horizon = i64::from(self.cfg.schedule_horizon_days) * 86_400_000_000;
+        let horizon = i64::from(self.cfg.schedule_horizon_days) * MICROS_PER_DAY;
         let key = self.schedule_key();
         let (mut added, mut refused) = (0, 0);
         for entry in &batch.schedule {
             let due = entry.due.due_unix_micros;
-            if due <= schedule::pg_to_unix_micros(entry.commit_time_micros) {
+            if due <= pg_to_unix_micros(entry.commit_time_micros) {
                 continue;
             }
-            if due > schedule::pg_to_unix_micros(now).saturating_add(horizon) {
+            if due > pg_to_unix_micros(now).saturating_add(horizon) {
                 refused += 1;
                 continue;
             }

@@ -47,9 +47,7 @@ pub(super) struct Report {
 
 /// A due time (µs since the Unix epoch) as RFC 3339 UTC.
 fn due_text(unix_micros: i64) -> String {
-    walbust_pgoutput::time::format_rfc3339(
-        unix_micros.saturating_sub(walbust_pgoutput::time::PG_EPOCH_UNIX_SECS * 1_000_000),
-    )
+    walbust_pgoutput::time::format_rfc3339(walbust_pgoutput::time::unix_to_pg_micros(unix_micros))
 }
 
 /// The most columns a rule set can name that the JSON objects do not.
