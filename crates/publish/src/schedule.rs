@@ -133,7 +133,7 @@ impl Applier {
                 }
             }
         }
-        let (_, pending) = self.store.schedule_state().await?;
+        let pending = self.store.schedule_len().await?;
         gauge!(m::SCHEDULED_PENDING).set(pending as f64);
         Ok(full)
     }

@@ -98,11 +98,11 @@ pub fn incr<S: AsRef<str>>(key: S) -> Cmd {
     cmd
 }
 
-/// One pipeline of `INCR <prefix><tag>` (the `version` strategy).
-pub fn incr_pipeline(prefix: &str, tags: &[String]) -> Pipeline {
+/// One pipeline of `INCR <key>` for each key, replies ignored (the `version` strategies).
+pub fn incr_pipeline<S: AsRef<str>>(keys: impl IntoIterator<Item = S>) -> Pipeline {
     let mut pipe = redis::pipe();
-    for tag in tags {
-        pipe.cmd("INCR").arg(tag_key(prefix, tag)).ignore();
+    for key in keys {
+        pipe.add_command(incr(key)).ignore();
     }
     pipe
 }
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn tags_are_prefixed() {
-        let pipe = incr_pipeline("tagver:", &["category:3".to_string()]);
+        let pipe = incr_pipeline([tag_key("tagver:", "category:3")]);
         let cmds: Vec<Vec<String>> = pipe.cmd_iter().map(args).collect();
         assert_eq!(cmds, [vec!["INCR", "tagver:category:3"]]);
     }

@@ -437,21 +437,13 @@ impl RedisSink {
             .map_err(|err| redis_error("redis: reading the schedule failed", err))
     }
 
-    /// The score (due ms) of the earliest entry, if any, and the number of entries.
-    pub async fn schedule_state(&self) -> Result<(Option<i64>, u64), SinkError> {
-        let key = self.schedule_key();
-        let (first, len): (Vec<(String, f64)>, u64) = redis::pipe()
-            .cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES")
-            .cmd("ZCARD")
-            .arg(&key)
+    /// The number of entries in the schedule.
+    pub async fn schedule_len(&self) -> Result<u64, SinkError> {
+        redis::cmd("ZCARD")
+            .arg(self.schedule_key())
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|err| redis_error("redis: reading the schedule failed", err))?;
-        Ok((first.first().map(|(_, score)| *score as i64), len))
+            .map_err(|err| redis_error("redis: reading the schedule failed", err))
     }
 
     /// Removes applied (or unreadable) entries from the schedule.
@@ -612,19 +604,14 @@ impl RedisSink {
             return Ok(());
         }
         if let Connection::Single(_) = self.conn {
-            let mut pipe = redis::pipe();
-            for key in keys {
-                pipe.add_command(request::incr(key)).ignore();
-            }
-            return pipe.exec_async(&mut self.conn.clone()).await;
+            return request::incr_pipeline(keys)
+                .exec_async(&mut self.conn.clone())
+                .await;
         }
         let requests = request::slot_chunks(keys, self.cfg.unlink_chunk)
             .into_iter()
             .map(|group| {
-                let mut pipe = redis::pipe();
-                for key in group {
-                    pipe.add_command(request::incr(key)).ignore();
-                }
+                let pipe = request::incr_pipeline(group);
                 let mut conn = self.conn.clone();
                 async move { pipe.exec_async(&mut conn).await }
             })
