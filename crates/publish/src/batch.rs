@@ -58,7 +58,20 @@ pub struct ScheduledEntry {
     pub due: walbust_rules::Scheduled,
 }
 
+/// The pattern that matches every key: a purge of everything.
+pub const FLUSH_ALL: &str = "*";
+
 impl Batch {
+    /// Adds [`FLUSH_ALL`] to the patterns, once, keeping them in ascending order.
+    pub fn add_flush_all(&mut self) {
+        if let Err(at) = self
+            .patterns
+            .binary_search_by(|p| p.as_str().cmp(FLUSH_ALL))
+        {
+            self.patterns.insert(at, FLUSH_ALL.to_owned());
+        }
+    }
+
     /// Number of keys, tags and patterns together.
     pub fn len(&self) -> usize {
         self.keys.len() + self.tags.len() + self.patterns.len()
@@ -278,6 +291,17 @@ fn insert_all(set: &mut BTreeSet<String>, values: Vec<String>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flush_all_is_added_once_in_order() {
+        let mut b = Batch {
+            patterns: vec!["!x".to_owned(), "a:*".to_owned()],
+            ..Batch::default()
+        };
+        b.add_flush_all();
+        b.add_flush_all();
+        assert_eq!(b.patterns, ["!x", "*", "a:*"]);
+    }
 
     fn inv(keys: &[&str], tags: &[&str], patterns: &[&str]) -> walbust_rules::Invalidations {
         let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -80,6 +80,14 @@ pub trait Sink: Send + Sync + 'static {
     fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// What this sink is sent when walbust purges after a gap, given `coverage`: every entry the
+    /// rules name without a row (constant keys, tags and patterns) and `source.gap_purge`'s. By
+    /// default the coverage itself; a sink whose downstream cannot tell which of its entries the
+    /// gap hid adds the flush-all pattern ([`crate::batch::FLUSH_ALL`]) or sends it alone.
+    fn gap_purge(&self, coverage: &Batch) -> Batch {
+        coverage.clone()
+    }
 }
 
 /// What went wrong, coarsely; decides retriability and is the `kind` metric label.

@@ -629,33 +629,29 @@ fn judge(marker: &Marker, system: &str, slot: Option<u64>) -> Verdict {
     Verdict::Continuous
 }
 
-/// Purges the rules' coverage from Redis and sends a flush-all record to
-/// Kafka, retrying each sink until it confirms. The HTTP sink gets the
-/// coverage and the flush-all pattern: a cache purges the constant tags and
-/// its `flush_all_key`, a webhook receiver empties its cache.
+/// Sends each sink its gap purge ([`Sink::gap_purge`] of the rules'
+/// coverage: the coverage itself for Redis, a flush-all record for Kafka,
+/// both for HTTP), retrying each sink until it confirms.
 pub(crate) async fn purge(cfg: &Config, rules: &RuleSet, sinks: &[Arc<dyn Sink>]) -> Result<()> {
     let coverage = rules.coverage();
     let extra = &cfg.source.gap_purge;
-    let mut redis_batch = empty_batch();
-    redis_batch.keys = merged(&coverage.keys, &extra.keys);
-    redis_batch.tags = merged(&coverage.tags, &extra.tags);
-    redis_batch.patterns = merged(&coverage.patterns, &extra.patterns);
+    let now = walbust_pgoutput::time::now_micros();
+    let covered = Batch {
+        commit_time_micros: now,
+        first_commit_time_micros: now,
+        keys: merged(&coverage.keys, &extra.keys),
+        tags: merged(&coverage.tags, &extra.tags),
+        patterns: merged(&coverage.patterns, &extra.patterns),
+        ..Batch::default()
+    };
     if !coverage.tag_globs.is_empty() {
         tracing::warn!(tags = ?coverage.tag_globs, "tags with placeholders cannot be enumerated; list their cached keys' patterns in source.gap_purge.patterns");
     }
-    let mut flush_all = empty_batch();
-    flush_all.patterns = vec!["*".to_string()];
-    let mut http_batch = redis_batch.clone();
-    http_batch.patterns = merged(&http_batch.patterns, &flush_all.patterns);
     for sink in sinks {
-        let batch = match sink.name() {
-            walbust_publish::kafka_sink::NAME => &flush_all,
-            walbust_publish::http_sink::NAME => &http_batch,
-            _ => &redis_batch,
-        };
+        let batch = sink.gap_purge(&covered);
         let mut attempt = 0u32;
         loop {
-            match sink.publish(batch).await {
+            match sink.publish(&batch).await {
                 Ok(()) => break,
                 Err(e) if e.retriable() && attempt < 20 => {
                     attempt += 1;
@@ -675,21 +671,6 @@ fn merged(a: &[String], b: &[String]) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-fn empty_batch() -> Batch {
-    let now = walbust_pgoutput::time::now_micros();
-    Batch {
-        lsn: 0,
-        end_lsn: None,
-        commit_time_micros: now,
-        first_commit_time_micros: now,
-        xids: Vec::new(),
-        keys: Vec::new(),
-        tags: Vec::new(),
-        patterns: Vec::new(),
-        ..Default::default()
-    }
 }
 
 /// The sink's own connection kind, so that the marker lands on the right

@@ -432,6 +432,14 @@ impl Sink for HttpSink {
         NAME
     }
 
+    /// The coverage and the flush-all pattern: a cache purges the constant tags and its
+    /// `flush_all_key`, a webhook receiver empties its cache.
+    fn gap_purge(&self, coverage: &Batch) -> Batch {
+        let mut batch = coverage.clone();
+        batch.add_flush_all();
+        batch
+    }
+
     fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
         self.publish_batch(batch).boxed()
     }

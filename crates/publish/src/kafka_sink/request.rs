@@ -5,8 +5,7 @@ use crate::metrics as m;
 use crate::record::{self, RecordTooLarge};
 use crate::sink::{SinkError, SinkErrorKind};
 
-/// The pattern that tells consumers to drop everything.
-const FLUSH_ALL: &str = "*";
+use crate::batch::FLUSH_ALL;
 
 /// The record values for `batch`, each at most `max_record_bytes` long (see [`crate::record`]).
 ///

@@ -239,6 +239,16 @@ impl Sink for KafkaSink {
         NAME
     }
 
+    /// Consumers cannot know which of their entries a gap hid: they drop everything.
+    fn gap_purge(&self, coverage: &Batch) -> Batch {
+        Batch {
+            commit_time_micros: coverage.commit_time_micros,
+            first_commit_time_micros: coverage.first_commit_time_micros,
+            patterns: vec![crate::batch::FLUSH_ALL.to_owned()],
+            ..Batch::default()
+        }
+    }
+
     fn publish<'a>(&'a self, batch: &'a Batch) -> BoxFuture<'a, Result<(), SinkError>> {
         self.publish_batch(batch).boxed()
     }
