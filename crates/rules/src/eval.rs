@@ -425,14 +425,19 @@ impl BoundTable {
             }
             self.render_rule(rule, &change, state, out, from, &mut outcome);
             if (rule.refresh || !rule.at.is_empty()) && !state.escalated {
-                let row = self.row_output(rule, &change);
-                if rule.refresh {
-                    for k in &row.keys {
-                        push_unique(&mut out.refresh, refresh_from, k);
+                // The row's own output is rendered again only when something
+                // stands alone on it: a refresh, or a due time.
+                let dues = due_times(rule, &change, &mut outcome);
+                if rule.refresh || !dues.is_empty() {
+                    let row = self.row_output(rule, &change);
+                    if rule.refresh {
+                        for k in &row.keys {
+                            push_unique(&mut out.refresh, refresh_from, k);
+                        }
                     }
-                }
-                if !rule.at.is_empty() && !row.is_empty() {
-                    schedule_row(rule, &change, row, state, out, &mut outcome);
+                    if !dues.is_empty() && !row.is_empty() {
+                        schedule_row(rule, &dues, row, state, out, &mut outcome);
+                    }
                 }
             }
         }
@@ -580,14 +585,8 @@ impl BoundTable {
 /// that is not a timestamp is counted. Each entry counts against the rule's
 /// `max_keys_per_tx` like a rendered key: an escalated rule schedules no
 /// more in the transaction.
-fn schedule_row(
-    rule: &BoundRule,
-    change: &Change<'_>,
-    row: Invalidations,
-    state: &mut RuleState,
-    out: &mut Invalidations,
-    outcome: &mut Outcome,
-) {
+/// The distinct times the rule's `at:` templates name for this row.
+fn due_times(rule: &BoundRule, change: &Change<'_>, outcome: &mut Outcome) -> Vec<i64> {
     let mut dues: Vec<i64> = Vec::new();
     for template in &rule.at {
         for &view in template.views(change) {
@@ -603,7 +602,19 @@ fn schedule_row(
             }
         }
     }
-    for due in dues {
+    dues
+}
+
+/// One scheduled entry of the row's output per due time.
+fn schedule_row(
+    rule: &BoundRule,
+    dues: &[i64],
+    row: Invalidations,
+    state: &mut RuleState,
+    out: &mut Invalidations,
+    outcome: &mut Outcome,
+) {
+    for &due in dues {
         if rule.has_fallback && state.emitted >= rule.max_keys_per_tx {
             state.escalated = true;
             outcome.escalated += 1;

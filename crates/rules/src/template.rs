@@ -427,9 +427,7 @@ impl Template<usize> {
                     };
                     i += 1;
                     if hole.hash {
-                        let mut digits = String::with_capacity(HASH_LEN);
-                        push_hash(&mut digits, s);
-                        piece.push_str(&digits);
+                        piece.push_hash(s);
                     } else if escape {
                         piece.push_escaped(s);
                     } else {
@@ -463,6 +461,18 @@ impl<'a> Piece<'a> {
         match self {
             Piece::Text(out) => out.push_str(s),
             Piece::Hash(hasher, _) => hasher.write(s.as_bytes()),
+        }
+    }
+
+    /// The 16 hex digits of `{col:hash}`, written straight into the output.
+    fn push_hash(&mut self, s: &str) {
+        match self {
+            Piece::Text(out) => push_hash(out, s),
+            Piece::Hash(hasher, _) => {
+                let mut digits = String::with_capacity(HASH_LEN);
+                push_hash(&mut digits, s);
+                hasher.write(digits.as_bytes());
+            }
         }
     }
 
