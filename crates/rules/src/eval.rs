@@ -580,12 +580,8 @@ impl BoundTable {
     }
 }
 
-/// Schedules `row` (what `rule` names for this change) at each time its
-/// `at:` templates read. A NULL or `infinity` schedules nothing; a value
-/// that is not a timestamp is counted. Each entry counts against the rule's
-/// `max_keys_per_tx` like a rendered key: an escalated rule schedules no
-/// more in the transaction.
-/// The distinct times the rule's `at:` templates name for this row.
+/// The distinct times the rule's `at:` templates read for this row. A NULL
+/// or `infinity` names none; a value that is not a timestamp is counted.
 fn due_times(rule: &BoundRule, change: &Change<'_>, outcome: &mut Outcome) -> Vec<i64> {
     let mut dues: Vec<i64> = Vec::new();
     for template in &rule.at {
@@ -605,7 +601,9 @@ fn due_times(rule: &BoundRule, change: &Change<'_>, outcome: &mut Outcome) -> Ve
     dues
 }
 
-/// One scheduled entry of the row's output per due time.
+/// Schedules `row` (what `rule` names for this change) at each of `dues`.
+/// Each entry counts against the rule's `max_keys_per_tx` like a rendered
+/// key: an escalated rule schedules no more in the transaction.
 fn schedule_row(
     rule: &BoundRule,
     dues: &[i64],
