@@ -515,10 +515,13 @@ impl Run<'_> {
         }
         let open_for = Span::millis(0, 1_000).pick(&mut self.rng);
         sleep(open_for).await;
+        // Marked before `close` is sent: walbust's purge follows the close
+        // and may be consumed before this call returns, and every hidden
+        // insert committed before.
+        lock(&self.ledger).hidden_until(Instant::now());
         db.batch_execute(close)
             .await
             .with_context(|| format!("cannot run {close}"))?;
-        lock(&self.ledger).hidden_until(Instant::now());
         Ok(format!(
             "{rows} rows written in a window of {}",
             secs(open_for)
